@@ -1,0 +1,1 @@
+"""Command-line interface: one subcommand per module, thin layers over the library."""

@@ -1,0 +1,48 @@
+"""The ``geounet`` command: registers one subcommand per module."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
+
+import typer
+
+from . import info, predict
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="geounet: GeoTIFF scenes -> U-Net -> seamless georeferenced rasters.",
+)
+app.command("predict")(predict.predict)
+app.command("info")(info.info)
+try:  # training lives in its own module; registered when present
+    from . import train
+
+    app.command("train")(train.train)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def setup_logging(quiet: bool) -> None:
+    """geounet's own messages on stderr; Dask's cluster chatter only when it is an error."""
+    log = logging.getLogger("geounet")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("geounet: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    for noisy in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""``geounet predict SCENE... --out OUTDIR``: scores.tif, classes.tif and run.json per scene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import GeounetError
+from ..pipeline import DEFAULT_MODEL, PredictSettings, predict_batch
+
+
+def predict(
+    scenes: List[Path] = typer.Argument(..., help="GeoTIFF (or any GDAL raster) scenes."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each scene gets OUT/<scene stem>/."),
+    model: Path = typer.Option(DEFAULT_MODEL, "--model", "-m", help="geounet .safetensors model file."),
+    tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (working grid); default: the model's."),
+    overlap: Optional[int] = typer.Option(None, help="Overlap between tiles in pixels; default: the model's."),
+    batch_size: int = typer.Option(4, help="Tiles per model call."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    workers: int = typer.Option(1, help="Chunks processed in parallel (local threads)."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask.distributed scheduler."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
+) -> None:
+    """Predict class probabilities and classes for each scene, on the scene's own grid."""
+    from .main import setup_logging
+
+    setup_logging(quiet)
+    settings = PredictSettings(
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
+        workers=workers, scheduler=scheduler, quiet=quiet,
+    )
+    try:
+        reports = predict_batch(scenes, out, model, settings)
+    except (GeounetError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    failed = [r for r in reports if not r.ok]
+    if len(reports) > 1 or failed:
+        typer.echo(f"geounet: {len(reports) - len(failed)} scene(s) done, {len(failed)} failed", err=True)
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,348 @@
+"""Predicting a scene end to end: chunks on Dask, seams stitched, rasters written block by block.
+
+The path of one tile: ``scene.read_box`` reads its chunk's window, ``infer.predict_chunk``
+runs the model and blends the chunk's tiles, and here the chunk buffers are stitched:
+every rectangle of :meth:`TileGrid.regions` is written to a stage-1 raster (working
+grid, uint16) as soon as all chunks that overlap it have arrived. No full-scene array
+is ever held: memory is the chunks in flight plus the pending seam strips. Stage 2
+reads the stage-1 raster back on the scene's own grid (warped when the model ran at
+another resolution), takes the argmax and applies the scene's mask, and GDAL turns
+both results into COGs. Everything is written in a temporary folder that is renamed
+to ``OUTDIR/<scene stem>`` only when complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from . import __version__
+from .errors import GeounetError, InputError, OutputError
+from .grid import Box, TileGrid
+from .infer import ChunkResult, predict_chunk, resolve_device, resolve_precision
+from .model import ModelCard, file_sha256, read_card
+from .rasters import (
+    NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
+)
+from .scene import WorkingGrid, check_scene, ground_resolution, open_scene, working_grid
+
+log = logging.getLogger("geounet")
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "data" / "models" / "buildings.safetensors"
+
+
+@dataclass
+class PredictSettings:
+    """Everything that changes the outputs or how they are computed (recorded in run.json)."""
+
+    tile_size: int | None = None  # pixels on the working grid; None: the model card's
+    overlap: int | None = None
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 1
+    chunk_pixels: int = 2048  # target chunk side; a chunk is whole tiles
+    resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
+    scheduler: str | None = None  # address of an existing dask.distributed scheduler
+    quiet: bool = False
+
+    def resolved(self, card: ModelCard) -> "PredictSettings":
+        s = PredictSettings(**asdict(self))
+        s.tile_size = s.tile_size or card.tile_size
+        s.overlap = card.overlap if s.overlap is None else s.overlap
+        if s.tile_size % 32:
+            raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
+        if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
+            raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
+        if s.batch_size < 1 or s.workers < 1:
+            raise GeounetError(None, "--batch-size and --workers must be at least 1")
+        s.device = resolve_device(s.device)
+        s.precision = resolve_precision(s.device, s.precision)
+        return s
+
+
+@dataclass
+class SceneReport:
+    scene: str
+    out_dir: str | None = None
+    ok: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+    tiles: dict = field(default_factory=dict)
+
+
+def output_dir_for(scene: str | Path, out_root: str | Path) -> Path:
+    """``OUTDIR/<scene stem>``: the stem is a bare file name, so it cannot leave OUTDIR."""
+    stem = Path(scene).name.split(".")[0] or "scene"
+    return Path(out_root) / stem
+
+
+class _Stitcher:
+    """Collects chunk buffers and writes each region of the grid once all its chunks are in."""
+
+    def __init__(self, grid: TileGrid, n_classes: int, dst: rasterio.io.DatasetWriter) -> None:
+        self.dst = dst
+        self.n_classes = n_classes
+        self.by_chunk: dict[tuple[int, int], list] = defaultdict(list)
+        for region in grid.regions():
+            for c in region.chunks:
+                self.by_chunk[c].append(region)
+        self.pending: dict = {}  # region -> {chunk index: array}
+
+    def add(self, result: ChunkResult) -> None:
+        for region in self.by_chunk.pop(result.index):
+            if result.probabilities is None:
+                piece = None
+            else:
+                rows, cols = region.box.relative_to(result.box)
+                piece = result.probabilities[:, rows, cols].copy()
+            parts = self.pending.setdefault(region, {})
+            parts[result.index] = piece
+            if len(parts) == len(region.chunks):
+                del self.pending[region]
+                self._write(region.box, parts)
+
+    def _write(self, box: Box, parts: dict) -> None:
+        total = None
+        for key in sorted(parts):  # fixed order: identical sums whatever order chunks finished in
+            if parts[key] is not None:
+                total = parts[key] if total is None else total + parts[key]
+        if total is None:
+            return  # all nodata: leave the sparse stage-1 blocks empty
+        dn = np.rint(np.clip(total, 0.0, 1.0) * STAGE_SCALE).astype(np.uint16)
+        self.dst.write(dn, window=Window(box.col0, box.row0, box.width, box.height))
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(a.nbytes for parts in self.pending.values() for a in parts.values() if a is not None)
+
+
+def _blocks(width: int, height: int, size: int = 1024) -> Iterator[Window]:
+    for r in range(0, height, size):
+        for c in range(0, width, size):
+            yield Window(c, r, min(size, width - c), min(size, height - r))
+
+
+def _fingerprint(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "bytes": st.st_size, "sha256": file_sha256(path)}
+
+
+def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Path, settings: PredictSettings, client) -> SceneReport:
+    """Predict one scene into ``OUTDIR/<stem>/`` (scores.tif, classes.tif, run.json)."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    scene = Path(scene)
+    card = read_card(model_path)
+    s = settings.resolved(card)
+    final_dir = output_dir_for(scene, out_root)
+    with open_scene(scene) as src:
+        check_scene(src, card)
+        working = working_grid(src, card, s.resample_tolerance)
+        scene_res = ground_resolution(src.crs, src.transform, src.width, src.height)
+        scene_crs, scene_transform, width, height = src.crs, src.transform, src.width, src.height
+    if working.resampled:
+        log.info(
+            "%s: ground resolution %.3g m/px differs from the model's %.3g m/px: resampling to a %dx%d working grid "
+            "on read and back to the scene's %dx%d grid on output",
+            scene, scene_res, card.resolution_m, working.width, working.height, width, height,
+        )
+    chunk_tiles = max(1, s.chunk_pixels // (s.tile_size - s.overlap))
+    grid = TileGrid(working.height, working.width, s.tile_size, s.overlap, chunk_tiles)
+
+    tmp = final_dir.parent / f".{final_dir.name}.partial-{os.getpid()}"
+    try:
+        tmp.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise OutputError(final_dir.parent, f"cannot write output folder ({exc.strerror or exc})") from None
+    try:
+        timings: dict[str, float] = {}
+        stage1 = tmp / "stage1_probabilities.tif"
+        t0 = time.perf_counter()
+        tiles = _run_chunks(scene, working, grid, card, Path(model_path), s, client, stage1)
+        timings["predict_and_stitch_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        _finalize(scene, stage1, working, card, tmp, (scene_crs, scene_transform, width, height))
+        stage1.unlink()
+        timings["finalize_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        for name, resampling in (("scores", "AVERAGE"), ("classes", "NEAREST")):
+            write_cog(tmp / f"{name}.tiled.tif", tmp / f"{name}.tif", resampling)
+            (tmp / f"{name}.tiled.tif").unlink()
+        timings["cog_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        run = {
+            "geounet_version": __version__,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "input": _fingerprint(scene) | {
+                "crs": scene_crs.to_string(), "transform": list(scene_transform)[:6], "width": width, "height": height,
+                "ground_resolution_m": scene_res,
+            },
+            "model": {"path": str(Path(model_path).resolve()), "name": card.name, "sha256": file_sha256(model_path),
+                      "classes": card.class_names, "resolution_m": card.resolution_m},
+            "settings": asdict(s) | {"chunk_tiles": chunk_tiles},
+            "working_grid": {"resampled": working.resampled, "width": working.width, "height": working.height,
+                             "resolution_m": card.resolution_m if working.resampled else scene_res},
+            "tiles": tiles,
+            "timings": timings,
+            "outputs": {
+                "scores.tif": {"dtype": "uint8", "probability": "DN / 254", "nodata": NODATA, "bands": card.class_names},
+                "classes.tif": {"dtype": "uint8", "values": dict(enumerate(card.class_names)), "nodata": NODATA},
+            },
+        }
+        (tmp / "run.json").write_text(json.dumps(run, indent=2))
+        _replace_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: done in %.1f s (%d tiles run, %d nodata tiles skipped) -> %s", scene, timings["total_s"],
+             tiles["run"], tiles["skipped"], final_dir)
+    return SceneReport(str(scene), str(final_dir), True, None, timings["total_s"], tiles)
+
+
+def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path) -> dict:
+    """Submit chunk tasks (a bounded number in flight) and stitch their results as they arrive."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    profile = tiled_profile(working.crs_wkt, working.affine, working.width, working.height, len(card.classes), "uint16")
+    chunks = [c.index for c in grid.chunks()]
+    in_flight_max = max(2, 2 * s.workers)
+    run = skipped = 0
+    with rasterio.open(stage1, "w", **profile) as dst, tqdm(
+        total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
+    ) as bar:
+        stitcher = _Stitcher(grid, len(card.classes), dst)
+        submit = lambda idx: client.submit(  # noqa: E731
+            predict_chunk, str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size,
+            key=f"chunk-{Path(scene).name}-{idx[0]}-{idx[1]}-{time.monotonic_ns()}", retries=2, pure=False,
+        )
+        queue = iter(chunks)
+        futures = as_completed([submit(i) for _, i in zip(range(in_flight_max), queue)])
+        for fut in futures:
+            result: ChunkResult = fut.result()
+            fut.release()
+            stitcher.add(result)
+            run += result.tiles_run
+            skipped += result.tiles_skipped
+            bar.update(result.tiles_run + result.tiles_skipped)
+            nxt = next(queue, None)
+            if nxt is not None:
+                futures.add(submit(nxt))
+        if stitcher.pending:
+            raise RuntimeError(f"internal error: {len(stitcher.pending)} regions never completed")
+    return {"total": grid.n_tiles, "run": run, "skipped": skipped, "chunks": len(chunks),
+            "tile_size": grid.tile_size, "overlap": grid.overlap}
+
+
+def _finalize(scene: Path, stage1: Path, working: WorkingGrid, card: ModelCard, tmp: Path, scene_grid) -> None:
+    """Stage 2: stage-1 probabilities on the scene grid -> tiled uint8 scores and classes."""
+    crs, transform, width, height = scene_grid
+    n = len(card.classes)
+    with open_scene(scene) as src, rasterio.open(stage1) as st1:
+        view = (
+            WarpedVRT(st1, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear)
+            if working.resampled else st1
+        )
+        with view, rasterio.open(
+            tmp / "scores.tiled.tif", "w", **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
+        ) as scores_ds, rasterio.open(
+            tmp / "classes.tiled.tif", "w", **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
+        ) as classes_ds:
+            describe_scores(scores_ds, card)
+            describe_classes(classes_ds, card)
+            for window in _blocks(width, height):
+                probs = view.read(window=window).astype(np.float32) / STAGE_SCALE
+                valid = src.dataset_mask(window=window) > 0
+                scores, classes = finalize_block(probs, valid)
+                scores_ds.write(scores, window=window)
+                classes_ds.write(classes, 1, window=window)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a complete output folder into place; an older one is removed only after."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_root(out_root: str | Path) -> Path:
+    out = Path(out_root)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".geounet-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(out, f"cannot write output folder ({exc.strerror or exc})") from None
+    return out
+
+
+def make_client(settings: PredictSettings):
+    """A dask.distributed client: the given scheduler, else an in-process local cluster.
+
+    Locally, ``workers`` threads share one process (and one copy of the model); torch's
+    own thread pool is split between them so the cores are not oversubscribed.
+    """
+    from distributed import Client, LocalCluster
+
+    if settings.scheduler:
+        return Client(settings.scheduler, timeout="20s")
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=settings.workers, processes=False, dashboard_address=None,
+    )
+    return Client(cluster)
+
+
+def predict_batch(scenes: Iterable[str | Path], out_root: str | Path, model_path: str | Path, settings: PredictSettings) -> list[SceneReport]:
+    """Predict several scenes; a scene that fails is reported and the others still run."""
+    scenes = [Path(p) for p in scenes]
+    read_card(model_path)  # a bad model fails the whole batch at once, before any work
+    out = check_output_root(out_root)
+    seen: dict[Path, Path] = {}
+    for p in scenes:
+        d = output_dir_for(p, out)
+        if d in seen:
+            raise GeounetError(p, f"writes to the same output folder {d} as {seen[d]}: rename one of them")
+        seen[d] = p
+    reports = []
+    client = make_client(settings)
+    try:
+        for p in scenes:
+            t0 = time.perf_counter()
+            try:
+                reports.append(predict_scene(p, out, model_path, settings, client))
+            except GeounetError as exc:
+                log.error("error: %s", exc)
+                reports.append(SceneReport(str(p), None, False, str(exc), time.perf_counter() - t0))
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return reports
