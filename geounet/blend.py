@@ -9,6 +9,8 @@ do not taper: border pixels are predicted by one tile at full weight.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -30,16 +32,20 @@ def edge_profile(size: int, overlap: int, taper_start: bool, taper_end: bool) ->
     return w
 
 
+@lru_cache(maxsize=64)
 def blend_weights(tile_size: int, overlap: int, taper: tuple[bool, bool, bool, bool]) -> np.ndarray:
-    """2-D blending window (``tile_size`` square, float32) for a tile.
+    """2-D blending window (``tile_size`` square, float32, read-only) for a tile.
 
     ``taper`` = (top, bottom, left, right): True where a neighbouring tile shares
     that edge. The window is the outer product of the row and column profiles.
+    Cached: there are only 16 distinct windows per tile geometry.
     """
     top, bottom, left, right = taper
     rows = edge_profile(tile_size, overlap, top, bottom)
     cols = edge_profile(tile_size, overlap, left, right)
-    return rows[:, None] * cols[None, :]
+    w = rows[:, None] * cols[None, :]
+    w.flags.writeable = False
+    return w
 
 
 def blend_tiles(
@@ -47,13 +53,16 @@ def blend_tiles(
     tile_offsets: list[tuple[int, int]],
     weights: list[np.ndarray],
     out_shape: tuple[int, int],
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Weighted sum of tile predictions ``(n, classes, T, T)`` into ``(classes, *out_shape)``.
 
-    ``tile_offsets`` are each tile's (row, col) corner in the output array.
+    ``tile_offsets`` are each tile's (row, col) corner in the output array. Pass
+    ``out`` to accumulate into an existing buffer (batch after batch).
     """
     n, classes, t, _ = predictions.shape
-    out = np.zeros((classes, *out_shape), dtype=np.float32)
+    if out is None:
+        out = np.zeros((classes, *out_shape), dtype=np.float32)
     for k in range(n):
         r, c = tile_offsets[k]
         out[:, r : r + t, c : c + t] += predictions[k] * weights[k]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blend import blend_weights
+from .blend import blend_tiles, blend_weights
 from .grid import Box, TileGrid
 from .model import ModelCard, load_model, normalise
 from .scene import WorkingGrid, open_working, read_box
@@ -116,6 +116,7 @@ def predict_chunk(
         part = todo[start : start + batch_size]
         batch = np.stack([x[:, r, c] for _, r, c in part])
         probs = forward_probabilities(net, batch, device, precision)
-        for (tile, rows, cols), p in zip(part, probs):
-            out[:, rows, cols] += p * blend_weights(grid.tile_size, grid.overlap, tile.taper)
+        offsets = [(r.start, c.start) for _, r, c in part]
+        weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]
+        blend_tiles(probs, offsets, weights, out.shape[1:], out=out)
     return ChunkResult(chunk_index, chunk.box, out, len(todo), len(chunk.tiles) - len(todo))

@@ -338,7 +338,6 @@ def predict_batch(scenes: Iterable[str | Path], out_root: str | Path, model_path
             try:
                 reports.append(predict_scene(p, out, model_path, settings, client))
             except GeounetError as exc:
-                log.error("error: %s", exc)
                 reports.append(SceneReport(str(p), None, False, str(exc), time.perf_counter() - t0))
     finally:
         cluster = getattr(client, "cluster", None)

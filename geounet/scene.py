@@ -54,9 +54,9 @@ def ground_resolution(crs, transform: Affine, width: int, height: int) -> float:
 
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     cr, cc = height / 2.0, width / 2.0
-    x0, y0 = transform * (cc, cr)
-    x1, y1 = transform * (cc + 1, cr)
-    x2, y2 = transform * (cc, cr + 1)
+    x0, y0 = transform @ (cc, cr)
+    x1, y1 = transform @ (cc + 1, cr)
+    x2, y2 = transform @ (cc, cr + 1)
     (lon0, lon1, lon2), (lat0, lat1, lat2) = to_lonlat.transform([x0, x1, x2], [y0, y1, y2])
     dx = _GEOD.inv(lon0, lat0, lon1, lat1)[2]
     dy = _GEOD.inv(lon0, lat0, lon2, lat2)[2]
@@ -115,7 +115,7 @@ def working_grid(src: rasterio.io.DatasetReader, card: ModelCard, tolerance: flo
         return WorkingGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height, False)
     width = max(1, round(src.width / factor))
     height = max(1, round(src.height / factor))
-    t = src.transform * Affine.scale(src.width / width, src.height / height)
+    t = src.transform @ Affine.scale(src.width / width, src.height / height)
     return WorkingGrid(src.crs.to_wkt(), tuple(t)[:6], width, height, True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 
@@ -27,11 +28,23 @@ except ImportError:  # pragma: no cover
     pass
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(quiet: bool) -> None:
     """geounet's own messages on stderr; Dask's cluster chatter only when it is an error."""
     log = logging.getLogger("geounet")
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("geounet: %(message)s"))
         log.addHandler(handler)
         log.propagate = False

@@ -38,6 +38,8 @@ def predict(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     failed = [r for r in reports if not r.ok]
+    for r in failed:
+        typer.echo(f"error: {r.error}", err=True)
     if len(reports) > 1 or failed:
         typer.echo(f"geounet: {len(reports) - len(failed)} scene(s) done, {len(failed)} failed", err=True)
     if failed:

@@ -1,0 +1,56 @@
+"""``geounet train CONFIG``: train a model from a YAML training config."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import GeounetError
+
+
+def train(
+    config: Path = typer.Argument(..., help="Training config (YAML); its relative paths are relative to its folder."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs (also when resuming)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Override output: the .safetensors model file to write."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (<model stem>.ckpt.pt)."),
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Override train.steps_per_epoch."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Override train.precision: auto, fp32 or bf16."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a segmentation model; write the model file, a CSV log of the epochs and a resume checkpoint."""
+    from ..train import load_config, train_model
+
+    overrides = {
+        "train.epochs": epochs,
+        "output": str(out) if out else None,
+        "train.resume": str(resume) if resume else None,
+        "train.steps_per_epoch": steps_per_epoch,
+        "train.seed": seed,
+        "train.precision": precision,
+    }
+    words = ["geounet", "train", str(config)]
+    for flag, value in (
+        ("--epochs", epochs), ("--out", out), ("--resume", resume),
+        ("--steps-per-epoch", steps_per_epoch), ("--seed", seed), ("--precision", precision),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    try:
+        cfg = load_config(config, overrides)
+        result = train_model(cfg, command=shlex.join(words), progress=progress)
+    except GeounetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    val = result.best_val
+    typer.echo(
+        f"wrote {result.model} (best epoch {result.best_epoch} of {result.epochs}, val IoU {val.get('mean_iou', 0):.4f}, "
+        f"{result.seconds:.0f} s); log {result.csv}; checkpoint {result.checkpoint}"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(train)

@@ -1,0 +1,124 @@
+"""End-to-end prediction: georeferencing, nodata, seams, determinism, resampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from geounet.pipeline import PredictSettings, predict_batch
+from tests.conftest import DEMO_SCENE, shared_file, write_scene
+
+
+def run(scenes, out, model, **kw):
+    kw.setdefault("quiet", True)
+    reports = predict_batch([Path(s) for s in scenes], out, model, PredictSettings(**kw))
+    return reports
+
+
+def read(path, band=None):
+    with rasterio.open(path) as ds:
+        return ds.read() if band is None else ds.read(band)
+
+
+def assert_same_grid(scene: Path, out_dir: Path):
+    with rasterio.open(scene) as src:
+        for name in ("scores.tif", "classes.tif"):
+            with rasterio.open(out_dir / name) as o:
+                assert o.crs == src.crs, name
+                assert o.transform.almost_equals(src.transform, precision=1e-12), name
+                assert (o.width, o.height) == (src.width, src.height), name
+                assert o.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG", name
+                assert o.block_shapes[0] == (512, 512) and o.compression is not None, name
+
+
+def test_demo_scene_outputs_are_cogs_on_the_scene_grid_with_nodata(tiny_model, tmp_path):
+    [rep] = run([DEMO_SCENE], tmp_path, tiny_model)
+    assert rep.ok, rep.error
+    out = tmp_path / "kampala_demo"
+    assert sorted(p.name for p in out.iterdir()) == ["classes.tif", "run.json", "scores.tif"]
+    assert_same_grid(DEMO_SCENE, out)
+    with rasterio.open(DEMO_SCENE) as src:
+        invalid = src.dataset_mask() == 0
+    assert invalid.any()
+    classes, scores = read(out / "classes.tif", 1), read(out / "scores.tif")
+    np.testing.assert_array_equal(classes == 255, invalid)
+    assert np.all(scores[:, invalid] == 255) and np.all(scores[:, ~invalid] <= 254)
+    # probabilities sum to ~1 (DN / 254)
+    total = scores[:, ~invalid].astype(int).sum(0)
+    assert np.abs(total - 254).max() <= 2
+    with rasterio.open(out / "classes.tif") as c, rasterio.open(out / "scores.tif") as s:
+        assert c.colormap(1)[1][:3] == (230, 60, 60) and c.nodata == 255
+        assert json.loads(c.tags()["GEOUNET_CLASSES"]) == ["background", "building"]
+        assert s.descriptions == ("background", "building") and s.scales[0] == pytest.approx(1 / 254)
+        assert c.overviews(1) and s.overviews(1)
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["input"]["sha256"] and run_json["model"]["sha256"] and run_json["geounet_version"]
+    assert run_json["settings"]["tile_size"] == 128 and run_json["working_grid"]["resampled"] is True
+    assert run_json["tiles"]["run"] > 0 and "total_s" in run_json["timings"]
+
+
+def test_workers_1_and_2_give_identical_classes(tiny_model, tmp_path):
+    a = run([DEMO_SCENE], tmp_path / "w1", tiny_model, workers=1, tile_size=96, overlap=32, chunk_pixels=128)
+    b = run([DEMO_SCENE], tmp_path / "w2", tiny_model, workers=2, tile_size=96, overlap=32, chunk_pixels=128)
+    assert a[0].ok and b[0].ok and a[0].tiles["chunks"] > 4
+    np.testing.assert_array_equal(read(tmp_path / "w1/kampala_demo/classes.tif"), read(tmp_path / "w2/kampala_demo/classes.tif"))
+    np.testing.assert_array_equal(read(tmp_path / "w1/kampala_demo/scores.tif"), read(tmp_path / "w2/kampala_demo/scores.tif"))
+
+
+def test_chunking_does_not_change_the_result(tiny_model, tmp_path):
+    """Chunk boundaries (stitched by the writer) give the same rasters as one chunk."""
+    run([DEMO_SCENE], tmp_path / "small", tiny_model, tile_size=96, overlap=32, chunk_pixels=64)
+    run([DEMO_SCENE], tmp_path / "one", tiny_model, tile_size=96, overlap=32, chunk_pixels=100000)
+    a = read(tmp_path / "small/kampala_demo/scores.tif").astype(int)
+    b = read(tmp_path / "one/kampala_demo/scores.tif").astype(int)
+    assert np.abs(a - b).max() <= 1  # float sums in another order may round one DN apart
+
+
+def test_scene_smaller_than_a_tile(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    scene = write_scene(tmp_path / "small.tif", rng.integers(0, 255, (3, 30, 45), dtype=np.uint8), res=0.15)
+    [rep] = run([scene], tmp_path / "out", tiny_model)
+    assert rep.ok and rep.tiles["total"] == 1
+    assert_same_grid(scene, tmp_path / "out" / "small")
+    assert (read(tmp_path / "out/small/classes.tif", 1) != 255).all()
+
+
+def test_all_nodata_tiles_are_skipped_and_stay_nodata(tiny_model, tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 255, (3, 300, 300), dtype=np.uint8)
+    mask = np.zeros((300, 300), bool)
+    mask[:, :100] = True  # only the left third is data
+    scene = write_scene(tmp_path / "part.tif", data, res=0.15, mask=mask)
+    [rep] = run([scene], tmp_path / "out", tiny_model, tile_size=64, overlap=16)
+    assert rep.ok and rep.tiles["skipped"] > 0 and rep.tiles["run"] < rep.tiles["total"]
+    classes = read(tmp_path / "out/part/classes.tif", 1)
+    np.testing.assert_array_equal(classes == 255, ~mask)
+
+
+def test_all_nodata_scene_gives_all_nodata_outputs_and_succeeds(tiny_model, tmp_path):
+    scene = write_scene(tmp_path / "empty.tif", np.zeros((3, 100, 120), np.uint8), res=0.15, nodata=0)
+    [rep] = run([scene], tmp_path / "out", tiny_model)
+    assert rep.ok and rep.tiles["run"] == 0
+    assert (read(tmp_path / "out/empty/classes.tif") == 255).all()
+    assert (read(tmp_path / "out/empty/scores.tif") == 255).all()
+
+
+def test_rerun_replaces_previous_outputs_atomically(tiny_model, tmp_path):
+    run([DEMO_SCENE], tmp_path, tiny_model)
+    first = json.loads((tmp_path / "kampala_demo/run.json").read_text())["created_utc"]
+    run([DEMO_SCENE], tmp_path, tiny_model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kampala_demo"]
+    assert json.loads((tmp_path / "kampala_demo/run.json").read_text())["created_utc"] >= first
+
+
+@pytest.mark.parametrize("rel", ["kampala/kampala_b.tif", "joplin/post/tile_31500-5137.tif"])
+def test_georeferencing_on_real_scenes(rel, tiny_model_03, tmp_path):
+    """EPSG:3857 (Kampala) and EPSG:4326 in degrees (Joplin post), both resampled to the model."""
+    scene = shared_file(rel)
+    [rep] = run([scene], tmp_path, tiny_model_03, tile_size=256, overlap=32)
+    assert rep.ok, rep.error
+    assert_same_grid(scene, tmp_path / scene.stem)
