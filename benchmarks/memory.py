@@ -1,0 +1,123 @@
+"""Peak memory of `geounet predict` against scene size: it must not grow with the scene.
+
+Generates scenes of N x N pixels (the demo crop repeated, written block by block as a
+tiled GeoTIFF, EPSG:3857 at the demo's 0.075 m), builds a tiny random-weight U-Net
+at the scene's own resolution (so the model runs on every pixel, no resampling), runs
+`geounet predict` in a child process and samples the resident memory of the process
+tree every 0.1 s.
+
+    python benchmarks/memory.py --sizes 4096 16384 [--workers 1] [--keep DIR]
+
+Prints one row per size: seconds, megapixels/s, peak RSS (MiB), and the ratio to the
+smallest size's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+from rasterio.windows import Window
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
+
+
+def make_scene(path: Path, size: int) -> Path:
+    with rasterio.open(DEMO) as src:
+        tile = src.read()
+        profile = src.profile | dict(width=size, height=size, compress=None, tiled=True, blockxsize=512,
+                                     blockysize=512, BIGTIFF="YES")
+    th, tw = tile.shape[1:]
+    block = np.tile(tile, (1, 2048 // th + 1, 2048 // tw + 1))
+    with rasterio.open(path, "w", **profile) as dst:
+        for r in range(0, size, 2048):
+            for c in range(0, size, 2048):
+                h, w = min(2048, size - r), min(2048, size - c)
+                dst.write(block[:, :h, :w], window=Window(c, r, w, h))
+    return path
+
+
+def make_model(path: Path, scene: Path) -> Path:
+    sys.path.insert(0, str(REPO))
+    from geounet.model import ClassInfo, ModelCard, build_network, save_model
+    from geounet.scene import ground_resolution
+
+    with rasterio.open(scene) as s:
+        res = ground_resolution(s.crs, s.transform, s.width, s.height)
+    card = ModelCard(
+        name="bench-tiny", classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
+        bands=[1, 2, 3], band_names=["red", "green", "blue"], mean=[0.45] * 3, std=[0.25] * 3, scale=255.0,
+        input_dtypes=["uint8"], resolution_m=res, tile_size=512, overlap=64, encoder="resnet18", encoder_depth=3,
+        decoder_channels=[16, 8, 4],
+    )
+    import torch
+
+    torch.manual_seed(0)
+    save_model(path, build_network(card), card)
+    return path
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Run cmd; return (seconds, peak RSS of the whole process tree in MiB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
+    # the kernel's own high-water mark for the child (catches spikes between samples)
+    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return seconds, max(peak, maxrss) / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--keep", type=Path, help="keep generated scenes and outputs here")
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="geounet-mem-"))
+    work.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "geounet.cli.main"]
+    rows = []
+    try:
+        model = None
+        for n in args.sizes:
+            scene = make_scene(work / f"scene_{n}.tif", n)
+            model = model or make_model(work / "tiny.safetensors", scene)
+            secs, peak = run_measured(exe + ["predict", str(scene), "--out", str(work / "out"), "--model", str(model),
+                                             "--workers", str(args.workers), "--quiet"])
+            rows.append((n, secs, n * n / secs / 1e6, peak))
+            print(f"{n:>6} x {n:<6} {secs:8.1f} s {n * n / secs / 1e6:7.2f} MP/s  peak RSS {peak:8.1f} MiB", flush=True)
+            scene.unlink()
+            shutil.rmtree(work / "out", ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    base = rows[0][3]
+    print("\nsize        seconds   MP/s   peak RSS MiB   ratio to smallest")
+    for n, secs, mps, peak in rows:
+        print(f"{n:>6}^2  {secs:9.1f}  {mps:5.2f}  {peak:12.1f}   {peak / base:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
