@@ -58,6 +58,8 @@ class PredictSettings:
     chunk_pixels: int = 2048  # target chunk side; a chunk is whole tiles
     resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
+    vector: bool = True  # also write features.gpkg
+    vector_block: int = 1024  # polygonize block side, pixels of the scene grid
     quiet: bool = False
 
     def resolved(self, card: ModelCard) -> "PredictSettings":
@@ -188,6 +190,15 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
             write_cog(tmp / f"{name}.tiled.tif", tmp / f"{name}.tif", resampling)
             (tmp / f"{name}.tiled.tif").unlink()
         timings["cog_s"] = time.perf_counter() - t0
+
+        vector = None
+        if s.vector:
+            from .features import vectorize_scene
+
+            t0 = time.perf_counter()
+            vector = vectorize_scene(tmp / "classes.tif", tmp / "scores.tif", tmp / "features.gpkg", card, client,
+                                     block=s.vector_block, quiet=s.quiet)
+            timings["vectorize_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         run = {
             "geounet_version": __version__,
@@ -202,11 +213,12 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
             "working_grid": {"resampled": working.resampled, "width": working.width, "height": working.height,
                              "resolution_m": card.resolution_m if working.resampled else scene_res},
             "tiles": tiles,
+            "vector": vector,
             "timings": timings,
             "outputs": {
                 "scores.tif": {"dtype": "uint8", "probability": "DN / 254", "nodata": NODATA, "bands": card.class_names},
                 "classes.tif": {"dtype": "uint8", "values": dict(enumerate(card.class_names)), "nodata": NODATA},
-            },
+            } | ({"features.gpkg": vector["layers"]} if vector else {}),
         }
         (tmp / "run.json").write_text(json.dumps(run, indent=2))
         _replace_dir(tmp, final_dir)

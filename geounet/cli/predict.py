@@ -22,6 +22,7 @@ def predict(
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
     workers: int = typer.Option(1, help="Chunks processed in parallel (local threads)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask.distributed scheduler."),
+    vector: bool = typer.Option(True, "--vector/--no-vector", help="Also write features.gpkg (polygons, centre lines)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
@@ -30,7 +31,7 @@ def predict(
     setup_logging(quiet)
     settings = PredictSettings(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
-        workers=workers, scheduler=scheduler, quiet=quiet,
+        workers=workers, scheduler=scheduler, vector=vector, quiet=quiet,
     )
     try:
         reports = predict_batch(scenes, out, model, settings)

@@ -1,0 +1,143 @@
+"""Class rasters to polygons, block by block, exact across block edges. Pure: arrays in, geometries out.
+
+``polygonize_block`` turns one window of a class raster into one polygon per
+4-connected component of each class, with the component's pixel count and the sum of
+its class score, and flags the components that touch an inner edge of the block
+(an edge shared with another block). ``merge_across_blocks`` joins those flagged
+pieces that share a boundary segment of positive length (found with an STRtree,
+never a global union), so the result is the same as polygonizing the whole raster
+at once: the same components, areas and union geometry.
+Geometries are in whole-raster *pixel* coordinates (x = column, y = row, integers at
+pixel corners), so pieces from neighbouring blocks share edges exactly; ``apply_affine``
+maps them to the raster's CRS once they are merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+from affine import Affine
+from rasterio.features import shapes
+from scipy import ndimage
+
+_FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, as rasterio.features.shapes
+
+
+@dataclass
+class Pieces:
+    """Polygons from one or more blocks: parallel arrays, one entry per polygon."""
+
+    class_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    geometry: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    score_sum: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # sum of score DNs
+    on_edge: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # touches an inner block edge
+
+    def __len__(self) -> int:
+        return len(self.class_id)
+
+    def take(self, idx) -> "Pieces":
+        return Pieces(self.class_id[idx], self.geometry[idx], self.pixels[idx], self.score_sum[idx], self.on_edge[idx])
+
+    @staticmethod
+    def concat(parts: list["Pieces"]) -> "Pieces":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Pieces()
+        return Pieces(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("class_id", "geometry", "pixels", "score_sum", "on_edge")))
+
+
+def polygonize_block(
+    classes: np.ndarray,
+    offset: tuple[int, int],
+    class_ids: list[int],
+    scores: np.ndarray | None = None,
+    inner_edges: tuple[bool, bool, bool, bool] = (False, False, False, False),
+) -> Pieces:
+    """Polygons of the given classes in one block.
+
+    classes: (rows, cols) class indexes; any value not in ``class_ids`` is ignored.
+    offset: (row, col) of the block's first pixel in the whole raster.
+    scores: optional (rows, cols) per-pixel score of the pixel's own class (any unit).
+    inner_edges: (top, bottom, left, right) True where the block shares that edge with another block.
+    """
+    out = []
+    for cid in class_ids:
+        mask = classes == cid
+        if not mask.any():
+            continue
+        labels, n = ndimage.label(mask, structure=_FOUR)
+        index = np.arange(1, n + 1)
+        pixels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        if scores is None:
+            ssum = np.zeros(n)
+        else:
+            ssum = np.bincount(labels.ravel(), weights=scores.ravel().astype(np.float64), minlength=n + 1)[1:]
+        edge = np.zeros(n + 1, bool)
+        top, bottom, left, right = inner_edges
+        for flag, line in ((top, labels[0]), (bottom, labels[-1]), (left, labels[:, 0]), (right, labels[:, -1])):
+            if flag:
+                edge[line] = True
+        geoms = np.empty(n, object)
+        pixel_grid = Affine.translation(offset[1], offset[0])
+        for geom, value in shapes(labels.astype(np.int32), mask=mask, transform=pixel_grid, connectivity=4):
+            geoms[int(value) - 1] = shapely.geometry.shape(geom)
+        out.append(Pieces(np.full(n, cid, np.int32), geoms, pixels, ssum, edge[index]))
+    return Pieces.concat(out)
+
+
+def merge_across_blocks(pieces: Pieces) -> Pieces:
+    """Join pieces of the same class that share a boundary segment; others pass through.
+
+    Only pieces flagged ``on_edge`` are considered; pairs come from an STRtree query.
+    Pieces that meet at a single corner stay apart (4-connectivity, as a whole-raster
+    polygonization would give). The result has ``on_edge`` all False.
+    """
+    keep = pieces.take(~pieces.on_edge)
+    cand = pieces.take(pieces.on_edge)
+    n = len(cand)
+    if n == 0:
+        return keep
+    tree = shapely.STRtree(cand.geometry)
+    left, right = tree.query(cand.geometry, predicate="intersects")
+    sel = (left < right) & (cand.class_id[left] == cand.class_id[right])
+    left, right = left[sel], right[sel]
+    shared = shapely.relate_pattern(cand.geometry[left], cand.geometry[right], "****1****")
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(left[shared], right[shared]):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([find(i) for i in range(n)])
+    order = np.unique(roots)
+    merged_geoms = np.empty(len(order), object)
+    pixels = np.zeros(len(order), np.int64)
+    ssum = np.zeros(len(order))
+    cls = np.zeros(len(order), np.int32)
+    for k, root in enumerate(order):
+        members = np.flatnonzero(roots == root)
+        geom = cand.geometry[members[0]] if len(members) == 1 else shapely.union_all(cand.geometry[members])
+        merged_geoms[k] = shapely.simplify(geom, 0.0)  # drop collinear vertices left on the seams
+        pixels[k] = cand.pixels[members].sum()
+        ssum[k] = cand.score_sum[members].sum()
+        cls[k] = cand.class_id[root]
+    merged = Pieces(cls, merged_geoms, pixels, ssum, np.zeros(len(order), bool))
+    return Pieces.concat([keep, merged])
+
+
+def apply_affine(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    """Whole-raster pixel (col, row) coordinates -> the raster's CRS, through its transform."""
+    a, b, c, d, e, f = transform[:6]
+    return shapely.transform(
+        np.asarray(geoms, dtype=object),
+        lambda p: np.column_stack([a * p[:, 0] + b * p[:, 1] + c, d * p[:, 0] + e * p[:, 1] + f]),
+    )
