@@ -15,21 +15,19 @@ smallest size's peak.
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import rasterio
 from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import run_measured  # noqa: E402
+
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 
 
@@ -66,27 +64,6 @@ def make_model(path: Path, scene: Path) -> Path:
     torch.manual_seed(0)
     save_model(path, build_network(card), card)
     return path
-
-
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """Run cmd; return (seconds, peak RSS of the whole process tree in MiB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            procs = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.1)
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
-    # the kernel's own high-water mark for the child (catches spikes between samples)
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return seconds, max(peak, maxrss) / 2**20
 
 
 def main() -> None:

@@ -23,12 +23,13 @@ import numpy as np
 import pyogrio
 import rasterio
 import shapely
+from affine import Affine
 from rasterio.windows import Window
 
 from .centerlines import centerlines_block, merge_centerlines
 from .errors import InputError
 from .model import ModelCard
-from .postprocess import DEFAULT_RULES, ClassRules, clean_polygons, metric_crs
+from .postprocess import DEFAULT_RULES, ClassRules, clean_polygons, metric_crs, valid_polygons
 from .scene import ground_resolution
 from .vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block
 
@@ -54,8 +55,21 @@ def block_jobs(height: int, width: int, block: int) -> list[BlockJob]:
     return jobs
 
 
-def polygonize_task(classes_path: str, scores_path: str | None, job: BlockJob, class_ids: list[int]) -> Pieces:
-    """Dask task: polygons of ``class_ids`` in one block of the class raster."""
+@dataclass(frozen=True)
+class LayerContext:
+    """What turning pixel pieces into finished layer rows needs (small; travels to tasks)."""
+
+    card: ModelCard
+    crs_wkt: str
+    transform: tuple[float, ...]
+    metric_wkt: str
+    rules: dict[str, ClassRules]
+
+
+def polygonize_task(
+    classes_path: str, scores_path: str | None, job: BlockJob, class_ids: list[int], ctx: LayerContext
+) -> tuple[dict[str, gpd.GeoDataFrame], Pieces]:
+    """Dask task: one block's finished polygons (cleaned, by layer) and its raw seam pieces."""
     r0, c0, r1, c1 = job.window
     win = Window(c0, r0, c1 - c0, r1 - r0)
     with rasterio.open(classes_path) as src:
@@ -67,7 +81,37 @@ def polygonize_task(classes_path: str, scores_path: str | None, job: BlockJob, c
         idx = np.where(classes == NODATA, 0, classes).astype(np.intp)
         if idx.max(initial=0) < all_scores.shape[0]:
             scores = np.take_along_axis(all_scores, idx[None], axis=0)[0]
-    return polygonize_block(classes, (r0, c0), class_ids, scores, job.inner_edges)
+    pieces = polygonize_block(classes, (r0, c0), class_ids, scores, job.inner_edges)
+    return pieces_to_layers(pieces.take(~pieces.on_edge), ctx), pieces.take(pieces.on_edge)
+
+
+def pieces_to_layers(pieces: Pieces, ctx: LayerContext) -> dict[str, gpd.GeoDataFrame]:
+    """Complete polygons (pixel coordinates) -> cleaned rows per layer, in the scene's CRS."""
+    from pyproj import CRS
+
+    crs, metric = CRS.from_wkt(ctx.crs_wkt), CRS.from_wkt(ctx.metric_wkt)
+    layers = {}
+    for kind, layer in LAYER_FOR_KIND.items():
+        ids = [i for i, c in enumerate(ctx.card.classes) if c.kind == kind]
+        sel = np.isin(pieces.class_id, ids)
+        if not sel.any():
+            continue
+        p = pieces.take(sel)
+        score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
+        names = np.array(ctx.card.class_names, dtype=object)[p.class_id]
+        geoms = apply_affine(p.geometry, Affine(*ctx.transform))
+        gdf = gpd.GeoDataFrame({"class_id": p.class_id, "class_name": names, "score": score},
+                               geometry=gpd.GeoSeries(geoms, crs=crs)).to_crs(metric)
+        gdf = clean_polygons(gdf, ctx.rules[kind]).to_crs(crs)
+        if gdf.empty:
+            continue
+        gdf = gdf.set_geometry(valid_polygons(gdf.geometry))  # repair anything reprojection broke
+        gdf = gdf.assign(area_m2=gdf.area_m2.round(3), perimeter_m=gdf.perimeter_m.round(3))
+        if layer == "landcover":
+            layers[layer] = gdf.rename(columns={"class_id": "class"})[["class", "class_name", "area_m2", "score", "geometry"]]
+        else:
+            layers[layer] = gdf.rename(columns={"class_name": "class"})[["class", "score", "area_m2", "perimeter_m", "geometry"]]
+    return layers
 
 
 def centerline_task(classes_path: str, job: BlockJob, road_ids: list[int], halo: int, spur_px: float) -> list:
@@ -114,7 +158,8 @@ def vectorize_scene(
     kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
     poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
     jobs = block_jobs(height, width, block)
-    writer = _LayerWriter(gpkg_path, crs, transform, metric, card, rules, res_m)
+    ctx = LayerContext(card, crs.to_wkt(), tuple(transform)[:6], metric.to_wkt(), rules)
+    writer = _LayerWriter(gpkg_path, crs, metric, card)
     for kind, ids in kinds.items():
         if ids:
             writer.create(LAYER_FOR_KIND[kind], kind)
@@ -122,17 +167,22 @@ def vectorize_scene(
         writer.create("road_centerlines", "road_centerline")
 
     edge_pieces: list[Pieces] = []
-    futures = as_completed([
-        client.submit(polygonize_task, str(classes_path), str(scores_path) if scores_path else None, j, poly_ids,
-                      pure=False, retries=2)
-        for j in jobs
-    ])
+    queue = iter(jobs)
+    submit = lambda j: client.submit(  # noqa: E731
+        polygonize_task, str(classes_path), str(scores_path) if scores_path else None, j, poly_ids, ctx,
+        pure=False, retries=2,
+    )
+    in_flight = max(4, 2 * _n_threads(client))  # bounded: memory follows the block size, not the raster
+    futures = as_completed([submit(j) for _, j in zip(range(in_flight), queue)])
     for fut in futures:
-        pieces: Pieces = fut.result()
+        layers, seam = fut.result()
         fut.release()
-        edge_pieces.append(pieces.take(pieces.on_edge))
-        writer.add(pieces.take(~pieces.on_edge))
-    writer.add(merge_across_blocks(Pieces.concat(edge_pieces)))
+        edge_pieces.append(seam)
+        writer.write(layers)
+        nxt = next(queue, None)
+        if nxt is not None:
+            futures.add(submit(nxt))
+    writer.write(pieces_to_layers(merge_across_blocks(Pieces.concat(edge_pieces)), ctx))
 
     if kinds["road"]:
         r = rules["road"]
@@ -148,11 +198,10 @@ def vectorize_scene(
 
 
 class _LayerWriter:
-    """Cleans polygons by class kind and appends them to the GeoPackage's layers."""
+    """Creates the GeoPackage's layers (with styles) and appends finished rows to them."""
 
-    def __init__(self, path: Path, crs, transform, metric, card: ModelCard, rules: dict[str, ClassRules], res_m: float) -> None:
-        self.path, self.crs, self.transform, self.metric = path, crs, transform, metric
-        self.card, self.rules, self.res_m = card, rules, res_m
+    def __init__(self, path: Path, crs, metric, card: ModelCard) -> None:
+        self.path, self.crs, self.metric, self.card = path, crs, metric, card
         self.counts: dict[str, int] = {}
 
     def create(self, layer: str, kind: str) -> None:
@@ -169,29 +218,11 @@ class _LayerWriter:
         self.counts[layer] = 0
         _write_style(self.path, layer, self.card, kind)
 
-    def add(self, pieces: Pieces) -> None:
-        for kind, layer in LAYER_FOR_KIND.items():
-            ids = [i for i, c in enumerate(self.card.classes) if c.kind == kind]
-            sel = np.isin(pieces.class_id, ids)
-            if not sel.any():
-                continue
-            p = pieces.take(sel)
-            score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
-            names = np.array(self.card.class_names, dtype=object)[p.class_id]
-            gdf = gpd.GeoDataFrame({"class_id": p.class_id, "class_name": names, "score": score},
-                                   geometry=gpd.GeoSeries(apply_affine(p.geometry, self.transform), crs=self.crs)
-                                   ).to_crs(self.metric)
-            gdf = clean_polygons(gdf, self.rules[kind]).to_crs(self.crs)
-            if gdf.empty:
-                continue
-            gdf = gdf.set_geometry(_to_valid_multi(gdf.geometry))
-            if layer == "landcover":
-                out = gdf.rename(columns={"class_id": "class"})[["class", "class_name", "area_m2", "score", "geometry"]]
-            else:
-                out = gdf.rename(columns={"class_name": "class"})[["class", "score", "area_m2", "perimeter_m", "geometry"]]
-            out = out.assign(area_m2=out.area_m2.round(3), **({"perimeter_m": out.perimeter_m.round(3)} if "perimeter_m" in out else {}))
-            pyogrio.write_dataframe(out, self.path, layer=layer, driver="GPKG", append=True, promote_to_multi=True)
-            self.counts[layer] += len(out)
+    def write(self, layers: dict[str, gpd.GeoDataFrame]) -> None:
+        for layer, gdf in layers.items():
+            if len(gdf):
+                pyogrio.write_dataframe(gdf, self.path, layer=layer, driver="GPKG", append=True, promote_to_multi=True)
+                self.counts[layer] += len(gdf)
 
     def add_centerlines(self, lines: list) -> None:
         if not lines:
@@ -203,11 +234,11 @@ class _LayerWriter:
         self.counts["road_centerlines"] += len(gdf)
 
 
-def _to_valid_multi(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
-    """Repair anything reprojection broke; keep polygons only."""
-    from .postprocess import valid_polygons
-
-    return valid_polygons(geoms)
+def _n_threads(client) -> int:
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 - scheduler without worker info yet
+        return 1
 
 
 def _qml(card: ModelCard, kind: str) -> str:

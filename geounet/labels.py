@@ -169,9 +169,10 @@ def read_label_raster(
                 width=out_shape[1],
                 height=out_shape[0],
                 resampling=Resampling.nearest,
+                add_alpha=src.nodata is None,  # mark the area outside the raster as not valid
             ) as vrt:
                 values = vrt.read(1)
-                valid = vrt.read_masks(1) > 0
+                valid = vrt.dataset_mask() > 0
     except rasterio.errors.RasterioError as exc:
         raise GeounetError(path, f"cannot read the label raster ({_short(exc)})") from None
     if not valid.any():

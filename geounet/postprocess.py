@@ -49,8 +49,11 @@ def fill_holes(geoms: np.ndarray, max_hole_area: float) -> np.ndarray:
     """Remove interior rings smaller than ``max_hole_area`` (units of the geometry's CRS)."""
     if max_hole_area <= 0:
         return geoms
-    out = np.empty(len(geoms), object)
-    for i, g in enumerate(geoms):
+    out = np.array(geoms, dtype=object)
+    with_holes = np.flatnonzero(shapely.get_num_interior_rings(shapely.get_geometry(out, 0)) > 0)
+    multi = np.flatnonzero(shapely.get_num_geometries(out) > 1)
+    for i in np.union1d(with_holes, multi):  # only polygons that have holes need work
+        g = out[i]
         polys = []
         for p in shapely.get_parts(g):
             holes = [r for r in p.interiors if shapely.Polygon(r).area >= max_hole_area]
@@ -63,7 +66,10 @@ def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame
     """Apply ``rules`` to polygons in a metric CRS; adds ``area_m2`` and ``perimeter_m``."""
     if gdf.empty:
         return gdf.assign(area_m2=np.zeros(0), perimeter_m=np.zeros(0))
-    geoms = fill_holes(gdf.geometry.values.to_numpy() if hasattr(gdf.geometry.values, "to_numpy") else np.asarray(gdf.geometry), rules.hole_area_m2)
+    # Canonical rings first (no collinear vertices, fixed start and orientation): simplification
+    # then gives the same result however the polygon was assembled (one block or merged pieces).
+    geoms = shapely.normalize(shapely.simplify(np.asarray(gdf.geometry.values, dtype=object), 0.0))
+    geoms = fill_holes(geoms, rules.hole_area_m2)
     gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))
     gdf = gdf[gdf.geometry.area >= max(rules.min_area_m2, 1e-12)]
     if rules.regularize and not gdf.empty:
@@ -82,12 +88,13 @@ def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame
 
 def valid_polygons(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
     """make_valid, keeping only the polygonal parts (a repaired polygon may yield lines)."""
-    fixed = shapely.make_valid(np.asarray(geoms.values, dtype=object))
-    out = []
-    for g in fixed:
-        if g.geom_type in ("Polygon", "MultiPolygon"):
-            out.append(g)
-        else:
+    arr = np.asarray(geoms.values, dtype=object)
+    bad = np.flatnonzero(~shapely.is_valid(arr))
+    out = arr.copy()
+    for i in bad:  # usually none
+        g = shapely.make_valid(arr[i])
+        if g.geom_type not in ("Polygon", "MultiPolygon"):
             parts = [p for p in shapely.get_parts(g) if p.geom_type in ("Polygon", "MultiPolygon")]
-            out.append(shapely.union_all(parts) if parts else shapely.Polygon())
+            g = shapely.union_all(parts) if parts else shapely.Polygon()
+        out[i] = g
     return gpd.GeoSeries(out, index=geoms.index, crs=geoms.crs)

@@ -82,10 +82,26 @@ def polygonize_block(
                 edge[line] = True
         geoms = np.empty(n, object)
         pixel_grid = Affine.translation(offset[1], offset[0])
-        for geom, value in shapes(labels.astype(np.int32), mask=mask, transform=pixel_grid, connectivity=4):
-            geoms[int(value) - 1] = shapely.geometry.shape(geom)
+        found = list(shapes(labels.astype(np.int32), mask=mask, transform=pixel_grid, connectivity=4))
+        geoms[[int(v) - 1 for _, v in found]] = _polygons_from_geojson([g for g, _ in found])
         out.append(Pieces(np.full(n, cid, np.int32), geoms, pixels, ssum, edge[index]))
     return Pieces.concat(out)
+
+
+def _polygons_from_geojson(geoms: list[dict]) -> np.ndarray:
+    """GeoJSON polygon dicts -> shapely Polygons, built in one vectorized call."""
+    coords, ring_ends, poly_ends = [], [0], [0]
+    for g in geoms:
+        for ring in g["coordinates"]:
+            coords.extend(ring)
+            ring_ends.append(len(coords))
+        poly_ends.append(len(ring_ends) - 1)
+    if not geoms:
+        return np.zeros(0, object)
+    return shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64),
+        (np.asarray(ring_ends, np.int64), np.asarray(poly_ends, np.int64)),
+    )
 
 
 def merge_across_blocks(pieces: Pieces) -> Pieces:

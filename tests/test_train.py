@@ -1,0 +1,229 @@
+"""Training library: config checks, ground resolution, scene reading, chips, a tiny end-to-end run, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+from affine import Affine
+from shapely.geometry import box, mapping
+
+from geounet.errors import GeounetError
+from geounet.labels import IGNORE_INDEX
+from geounet.model import load_model, read_card
+from geounet.train import (
+    AugmentConfig,
+    ChipSampler,
+    Scene,
+    augment,
+    confusion,
+    ground_resolution_m,
+    iou_per_class,
+    load_config,
+    load_scene,
+    resolve_precision,
+    train_model,
+)
+
+CRS = "EPSG:32636"
+ORIGIN = (450000.0, 40064.0)  # top-left corner, UTM 36N metres
+SQUARES = [(8, 8, 24, 24), (40, 8, 56, 20), (8, 40, 20, 60), (36, 36, 56, 56)]  # (x0, y0, x1, y1) metres from top-left
+
+
+@pytest.fixture()
+def scene_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A 128 x 128 px RGB scene at 0.5 m/px (64 m square) with bright "roofs" and a mask, and their outlines."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(40, 90, size=(3, 128, 128), dtype=np.uint8)
+    geoms = []
+    for x0, y0, x1, y1 in SQUARES:
+        img[0, int(y0 * 2) : int(y1 * 2), int(x0 * 2) : int(x1 * 2)] = 220
+        geoms.append(box(ORIGIN[0] + x0, ORIGIN[1] - y1, ORIGIN[0] + x1, ORIGIN[1] - y0))
+    mask = np.full((128, 128), 255, np.uint8)
+    mask[:, :4] = 0  # outside the footprint: must be ignored
+    image = tmp_path / "scene.tif"
+    profile = dict(driver="GTiff", width=128, height=128, count=3, dtype="uint8", crs=CRS,
+                   transform=Affine(0.5, 0, ORIGIN[0], 0, -0.5, ORIGIN[1]))
+    with rasterio.open(image, "w", **profile) as ds:
+        ds.write(img)
+        ds.write_mask(mask)
+    labels = tmp_path / "roofs.geojson"
+    features = [{"type": "Feature", "properties": {"kind": "roof"}, "geometry": mapping(g)} for g in geoms]
+    labels.write_text(json.dumps({
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32636"}},
+        "features": features,
+    }))
+    return image, labels
+
+
+def config_dict(image: Path, labels: Path, out: Path) -> dict:
+    return {
+        "name": "tiny",
+        "output": str(out),
+        "classes": [
+            {"name": "background", "kind": "background", "color": [0, 0, 0]},
+            {"name": "building", "kind": "building", "color": [230, 60, 60]},
+        ],
+        "data": {
+            "train": [{"image": str(image), "labels": str(labels), "window": [0, 0, 1, 0.75]}],
+            "val": [{"image": str(image), "labels": str(labels), "window": [0, 0.75, 1, 1]}],
+            "resolution_m": 1.0,
+        },
+        "labels": {"class_field": "kind", "value_map": {"roof": "building"}},
+        "model": {"encoder": "resnet18", "decoder_channels": [16, 8, 8, 8, 8], "tile_size": 64, "overlap": 16},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "chip_size": 32, "warmup_steps": 1,
+                  "lr": 0.01, "threads": 2},
+        "card": {"licence": "test data", "data": "synthetic"},
+    }
+
+
+def write_config(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_config_typos_are_listed(tmp_path: Path, scene_files) -> None:
+    raw = config_dict(*scene_files, tmp_path / "m.safetensors")
+    raw["train"]["lerning_rate"] = 0.1
+    raw["data"]["train"][0]["imag"] = "x.tif"
+    raw["colour"] = "red"
+    with pytest.raises(GeounetError) as err:
+        load_config(write_config(tmp_path, raw))
+    msg = str(err.value)
+    assert "unknown config keys" in msg
+    for key in ("train.lerning_rate", "data.train[0].imag", "colour"):
+        assert key in msg
+
+
+def test_config_values_are_checked(tmp_path: Path, scene_files) -> None:
+    raw = config_dict(*scene_files, tmp_path / "m.safetensors")
+    raw["train"]["epochs"] = "many"
+    with pytest.raises(GeounetError, match="train.epochs must be an integer"):
+        load_config(write_config(tmp_path, raw))
+    raw = config_dict(*scene_files, tmp_path / "m.safetensors")
+    raw["train"]["loss"] = "hinge"
+    raw["labels"]["value_map"] = {"roof": "house"}
+    with pytest.raises(GeounetError) as err:
+        load_config(write_config(tmp_path, raw))
+    assert "train.loss" in str(err.value) and "'house'" in str(err.value)
+
+
+def test_config_relative_paths_and_overrides(tmp_path: Path, scene_files) -> None:
+    raw = config_dict(*scene_files, tmp_path / "m.safetensors")
+    raw["output"] = "models/m.safetensors"
+    cfg = load_config(write_config(tmp_path, raw), {"train.epochs": 7, "output": None})
+    assert cfg.output == tmp_path / "models" / "m.safetensors"
+    assert cfg.train.epochs == 7
+    assert cfg.checkpoint_path == tmp_path / "models" / "m.ckpt.pt"
+
+
+def test_ground_resolution_geographic_and_web_mercator() -> None:
+    # 1e-5 degree pixels at the equator: about 1.113 m east-west, 1.106 m north-south.
+    dx, dy = ground_resolution_m("EPSG:4326", Affine(1e-5, 0, 32.0, 0, -1e-5, 0.005), 1000, 1000)
+    assert dx == pytest.approx(1.1132, abs=1e-3) and dy == pytest.approx(1.1057, abs=1e-3)
+    # EPSG:3857 at 60 N: 1 m map units are about 0.5 m on the ground.
+    y60 = 8399737.89
+    dx, dy = ground_resolution_m("EPSG:3857", Affine(1, 0, 0, 0, -1, y60 + 50), 100, 100)
+    assert dx == pytest.approx(0.5, rel=0.01) and dy == pytest.approx(0.5, rel=0.01)
+
+
+def test_load_scene_resamples_and_masks(tmp_path: Path, scene_files) -> None:
+    cfg = load_config(write_config(tmp_path, config_dict(*scene_files, tmp_path / "m.safetensors")))
+    scene = load_scene(cfg.data.train[0], cfg)  # 0.5 m -> 1 m, top 75 % of the rows
+    assert scene.image.shape == (3, 48, 64) and scene.label.shape == (48, 64)
+    assert (scene.label[:, :2] == IGNORE_INDEX).all()  # the masked columns
+    assert scene.transform.a == pytest.approx(1.0)
+    # Square 1 covers 16 x 16 m = 256 px at 1 m; square 2 12 m high; square 3 partly (rows 40..47).
+    assert int((scene.label == 1).sum()) == 256 + 16 * 12 + 12 * 8 + 20 * 12
+
+
+def test_chip_sampler_bias_and_padding() -> None:
+    label = np.zeros((100, 300), np.uint8)
+    label[90:95, 290:295] = 1
+    scene = Scene("s", np.zeros((3, 100, 300), np.uint8), label, CRS, Affine.identity(), "uint8")
+    biased = ChipSampler([scene], 32, [1], 1.0, 0.0, np.random.default_rng(0))
+    assert all((biased.sample()[1] == 1).any() for _ in range(20))
+    small = ChipSampler([scene], 128, [1], 0.0, 0.0, np.random.default_rng(0))
+    img, lab = small.sample()
+    assert img.shape == (3, 128, 128) and (lab[100:] == IGNORE_INDEX).all()
+
+
+def test_augment_keeps_image_and_labels_aligned() -> None:
+    y = torch.randint(0, 2, (4, 32, 32))
+    x = y[:, None].float().repeat(1, 3, 1, 1)
+    aug = AugmentConfig(brightness=0.0, contrast=0.0, noise=0.0)
+    xa, ya = augment(x, y, aug, torch.Generator().manual_seed(0))
+    assert torch.equal(xa[:, 0].long(), ya)
+    assert not torch.equal(ya, y)  # something was flipped or rotated
+
+
+def test_iou_from_confusion() -> None:
+    label = np.array([[0, 0, 1, 1], [0, 255, 1, 1]])
+    pred = np.array([[0, 1, 1, 1], [0, 1, 0, 1]])
+    cm = confusion(pred, label, 2)
+    assert cm.tolist() == [[2, 1], [1, 3]]
+    assert iou_per_class(cm)[1] == pytest.approx(3 / 5)
+
+
+def test_precision_auto() -> None:
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "bf16"
+    cap = torch.backends.cpu.get_cpu_capability()
+    expected = "bf16" if ("AVX512" in cap or "AMX" in cap) else "fp32"
+    assert resolve_precision("auto", "cpu") == expected
+
+
+def test_train_end_to_end_and_resume(tmp_path: Path, scene_files) -> None:
+    out = tmp_path / "models" / "tiny.safetensors"
+    cfg_path = write_config(tmp_path, config_dict(*scene_files, out))
+    result = train_model(load_config(cfg_path), command="geounet train train.yaml", progress=False)
+    assert result.epochs == 1 and out.is_file() and result.checkpoint.is_file()
+
+    net, card = load_model(out)
+    assert card.class_names == ["background", "building"] and card.resolution_m == 1.0
+    assert card.training["command"] == "geounet train train.yaml"
+    assert card.training["licence"] == "test data" and card.training["epochs"] == 1
+    assert 0.0 <= card.training["val"]["mean_iou"] <= 1.0
+    assert next(net.parameters()).dtype == torch.float32
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:  # weights are stored as float16
+        assert f.get_tensor("encoder.conv1.weight").dtype == torch.float16
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+    cfg = load_config(cfg_path, {"train.epochs": 2, "train.resume": str(result.checkpoint)})
+    resumed = train_model(cfg, progress=False)
+    assert resumed.epochs == 2
+    rows = list(csv.DictReader(open(result.csv)))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["step"] == "4"
+    assert read_card(out).training["epochs"] == 2
+
+    other = load_config(cfg_path, {"train.resume": str(result.checkpoint)})
+    other.model.encoder = "resnet34"
+    with pytest.raises(GeounetError, match="encoder"):
+        train_model(other, progress=False)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path: Path, scene_files) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from geounet.cli.train import train
+
+    app = typer.Typer()
+    app.command()(train)
+    raw = config_dict(*scene_files, tmp_path / "m.safetensors")
+    raw["trian"] = {}
+    res = CliRunner().invoke(app, [str(write_config(tmp_path, raw))])
+    assert res.exit_code == 2
+    assert "error:" in res.output and "trian" in res.output
+    assert "Traceback" not in res.output
