@@ -57,7 +57,7 @@ def generate(path: Path, size: int) -> None:
         for r in range(0, size, step):
             for c in range(0, size, step):
                 h, w = min(step, size - r), min(step, size - c)
-                noise = ndimage.uniform_filter(rng.random((h + 24, w + 24)), 15)[12:-12, 12:-12]
+                noise = ndimage.uniform_filter(rng.random((h + 20, w + 20)), 14)[10:-10, 10:-10]
                 cls = np.zeros((h, w), np.uint8)
                 cls[noise > 0.56] = 1
                 cls[noise < 0.44] = 2
