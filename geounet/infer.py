@@ -120,3 +120,45 @@ def predict_chunk(
         weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]
         blend_tiles(probs, offsets, weights, out.shape[1:], out=out)
     return ChunkResult(chunk_index, chunk.box, out, len(todo), len(chunk.tiles) - len(todo))
+
+
+def predict_array(
+    net,
+    x: np.ndarray,
+    tile_size: int,
+    overlap: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    batch_size: int = 4,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Blended class probabilities ``(classes, h, w)`` for an in-memory normalised image ``(bands, h, w)``.
+
+    The same tiling (``TileGrid``), mirror padding and blending as ``predict_chunk``,
+    for images already in memory (training validation, evaluation). Tiles whose
+    pixels are all invalid (``valid`` False) are skipped and score 0.
+    """
+    h, w = x.shape[1:]
+    grid = TileGrid(h, w, tile_size, overlap, chunk_tiles=max(1, max(h, w) // max(1, tile_size - overlap) + 1))
+    chunk = grid.chunk(0, 0)
+    pad = ((0, 0), (-chunk.box.row0, chunk.box.row1 - h), (-chunk.box.col0, chunk.box.col1 - w))
+    modes = ["reflect" if n > 1 else "edge" for n in (h, w)]
+    padded = np.pad(np.pad(x, (pad[0], pad[1], (0, 0)), mode=modes[0]), ((0, 0), (0, 0), pad[2]), mode=modes[1])
+    ok = np.ones((h, w), bool) if valid is None else valid
+    ok = np.pad(ok, pad[1:], mode="constant", constant_values=False)
+    todo = []
+    for tile in chunk.tiles:
+        rows, cols = tile.box.relative_to(chunk.box)
+        if ok[rows, cols].any():
+            todo.append((tile, rows, cols))
+    out = None
+    for start in range(0, len(todo), batch_size):
+        part = todo[start : start + batch_size]
+        probs = forward_probabilities(net, np.stack([padded[:, r, c] for _, r, c in part]), device, precision)
+        if out is None:
+            out = np.zeros((probs.shape[1], chunk.box.height, chunk.box.width), np.float32)
+        blend_tiles(probs, [(r.start, c.start) for _, r, c in part],
+                    [blend_weights(tile_size, overlap, t.taper) for t, _, _ in part], out.shape[1:], out=out)
+    if out is None:
+        raise ValueError("no valid pixel to predict")
+    return out[:, -chunk.box.row0 : -chunk.box.row0 + h, -chunk.box.col0 : -chunk.box.col0 + w]
