@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import shapely
-from affine import Affine
 from scipy import ndimage
 
 from .vectorize import apply_affine  # noqa: F401  (re-exported: pixel -> CRS for centre lines too)

@@ -22,7 +22,6 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import rasterio
-import shapely
 from affine import Affine
 from rasterio.windows import Window
 

@@ -113,7 +113,7 @@ class ModelCard:
             f"name:         {self.name}",
             f"architecture: {self.architecture} (encoder {self.encoder}, depth {self.encoder_depth}, "
             f"decoder {list(self.decoder_channels)})",
-            f"input bands:  " + ", ".join(f"{b}={n}" for b, n in zip(self.bands, self.band_names)),
+            "input bands:  " + ", ".join(f"{b}={n}" for b, n in zip(self.bands, self.band_names)),
             f"input dtypes: {', '.join(self.input_dtypes)}",
             f"normalise:    x / {self.scale:g}, mean {self.mean}, std {self.std}",
             f"resolution:   {self.resolution_m:g} m/px",
@@ -159,6 +159,9 @@ def save_model(path: str | Path, network, card: ModelCard) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(state, str(tmp), metadata={CARD_KEY: card.to_json()})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model file is for everyone to read
     os.replace(tmp, path)
 
 

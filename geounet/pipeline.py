@@ -31,7 +31,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from . import __version__
-from .errors import GeounetError, InputError, OutputError
+from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
 from .infer import ChunkResult, predict_chunk, resolve_device, resolve_precision
 from .model import ModelCard, file_sha256, read_card
@@ -146,8 +146,6 @@ def _fingerprint(path: Path) -> dict:
 
 def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Path, settings: PredictSettings, client) -> SceneReport:
     """Predict one scene into ``OUTDIR/<stem>/`` (scores.tif, classes.tif, run.json)."""
-    from distributed import as_completed
-    from tqdm import tqdm
 
     t_start = time.perf_counter()
     scene = Path(scene)

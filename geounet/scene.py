@@ -45,7 +45,13 @@ class WorkingGrid:
 
 
 def ground_resolution(crs, transform: Affine, width: int, height: int) -> float:
-    """Ground sampling distance in metres per pixel at the scene centre (geodesic).
+    """Ground sampling distance in metres per pixel at the scene centre (geometric mean of x and y)."""
+    dx, dy = ground_pixel_size(crs, transform, width, height)
+    return math.sqrt(dx * dy)
+
+
+def ground_pixel_size(crs, transform: Affine, width: int, height: int) -> tuple[float, float]:
+    """Ground size (metres, geodesic on WGS84) of one pixel step in x and in y at the scene centre.
 
     Correct for projected CRSs with any unit and for Web Mercator's scale error and
     geographic (degree) CRSs alike: it measures one pixel step on the ellipsoid.
@@ -60,7 +66,7 @@ def ground_resolution(crs, transform: Affine, width: int, height: int) -> float:
     (lon0, lon1, lon2), (lat0, lat1, lat2) = to_lonlat.transform([x0, x1, x2], [y0, y1, y2])
     dx = _GEOD.inv(lon0, lat0, lon1, lat1)[2]
     dy = _GEOD.inv(lon0, lat0, lon2, lat2)[2]
-    return math.sqrt(abs(dx * dy))
+    return abs(dx), abs(dy)
 
 
 def open_scene(path: str | Path) -> rasterio.io.DatasetReader:

@@ -19,7 +19,6 @@ log of the epochs and a resume checkpoint (``<model stem>.ckpt.pt``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import dataclasses
 import math
@@ -34,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from .errors import GeounetError
+from .infer import predict_array, resolve_precision
 from .labels import IGNORE_INDEX, labels_to_raster, read_label_raster, read_vector_labels
 from .model import CLASS_KINDS, ClassInfo, ModelCard, build_network, save_model
+from .scene import ground_pixel_size
 
 RASTER_LABEL_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 LOSSES = ("dice_ce", "ce", "dice", "focal", "tversky")
@@ -123,6 +124,7 @@ class TrainOptions:
     rare_class_bias: float = 0.5  # share of chips centred on a non-background class pixel
     min_labelled: float = 0.2  # chips with less labelled area are redrawn (a few times)
     patience: int = 5  # epochs without a better val IoU before stopping
+    ema_decay: float = 0.0  # >0: validate and keep an exponential moving average of the weights
     seed: int = 0
     precision: str = "auto"  # auto: bf16 on CUDA or AVX512/AMX CPUs, else fp32
     channels_last: bool = True
@@ -141,6 +143,9 @@ class AugmentConfig:
     rot90: bool = True
     brightness: float = 0.1  # max absolute shift
     contrast: float = 0.15  # max relative change
+    saturation: float = 0.0  # max relative change of the distance from the band mean
+    hue: float = 0.0  # max hue rotation, in turns (0.5 = 180 degrees); 3-band inputs only
+    grayscale: float = 0.0  # probability of replacing all bands by their mean
     noise: float = 0.02  # max gaussian noise sigma
     p_color: float = 0.8  # probability of the colour augmentations per chip
 
@@ -292,6 +297,8 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("train.rare_class_bias and min_labelled must be in 0..1")
     if t.lr <= 0 or t.patience < 1:
         problems.append("train.lr must be positive and patience at least 1")
+    if not 0 <= t.ema_decay < 1:
+        problems.append("train.ema_decay must be in [0, 1)")
     if cfg.output.suffix != ".safetensors":
         problems.append("output must be a .safetensors file")
     if problems:
@@ -412,20 +419,6 @@ class Scene:
     dtype: str
 
 
-def ground_resolution_m(crs, transform, width: int, height: int) -> tuple[float, float]:
-    """Ground size (metres, geodesic on WGS84) of one pixel (x, y) at the scene centre."""
-    from pyproj import CRS, Geod, Transformer
-
-    cx, cy = width / 2.0, height / 2.0
-    xs, ys = zip(*(transform * p for p in ((cx, cy), (cx + 1, cy), (cx, cy + 1))))
-    to_lonlat = Transformer.from_crs(CRS.from_user_input(crs), CRS.from_epsg(4326), always_xy=True)
-    lons, lats = to_lonlat.transform(list(xs), list(ys))
-    geod = Geod(ellps="WGS84")
-    _, _, dx = geod.inv(lons[0], lats[0], lons[1], lats[1])
-    _, _, dy = geod.inv(lons[0], lats[0], lons[2], lats[2])
-    return float(dx), float(dy)
-
-
 def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
     """Read a scene resampled to ``cfg.data.resolution_m`` in its own CRS, with its labels."""
     import rasterio
@@ -448,7 +441,7 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
         dtypes = {ds.dtypes[b - 1] for b in d.bands}
         if len(dtypes) != 1:
             raise GeounetError(path, f"bands {d.bands} have different dtypes {sorted(dtypes)}")
-        res_x, res_y = ground_resolution_m(ds.crs, ds.transform, ds.width, ds.height)
+        res_x, res_y = ground_pixel_size(ds.crs, ds.transform, ds.width, ds.height)
         width = max(1, round(ds.width * res_x / d.resolution_m))
         height = max(1, round(ds.height * res_y / d.resolution_m))
         resampling = d.resampling
@@ -456,7 +449,7 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
             resampling = "average" if width < ds.width else ("nearest" if width == ds.width else "bilinear")
         image = ds.read(d.bands, out_shape=(len(d.bands), height, width), resampling=Resampling[resampling])
         valid = ds.dataset_mask(out_shape=(height, width), resampling=Resampling.nearest) > 0
-        transform = ds.transform * Affine.scale(ds.width / width, ds.height / height)
+        transform = ds.transform @ Affine.scale(ds.width / width, ds.height / height)
         crs, bounds, dtype = ds.crs, ds.bounds, dtypes.pop()
 
     names = cfg.class_names
@@ -484,7 +477,7 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
         c0, c1 = round(x0 * width), round(x1 * width)
         r0, r1 = round(y0 * height), round(y1 * height)
         image, label = image[:, r0:r1, c0:c1], label[r0:r1, c0:c1]
-        transform = transform * Affine.translation(c0, r0)
+        transform = transform @ Affine.translation(c0, r0)
     if not (label != IGNORE_INDEX).any():
         raise GeounetError(path, "no labelled pixels in the scene (or its window)")
     return Scene(path.name, np.ascontiguousarray(image), np.ascontiguousarray(label), crs, transform, dtype)
@@ -612,7 +605,9 @@ def augment(x, y, aug: AugmentConfig, generator):
 
     Geometric: random horizontal/vertical flips and 90-degree rotations (square chips),
     applied to image and labels alike. Colour (with probability ``p_color`` per chip):
-    brightness shift, contrast change around the chip mean, gaussian noise.
+    contrast change around the chip mean, brightness shift, saturation change (towards
+    or away from the per-pixel band mean), hue rotation about the grey axis (3 bands),
+    conversion to grey (with probability ``grayscale``), gaussian noise.
     """
     import torch
 
@@ -629,19 +624,36 @@ def augment(x, y, aug: AugmentConfig, generator):
             if k:
                 xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
         if torch.rand((), generator=generator) < aug.p_color:
-            u = torch.rand(3, generator=generator)
+            u = torch.rand(6, generator=generator)
             if aug.contrast:
                 c = 1.0 + aug.contrast * (2 * float(u[0]) - 1)
                 m = xi.mean(dim=(-2, -1), keepdim=True)
                 xi = (xi - m) * c + m
             if aug.brightness:
                 xi = xi + aug.brightness * (2 * float(u[1]) - 1)
+            if aug.hue and xi.shape[0] == 3:
+                rot = _hue_rotation(2 * math.pi * aug.hue * (2 * float(u[3]) - 1))
+                xi = torch.einsum("ij,jhw->ihw", rot, xi)
+            if aug.saturation:
+                grey = xi.mean(dim=0, keepdim=True)
+                xi = grey + (xi - grey) * (1.0 + aug.saturation * (2 * float(u[4]) - 1))
+            if aug.grayscale and float(u[5]) < aug.grayscale:
+                xi = xi.mean(dim=0, keepdim=True).expand_as(xi).clone()
             if aug.noise:
                 sigma = aug.noise * float(u[2])
                 xi = xi + sigma * torch.randn(xi.shape, generator=generator)
         xs.append(xi)
         ys.append(yi)
     return torch.stack(xs), torch.stack(ys)
+
+
+def _hue_rotation(angle: float):
+    """3 x 3 matrix rotating RGB vectors by ``angle`` radians about the grey axis (1, 1, 1)."""
+    import torch
+
+    c, s = math.cos(angle), math.sin(angle)
+    k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
+    return c * torch.eye(3) + (1.0 - c) / 3.0 * torch.ones(3, 3) + s * k
 
 
 # --------------------------------------------------------------------------- loss, precision
@@ -674,21 +686,6 @@ def make_loss(name: str, ignore_index: int = IGNORE_INDEX):
     raise ValueError(f"unknown loss {name!r}")
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``fp32`` or ``bf16``: auto picks bf16 on CUDA or on CPUs with AVX512/AMX, else fp32.
-
-    On AVX2-only CPUs bf16 autocast is several times slower than fp32.
-    """
-    import torch
-
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16"
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    return "bf16" if ("AVX512" in capability or "AMX" in capability) else "fp32"
-
-
 def _autocast(precision: str, device: str):
     import torch
 
@@ -698,62 +695,6 @@ def _autocast(precision: str, device: str):
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def predict_probs(net, x, n_classes: int, tile: int, overlap: int, *, batch: int = 4, precision: str = "fp32", channels_last: bool = True):
-    """Class probabilities (K, H, W) for one normalised scene ``x`` (C, H, W) torch tensor.
-
-    Sliding ``tile`` px windows with ``overlap`` px overlap, averaged with weights that
-    fall off towards tile edges. Scenes smaller than a tile are zero-padded.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    device = next(net.parameters()).device
-    _, h, w = x.shape
-    th = min(tile, _ceil32(h))
-    tw = min(tile, _ceil32(w))
-    ph, pw = max(h, th), max(w, tw)
-    x = F.pad(x, (0, pw - w, 0, ph - h))
-    tops = _starts(ph, th, th - overlap if th > overlap else th)
-    lefts = _starts(pw, tw, tw - overlap if tw > overlap else tw)
-    weight = (_ramp(th, overlap)[:, None] * _ramp(tw, overlap)[None, :]).to(device)
-    probs = torch.zeros((n_classes, ph, pw), device=device)
-    wsum = torch.zeros((ph, pw), device=device)
-    boxes = [(t, l) for t in tops for l in lefts]
-    net.eval()
-    with torch.no_grad():
-        for i in range(0, len(boxes), batch):
-            part = boxes[i : i + batch]
-            xb = torch.stack([x[:, t : t + th, l : l + tw] for t, l in part]).to(device)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with _autocast(precision, str(device)):
-                logits = net(xb)
-            p = logits.float().softmax(dim=1)
-            for (t, l), pi in zip(part, p):
-                probs[:, t : t + th, l : l + tw] += pi * weight
-                wsum[t : t + th, l : l + tw] += weight
-    return (probs / wsum.clamp_min(1e-6))[:, :h, :w].cpu()
-
-
-def _ceil32(n: int) -> int:
-    return int(math.ceil(n / 32) * 32)
-
-
-def _starts(n: int, size: int, step: int) -> list[int]:
-    starts = list(range(0, max(n - size, 0) + 1, max(step, 1)))
-    if starts[-1] + size < n:
-        starts.append(n - size)
-    return starts
-
-
-def _ramp(n: int, overlap: int):
-    import torch
-
-    ramp = max(overlap // 2, 1)
-    i = torch.arange(n, dtype=torch.float32)
-    return torch.clamp(torch.minimum(i + 1, n - i) / ramp, 1e-3, 1.0)
 
 
 def confusion(pred: np.ndarray, label: np.ndarray, n_classes: int) -> np.ndarray:
@@ -772,17 +713,20 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
 
 
 def evaluate(net, scenes: list[Scene], card: ModelCard, *, precision: str = "fp32", channels_last: bool = True) -> dict[str, Any]:
-    """Pixel metrics of ``net`` on scenes: per-class IoU, mean IoU of the non-background classes, accuracy."""
-    import torch
+    """Pixel metrics of ``net`` on scenes: per-class IoU, mean IoU of the non-background classes, accuracy.
 
+    Scenes are predicted exactly as ``geounet predict`` does (``infer.predict_array``: the
+    card's tile size and overlap, mirror padding, blended seams).
+    """
     from .model import normalise
 
     n = len(card.classes)
     cm = np.zeros((n, n), dtype=np.int64)
+    device = str(next(net.parameters()).device)
+    net.eval()
     for s in scenes:
-        x = torch.from_numpy(normalise(s.image, card))
-        probs = predict_probs(net, x, n, card.tile_size, card.overlap, precision=precision, channels_last=channels_last)
-        cm += confusion(probs.argmax(0).numpy(), s.label, n)
+        probs = predict_array(net, normalise(s.image, card), card.tile_size, card.overlap, device, precision)
+        cm += confusion(probs.argmax(0), s.label, n)
     ious = iou_per_class(cm)
     fg = foreground_classes(card.classes)
     fg_ious = [ious[i] for i in fg if not np.isnan(ious[i])]
@@ -875,7 +819,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
     if t.threads:
         torch.set_num_threads(t.threads)
     device = "cuda" if t.device == "auto" and torch.cuda.is_available() else ("cpu" if t.device == "auto" else t.device)
-    precision = resolve_precision(t.precision, device)
+    precision = resolve_precision(device, t.precision)
 
     ckpt = _load_checkpoint(t.resume, cfg) if t.resume else None
 
@@ -903,11 +847,18 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
     total_steps = t.epochs * t.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(t.warmup_steps, total_steps))
     loss_fn = make_loss(t.loss)
+    ema = None
+    if t.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
 
     epoch, step, best_score, best_epoch, bad_epochs = 0, 0, -1.0, 0, 0
     best_state, best_val, history, seconds_before = None, {}, [], 0.0
     if ckpt is not None:
         net.load_state_dict(ckpt["network"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         for group in opt.param_groups:  # the config may change lr on resume
@@ -957,17 +908,20 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
                 loss.backward()
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 step += 1
                 losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}", val_iou=_fmt(last_iou))
             epoch += 1
-            val = evaluate(net, val_scenes, card, precision=precision, channels_last=t.channels_last)
+            kept = ema.module if ema is not None else net  # the weights that are validated and saved
+            val = evaluate(kept, val_scenes, card, precision=precision, channels_last=t.channels_last)
             last_iou = val["mean_iou"]
             improved = val["mean_iou"] > best_score
             if improved:
                 best_score, best_epoch, best_val, bad_epochs = val["mean_iou"], epoch, val, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
             else:
                 bad_epochs += 1
             elapsed = seconds_before + time.perf_counter() - session_start
@@ -996,6 +950,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
                 cfg.checkpoint_path,
                 dict(
                     card=card.to_json(), network=net.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                    ema=ema.state_dict() if ema is not None else None,
                     epoch=epoch, step=step, best_score=best_score, best_epoch=best_epoch, bad_epochs=bad_epochs,
                     best_state=best_state, best_val=best_val, history=history, seconds=elapsed,
                     torch_rng=torch.get_rng_state(), aug_rng=gen.get_state(), numpy_rng=rng.bit_generator.state,
@@ -1061,6 +1016,7 @@ def _training_facts(cfg, card, command, history, best_epoch, best_val, seconds, 
         "chip_size": t.chip_size,
         "loss": t.loss,
         "lr": t.lr,
+        "ema_decay": t.ema_decay,
         "seed": t.seed,
         "precision": precision,
         "time_s": round(seconds, 1),

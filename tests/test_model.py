@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geounet.errors import ModelError
-from geounet.model import CARD_KEY, ModelCard, build_network, load_model, normalise, read_card, save_model
+from geounet.model import CARD_KEY, ModelCard, load_model, normalise, read_card, save_model
 
 
 def test_save_and_load_round_trip(tiny_model, tmp_path):

@@ -8,7 +8,7 @@ from affine import Affine
 from geounet.errors import InputError
 from geounet.grid import Box
 from geounet.model import read_card
-from geounet.scene import check_scene, ground_resolution, open_scene, open_working, read_box, working_grid
+from geounet.scene import check_scene, ground_pixel_size, ground_resolution, open_scene, open_working, read_box, working_grid
 from tests.conftest import DEMO_SCENE, write_scene
 
 
@@ -68,3 +68,15 @@ def test_check_scene_reports_band_and_dtype_problems(tiny_model, tmp_path):
         check_scene(src, card)
     with open_scene(wrong_dtype) as src, pytest.raises(InputError, match="band 1 is uint16 but model .* expects uint8"):
         check_scene(src, card)
+
+
+def test_ground_pixel_size_in_x_and_y() -> None:
+    # 1e-5 degree pixels at the equator: about 1.113 m east-west, 1.106 m north-south.
+    dx, dy = ground_pixel_size("EPSG:4326", Affine(1e-5, 0, 32.0, 0, -1e-5, 0.005), 1000, 1000)
+    assert dx == pytest.approx(1.1132, abs=1e-3) and dy == pytest.approx(1.1057, abs=1e-3)
+    # EPSG:3857 at 60 N: 1 m map units are about 0.5 m on the ground.
+    y60 = 8399737.89
+    dx, dy = ground_pixel_size("EPSG:3857", Affine(1, 0, 0, 0, -1, y60 + 50), 100, 100)
+    assert dx == pytest.approx(0.5, rel=0.01) and dy == pytest.approx(0.5, rel=0.01)
+
+

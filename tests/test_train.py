@@ -23,11 +23,9 @@ from geounet.train import (
     Scene,
     augment,
     confusion,
-    ground_resolution_m,
     iou_per_class,
     load_config,
     load_scene,
-    resolve_precision,
     train_model,
 )
 
@@ -79,7 +77,8 @@ def config_dict(image: Path, labels: Path, out: Path) -> dict:
         "labels": {"class_field": "kind", "value_map": {"roof": "building"}},
         "model": {"encoder": "resnet18", "decoder_channels": [16, 8, 8, 8, 8], "tile_size": 64, "overlap": 16},
         "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "chip_size": 32, "warmup_steps": 1,
-                  "lr": 0.01, "threads": 2},
+                  "lr": 0.01, "threads": 2, "ema_decay": 0.5},
+        "augment": {"saturation": 0.3, "hue": 0.05, "grayscale": 0.2},
         "card": {"licence": "test data", "data": "synthetic"},
     }
 
@@ -125,16 +124,6 @@ def test_config_relative_paths_and_overrides(tmp_path: Path, scene_files) -> Non
     assert cfg.checkpoint_path == tmp_path / "models" / "m.ckpt.pt"
 
 
-def test_ground_resolution_geographic_and_web_mercator() -> None:
-    # 1e-5 degree pixels at the equator: about 1.113 m east-west, 1.106 m north-south.
-    dx, dy = ground_resolution_m("EPSG:4326", Affine(1e-5, 0, 32.0, 0, -1e-5, 0.005), 1000, 1000)
-    assert dx == pytest.approx(1.1132, abs=1e-3) and dy == pytest.approx(1.1057, abs=1e-3)
-    # EPSG:3857 at 60 N: 1 m map units are about 0.5 m on the ground.
-    y60 = 8399737.89
-    dx, dy = ground_resolution_m("EPSG:3857", Affine(1, 0, 0, 0, -1, y60 + 50), 100, 100)
-    assert dx == pytest.approx(0.5, rel=0.01) and dy == pytest.approx(0.5, rel=0.01)
-
-
 def test_load_scene_resamples_and_masks(tmp_path: Path, scene_files) -> None:
     cfg = load_config(write_config(tmp_path, config_dict(*scene_files, tmp_path / "m.safetensors")))
     scene = load_scene(cfg.data.train[0], cfg)  # 0.5 m -> 1 m, top 75 % of the rows
@@ -165,20 +154,26 @@ def test_augment_keeps_image_and_labels_aligned() -> None:
     assert not torch.equal(ya, y)  # something was flipped or rotated
 
 
+def test_colour_augmentations() -> None:
+    from geounet.train import _hue_rotation
+
+    red = torch.tensor([1.0, 0.0, 0.0])
+    assert torch.allclose(_hue_rotation(2 * np.pi / 3) @ red, torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+    grey = torch.tensor([0.4, 0.4, 0.4])
+    assert torch.allclose(_hue_rotation(1.0) @ grey, grey, atol=1e-6)
+    x = torch.rand(2, 3, 8, 8)
+    y = torch.zeros(2, 8, 8, dtype=torch.long)
+    only_grey = AugmentConfig(flips=False, rot90=False, brightness=0, contrast=0, noise=0, grayscale=1.0, p_color=1.0)
+    xa, _ = augment(x, y, only_grey, torch.Generator().manual_seed(0))
+    assert torch.allclose(xa, x.mean(dim=1, keepdim=True).expand_as(x))
+
+
 def test_iou_from_confusion() -> None:
     label = np.array([[0, 0, 1, 1], [0, 255, 1, 1]])
     pred = np.array([[0, 1, 1, 1], [0, 1, 0, 1]])
     cm = confusion(pred, label, 2)
     assert cm.tolist() == [[2, 1], [1, 3]]
     assert iou_per_class(cm)[1] == pytest.approx(3 / 5)
-
-
-def test_precision_auto() -> None:
-    assert resolve_precision("fp32", "cpu") == "fp32"
-    assert resolve_precision("auto", "cuda") == "bf16"
-    cap = torch.backends.cpu.get_cpu_capability()
-    expected = "bf16" if ("AVX512" in cap or "AMX" in cap) else "fp32"
-    assert resolve_precision("auto", "cpu") == expected
 
 
 def test_train_end_to_end_and_resume(tmp_path: Path, scene_files) -> None:

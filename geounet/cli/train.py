@@ -41,10 +41,18 @@ def train(
             words += [flag, str(value)]
     try:
         cfg = load_config(config, overrides)
+    except GeounetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
         result = train_model(cfg, command=shlex.join(words), progress=progress)
     except GeounetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        hint = f"; continue with --resume {cfg.checkpoint_path}" if cfg.checkpoint_path.is_file() else ""
+        typer.echo(f"interrupted{hint}", err=True)
+        raise typer.Exit(130) from None
     val = result.best_val
     typer.echo(
         f"wrote {result.model} (best epoch {result.best_epoch} of {result.epochs}, val IoU {val.get('mean_iou', 0):.4f}, "
