@@ -32,7 +32,7 @@ class ClassRules:
 
 
 DEFAULT_RULES: dict[str, ClassRules] = {
-    "building": ClassRules(min_area_m2=4.0, hole_area_m2=4.0, simplify_m=0.2, regularize=True),
+    "building": ClassRules(min_area_m2=4.0, hole_area_m2=4.0, simplify_m=0.5, regularize=True),
     "road": ClassRules(min_area_m2=20.0, hole_area_m2=20.0, simplify_m=0.5, spur_m=10.0, min_length_m=5.0),
     "landcover": ClassRules(min_area_m2=400.0, hole_area_m2=400.0, simplify_m=5.0),
 }
@@ -77,7 +77,7 @@ def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame
 
         gdf = regularize_geodataframe(
             gdf, parallel_threshold=1.0, simplify=True, simplify_tolerance=max(rules.simplify_m, 0.1),
-            allow_45_degree=True, allow_circles=False, num_cores=1,
+            allow_45_degree=False, allow_circles=False, num_cores=1,
         )
     elif rules.simplify_m > 0 and not gdf.empty:
         gdf = gdf.set_geometry(gdf.geometry.simplify(rules.simplify_m, preserve_topology=True))
