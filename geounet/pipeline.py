@@ -324,7 +324,7 @@ def make_client(settings: PredictSettings):
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
     cluster = LocalCluster(
-        n_workers=1, threads_per_worker=settings.workers, processes=False, dashboard_address=None,
+        n_workers=1, threads_per_worker=settings.workers, processes=False, dashboard_address=":0",
     )
     return Client(cluster)
 

@@ -30,7 +30,7 @@ RAW = {"building": ClassRules(), "road": ClassRules(spur_m=5.0), "landcover": Cl
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, Client(cluster) as c:
         yield c
 
 
