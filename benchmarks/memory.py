@@ -3,7 +3,7 @@
 Generates scenes of N x N pixels (the demo crop repeated, written block by block as a
 tiled GeoTIFF, EPSG:3857 at the demo's 0.075 m), builds a tiny random-weight U-Net
 at the scene's own resolution (so the model runs on every pixel, no resampling), runs
-`geounet predict` in a child process and samples the resident memory of the process
+`geounet predict --no-vector` (the raster pipeline; benchmarks/vectorize.py measures vectors) in a child process and samples the resident memory of the process
 tree every 0.1 s.
 
     python benchmarks/memory.py --sizes 4096 16384 [--workers 1] [--keep DIR]
@@ -82,7 +82,7 @@ def main() -> None:
             scene = make_scene(work / f"scene_{n}.tif", n)
             model = model or make_model(work / "tiny.safetensors", scene)
             secs, peak = run_measured(exe + ["predict", str(scene), "--out", str(work / "out"), "--model", str(model),
-                                             "--workers", str(args.workers), "--quiet"])
+                                             "--workers", str(args.workers), "--no-vector", "--quiet"])
             rows.append((n, secs, n * n / secs / 1e6, peak))
             print(f"{n:>6} x {n:<6} {secs:8.1f} s {n * n / secs / 1e6:7.2f} MP/s  peak RSS {peak:8.1f} MiB", flush=True)
             scene.unlink()

@@ -94,7 +94,7 @@ def ours(classes: Path, out: Path, workers: int, block: int) -> dict:
     from geounet.postprocess import ClassRules
 
     rules = {"landcover": ClassRules(**RULES)}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         info = vectorize_scene(classes, None, out, card(), client, rules=rules, block=block)
     import geopandas as gpd

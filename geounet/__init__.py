@@ -5,6 +5,6 @@ __version__ = "0.1.0"
 import os as _os
 
 # GDAL's block cache defaults to 5% of RAM; outputs are written block by block, so a
-# large cache only holds dirty blocks and makes memory grow with the scene. 256 MB is
+# large cache only holds dirty blocks and makes memory grow with the scene. 64 MB is
 # plenty for windowed reads and writes. Set GDAL_CACHEMAX yourself to override.
-_os.environ.setdefault("GDAL_CACHEMAX", "256")
+_os.environ.setdefault("GDAL_CACHEMAX", "64")
