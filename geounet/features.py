@@ -19,6 +19,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import geopandas as gpd
+import pandas as pd
 import numpy as np
 import pyogrio
 import rasterio
@@ -73,6 +74,11 @@ def polygonize_task(
     win = Window(c0, r0, c1 - c0, r1 - r0)
     with rasterio.open(classes_path) as src:
         classes = src.read(1, window=win)
+    n = len(ctx.card.classes)
+    unknown = np.unique(classes[(classes >= n) & (classes != NODATA)])
+    if unknown.size:
+        raise InputError(classes_path, f"class index {int(unknown[0])} is not one of the model's {n} classes "
+                                       f"({', '.join(ctx.card.class_names)})")
     scores = None
     if scores_path is not None:
         with rasterio.open(scores_path) as s:
@@ -123,18 +129,6 @@ def centerline_task(classes_path: str, job: BlockJob, road_ids: list[int], halo:
     return centerlines_block(np.isin(classes, road_ids), (R0, C0), job.window, spur_px)
 
 
-def check_class_raster(classes_path: Path, card: ModelCard) -> None:
-    """Refuse a class raster holding an index the model does not have (other than nodata)."""
-    n = len(card.classes)
-    with rasterio.open(classes_path) as src:
-        for _, win in src.block_windows(1):
-            values = np.unique(src.read(1, window=win))
-            unknown = values[(values >= n) & (values != NODATA)]
-            if unknown.size:
-                raise InputError(classes_path, f"class index {int(unknown[0])} is not one of the model's {n} classes "
-                                               f"({', '.join(card.class_names)})")
-
-
 def vectorize_scene(
     classes_path: Path,
     scores_path: Path | None,
@@ -149,7 +143,6 @@ def vectorize_scene(
     from distributed import as_completed
 
     rules = {**DEFAULT_RULES, **(rules or {})}
-    check_class_raster(classes_path, card)
     with rasterio.open(classes_path) as src:
         crs, transform, height, width, bounds = src.crs, src.transform, src.height, src.width, src.bounds
     res_m = ground_resolution(crs, transform, width, height)
@@ -182,6 +175,7 @@ def vectorize_scene(
         if nxt is not None:
             futures.add(submit(nxt))
     writer.write(pieces_to_layers(merge_across_blocks(Pieces.concat(edge_pieces)), ctx))
+    writer.flush()
 
     if kinds["road"]:
         r = rules["road"]
@@ -199,9 +193,12 @@ def vectorize_scene(
 class _LayerWriter:
     """Creates the GeoPackage's layers (with styles) and appends finished rows to them."""
 
+    FLUSH_ROWS = 20_000  # rows buffered per layer between writes: few transactions, bounded memory
+
     def __init__(self, path: Path, crs, metric, card: ModelCard) -> None:
         self.path, self.crs, self.metric, self.card = path, crs, metric, card
         self.counts: dict[str, int] = {}
+        self.pending: dict[str, list[gpd.GeoDataFrame]] = {}
 
     def create(self, layer: str, kind: str) -> None:
         columns = {
@@ -220,8 +217,17 @@ class _LayerWriter:
     def write(self, layers: dict[str, gpd.GeoDataFrame]) -> None:
         for layer, gdf in layers.items():
             if len(gdf):
-                pyogrio.write_dataframe(gdf, self.path, layer=layer, driver="GPKG", append=True, promote_to_multi=True)
-                self.counts[layer] += len(gdf)
+                self.pending.setdefault(layer, []).append(gdf)
+                if sum(len(g) for g in self.pending[layer]) >= self.FLUSH_ROWS:
+                    self.flush(layer)
+
+    def flush(self, layer: str | None = None) -> None:
+        for name in [layer] if layer else list(self.pending):
+            parts = self.pending.pop(name, [])
+            if parts:
+                gdf = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+                pyogrio.write_dataframe(gdf, self.path, layer=name, driver="GPKG", append=True, promote_to_multi=True)
+                self.counts[name] += len(gdf)
 
     def add_centerlines(self, lines: list) -> None:
         if not lines:
