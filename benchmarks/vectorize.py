@@ -9,7 +9,8 @@ with the peak RSS of its process tree:
 (a) naive: read the whole raster, ``rasterio.features.shapes`` over it in one process,
     then the same shapely post-processing (holes, specks, simplification, metric areas)
     and a GeoPackage write: what a user would write by hand;
-(b) geounet ``vectorize_scene`` with 1 and 2 Dask worker processes (one thread each).
+(b) geounet ``vectorize_scene`` on an in-process Dask cluster with 1 and 2 threads (what
+    ``geounet predict`` uses), and on 2 worker processes.
 
 All variants produce the same number of polygons and total area (checked).
 """
@@ -87,14 +88,15 @@ def naive(classes: Path, out: Path) -> dict:
     return {"features": len(gdf), "area_m2": float(gdf.area_m2.sum())}
 
 
-def ours(classes: Path, out: Path, workers: int, block: int) -> dict:
+def ours(classes: Path, out: Path, workers: int, block: int, processes: bool) -> dict:
     from distributed import Client, LocalCluster
 
     from geounet.features import vectorize_scene
     from geounet.postprocess import ClassRules
 
     rules = {"landcover": ClassRules(**RULES)}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+    spec = dict(n_workers=workers, threads_per_worker=1) if processes else dict(n_workers=1, threads_per_worker=workers)
+    with LocalCluster(**spec, processes=processes, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         info = vectorize_scene(classes, None, out, card(), client, rules=rules, block=block)
     import geopandas as gpd
@@ -109,12 +111,13 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=1024)
     ap.add_argument("--run", choices=["naive", "ours"], help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--processes", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--classes", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run:  # child process: one variant
         t0 = time.perf_counter()
-        result = naive(args.classes, args.out) if args.run == "naive" else ours(args.classes, args.out, args.workers, args.block)
+        result = naive(args.classes, args.out) if args.run == "naive" else ours(args.classes, args.out, args.workers, args.block, args.processes)
         result["seconds_inside"] = time.perf_counter() - t0
         args.out.with_suffix(".json").write_text(json.dumps(result))
         return
@@ -125,8 +128,9 @@ def main() -> None:
         print(f"class raster: {args.size} x {args.size} = {args.size**2 / 1e6:.0f} MP, block {args.block}", flush=True)
         rows = []
         for name, extra in (("naive whole-raster shapes", ["--run", "naive"]),
-                            ("geounet, 1 worker", ["--run", "ours", "--workers", "1"]),
-                            ("geounet, 2 workers", ["--run", "ours", "--workers", "2"])):
+                            ("geounet, 1 thread", ["--run", "ours", "--workers", "1"]),
+                            ("geounet, 2 threads", ["--run", "ours", "--workers", "2"]),
+                            ("geounet, 2 processes", ["--run", "ours", "--workers", "2", "--processes"])):
             out = work / f"{len(rows)}.gpkg"
             cmd = [sys.executable, __file__, "--classes", str(classes), "--out", str(out), "--block", str(args.block), *extra]
             secs, peak = run_measured(cmd)
