@@ -15,8 +15,6 @@ import numpy as np
 import shapely
 from scipy import ndimage
 
-from .vectorize import apply_affine  # noqa: F401  (re-exported: pixel -> CRS for centre lines too)
-
 
 def centerlines_block(
     road: np.ndarray,

@@ -137,7 +137,6 @@ def vectorize_scene(
     client,
     rules: dict[str, ClassRules] | None = None,
     block: int = 1024,
-    quiet: bool = True,
 ) -> dict:
     """Write ``gpkg_path`` from a class raster; returns counts per layer and the rules used."""
     from distributed import as_completed

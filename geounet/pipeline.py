@@ -96,9 +96,8 @@ def output_dir_for(scene: str | Path, out_root: str | Path) -> Path:
 class _Stitcher:
     """Collects chunk buffers and writes each region of the grid once all its chunks are in."""
 
-    def __init__(self, grid: TileGrid, n_classes: int, dst: rasterio.io.DatasetWriter) -> None:
+    def __init__(self, grid: TileGrid, dst: rasterio.io.DatasetWriter) -> None:
         self.dst = dst
-        self.n_classes = n_classes
         self.by_chunk: dict[tuple[int, int], list] = defaultdict(list)
         for region in grid.regions():
             for c in region.chunks:
@@ -128,9 +127,6 @@ class _Stitcher:
         dn = np.rint(np.clip(total, 0.0, 1.0) * STAGE_SCALE).astype(np.uint16)
         self.dst.write(dn, window=Window(box.col0, box.row0, box.width, box.height))
 
-    @property
-    def pending_bytes(self) -> int:
-        return sum(a.nbytes for parts in self.pending.values() for a in parts.values() if a is not None)
 
 
 def _blocks(width: int, height: int, size: int = 1024) -> Iterator[Window]:
@@ -195,7 +191,7 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
 
             t0 = time.perf_counter()
             vector = vectorize_scene(tmp / "classes.tif", tmp / "scores.tif", tmp / "features.gpkg", card, client,
-                                     block=s.vector_block, quiet=s.quiet)
+                                     block=s.vector_block)
             timings["vectorize_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         run = {
@@ -240,7 +236,7 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path)
     with rasterio.open(stage1, "w", **profile) as dst, tqdm(
         total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
     ) as bar:
-        stitcher = _Stitcher(grid, len(card.classes), dst)
+        stitcher = _Stitcher(grid, dst)
         submit = lambda idx: client.submit(  # noqa: E731
             predict_chunk, str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size,
             key=f"chunk-{Path(scene).name}-{idx[0]}-{idx[1]}-{time.monotonic_ns()}", retries=2, pure=False,

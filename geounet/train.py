@@ -712,7 +712,7 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, tp / denom, np.nan)
 
 
-def evaluate(net, scenes: list[Scene], card: ModelCard, *, precision: str = "fp32", channels_last: bool = True) -> dict[str, Any]:
+def evaluate(net, scenes: list[Scene], card: ModelCard, *, precision: str = "fp32") -> dict[str, Any]:
     """Pixel metrics of ``net`` on scenes: per-class IoU, mean IoU of the non-background classes, accuracy.
 
     Scenes are predicted exactly as ``geounet predict`` does (``infer.predict_array``: the
@@ -916,7 +916,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}", val_iou=_fmt(last_iou))
             epoch += 1
             kept = ema.module if ema is not None else net  # the weights that are validated and saved
-            val = evaluate(kept, val_scenes, card, precision=precision, channels_last=t.channels_last)
+            val = evaluate(kept, val_scenes, card, precision=precision)
             last_iou = val["mean_iou"]
             improved = val["mean_iou"] > best_score
             if improved:
@@ -943,7 +943,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
                 f"({', '.join(f'{k} {_fmt(v)}' for k, v in val['iou'].items())}), {elapsed:.0f} s"
                 + (" *best*" if improved else "")
             )
-            card.training = _training_facts(cfg, card, command, history, best_epoch, best_val, elapsed, device, precision, step)
+            card.training = _training_facts(cfg, command, history, best_epoch, best_val, elapsed, device, precision, step)
             if improved:
                 _save(cfg.output, card, best_state, t.save_dtype)
             _save_checkpoint(
@@ -964,7 +964,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
         bar.close()
 
     elapsed = seconds_before + time.perf_counter() - session_start
-    card.training = _training_facts(cfg, card, command, history, best_epoch, best_val, elapsed, device, precision, step)
+    card.training = _training_facts(cfg, command, history, best_epoch, best_val, elapsed, device, precision, step)
     _save(cfg.output, card, best_state, t.save_dtype)
     return TrainResult(
         model=cfg.output, checkpoint=cfg.checkpoint_path, csv=cfg.csv_path, epochs=epoch, best_epoch=best_epoch,
@@ -995,7 +995,7 @@ def _save(path: Path, card: ModelCard, state: dict, dtype: str) -> None:
     save_model(path, net, card)
 
 
-def _training_facts(cfg, card, command, history, best_epoch, best_val, seconds, device, precision, step) -> dict[str, Any]:
+def _training_facts(cfg, command, history, best_epoch, best_val, seconds, device, precision, step) -> dict[str, Any]:
     """The ``training`` section of the card: data, licence, command, schedule, time, machine, metrics."""
     import torch
 
