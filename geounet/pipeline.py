@@ -214,6 +214,8 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
                 "classes.tif": {"dtype": "uint8", "values": dict(enumerate(card.class_names)), "nodata": NODATA},
             } | ({"features.gpkg": vector["layers"]} if vector else {}),
         }
+        from .stac import finish_scene_folder  # quicklook.png + item.json in tmp, listed in run["outputs"]
+        finish_scene_folder(tmp, final_dir.name, scene, card, run)
         (tmp / "run.json").write_text(json.dumps(run, indent=2))
         _replace_dir(tmp, final_dir)
     except BaseException:
