@@ -1,0 +1,44 @@
+"""``geounet run CONFIG``: run a pipeline config over its inputs (for cron: idempotent, locked, logged)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import GeounetError
+
+
+def run(
+    config: Path = typer.Argument(..., help="Pipeline config (YAML), e.g. pipelines/buildings.yaml."),
+    inputs: Optional[List[str]] = typer.Option(
+        None, "--inputs", "-i", help="Scene path or glob (quote it); repeatable. Replaces the config's inputs."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; replaces the config's out."),
+    force: bool = typer.Option(False, "--force", help="Recompute scenes even when their outputs are up to date."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, warnings and the summary only (cron)."),
+) -> None:
+    """Run CONFIG: scenes whose outputs are up to date are skipped, failures do not stop the batch.
+
+    Exit codes: 0 every scene done or skipped; 1 some scene failed; 2 bad config (nothing ran).
+    A summary and a log file are written to OUT/_runs/.
+    """
+    from ..runner import ConfigError, load_config, run_pipeline
+    from .main import setup_logging
+
+    setup_logging(quiet)
+    try:
+        cfg = load_config(config, inputs=inputs, out=out)
+    except ConfigError as exc:
+        for line in exc.lines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2)
+    try:
+        summary = run_pipeline(cfg, force=force, quiet=quiet)
+    except (GeounetError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    for line in summary.lines(details=not quiet):
+        typer.echo(line, err=True)
+    if not summary.ok:
+        raise typer.Exit(1)
