@@ -131,13 +131,17 @@ def predict_array(
     precision: str = "fp32",
     batch_size: int = 4,
     valid: np.ndarray | None = None,
+    forward=None,
 ) -> np.ndarray:
     """Blended class probabilities ``(classes, h, w)`` for an in-memory normalised image ``(bands, h, w)``.
 
     The same tiling (``TileGrid``), mirror padding and blending as ``predict_chunk``,
     for images already in memory (training validation, evaluation). Tiles whose
-    pixels are all invalid (``valid`` False) are skipped and score 0.
+    pixels are all invalid (``valid`` False) are skipped and score 0. ``forward``:
+    another ``(net, batch, device, precision) -> (n, channels, h, w)`` to blend instead
+    of class probabilities (the damage run's pre/post pair measures).
     """
+    forward = forward or forward_probabilities
     h, w = x.shape[1:]
     grid = TileGrid(h, w, tile_size, overlap, chunk_tiles=max(1, max(h, w) // max(1, tile_size - overlap) + 1))
     chunk = grid.chunk(0, 0)
@@ -154,7 +158,7 @@ def predict_array(
     out = None
     for start in range(0, len(todo), batch_size):
         part = todo[start : start + batch_size]
-        probs = forward_probabilities(net, np.stack([padded[:, r, c] for _, r, c in part]), device, precision)
+        probs = forward(net, np.stack([padded[:, r, c] for _, r, c in part]), device, precision)
         if out is None:
             out = np.zeros((probs.shape[1], chunk.box.height, chunk.box.width), np.float32)
         blend_tiles(probs, [(r.start, c.start) for _, r, c in part],
