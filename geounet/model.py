@@ -176,6 +176,11 @@ def read_card(path: str | Path) -> ModelCard:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for bad headers
+        with open(path, "rb") as f:  # name pickles plainly (only sniffed, never unpickled)
+            head = f.read(4)
+        if head[:1] == b"\x80" or head == b"PK\x03\x04":  # pickle protocol >= 2, or torch.save's zip
+            raise ModelError(path, "not a valid geounet model: a pickle (PyTorch checkpoint), not a safetensors "
+                                   "file; refused, loading pickles can run arbitrary code") from None
         raise ModelError(path, f"not a valid geounet model: not a safetensors file ({_short(exc)})") from None
     if CARD_KEY not in meta:
         raise ModelError(path, "not a valid geounet model: safetensors file has no geounet card")
