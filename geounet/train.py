@@ -208,7 +208,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     unknown: list[str] = []
     _find_unknown(TrainConfig, raw, "", unknown)
     if unknown:
-        raise GeounetError(path, f"unknown config keys: {', '.join(unknown)}")
+        raise GeounetError(path, f"unknown config keys: {'; '.join(unknown)}")
     try:
         cfg = _build(TrainConfig, raw, "", path.parent.resolve())
     except _ConfigTypeError as exc:
@@ -310,15 +310,25 @@ class _ConfigTypeError(Exception):
 
 
 def _find_unknown(cls: type, raw: Any, prefix: str, out: list[str]) -> None:
-    """Collect dotted names of keys in ``raw`` that ``cls`` (a config dataclass) lacks."""
+    """Collect keys in ``raw`` that ``cls`` (a config dataclass) lacks, as dotted names with a hint.
+
+    The hint is the closest known key (``did you mean train.lr?``) or, when none is
+    close, the keys that section knows.
+    """
+    import difflib
+
     if not isinstance(raw, dict):
         return
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
     for key, value in raw.items():
         name = f"{prefix}{key}"
         if key not in known:
-            out.append(name)
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            if close:
+                out.append(f"{name} (did you mean {prefix}{close[0]}?)")
+            else:
+                out.append(f"{name} (known here: {', '.join(known)})")
             continue
         inner = _dataclass_in(hints[key])
         if inner is None:

@@ -75,7 +75,8 @@ def config_dict(image: Path, labels: Path, out: Path) -> dict:
             "resolution_m": 1.0,
         },
         "labels": {"class_field": "kind", "value_map": {"roof": "building"}},
-        "model": {"encoder": "resnet18", "decoder_channels": [16, 8, 8, 8, 8], "tile_size": 64, "overlap": 16},
+        "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8], "tile_size": 64,
+                  "overlap": 16},
         "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "chip_size": 32, "warmup_steps": 1,
                   "lr": 0.01, "threads": 2, "ema_decay": 0.5},
         "augment": {"saturation": 0.3, "hue": 0.05, "grayscale": 0.2},
@@ -92,14 +93,17 @@ def write_config(tmp_path: Path, raw: dict) -> Path:
 def test_config_typos_are_listed(tmp_path: Path, scene_files) -> None:
     raw = config_dict(*scene_files, tmp_path / "m.safetensors")
     raw["train"]["lerning_rate"] = 0.1
+    raw["train"]["batchsize"] = 4
     raw["data"]["train"][0]["imag"] = "x.tif"
     raw["colour"] = "red"
     with pytest.raises(GeounetError) as err:
         load_config(write_config(tmp_path, raw))
     msg = str(err.value)
-    assert "unknown config keys" in msg
-    for key in ("train.lerning_rate", "data.train[0].imag", "colour"):
-        assert key in msg
+    assert "unknown config keys" in msg and "\n" not in msg
+    assert "train.batchsize (did you mean train.batch_size?)" in msg
+    assert "data.train[0].imag (did you mean data.train[0].image?)" in msg
+    assert "train.lerning_rate (known here: epochs, " in msg  # nothing close: the section's keys
+    assert "colour (" in msg
 
 
 def test_config_values_are_checked(tmp_path: Path, scene_files) -> None:
@@ -143,6 +147,22 @@ def test_chip_sampler_bias_and_padding() -> None:
     small = ChipSampler([scene], 128, [1], 0.0, 0.0, np.random.default_rng(0))
     img, lab = small.sample()
     assert img.shape == (3, 128, 128) and (lab[100:] == IGNORE_INDEX).all()
+
+
+def test_chip_sampler_rare_class_bias_is_measurable() -> None:
+    """A class covering 1 % of a scene: unbiased chips rarely contain it, bias 0.5 puts it in at least half."""
+    label = np.zeros((400, 400), np.uint8)
+    label[100:116, 300:310] = 1  # 160 px of 160,000
+    scene = Scene("s", np.zeros((1, 400, 400), np.uint16), label, CRS, Affine.identity(), "uint16")
+
+    def share_with_rare(bias: float) -> float:
+        sampler = ChipSampler([scene], 32, [1], bias, 0.0, np.random.default_rng(3))
+        return float(np.mean([(sampler.sample()[1] == 1).any() for _ in range(300)]))
+
+    unbiased, biased = share_with_rare(0.0), share_with_rare(0.5)
+    assert unbiased < 0.05  # about (32 + 10) * (32 + 16) / 369^2 = 1.5 %
+    assert 0.45 < biased < 0.6  # the biased half, plus the few random chips that hit it
+    assert share_with_rare(1.0) == 1.0
 
 
 def test_augment_keeps_image_and_labels_aligned() -> None:
@@ -222,3 +242,78 @@ def test_cli_reports_errors_in_one_line(tmp_path: Path, scene_files) -> None:
     assert res.exit_code == 2
     assert "error:" in res.output and "trian" in res.output
     assert "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- bad input, before any training
+
+
+def _forbid_training(monkeypatch) -> None:
+    """Make building the network fail: errors must come before training starts."""
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("training started before the input was checked")
+
+    monkeypatch.setattr("geounet.train.build_network", no_network)
+
+
+def _geojson(path: Path, geoms, props=None, crs_epsg: int | None = 32636) -> Path:
+    features = [{"type": "Feature", "properties": (props or [{}] * len(geoms))[i], "geometry": mapping(g)}
+                for i, g in enumerate(geoms)]
+    doc = {"type": "FeatureCollection", "features": features}
+    if crs_epsg:
+        doc["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{crs_epsg}"}}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_labels_in_another_crs_are_reprojected(tmp_path: Path, scene_files) -> None:
+    from pyproj import Transformer
+    import shapely
+
+    image, labels = scene_files
+    to_wgs84 = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform
+    geoms = [shapely.transform(box(ORIGIN[0] + x0, ORIGIN[1] - y1, ORIGIN[0] + x1, ORIGIN[1] - y0),
+                               lambda xy: np.column_stack(to_wgs84(xy[:, 0], xy[:, 1])))
+             for x0, y0, x1, y1 in SQUARES]
+    wgs84 = _geojson(tmp_path / "wgs84.geojson", geoms, [{"kind": "roof"}] * len(geoms), crs_epsg=None)
+    utm = load_config(write_config(tmp_path, config_dict(image, labels, tmp_path / "m.safetensors")))
+    cfg = load_config(write_config(tmp_path, config_dict(image, wgs84, tmp_path / "m.safetensors")))
+    a, b = load_scene(utm.data.train[0], utm).label, load_scene(cfg.data.train[0], cfg).label
+    assert int((b == 1).sum()) == pytest.approx(int((a == 1).sum()), abs=8)
+    assert (a != b).mean() < 0.01
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("far", "no labels overlap the scene"),
+        ("empty", "label file has no features"),
+        ("unknown_class", "'church'"),
+        ("raster_far", "does not overlap the scene"),
+    ],
+)
+def test_bad_labels_fail_before_training(tmp_path: Path, scene_files, monkeypatch, case: str, message: str) -> None:
+    image, _ = scene_files
+    if case == "far":  # 10 km east of the scene
+        labels = _geojson(tmp_path / "far.geojson", [box(ORIGIN[0] + 10000, ORIGIN[1] - 20, ORIGIN[0] + 10020, ORIGIN[1])],
+                          [{"kind": "roof"}])
+    elif case == "empty":
+        labels = _geojson(tmp_path / "empty.geojson", [])
+    elif case == "unknown_class":
+        labels = _geojson(tmp_path / "church.geojson", [box(ORIGIN[0] + 8, ORIGIN[1] - 24, ORIGIN[0] + 24, ORIGIN[1] - 8)],
+                          [{"kind": "church"}])
+    else:
+        labels = tmp_path / "far.tif"
+        with rasterio.open(labels, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs=CRS,
+                           transform=Affine(1, 0, ORIGIN[0] + 10000, 0, -1, ORIGIN[1])) as ds:
+            ds.write(np.ones((1, 8, 8), np.uint8))
+    out = tmp_path / "m.safetensors"
+    raw = config_dict(image, labels, out)
+    raw["data"]["val"][0]["labels"] = str(scene_files[1])  # only the training labels are bad
+    cfg = load_config(write_config(tmp_path, raw))
+    _forbid_training(monkeypatch)
+    with pytest.raises(GeounetError, match=message) as err:
+        train_model(cfg, progress=False)
+    assert err.value.path == str(labels)
+    assert "\n" not in str(err.value)
+    assert not out.exists() and not cfg.checkpoint_path.exists()
