@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -23,13 +24,15 @@ import pandas as pd
 import numpy as np
 import pyogrio
 import rasterio
+import shapely
 from affine import Affine
+from pyproj import CRS, Transformer
 from rasterio.windows import Window
 
 from .centerlines import centerlines_block, merge_centerlines
 from .errors import InputError
 from .model import ModelCard
-from .postprocess import DEFAULT_RULES, ClassRules, clean_polygons, metric_crs, valid_polygons
+from .postprocess import DEFAULT_RULES, ClassRules, clean_geometries, clean_polygons, metric_crs, repair_polygons
 from .scene import ground_resolution
 from .vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block
 
@@ -91,10 +94,13 @@ def polygonize_task(
 
 
 def pieces_to_layers(pieces: Pieces, ctx: LayerContext) -> dict[str, gpd.GeoDataFrame]:
-    """Complete polygons (pixel coordinates) -> cleaned rows per layer, in the scene's CRS."""
-    from pyproj import CRS
+    """Complete polygons (pixel coordinates) -> cleaned rows per layer, in the scene's CRS.
 
-    crs, metric = CRS.from_wkt(ctx.crs_wkt), CRS.from_wkt(ctx.metric_wkt)
+    Pixel coordinates go to the local equal-area CRS in one pass (affine, then pyproj),
+    are cleaned there and measured in metres, and are projected back to the scene's CRS.
+    """
+    to_metric = _transformer(ctx.crs_wkt, ctx.metric_wkt)
+    from_metric = _transformer(ctx.metric_wkt, ctx.crs_wkt)
     layers = {}
     for kind, layer in LAYER_FOR_KIND.items():
         ids = [i for i, c in enumerate(ctx.card.classes) if c.kind == kind]
@@ -102,21 +108,50 @@ def pieces_to_layers(pieces: Pieces, ctx: LayerContext) -> dict[str, gpd.GeoData
         if not sel.any():
             continue
         p = pieces.take(sel)
+        rules = ctx.rules[kind]
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
-        names = np.array(ctx.card.class_names, dtype=object)[p.class_id]
-        geoms = apply_affine(p.geometry, Affine(*ctx.transform))
-        gdf = gpd.GeoDataFrame({"class_id": p.class_id, "class_name": names, "score": score},
-                               geometry=gpd.GeoSeries(geoms, crs=crs)).to_crs(metric)
-        gdf = clean_polygons(gdf, ctx.rules[kind]).to_crs(crs)
-        if gdf.empty:
+        metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))
+        if rules.regularize:  # buildingregulariser works on GeoDataFrames; rows carry their attributes
+            gdf = gpd.GeoDataFrame({"class_id": p.class_id, "score": score}, geometry=metric_geoms)
+            gdf = clean_polygons(gdf, rules)
+            class_id, score, geoms_m = gdf.class_id.to_numpy(), gdf.score.to_numpy(), np.asarray(gdf.geometry.values)
+        else:
+            geoms_m, keep = clean_geometries(metric_geoms, rules)
+            class_id, score = p.class_id[keep], score[keep]
+        if not len(geoms_m):
             continue
-        gdf = gdf.set_geometry(valid_polygons(gdf.geometry))  # repair anything reprojection broke
-        gdf = gdf.assign(area_m2=gdf.area_m2.round(3), perimeter_m=gdf.perimeter_m.round(3))
+        data = {
+            "class_id": class_id,
+            "class_name": np.array(ctx.card.class_names, dtype=object)[class_id],
+            "score": score,
+            "area_m2": np.round(shapely.area(geoms_m), 3),
+            "perimeter_m": np.round(shapely.length(geoms_m), 3),
+        }
+        geoms = repair_polygons(_reproject(geoms_m, from_metric))  # repair anything reprojection broke
+        gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=ctx.crs_wkt))
         if layer == "landcover":
             layers[layer] = gdf.rename(columns={"class_id": "class"})[["class", "class_name", "area_m2", "score", "geometry"]]
         else:
             layers[layer] = gdf.rename(columns={"class_name": "class"})[["class", "score", "area_m2", "perimeter_m", "geometry"]]
     return layers
+
+
+@lru_cache(maxsize=16)
+def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
+    return Transformer.from_crs(CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt), always_xy=True)
+
+
+def _reproject(geoms: np.ndarray, transformer: Transformer, pixel_to_crs: Affine | None = None) -> np.ndarray:
+    """Reproject geometries' coordinates (first through ``pixel_to_crs`` when given)."""
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        if pixel_to_crs is not None:
+            a, b, c, d, e, f = pixel_to_crs[:6]
+            x, y = a * x + b * y + c, d * x + e * y + f
+        return np.column_stack(transformer.transform(x, y))
+
+    return shapely.transform(np.asarray(geoms, dtype=object), project)
 
 
 def centerline_task(classes_path: str, job: BlockJob, road_ids: list[int], halo: int, spur_px: float) -> list:

@@ -62,34 +62,57 @@ def fill_holes(geoms: np.ndarray, max_hole_area: float) -> np.ndarray:
     return out
 
 
+def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``rules`` (not ``regularize``) to polygons in a metric CRS.
+
+    Returns the cleaned geometries and the indexes (into ``geoms``) of those kept.
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    keep = np.arange(len(geoms))
+    if not len(geoms):
+        return geoms, keep
+    # Canonical rings first (no collinear vertices, fixed start and orientation): simplification
+    # then gives the same result however the polygon was assembled (one block or merged pieces).
+    geoms = fill_holes(shapely.normalize(shapely.simplify(geoms, 0.0)), rules.hole_area_m2)
+    big = shapely.area(geoms) >= max(rules.min_area_m2, 1e-12)
+    geoms, keep = geoms[big], keep[big]
+    if rules.simplify_m > 0 and len(geoms):
+        geoms = shapely.simplify(geoms, rules.simplify_m, preserve_topology=True)
+    geoms = repair_polygons(geoms)
+    ok = ~shapely.is_empty(geoms) & (shapely.area(geoms) >= max(rules.min_area_m2, 1e-12))
+    return geoms[ok], keep[ok]
+
+
 def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame:
     """Apply ``rules`` to polygons in a metric CRS; adds ``area_m2`` and ``perimeter_m``."""
     if gdf.empty:
         return gdf.assign(area_m2=np.zeros(0), perimeter_m=np.zeros(0))
-    # Canonical rings first (no collinear vertices, fixed start and orientation): simplification
-    # then gives the same result however the polygon was assembled (one block or merged pieces).
-    geoms = shapely.normalize(shapely.simplify(np.asarray(gdf.geometry.values, dtype=object), 0.0))
-    geoms = fill_holes(geoms, rules.hole_area_m2)
-    gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))
-    gdf = gdf[gdf.geometry.area >= max(rules.min_area_m2, 1e-12)]
-    if rules.regularize and not gdf.empty:
-        from buildingregulariser import regularize_geodataframe
+    if rules.regularize:
+        geoms = shapely.normalize(shapely.simplify(np.asarray(gdf.geometry.values, dtype=object), 0.0))
+        geoms = fill_holes(geoms, rules.hole_area_m2)
+        gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))
+        gdf = gdf[gdf.geometry.area >= max(rules.min_area_m2, 1e-12)]
+        if not gdf.empty:
+            from buildingregulariser import regularize_geodataframe
 
-        gdf = regularize_geodataframe(
-            gdf, parallel_threshold=1.0, simplify=True, simplify_tolerance=max(rules.simplify_m, 0.1),
-            allow_45_degree=False, allow_circles=False, num_cores=1,
-        )
-    elif rules.simplify_m > 0 and not gdf.empty:
-        gdf = gdf.set_geometry(gdf.geometry.simplify(rules.simplify_m, preserve_topology=True))
-    gdf = gdf.set_geometry(valid_polygons(gdf.geometry))
-    gdf = gdf[~gdf.geometry.is_empty & (gdf.geometry.area >= max(rules.min_area_m2, 1e-12))]
+            gdf = regularize_geodataframe(
+                gdf, parallel_threshold=1.0, simplify=True, simplify_tolerance=max(rules.simplify_m, 0.1),
+                allow_45_degree=False, allow_circles=False, num_cores=1,
+            )
+        gdf = gdf.set_geometry(valid_polygons(gdf.geometry))
+        gdf = gdf[~gdf.geometry.is_empty & (gdf.geometry.area >= max(rules.min_area_m2, 1e-12))]
+    else:
+        geoms, keep = clean_geometries(np.asarray(gdf.geometry.values, dtype=object), rules)
+        gdf = gdf.iloc[keep].set_geometry(gpd.GeoSeries(geoms, index=gdf.index[keep], crs=gdf.crs))
     return gdf.assign(area_m2=gdf.geometry.area.to_numpy(), perimeter_m=gdf.geometry.length.to_numpy())
 
 
-def valid_polygons(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
-    """make_valid, keeping only the polygonal parts (a repaired polygon may yield lines)."""
-    arr = np.asarray(geoms.values, dtype=object)
+def repair_polygons(geoms: np.ndarray) -> np.ndarray:
+    """make_valid where needed, keeping only the polygonal parts (a repaired polygon may yield lines)."""
+    arr = np.asarray(geoms, dtype=object)
     bad = np.flatnonzero(~shapely.is_valid(arr))
+    if not len(bad):
+        return arr
     out = arr.copy()
     for i in bad:  # usually none
         g = shapely.make_valid(arr[i])
@@ -97,4 +120,9 @@ def valid_polygons(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
             parts = [p for p in shapely.get_parts(g) if p.geom_type in ("Polygon", "MultiPolygon")]
             g = shapely.union_all(parts) if parts else shapely.Polygon()
         out[i] = g
-    return gpd.GeoSeries(out, index=geoms.index, crs=geoms.crs)
+    return out
+
+
+def valid_polygons(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
+    """:func:`repair_polygons` for a GeoSeries."""
+    return gpd.GeoSeries(repair_polygons(geoms.values), index=geoms.index, crs=geoms.crs)

@@ -62,30 +62,53 @@ def polygonize_block(
     offset: (row, col) of the block's first pixel in the whole raster.
     scores: optional (rows, cols) per-pixel score of the pixel's own class (any unit).
     inner_edges: (top, bottom, left, right) True where the block shares that edge with another block.
+
+    One ``rasterio.features.shapes`` pass over the block gives every polygon and its
+    class. A polygon's pixel count is its area in pixel units (exact: pixel-corner
+    vertices); it touches an inner edge when its bounds reach that edge. Score sums
+    need the connected components (``ndimage.label``), so they are labelled only when
+    scores are given.
     """
-    out = []
+    mask = np.isin(classes, class_ids)
+    if not mask.any():
+        return Pieces()
+    r0, c0 = offset
+    rows, cols = classes.shape
+    data = classes if classes.dtype in (np.uint8, np.uint16, np.int16, np.int32) else classes.astype(np.int32)
+    found = list(shapes(data, mask=mask, transform=Affine.translation(c0, r0), connectivity=4))
+    geoms = _polygons_from_geojson([g for g, _ in found])
+    cls = np.array([int(v) for _, v in found], np.int32)
+    pixels = np.rint(shapely.area(geoms)).astype(np.int64)
+    minx, miny, maxx, maxy = shapely.bounds(geoms).T
+    top, bottom, left, right = inner_edges
+    edge = ((top & (miny == r0)) | (bottom & (maxy == r0 + rows))
+            | (left & (minx == c0)) | (right & (maxx == c0 + cols)))
+    ssum = np.zeros(len(geoms)) if scores is None else _score_sums(classes, scores, class_ids, geoms, cls, offset)
+    return Pieces(cls, geoms, pixels, ssum, edge)
+
+
+def _score_sums(classes: np.ndarray, scores: np.ndarray, class_ids: list[int], geoms: np.ndarray,
+                cls: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """Sum of ``scores`` over each polygon's pixels, via 4-connected component labels.
+
+    A polygon's first pixel in raster order is its top-left exterior vertex (smallest
+    row, then smallest column), which finds its component in the label array.
+    """
+    labels = np.zeros(classes.shape, np.int32)
+    first = 0
     for cid in class_ids:
-        mask = classes == cid
-        if not mask.any():
-            continue
-        labels, n = ndimage.label(mask, structure=_FOUR)
-        index = np.arange(1, n + 1)
-        pixels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        if scores is None:
-            ssum = np.zeros(n)
-        else:
-            ssum = np.bincount(labels.ravel(), weights=scores.ravel().astype(np.float64), minlength=n + 1)[1:]
-        edge = np.zeros(n + 1, bool)
-        top, bottom, left, right = inner_edges
-        for flag, line in ((top, labels[0]), (bottom, labels[-1]), (left, labels[:, 0]), (right, labels[:, -1])):
-            if flag:
-                edge[line] = True
-        geoms = np.empty(n, object)
-        pixel_grid = Affine.translation(offset[1], offset[0])
-        found = list(shapes(labels.astype(np.int32), mask=mask, transform=pixel_grid, connectivity=4))
-        geoms[[int(v) - 1 for _, v in found]] = _polygons_from_geojson([g for g, _ in found])
-        out.append(Pieces(np.full(n, cid, np.int32), geoms, pixels, ssum, edge[index]))
-    return Pieces.concat(out)
+        m = classes == cid
+        if m.any():
+            lab, n = ndimage.label(m, structure=_FOUR)
+            labels[m] = lab[m] + first
+            first += n
+    sums = np.bincount(labels.ravel(), weights=scores.ravel().astype(np.float64), minlength=first + 1)
+    xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
+    order = np.lexsort((xy[:, 0], xy[:, 1], idx))  # by polygon, then row (y), then column (x)
+    starts = np.searchsorted(idx[order], np.arange(len(geoms)))
+    corner = xy[order[starts]].astype(np.int64)
+    lab = labels[corner[:, 1] - offset[0], corner[:, 0] - offset[1]]
+    return sums[lab]
 
 
 def _polygons_from_geojson(geoms: list[dict]) -> np.ndarray:

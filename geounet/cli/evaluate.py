@@ -1,0 +1,59 @@
+"""``geounet evaluate MODEL SCENE LABELS``: pixel IoU/F1, object F1 and centre-line scores as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import GeounetError
+
+
+def evaluate(
+    model: Path = typer.Argument(..., help="geounet .safetensors model file."),
+    scene: Path = typer.Argument(..., help="Scene to predict (GeoTIFF, VRT, ...)."),
+    labels: Path = typer.Argument(..., help="Labels: vector file (GeoJSON, GeoPackage) or class raster."),
+    window: Optional[str] = typer.Option(None, help="Evaluate only this part: x0,y0,x1,y1 as fractions of the "
+                                                    "scene's width and height from its top-left corner."),
+    class_field: Optional[str] = typer.Option(None, help="Label attribute holding the class."),
+    default_class: Optional[str] = typer.Option(None, help="Class of features without a class field "
+                                                           "(default: the model's only non-background class)."),
+    value_map: List[str] = typer.Option([], "--value-map", help="VALUE=CLASS (or VALUE=ignore); repeatable."),
+    unlabelled: str = typer.Option("background", help="Pixels no label covers: background or ignore."),
+    line_width_m: float = typer.Option(3.0, help="Width (metres) line labels are buffered to."),
+    centerlines: Optional[Path] = typer.Option(None, help="True road centre lines (vector) for the road metric."),
+    tolerance_m: float = typer.Option(3.0, help="Centre-line match distance, metres."),
+    iou_threshold: float = typer.Option(0.5, help="Object match IoU threshold."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
+    tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (default: the model's)."),
+    overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the model's)."),
+    batch_size: int = typer.Option(4, help="Tiles per model call."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Score a model on a labelled scene through the same path as ``geounet predict``."""
+    from ..evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
+    from ..pipeline import PredictSettings
+    from .main import setup_logging
+
+    setup_logging(True)
+    try:
+        pairs = {}
+        for item in value_map:
+            key, sep, val = item.partition("=")
+            if not sep:
+                raise GeounetError(None, f"--value-map expects VALUE=CLASS, got {item!r}")
+            pairs[key] = val
+        opts = LabelOptions(class_field=class_field, default_class=default_class, value_map=pairs,
+                            unlabelled=unlabelled, line_width_m=line_width_m)
+        settings = PredictSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
+                                   quiet=True)
+        result = evaluate_model(model, scene, labels, label_options=opts, window=parse_window(window),
+                                centerlines_path=centerlines, settings=settings, tolerance_m=tolerance_m,
+                                iou_threshold=iou_threshold)
+    except GeounetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(format_report(result))
+    if json_out is not None:
+        write_json(result, json_out)

@@ -1,0 +1,144 @@
+"""Segmentation metrics on arrays and geometries. Pure: no I/O.
+
+- Pixel metrics from a confusion matrix: per-class IoU, F1, precision, recall, and the
+  mean IoU over the classes present in the truth or the prediction.
+- Object F1 (the SpaceNet building metric): predicted and true polygons are matched
+  one to one, greedily by decreasing IoU, a pair counting only when IoU >= 0.5.
+- Centre-line precision and recall (road graphs): the share of predicted centre-line
+  pixels within a tolerance (metres) of a true centre-line pixel, and the reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import shapely
+from scipy import ndimage
+
+IGNORE_INDEX = 255
+
+
+def confusion_matrix(pred: np.ndarray, truth: np.ndarray, n_classes: int, ignore: int = IGNORE_INDEX) -> np.ndarray:
+    """``cm[t, p]``: pixels of true class ``t`` predicted as ``p``. ``ignore`` in either array is skipped."""
+    pred = np.asarray(pred).ravel()
+    truth = np.asarray(truth).ravel()
+    ok = (truth != ignore) & (pred != ignore) & (truth < n_classes) & (pred < n_classes)
+    idx = truth[ok].astype(np.int64) * n_classes + pred[ok].astype(np.int64)
+    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def pixel_scores(cm: np.ndarray, class_names: list[str]) -> dict:
+    """Per-class IoU / F1 / precision / recall and mean IoU from a confusion matrix.
+
+    A class absent from both truth and prediction has no score (``None``) and is left
+    out of the mean.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    per_class = {}
+    ious = []
+    for i, name in enumerate(class_names):
+        support = tp[i] + fn[i]
+        if tp[i] + fp[i] + fn[i] == 0:
+            per_class[name] = {"iou": None, "f1": None, "precision": None, "recall": None, "pixels": 0}
+            continue
+        iou = tp[i] / (tp[i] + fp[i] + fn[i])
+        ious.append(iou)
+        per_class[name] = {
+            "iou": float(iou),
+            "f1": float(2 * tp[i] / (2 * tp[i] + fp[i] + fn[i])),
+            "precision": float(tp[i] / (tp[i] + fp[i])) if tp[i] + fp[i] else 0.0,
+            "recall": float(tp[i] / support) if support else 0.0,
+            "pixels": int(support),
+        }
+    total = cm.sum()
+    return {
+        "classes": per_class,
+        "mean_iou": float(np.mean(ious)) if ious else None,
+        "pixel_accuracy": float(tp.sum() / total) if total else None,
+        "pixels_scored": int(total),
+    }
+
+
+@dataclass
+class ObjectScores:
+    """One-to-one polygon matching at an IoU threshold."""
+
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    precision: float
+    recall: float
+    f1: float
+    iou_threshold: float
+    mean_matched_iou: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def match_polygons(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[int, int, float]]:
+    """Pairs ``(pred index, truth index, IoU)`` matched one to one, greedily by decreasing IoU.
+
+    Only pairs with IoU >= ``iou_threshold`` are matched. Both inputs are arrays of
+    (Multi)Polygons in the same (preferably equal-area) CRS.
+    """
+    pred = np.asarray(pred, dtype=object)
+    truth = np.asarray(truth, dtype=object)
+    if not len(pred) or not len(truth):
+        return []
+    tree = shapely.STRtree(truth)
+    p_idx, t_idx = tree.query(pred, predicate="intersects")
+    if not len(p_idx):
+        return []
+    inter = shapely.area(shapely.intersection(pred[p_idx], truth[t_idx]))
+    union = shapely.area(pred[p_idx]) + shapely.area(truth[t_idx]) - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    ok = iou >= iou_threshold
+    p_idx, t_idx, iou = p_idx[ok], t_idx[ok], iou[ok]
+    used_p, used_t, pairs = set(), set(), []
+    for k in np.argsort(-iou, kind="stable"):
+        a, b = int(p_idx[k]), int(t_idx[k])
+        if a not in used_p and b not in used_t:
+            used_p.add(a)
+            used_t.add(b)
+            pairs.append((a, b, float(iou[k])))
+    return pairs
+
+
+def object_scores(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> ObjectScores:
+    """SpaceNet-style object precision, recall and F1 (see :func:`match_polygons`)."""
+    pairs = match_polygons(pred, truth, iou_threshold)
+    tp = len(pairs)
+    fp, fn = len(pred) - tp, len(truth) - tp
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return ObjectScores(tp, fp, fn, precision, recall, f1, iou_threshold,
+                        float(np.mean([p[2] for p in pairs])) if pairs else None)
+
+
+def centerline_scores(pred: np.ndarray, truth: np.ndarray, pixel_size_m: tuple[float, float],
+                      tolerance_m: float = 3.0, valid: np.ndarray | None = None) -> dict:
+    """Precision / recall of centre-line pixels within ``tolerance_m`` of the other set.
+
+    pred, truth: boolean (rows, cols) rasters of one-pixel-wide centre lines on the same
+    grid; pixel_size_m: ground size (metres) of a pixel step in (x, y); valid: optional
+    mask of the evaluated area (pixels outside count for neither side).
+    """
+    pred = np.asarray(pred, bool)
+    truth = np.asarray(truth, bool)
+    if valid is not None:
+        pred, truth = pred & valid, truth & valid
+    sampling = (pixel_size_m[1], pixel_size_m[0])  # rows (y), cols (x)
+    n_pred, n_true = int(pred.sum()), int(truth.sum())
+    near_truth = ndimage.distance_transform_edt(~truth, sampling=sampling) <= tolerance_m if n_true else np.zeros_like(pred)
+    near_pred = ndimage.distance_transform_edt(~pred, sampling=sampling) <= tolerance_m if n_pred else np.zeros_like(truth)
+    precision = float((pred & near_truth).sum() / n_pred) if n_pred else 0.0
+    recall = float((truth & near_pred).sum() / n_true) if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tolerance_m": tolerance_m,
+            "pred_pixels": n_pred, "true_pixels": n_true}
