@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.command("predict")(predict.predict)
 app.command("info")(info.info)
+app.command("evaluate")(__import__("geounet.cli.evaluate", fromlist=["evaluate"]).evaluate)
 app.command("run")(__import__("geounet.cli.run", fromlist=["run"]).run)  # pipeline configs (runner)
 try:  # training lives in its own module; registered when present
     from . import train
