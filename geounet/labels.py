@@ -84,6 +84,8 @@ def read_vector_labels(
     path = Path(path)
     if not path.is_file():
         raise GeounetError(path, "label file not found")
+    if path.stat().st_size == 0:
+        raise GeounetError(path, "label file is empty (0 bytes)")
     try:
         info = pyogrio.read_info(path, layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError / DataLayerError
@@ -99,6 +101,8 @@ def read_vector_labels(
     left, bottom, right, top = transform_bounds(scene_crs, label_crs, *scene_bounds, densify_pts=21)
     gdf = gpd.read_file(path, layer=layer, bbox=(left, bottom, right, top), engine="pyogrio")
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if not len(gdf) and _no_geometries(info.get("total_bounds")):
+        raise GeounetError(path, f"label file has {info.get('features')} feature(s) but none has a geometry")
     if len(gdf):
         gdf = gdf.to_crs(scene_crs)
         gdf = gdf[gdf.geometry.intersects(box(*scene_bounds))]
@@ -265,6 +269,11 @@ def _polygonize(path: Path, gdf, line_width_m: float):
         gdf = gdf.copy()
         gdf.loc[is_line, "geometry"] = buffered.to_numpy()
     return gdf
+
+
+def _no_geometries(bounds) -> bool:
+    """True when pyogrio's total bounds say the layer has no geometry at all."""
+    return bounds is None or not np.all(np.isfinite(np.asarray(bounds, dtype=float)))
 
 
 def _fmt_bounds(bounds) -> str:

@@ -99,6 +99,18 @@ def test_empty_label_file(tmp_path: Path) -> None:
     assert err.value.path == str(path)
 
 
+def test_zero_byte_and_geometry_less_label_files(tmp_path: Path) -> None:
+    zero = tmp_path / "zero.geojson"
+    zero.write_bytes(b"")
+    with pytest.raises(GeounetError, match=r"label file is empty \(0 bytes\)"):
+        read_vector_labels(zero, CRS, BOUNDS, CLASSES, default_class="building")
+    nulls = tmp_path / "nulls.geojson"
+    nulls.write_text(json.dumps({"type": "FeatureCollection",
+                                 "features": [{"type": "Feature", "properties": {}, "geometry": None}] * 2}))
+    with pytest.raises(GeounetError, match="2 feature.* none has a geometry"):
+        read_vector_labels(nulls, CRS, BOUNDS, CLASSES, default_class="building")
+
+
 def test_labels_not_overlapping_scene(tmp_path: Path) -> None:
     far = box(460000, 50000, 460020, 50020)  # 10 km away
     path = write_geojson(tmp_path / "far.geojson", [far], crs="EPSG:4326")
