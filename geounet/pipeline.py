@@ -20,6 +20,8 @@ import os
 import shutil
 import time
 from collections import defaultdict
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -227,17 +229,22 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
 
 
 def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path) -> dict:
-    """Submit chunk tasks (a bounded number in flight) and stitch their results as they arrive."""
+    """Submit chunk tasks (a bounded number in flight) and stitch their results as they arrive.
+
+    Only paths and small geometry objects travel through the scheduler; each worker
+    process loads the model once (``infer.cached_model``). A chunk whose worker dies is
+    recomputed elsewhere by the scheduler; a lost scheduler raises :class:`ClusterError`.
+    """
     from distributed import as_completed
     from tqdm import tqdm
 
     profile = tiled_profile(working.crs_wkt, working.affine, working.width, working.height, len(card.classes), "uint16")
     chunks = [c.index for c in grid.chunks()]
-    in_flight_max = max(2, 2 * s.workers)
+    in_flight_max = max(2, 2 * _cluster_threads(client, s.workers))
     run = skipped = 0
     with rasterio.open(stage1, "w", **profile) as dst, tqdm(
         total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
-    ) as bar:
+    ) as bar, _cluster_errors(client, scene):
         stitcher = _Stitcher(grid, dst)
         submit = lambda idx: client.submit(  # noqa: E731
             predict_chunk, str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size,
@@ -259,6 +266,54 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path)
             raise RuntimeError(f"internal error: {len(stitcher.pending)} regions never completed")
     return {"total": grid.n_tiles, "run": run, "skipped": skipped, "chunks": len(chunks),
             "tile_size": grid.tile_size, "overlap": grid.overlap}
+
+
+class ClusterError(RuntimeError):
+    """The Dask cluster failed under a run (scheduler lost or unreachable, workers dying).
+
+    Not a :class:`GeounetError`: it is not about one scene, so a batch stops at once
+    (the scene that was running leaves no output folder). ``str()`` is one line.
+    """
+
+    def __init__(self, address: str | None, problem: str) -> None:
+        self.address, self.problem = address, problem
+        super().__init__(f"{address}: {problem}" if address else problem)
+
+    def __reduce__(self):
+        return (type(self), (self.address, self.problem))
+
+
+def _scheduler_address(client) -> str | None:
+    try:
+        return client.scheduler.address
+    except AttributeError:
+        return None
+
+
+def _cluster_threads(client, default: int) -> int:
+    """Threads summed over the cluster's workers (``default`` when it cannot say)."""
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 - no workers yet, or scheduler busy
+        return default
+
+
+@contextmanager
+def _cluster_errors(client, scene: Path):
+    """Turn the ways a cluster fails (not a task's own error) into one-line :class:`ClusterError`."""
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
+    try:
+        yield
+    except KilledWorker as exc:
+        raise ClusterError(_scheduler_address(client), f"{scene.name}: a chunk task killed {exc.args[1] if len(exc.args) > 1 else 'its'} "
+                           "workers several times (out of memory?); no output written for this scene") from None
+    except (CancelledError, CommClosedError, OSError, TimeoutError) as exc:
+        if isinstance(exc, OSError) and client.status == "running" and not isinstance(exc, ConnectionError):
+            raise  # a file error of this scene, not the cluster
+        raise ClusterError(_scheduler_address(client), f"lost the Dask scheduler while predicting {scene.name} "
+                           f"({type(exc).__name__}); no output written for this scene") from None
 
 
 def _finalize(scene: Path, stage1: Path, working: WorkingGrid, card: ModelCard, tmp: Path, scene_grid) -> None:
@@ -311,20 +366,47 @@ def check_output_root(out_root: str | Path) -> Path:
 def make_client(settings: PredictSettings):
     """A dask.distributed client: the given scheduler, else an in-process local cluster.
 
+    With ``settings.scheduler`` (``tcp://HOST:PORT``) the work goes to an existing
+    cluster (``dask scheduler`` + ``dask worker``, dask-jobqueue, Kubernetes); the scene
+    and model paths must then be readable by every worker (a shared filesystem). Each
+    worker process loads the model once and keeps it. The dashboard link is logged.
+
     Locally, ``workers`` threads share one process (and one copy of the model); torch's
-    own thread pool is split between them so the cores are not oversubscribed.
+    own thread pool is split between them so the cores are not oversubscribed. Measured
+    (benchmarks/README.md): as fast as worker processes and dask's plain threaded
+    scheduler on one machine, with one model in memory and no start-up cost.
     """
     from distributed import Client, LocalCluster
 
     if settings.scheduler:
-        return Client(settings.scheduler, timeout="20s")
+        try:
+            client = Client(settings.scheduler, timeout=_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClusterError(settings.scheduler, f"cannot connect to the Dask scheduler ({exc})") from None
+        link = dashboard_link(client)
+        if link:
+            log.info("Dask dashboard: %s", link)
+        return client
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
     cluster = LocalCluster(
-        n_workers=1, threads_per_worker=settings.workers, processes=False, dashboard_address=":0",
+        n_workers=1, threads_per_worker=settings.workers, processes=False, dashboard_address=None,
     )
     return Client(cluster)
+
+
+_CONNECT_TIMEOUT = "20s"
+
+
+def dashboard_link(client) -> str | None:
+    """The scheduler's dashboard URL, or None when it serves none (bokeh missing there)."""
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - a link is a convenience, never a failure
+        return None
 
 
 def predict_batch(scenes: Iterable[str | Path], out_root: str | Path, model_path: str | Path, settings: PredictSettings) -> list[SceneReport]:

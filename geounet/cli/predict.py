@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from distributed.comm.core import CommClosedError
 
 from ..errors import GeounetError
-from ..pipeline import DEFAULT_MODEL, PredictSettings, predict_batch
+from ..pipeline import DEFAULT_MODEL, ClusterError, PredictSettings, predict_batch
 
 
 def predict(
@@ -20,8 +23,10 @@ def predict(
     batch_size: int = typer.Option(4, help="Tiles per model call."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
-    workers: int = typer.Option(1, help="Chunks processed in parallel (local threads)."),
-    scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask.distributed scheduler."),
+    workers: int = typer.Option(1, help="Chunks processed in parallel (local threads; ignored with --scheduler)."),
+    scheduler: Optional[str] = typer.Option(
+        None, help="Address of an existing dask.distributed scheduler, e.g. tcp://HOST:8786; the scene and model "
+                   "paths must be readable by every worker (shared filesystem). Default: a local in-process cluster."),
     vector: bool = typer.Option(True, "--vector/--no-vector", help="Also write features.gpkg (polygons, centre lines)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
@@ -29,15 +34,24 @@ def predict(
     from .main import setup_logging
 
     setup_logging(quiet)
+    # a lost scheduler is reported once, below, as one line; not as distributed's reconnect traceback
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     settings = PredictSettings(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
         workers=workers, scheduler=scheduler, vector=vector, quiet=quiet,
     )
     try:
         reports = predict_batch(scenes, out, model, settings)
+    except ClusterError as exc:  # the cluster failed under the run: the scene running has no output
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    except (CancelledError, CommClosedError, TimeoutError) as exc:  # cluster lost outside the chunk loop
+        typer.echo(f"error: {scheduler or 'local cluster'}: lost the Dask cluster ({type(exc).__name__}); "
+                   "the scene that was running has no output", err=True)
+        raise typer.Exit(1)
     failed = [r for r in reports if not r.ok]
     for r in failed:
         typer.echo(f"error: {r.error}", err=True)
