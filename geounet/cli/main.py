@@ -22,6 +22,7 @@ app.command("predict")(predict.predict)
 app.command("info")(info.info)
 app.command("evaluate")(__import__("geounet.cli.evaluate", fromlist=["evaluate"]).evaluate)
 app.command("run")(__import__("geounet.cli.run", fromlist=["run"]).run)  # pipeline configs (runner)
+app.command("damage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(__import__("geounet.cli.damage", fromlist=["damage"]).damage)  # damage runs
 try:  # training lives in its own module; registered when present
     from . import train
 
