@@ -67,6 +67,7 @@ class SceneConfig:
     image: Path
     labels: Path
     window: list[float] | None = None
+    weight: float = 1.0  # share of the random chips, relative to the scene's labelled area
 
 
 @dataclass
@@ -132,6 +133,7 @@ class TrainOptions:
     threads: int | None = None  # torch CPU threads; None: torch's default
     save_dtype: str = "float16"  # weights dtype in the model file: float16 or float32
     resume: Path | None = None  # a checkpoint written by an earlier run
+    init_weights: Path | None = None  # fine-tune: start from this geounet model file (same classes and network)
     checkpoint: Path | None = None  # default: <output stem>.ckpt.pt next to the model
 
 
@@ -223,7 +225,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             obj = getattr(obj, p)
         if not hasattr(obj, last):
             raise GeounetError(path, f"unknown override {key!r}")
-        setattr(obj, last, Path(value) if isinstance(value, str) and last in ("output", "resume", "checkpoint") else value)
+        setattr(obj, last, Path(value) if isinstance(value, str) and last in ("output", "resume", "checkpoint", "init_weights") else value)
     validate_config(cfg)
     return cfg
 
@@ -427,6 +429,7 @@ class Scene:
     crs: Any
     transform: Any
     dtype: str
+    weight: float = 1.0
 
 
 def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
@@ -490,7 +493,8 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
         transform = transform @ Affine.translation(c0, r0)
     if not (label != IGNORE_INDEX).any():
         raise GeounetError(path, "no labelled pixels in the scene (or its window)")
-    return Scene(path.name, np.ascontiguousarray(image), np.ascontiguousarray(label), crs, transform, dtype)
+    return Scene(path.name, np.ascontiguousarray(image), np.ascontiguousarray(label), crs, transform, dtype,
+                 scene.weight)
 
 
 def background_index(cfg: TrainConfig) -> int:
@@ -527,7 +531,7 @@ class ChipSampler:
 
     With probability ``rare_class_bias`` a chip is placed so that it contains a random
     pixel of a random non-background class; otherwise anywhere in a scene (scenes drawn
-    in proportion to their labelled area). Chips with less than ``min_labelled`` of
+    in proportion to their labelled area times their ``weight``). Chips with less than ``min_labelled`` of
     their pixels labelled are redrawn up to 10 times. Scenes smaller than a chip are
     padded with zeros and the ignore index.
     """
@@ -548,7 +552,7 @@ class ChipSampler:
         self.bias = rare_class_bias
         self.min_labelled = min_labelled
         self.rng = rng
-        areas = np.array([(s.label != IGNORE_INDEX).sum() for s in scenes], dtype=np.float64)
+        areas = np.array([(s.label != IGNORE_INDEX).sum() * s.weight for s in scenes], dtype=np.float64)
         self.scene_p = areas / areas.sum()
         # class -> list of (scene index, flat pixel indexes of that class)
         self.where: dict[int, list[tuple[int, np.ndarray]]] = {}
@@ -577,7 +581,7 @@ class ChipSampler:
         if self.where and self.rng.random() < self.bias:
             c = list(self.where)[self.rng.integers(len(self.where))]
             entries = self.where[c]
-            weights = np.array([len(idx) for _, idx in entries], dtype=np.float64)
+            weights = np.array([len(idx) * self.scenes[i].weight for i, idx in entries], dtype=np.float64)
             i, idx = entries[self.rng.choice(len(entries), p=weights / weights.sum())]
             scene = self.scenes[i]
             r, col = divmod(int(idx[self.rng.integers(len(idx))]), scene.label.shape[1])
@@ -844,13 +848,19 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
     if ckpt is not None:
         card = ModelCard.from_json(ckpt["card"], t.resume)
     else:
-        if cfg.data.mean is not None and cfg.data.std is not None:
+        init = _init_weights(t.init_weights, cfg) if t.init_weights else None
+        if init is not None:  # keep the normalisation the weights were trained with
+            mean, std = list(init[1].mean), list(init[1].std)
+        elif cfg.data.mean is not None and cfg.data.std is not None:
             mean, std = list(cfg.data.mean), list(cfg.data.std)
         else:
             mean, std = band_stats(train_scenes, scale)
         card = build_card(cfg, train_scenes + val_scenes, mean, std, scale)
 
-    net = build_network(card).to(device)
+    net = build_network(card)
+    if ckpt is None and t.init_weights:
+        net.load_state_dict(init[0].state_dict())
+    net = net.to(device)
     if t.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -980,6 +990,20 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
         model=cfg.output, checkpoint=cfg.checkpoint_path, csv=cfg.csv_path, epochs=epoch, best_epoch=best_epoch,
         best_val=best_val, seconds=round(time.perf_counter() - t_start + seconds_before, 1), stopped_early=stopped_early,
     )
+
+
+def _init_weights(path: Path, cfg: TrainConfig):
+    """``(network, card)`` of a model file to fine-tune, checked against the config."""
+    from .model import load_model
+
+    net, card = load_model(path)
+    m = cfg.model
+    mine = (cfg.class_names, m.architecture, m.encoder, m.encoder_depth, list(m.decoder_channels), len(cfg.data.bands))
+    theirs = (card.class_names, card.architecture, card.encoder, card.encoder_depth, list(card.decoder_channels),
+              len(card.bands))
+    if mine != theirs:
+        raise GeounetError(path, f"train.init_weights: the model's classes/network {theirs} differ from the config's {mine}")
+    return net, card
 
 
 def _cosine_with_warmup(warmup: int, total: int):
