@@ -31,31 +31,51 @@ from geounet.runner import ConfigError, SceneLock, load_config, run_pipeline, up
 
 OUTPUTS = ("scores.tif", "classes.tif", "features.gpkg", "run.json", "item.json", "quicklook.png")
 
-# Runs geounet's CLI with a SIGKILL planted at one point of the pipeline (env KILL_AT).
+# Imports geounet (and torch) once, then forks one real child process per job, each running
+# geounet's CLI, with a SIGKILL planted at one point of the pipeline (job's kill_at).
 DRIVER = r'''
-import os, shutil, signal, sys
-import geounet.pipeline as P
+import json, os, shutil, signal, sys
 import geounet.features as F
+import geounet.pipeline as P
+from geounet.cli.main import main
+
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-point = os.environ["KILL_AT"]
-if point == "stitch":  # mid-scene: first chunk stitched into the stage-1 raster
-    add = P._Stitcher.add
-    P._Stitcher.add = lambda self, r: (add(self, r), die())
-elif point == "gpkg":  # GeoPackage half written
-    flush = F._LayerWriter.flush
-    F._LayerWriter.flush = lambda self, *a, **k: (flush(self, *a, **k), die())
-elif point == "swap":  # previous outputs moved aside, new ones not yet moved in
-    replace = os.replace
-    os.replace = lambda s, d: (replace(s, d), die() if ".old-" in str(d) else None)[0]
-elif point == "cleanup":  # new outputs in place, previous ones not yet removed
-    rmtree = shutil.rmtree
-    shutil.rmtree = lambda p, *a, **k: die() if ".old-" in str(p) else rmtree(p, *a, **k)
-from geounet.cli.main import main
-sys.argv = ["geounet"] + sys.argv[1:]
-main()
+
+def plant(point):
+    if point == "stitch":  # mid-scene: first chunk stitched into the stage-1 raster
+        add = P._Stitcher.add
+        P._Stitcher.add = lambda self, r: (add(self, r), die())
+    elif point == "gpkg":  # GeoPackage half written
+        flush = F._LayerWriter.flush
+        F._LayerWriter.flush = lambda self, *a, **k: (flush(self, *a, **k), die())
+    elif point == "swap":  # previous outputs moved aside, new ones not yet moved in
+        replace = os.replace
+        os.replace = lambda s, d: (replace(s, d), die() if ".old-" in str(d) else None)[0]
+    elif point == "cleanup":  # new outputs in place, previous ones not yet removed
+        rmtree = shutil.rmtree
+        shutil.rmtree = lambda p, *a, **k: die() if ".old-" in str(p) else rmtree(p, *a, **k)
+
+
+jobs, pid_file = json.loads(sys.argv[1]), sys.argv[2]
+pids = {}
+for name, point, args in jobs:
+    pid = os.fork()
+    if pid == 0:
+        plant(point)
+        sys.argv = ["geounet"] + args
+        try:
+            main()
+        except SystemExit as exc:
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        os._exit(0)
+    pids[name] = pid
+with open(pid_file + ".tmp", "w") as f:
+    json.dump(pids, f)
+os.replace(pid_file + ".tmp", pid_file)
+print(json.dumps({name: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for name, pid in pids.items()}))
 '''
 
 
@@ -126,41 +146,42 @@ def clean(scenes, tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def killed_runs(scenes, tiny_model, clean, tmp_path_factory) -> dict:
-    """Start every subprocess at once: four planted SIGKILLs, one SIGKILL from outside, two concurrent runs."""
+    """Real processes, forked at once from one that imported geounet: four planted SIGKILLs, one SIGKILL
+    from outside (mid-scene), two concurrent runs of one config."""
     d = tmp_path_factory.mktemp("procs")
     driver = d / "driver.py"
     driver.write_text(DRIVER)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    procs = {}
+    jobs, outs = [], {}
     for point in ("stitch", "gpkg", "swap", "cleanup", "outside"):
         out = d / point / "out"
         out.mkdir(parents=True)
         if point in ("swap", "cleanup"):  # previous outputs to be replaced (--force)
             shutil.copytree(clean / scenes["a"].stem, out / scenes["a"].stem)
         cfg = write_config(d / point / "p.yaml", tiny_model, [scenes["a"]], out)
-        args = [str(cfg), "--quiet"] + (["--force"] if point in ("swap", "cleanup") else [])
-        if point == "outside":
-            cmd = [sys.executable, "-m", "geounet.cli.main", "run", *args]
-        else:
-            cmd = [sys.executable, str(driver), "run", *args]
-        procs[point] = (subprocess.Popen(cmd, env=env | {"KILL_AT": point}, stderr=subprocess.PIPE, text=True), out, cfg)
+        jobs.append((point, point, [str(cfg), "--quiet"] + (["--force"] if point in ("swap", "cleanup") else [])))
+        outs[point] = (out, cfg)
     conc_out = d / "concurrent" / "out"
     conc_cfg = write_config(d / "concurrent.yaml", tiny_model, [scenes["a"], scenes["b"]], conc_out)
-    conc = [subprocess.Popen([sys.executable, "-m", "geounet.cli.main", "run", str(conc_cfg), "--quiet"], env=env,
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    jobs += [(f"concurrent{i}", None, [str(conc_cfg), "--quiet"]) for i in range(2)]
+    jobs = [(name, point, ["run", *args]) for name, point, args in jobs]
+    pid_file = d / "pids.json"
+    zygote = subprocess.Popen([sys.executable, str(driver), json.dumps(jobs), str(pid_file)], env=env,
+                              stdout=subprocess.PIPE, text=True)
 
     # the outside kill: SIGKILL as soon as the scene's partial folder exists (mid-scene)
-    proc, out, _ = procs["outside"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(out.glob(f".{scenes['a'].stem}.partial-*")) and proc.poll() is None:
+    out = outs["outside"][0]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not pid_file.exists():
+        time.sleep(0.05)
+    pid = json.loads(pid_file.read_text())["outside"]
+    while time.monotonic() < deadline and not list(out.glob(f".{scenes['a'].stem}.partial-*")):
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    results = {}
-    for point, (p, out, cfg) in procs.items():
-        _, err = p.communicate(timeout=300)
-        results[point] = (p.returncode, err, out, cfg)
-    results["concurrent"] = [(p.communicate(timeout=300)[1], p.returncode)[::-1] for p in conc] + [conc_out]
+    os.kill(pid, signal.SIGKILL)
+    codes = json.loads(zygote.communicate(timeout=600)[0].strip().splitlines()[-1])
+    results = {point: (codes[point], "", *outs[point]) for point in outs}
+    results["concurrent"] = [(codes[f"concurrent{i}"], "") for i in range(2)] + [conc_out]
     return results
 
 
