@@ -394,10 +394,14 @@ def _load_damage(raw: dict, vals: dict, base: Path, cwd: Path, override: list[st
         return
     names = {f.name for f in dataclasses.fields(DamageSettings)}
     _check_keys(section, names, "damage: ", problems)
+    section = {k: v for k, v in section.items() if k in names}
+    shared = {"device": vals.get("device"), "precision": vals.get("precision"), **_section(raw, "tiling", TILING_KEYS, [])}
+    section = {k: v for k, v in shared.items() if k in names and v is not None} | section  # damage: wins
     try:
-        cfg.damage["settings"] = DamageSettings(**{k: v for k, v in section.items() if k in names})
+        make = getattr(DamageSettings, "from_dict", None) or (lambda d: DamageSettings(**d))
+        cfg.damage["settings"] = make(section)
     except (TypeError, ValueError, GeounetError) as exc:
-        problems.append(f"damage: {exc}")
+        problems.append(str(exc) if str(exc).startswith("damage:") else f"damage: {exc}")
 
 
 # ---------------------------------------------------------------- discovery

@@ -370,3 +370,22 @@ def test_inputs_and_out_override_and_watch_folder(tmp_path, tiny_model, scenes):
     assert c.out == tmp_path / "maps"
     c2 = load_config(cfg, inputs=[str(tmp_path / "watch" / "*.tif")], out="elsewhere", cwd=tmp_path)
     assert sorted(p.name for p in discover_inputs(c2)) == ["fresh.tif", "old.tif"] and c2.out == tmp_path / "elsewhere"
+
+
+def test_damage_config_is_checked_and_dispatched(tmp_path, monkeypatch):
+    damage = pytest.importorskip("geounet.damage", reason="geounet.damage not in this checkout")
+    pre = sorted(Path(p) for p in [shutil.copy(DEMO_SCENE, tmp_path / "pre.tif")])
+    post = [Path(shutil.copy(DEMO_SCENE, tmp_path / "post.tif"))]
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(f"task: damage\nmodel: {REPO / 'data/models/buildings.safetensors'}\n"
+                   f"inputs: {{pre: pre.tif, post: [post.tif]}}\nout: o\ndevice: cpu\ndamage: {{halo: 32, blok: 1}}\n")
+    with pytest.raises(ConfigError, match="damage: unknown key 'blok' \\(did you mean 'block'\\?\\)"):
+        load_config(cfg)
+    cfg.write_text(cfg.read_text().replace(", blok: 1", ""))
+    c = load_config(cfg)
+    assert c.damage["pre"] == pre and c.damage["post"] == post and c.damage["settings"].halo == 32
+    seen = {}
+    monkeypatch.setattr(damage, "run_damage", lambda *a: seen.setdefault("args", a) and {})
+    summary = run_pipeline(c, quiet=True)
+    assert summary.ok and summary.scenes[0].status == "done"
+    assert seen["args"][:3] == (pre, post, tmp_path / "o") and seen["args"][5].device == "cpu"
