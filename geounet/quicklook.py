@@ -19,7 +19,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from .model import ModelCard
 
-MAX_SIDE = 1024  # pixels on the long side of the PNG
+MAX_SIDE = 512  # pixels on the long side of the PNG (a 512x512 RGBA photo: about 0.4 MB)
 ALPHA = 0.5  # opacity of the class colours over the scene
 NODATA = 255
 

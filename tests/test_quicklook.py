@@ -64,7 +64,7 @@ def test_write_quicklook_small_png_with_mask(tmp_path):
                     nodata=255)
     with rasterio.open(tmp_path / "classes.tif", "w", **prof) as dst:
         dst.write(classes, 1)
-    rows, cols = write_quicklook(scene, tmp_path / "classes.tif", _card(), tmp_path / "q.png")
+    rows, cols = write_quicklook(scene, tmp_path / "classes.tif", _card(), tmp_path / "q.png", max_side=1024)
     assert (rows, cols) == (128, 1024)
     with rasterio.open(tmp_path / "q.png") as png:
         assert png.driver == "PNG" and png.count == 4 and (png.height, png.width) == (128, 1024)
