@@ -12,6 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -67,13 +68,59 @@ def cached_model(path: str | Path, device: str):
 
 def forward_probabilities(net, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
     """Normalised input ``(n, bands, h, w)`` float32 -> class probabilities ``(n, classes, h, w)`` float32."""
+    return next(iter_probabilities(net, iter([batch]), device, precision))
+
+
+def _forward_tensor(net, x, device: str, precision: str):
+    """Softmax probabilities of a device tensor (asynchronous on CUDA)."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    x = torch.from_numpy(batch).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
         logits = net(x)
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    with torch.inference_mode():
+        return torch.softmax(logits.float(), dim=1)
+
+
+def iter_probabilities(net, batches: Iterator[np.ndarray], device: str, precision: str) -> Iterator[np.ndarray]:
+    """Class probabilities for each batch ``(n, bands, h, w)`` of ``batches``, in order.
+
+    On the CPU each batch is computed when asked for. On a CUDA device the work is
+    pipelined (GPU-only part, untested on this project's CPU-only machine): batches
+    are copied from pinned host memory on a side stream, and each result is handed
+    back one batch late, so that while the GPU computes batch i the caller blends
+    batch i-1 and this generator reads and stacks batch i+1 and starts its copy.
+    """
+    import torch
+
+    if not device.startswith("cuda"):
+        for batch in batches:
+            yield _forward_tensor(net, torch.from_numpy(batch).to(device), device, precision).cpu().numpy()
+        return
+    # --- GPU path (not run here: no GPU on this project's machine) ---------------------
+    dev = torch.device(device)
+    copy_stream = torch.cuda.Stream(dev)
+    compute = torch.cuda.current_stream(dev)
+    pending = None  # (pinned host result, CUDA event) of the previous batch
+    for batch in batches:
+        host = torch.from_numpy(batch).pin_memory()
+        with torch.cuda.stream(copy_stream):
+            x = host.to(dev, non_blocking=True)
+        compute.wait_stream(copy_stream)  # the forward waits for its own copy only
+        x.record_stream(compute)
+        probs = _forward_tensor(net, x, device, precision)
+        out = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+        out.copy_(probs, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(compute)
+        if pending is not None:
+            pending[1].synchronize()
+            yield pending[0].numpy()
+        pending = (out, done)
+    if pending is not None:
+        pending[1].synchronize()
+        yield pending[0].numpy()
 
 
 @dataclass
@@ -112,10 +159,9 @@ def predict_chunk(
     if not todo:
         return ChunkResult(chunk_index, chunk.box, None, 0, len(chunk.tiles))
     out = np.zeros((len(card.classes), chunk.box.height, chunk.box.width), np.float32)
-    for start in range(0, len(todo), batch_size):
-        part = todo[start : start + batch_size]
-        batch = np.stack([x[:, r, c] for _, r, c in part])
-        probs = forward_probabilities(net, batch, device, precision)
+    parts = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = (np.stack([x[:, r, c] for _, r, c in part]) for part in parts)  # stacked lazily, one ahead on GPUs
+    for part, probs in zip(parts, iter_probabilities(net, batches, device, precision)):
         offsets = [(r.start, c.start) for _, r, c in part]
         weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]
         blend_tiles(probs, offsets, weights, out.shape[1:], out=out)

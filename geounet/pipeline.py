@@ -391,7 +391,8 @@ def make_client(settings: PredictSettings):
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
     cluster = LocalCluster(
-        n_workers=1, threads_per_worker=settings.workers, processes=False, dashboard_address=None,
+        n_workers=1, threads_per_worker=settings.workers, processes=False,
+        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # no bokeh app, no port clash
     )
     return Client(cluster)
 
@@ -400,7 +401,7 @@ _CONNECT_TIMEOUT = "20s"
 
 
 def dashboard_link(client) -> str | None:
-    """The scheduler's dashboard URL, or None when it serves none (bokeh missing there)."""
+    """The scheduler's dashboard URL (``http://HOST:PORT/status``), or None when it has no HTTP server."""
     try:
         if "dashboard" not in client.scheduler_info().get("services", {}):
             return None

@@ -43,3 +43,25 @@ def test_auto_precision_is_fp32_on_cpus_without_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
     assert resolve_precision("cpu") == "bf16"
     assert resolve_precision("cpu", "fp32") == "fp32"
+
+
+def test_batches_are_computed_in_order_and_pulled_lazily():
+    from geounet.infer import iter_probabilities
+
+    net = Pointwise().eval()
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(size=(2, 3, 16, 16)).astype(np.float32) for _ in range(3)]
+    pulled = []
+
+    def source():
+        for i, b in enumerate(batches):
+            pulled.append(i)
+            yield b
+
+    out = iter_probabilities(net, source(), "cpu", "fp32")
+    first = next(out)
+    assert pulled == [0]  # on the CPU nothing is read ahead: memory stays one batch
+    rest = list(out)
+    for b, p in zip(batches, [first] + rest):
+        np.testing.assert_allclose(p, forward_probabilities(net, b, "cpu", "fp32"), atol=1e-6)
+        assert p.shape == (2, 4, 16, 16)

@@ -1,0 +1,252 @@
+"""How close `geounet predict` comes to the model's compute floor, and what beats the floor.
+
+Scene: real Kampala drone imagery (the demo crop, read at 0.15 m, the default model's
+resolution, so nothing is resampled) mirror-tiled to N x N pixels, RGB uint8, EPSG:3857.
+
+* floor: the model's forward passes alone over exactly the tiles the scene needs (same
+  tile size, overlap, batch size, precision and memory format as the pipeline), in this
+  process, batched, on random input of the right shape, after a warm-up.
+* end to end: `geounet predict` in a child process (wall time, interpreter start-up
+  included), with --no-vector and with vectors; where the rest goes comes from run.json.
+* variants of the floor (per scene: batches x seconds per batch): memory format,
+  torch.compile, tile size (halo waste), torch threads.
+* local schedulers: the chunk tasks of a scene through the in-process cluster (threads),
+  a local cluster of worker processes, and dask's plain threaded scheduler.
+
+    python benchmarks/efficiency.py [--size 4096] [--sections floor,e2e,variants,schedulers]
+
+The machine may be shared: ratios are measured within one run; repeat the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from geounet.grid import TileGrid  # noqa: E402
+from geounet.infer import cached_model  # noqa: E402
+
+DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
+MODEL = REPO / "data" / "models" / "buildings.safetensors"
+GEOUNET = Path(sys.executable).parent / "geounet"
+
+
+def make_scene(path: Path, size: int, res: float = 0.15) -> Path:
+    """The demo crop read at ``res`` m/px, mirror-tiled to size x size (no seams), no mask."""
+    with rasterio.open(DEMO) as src:
+        h, w = round(src.height * src.res[1] / res), round(src.width * src.res[0] / res)
+        tile = src.read(out_shape=(src.count, h, w), resampling=Resampling.average)
+        x0, y0 = src.transform.c, src.transform.f
+        crs = src.crs
+    row = np.concatenate([tile, tile[:, :, ::-1]], axis=2)
+    block = np.concatenate([row, row[:, ::-1, :]], axis=1)
+    reps = (1, 2048 // block.shape[1] + 1, 2048 // block.shape[2] + 1)
+    block = np.tile(block, reps)[:, :2048, :2048]
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
+                   transform=Affine(res, 0, x0, 0, -res, y0), tiled=True, blockxsize=512, blockysize=512,
+                   photometric="RGB")
+    with rasterio.open(path, "w", **profile) as dst:
+        for r in range(0, size, 2048):
+            for c in range(0, size, 2048):
+                hh, ww = min(2048, size - r), min(2048, size - c)
+                dst.write(block[:, :hh, :ww], window=Window(c, r, ww, hh))
+    return path
+
+
+def n_tiles(size: int, tile: int, overlap: int) -> int:
+    return TileGrid(size, size, tile, overlap, 4).n_tiles
+
+
+def time_batches(net, tile: int, batch: int, n_batches: int, channels_last: bool = True, warmup: int = 1) -> float:
+    """Seconds for ``n_batches`` forward passes of ``batch`` random tiles (after ``warmup`` passes)."""
+    import torch
+
+    x = torch.randn(batch, 3, tile, tile)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            net(x)
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            net(x)
+    return time.perf_counter() - t0
+
+
+def floor_seconds(size: int, tile: int = 512, overlap: int = 64, batch: int = 4) -> tuple[float, int]:
+    """The compute floor of a size x size scene: forward passes over exactly its tiles."""
+    net, _ = cached_model(MODEL, "cpu")  # the pipeline's own loader: channels_last, eval, fp32
+    tiles = n_tiles(size, tile, overlap)
+    full, rest = divmod(tiles, batch)
+    secs = time_batches(net, tile, batch, full)
+    if rest:
+        secs += time_batches(net, tile, rest, 1, warmup=1)
+    return secs, tiles
+
+
+def predict_cli(scene: Path, out: Path, *extra: str) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run([str(GEOUNET), "predict", str(scene), "--out", str(out), "--quiet", *extra], check=True,
+                   env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - t0
+    run = json.loads((out / scene.stem / "run.json").read_text())
+    return wall, run
+
+
+def section_e2e(scene: Path, size: int, work: Path) -> None:
+    f1, tiles = floor_seconds(size)
+    rows = []
+    for label, extra in (("--no-vector", ("--no-vector",)), ("with vectors", ())):
+        wall, run = predict_cli(scene, work / "out", *extra)
+        rows.append((label, wall, run["timings"]))
+    f2, _ = floor_seconds(size)
+    floor = (f1 + f2) / 2
+    print(f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64 / batch 4, fp32")
+    print(f"floor: {tiles} tiles, {f1:.1f} s before and {f2:.1f} s after the runs -> {floor:.1f} s "
+          f"({size * size / floor / 1e6:.3f} MP/s)")
+    for label, wall, t in rows:
+        startup = wall - t["total_s"]
+        print(f"geounet predict {label}: {wall:.1f} s ({size * size / wall / 1e6:.3f} MP/s), efficiency floor/wall = "
+              f"{floor / wall:.3f}")
+        print(f"   rest {wall - floor:.1f} s = start-up/imports/model load outside the run {startup:.1f} s"
+              f" + chunks beyond the floor (read, normalise, softmax, blend, stitch, schedule) "
+              f"{t['predict_and_stitch_s'] - floor:.1f} s + finalize {t['finalize_s']:.1f} s + COG {t['cog_s']:.1f} s"
+              + (f" + vectorize {t['vectorize_s']:.1f} s" if "vectorize_s" in t else ""))
+
+
+def section_variants(size: int) -> None:
+    """Per-scene floor for variants: seconds per batch measured over 3 batches, times batches needed."""
+    import torch
+
+    from geounet.model import load_model
+
+    net, _ = cached_model(MODEL, "cpu")
+    plain, _ = load_model(MODEL, "cpu")
+    x = torch.randn(2, 3, 512, 512)
+    with torch.inference_mode():
+        ref = net(x.contiguous(memory_format=torch.channels_last))
+    print(f"\n## variants of the floor, {size}^2 scene (seconds per scene; max |diff| of logits vs baseline)")
+    rows = []
+
+    def row(label, model, tile, overlap, batch, channels_last=True, n=3):
+        tiles = n_tiles(size, tile, overlap)
+        per = time_batches(model, tile, batch, n, channels_last) / n
+        rows.append((label, tiles, per * math.ceil(tiles / batch)))
+        print(f"{label:<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  ({rows[0][2] / rows[-1][2]:.2f}x baseline)",
+              flush=True)
+
+    row("baseline: channels_last, fp32, 512/64, b4", net, 512, 64, 4)
+    with torch.inference_mode():
+        d = (plain(x) - ref).abs().max().item()
+    row(f"contiguous (NCHW) (diff {d:.1e})", plain, 512, 64, 4, channels_last=False)
+    row("batch 8", net, 512, 64, 8, n=2)
+    row("tile 768 / overlap 64 (less halo)", net, 768, 64, 4, n=2)
+    row("tile 1024 / overlap 64", net, 1024, 64, 2, n=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    row("torch 1 thread (one of 2 workers)", net, 512, 64, 4, n=2)
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        comp = torch.compile(net)
+        with torch.inference_mode():
+            d = (comp(x.contiguous(memory_format=torch.channels_last)) - ref).abs().max().item()
+        print(f"   torch.compile: first call {time.perf_counter() - t0:.1f} s", flush=True)
+        row(f"torch.compile (diff {d:.1e})", comp, 512, 64, 4)
+    except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+        print(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def section_schedulers(scene: Path, size: int) -> None:
+    """Chunk tasks of one scene (no stitching, no writing) through three local schedulers."""
+    import dask
+    import torch
+    from distributed import Client, LocalCluster, wait
+
+    from geounet.infer import predict_chunk
+    from geounet.model import read_card
+    from geounet.scene import open_scene, working_grid
+
+    card = read_card(MODEL)
+    with open_scene(scene) as src:
+        working = working_grid(src, card, 0.25)
+    grid = TileGrid(working.height, working.width, 512, 64, max(1, 2048 // 448))
+    idx = [c.index for c in grid.chunks()]
+    args = (str(scene), working, grid)
+    cores = os.cpu_count() or 1
+    print(f"\n## local schedulers: {len(idx)} chunk tasks of the {size}^2 scene ({grid.n_tiles} tiles), {cores} cores")
+
+    def report(label, secs):
+        print(f"{label:<58} {secs:7.1f} s", flush=True)
+
+    predict_chunk(*args, idx[0], str(MODEL))  # warm: model loaded in this process
+    for threads in (1, 2):
+        torch.set_num_threads(max(1, cores // threads))
+        with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None,
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as lc, Client(lc) as c:
+            t0 = time.perf_counter()
+            wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
+            report(f"in-process cluster, {threads} thread(s) x torch {torch.get_num_threads()}", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        dask.compute(*[dask.delayed(predict_chunk)(*args, i, str(MODEL)) for i in idx], scheduler="threads",
+                     num_workers=threads)
+        report(f"dask threaded scheduler (no distributed), {threads} thread(s)", time.perf_counter() - t0)
+    torch.set_num_threads(cores)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, Client(lc) as c:
+        c.run(lambda: __import__("geounet.infer"))
+        t0 = time.perf_counter()
+        wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
+        report("2 worker processes x 1 thread (model loads included)", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
+        report("2 worker processes x 1 thread (warm, second pass)", time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--sections", default="e2e,variants,schedulers")
+    ap.add_argument("--schedulers-size", type=int, default=2048)
+    ap.add_argument("--keep", type=Path)
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="geounet-eff-"))
+    work.mkdir(parents=True, exist_ok=True)
+    sections = args.sections.split(",")
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    try:
+        if "e2e" in sections:
+            section_e2e(make_scene(work / "scene.tif", args.size), args.size, work)
+        if "variants" in sections:
+            section_variants(args.size)
+        if "schedulers" in sections:
+            section_schedulers(make_scene(work / "sched.tif", args.schedulers_size), args.schedulers_size)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
