@@ -6,8 +6,8 @@ pre/post pair (``pair_forward``):
 
 * ``p_pre``, ``p_post``: the buildings model's building probability in each epoch;
 * ``feature_distance``: ``1 - cosine similarity`` of the U-Net *encoder* features of
-  pre and post at each pixel, averaged over the encoder stages (each stage upsampled
-  bilinearly to the input size). Encoder features are ReLU outputs (non-negative),
+  pre and post at each pixel, averaged over the chosen encoder stages (default: the
+  first, stride-2 stage; each upsampled bilinearly to the input size). Encoder features are ReLU outputs (non-negative),
   so the distance lies in [0, 1]; identical pixels (and context) give exactly 0.
 
 ``change_score`` combines them into one score in [0, 1] per pixel (see its docstring);
@@ -40,18 +40,20 @@ class ChangeRules:
     rests on the feature distance alone).
     """
 
-    feature_low: float = 0.15
-    feature_high: float = 0.45
-    prob_weight: float = 1.0
+    feature_low: float = 0.2
+    feature_high: float = 0.5
+    prob_weight: float = 0.25
     prob_ref: float = 0.3
 
 
 def pair_forward(net, pre: np.ndarray, post: np.ndarray, building_class: int, device: str = "cpu",
-                 precision: str = "fp32") -> np.ndarray:
+                 precision: str = "fp32", stages: tuple[int, ...] = (1,)) -> np.ndarray:
     """One U-Net pass over normalised pre and post tiles ``(n, bands, h, w)`` each.
 
     Returns ``(n, 3, h, w)`` float32: building probability pre, building probability
-    post, encoder feature distance (see module docstring), all in [0, 1].
+    post, encoder feature distance (see module docstring) averaged over the encoder
+    ``stages`` (1 = the first, stride-2 stage; deeper stages are coarser and more
+    invariant), all in [0, 1].
     """
     import torch
     import torch.nn.functional as F
@@ -65,13 +67,15 @@ def pair_forward(net, pre: np.ndarray, post: np.ndarray, building_class: int, de
         logits = net.segmentation_head(net.decoder(features))
         probs = torch.softmax(logits.float(), dim=1)[:, building_class]
         dist = torch.zeros((n, *size), dtype=torch.float32, device=x.device)
-        stages = [f for f in features[1:] if f.shape[1] > 0]
-        for f in stages:
+        chosen = [features[k] for k in stages if 0 < k < len(features) and features[k].shape[1] > 0]
+        if not chosen:
+            raise ValueError(f"encoder stages {list(stages)} not in 1..{len(features) - 1}")
+        for f in chosen:
             f = f.float()
             cos = F.cosine_similarity(f[:n], f[n:], dim=1, eps=1e-6)
             d = (1.0 - cos).clamp(0.0, 1.0)[:, None]
             dist += F.interpolate(d, size=size, mode="bilinear", align_corners=False)[:, 0]
-        dist /= max(1, len(stages))
+        dist /= len(chosen)
     out = torch.stack([probs[:n], probs[n:], dist], dim=1)
     return out.cpu().numpy()
 

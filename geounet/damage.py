@@ -73,11 +73,12 @@ class DamageSettings:
     """
 
     thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])  # minor, major, destroyed from
-    feature_low: float = 0.15  # encoder feature distance that still counts as "no change"
-    feature_high: float = 0.45  # ... and from which a place counts as fully changed
-    prob_weight: float = 1.0  # weight of the building-probability drop (feature term: 1)
+    feature_low: float = 0.2  # encoder feature distance that still counts as "no change"
+    feature_high: float = 0.5  # ... and from which a place counts as fully changed
+    feature_stages: list[int] = field(default_factory=lambda: [1])  # encoder stages compared (1 = first)
+    prob_weight: float = 0.25  # weight of the building-probability drop (feature term: 1)
     prob_ref: float = 0.3  # pre building probability that gives the drop full weight
-    match_radiometry: bool = True  # give post the per-band mean and std of pre over the overlap first
+    match_radiometry: bool = False  # first give post the per-band mean and std of pre over the overlap
     min_valid_fraction: float = 0.5  # share of a footprint that needs pre and post data to be assessed
     block: int = 1024  # block side per task
     halo: int = 64  # context read around each block
@@ -90,6 +91,9 @@ class DamageSettings:
 
     def __post_init__(self) -> None:
         self.thresholds = [float(t) for t in self.thresholds]
+        self.feature_stages = [int(k) for k in self.feature_stages]
+        if not self.feature_stages or min(self.feature_stages) < 1:
+            raise ValueError("feature_stages must list encoder stages, 1 = the first")
         grade(np.zeros(0), tuple(self.thresholds))  # validates (ValueError)
         if not 0 <= self.feature_low < self.feature_high:
             raise ValueError("feature_low must be >= 0 and below feature_high")
@@ -352,7 +356,7 @@ def assess_block(job: BlockJob, pre_vrt: str, post_vrt: str, pre: Grid, model_pa
     ov = card.overlap if s.overlap is None else s.overlap
 
     def forward(net_, batch, dev, prec):
-        return pair_forward(net_, batch[:, :nb], batch[:, nb:], building, dev, prec)
+        return pair_forward(net_, batch[:, :nb], batch[:, nb:], building, dev, prec, tuple(s.feature_stages))
 
     measures = predict_array(net, np.concatenate([x_pre, x_post]), tile, ov, device, precision, s.batch_size,
                              valid=valid, forward=forward)[:, core[0], core[1]]
@@ -538,6 +542,8 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
                 "valid_pixels": valid_pixels,
                 "post_radiometry": None if radiometry is None else
                 {"gain": radiometry[0].round(4).tolist(), "offset": radiometry[1].round(3).tolist()},
+                "feature_distance": f"1 - cosine similarity of the U-Net encoder features of pre and post, "
+                                    f"encoder stage(s) {s.feature_stages}, upsampled bilinearly to pixels",
                 "change_score": "(F + w c D) / (1 + w c); F = clip((feature_distance - feature_low) / "
                                 "(feature_high - feature_low), 0, 1); D = clip((p_pre - p_post) / p_pre, 0, 1); "
                                 "c = min(1, p_pre / prob_ref); w = prob_weight",

@@ -1,0 +1,239 @@
+"""Damage runs on a synthetic pre/post pair: erased buildings are found, nothing else is;
+co-registration across CRSs; mosaics; bad inputs give one line and leave nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.warp import reproject, transform as warp_transform
+from scipy.ndimage import gaussian_filter
+from typer.testing import CliRunner
+
+from geounet.cli.main import app
+from geounet.damage import DamageSettings, mosaic_vrt, overlap_window, post_on_pre, run_damage
+from geounet.errors import GeounetError, InputError
+from tests.conftest import write_scene
+
+CRS = "EPSG:26915"
+RES = 0.6
+ORIGIN = (367000.0, 4104000.0)
+SIZE = 256
+BOXES = [(r, c) for r in (30, 110, 190) for c in (30, 110, 190)]  # (row, col) of 20 x 24 px roofs
+ERASED = {0, 4, 8}
+# The tiny model's weights are random, so its building probabilities mean nothing: grade on
+# the encoder feature distance (the image-change term) alone, which responds to real change.
+SETTINGS = dict(prob_weight=0.0, feature_low=0.1, feature_high=0.3, block=128, halo=32, device="cpu")
+
+
+def _pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    bg = np.stack([gaussian_filter(rng.uniform(0, 255, (SIZE, SIZE)), 2) for _ in range(3)])
+    bg = np.clip((bg - bg.mean()) * 3 + np.array([90, 120, 70])[:, None, None], 0, 255).astype(np.uint8)
+    pre = bg.copy()
+    for r, c in BOXES:
+        pre[:, r:r + 20, c:c + 24] = np.array([200, 190, 180])[:, None, None]
+        pre[:, r + 9:r + 11, c:c + 24] = 120  # ridge
+    post = pre.copy()
+    for k in ERASED:
+        r, c = BOXES[k]
+        post[:, r:r + 20, c:c + 24] = bg[:, r:r + 20, c:c + 24]
+    return bg, pre, post
+
+
+def _footprints(crs=CRS) -> gpd.GeoDataFrame:
+    t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
+    geoms = []
+    for r, c in BOXES:
+        (x0, y0), (x1, y1) = t * (c + 1, r + 1), t * (c + 23, r + 19)  # 1 px inside the roof
+        geoms.append(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    gdf = gpd.GeoDataFrame({"name": [f"b{k}" for k in range(len(BOXES))]}, geometry=geoms, crs=CRS)
+    return gdf.to_crs(crs)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pair")
+    _, pre, post = _pair()
+    write_scene(d / "pre.tif", pre, crs=CRS, res=RES, origin=ORIGIN)
+    write_scene(d / "post.tif", post, crs=CRS, res=RES, origin=ORIGIN)
+    _footprints().to_file(d / "footprints.gpkg", layer="buildings")
+    return d
+
+
+def _run(pair, out, post=None, footprints=None, pre=None, **kw):
+    from tests.conftest import make_tiny_model
+
+    model = pair / "tiny.safetensors"
+    if not model.exists():
+        make_tiny_model(model)
+    return run_damage(pre or [pair / "pre.tif"], post or [pair / "post.tif"], out,
+                      footprints or pair / "footprints.gpkg", model, DamageSettings(**(SETTINGS | kw)))
+
+
+def _grades(out: Path) -> list[str]:
+    gdf = gpd.read_file(out / "damage.gpkg", layer="buildings").sort_values("footprint_id")
+    return list(gdf["damage"])
+
+
+def test_erased_buildings_are_destroyed_and_the_others_untouched(pair, tmp_path):
+    out = tmp_path / "out"
+    run = _run(pair, out)
+    assert sorted(p.name for p in out.iterdir()) == ["change.tif", "damage.gpkg", "quicklook.png", "run.json"]
+    gdf = gpd.read_file(out / "damage.gpkg", layer="buildings").sort_values("footprint_id")
+    assert gdf.crs == CRS
+    for k, (g, s) in enumerate(zip(gdf["damage"], gdf["damage_score"])):
+        if k in ERASED:
+            assert g in ("destroyed", "major-damage"), (k, g, s)
+        else:
+            assert g == "no-damage", (k, g, s)
+    assert gdf["area_m2"].to_numpy() == pytest.approx(22 * 18 * RES * RES, rel=1e-3)
+    assert ((gdf["damage_score"] >= 0) & (gdf["damage_score"] <= 1)).all()
+    assert run["buildings"]["per_grade"]["no-damage"] == 6
+    assert json.loads((out / "run.json").read_text())["buildings"]["total"] == 9
+    with rasterio.open(out / "change.tif") as ds, rasterio.open(pair / "pre.tif") as pre:
+        assert (ds.crs, ds.transform, ds.shape) == (pre.crs, pre.transform, pre.shape)
+        score = ds.read(1)
+        r, c = BOXES[4]
+        assert score[r + 5, c + 5] / 254 > 0.8 and score[BOXES[1][0] + 5, BOXES[1][1] + 5] == 0
+    with rasterio.open(out / "quicklook.png") as q:
+        assert q.width <= 1600 and q.count == 3
+
+
+def test_post_in_another_crs_lands_on_the_same_pixel(tmp_path):
+    """A marker at a known ground point, written in EPSG:4326, is read back at that point's pre pixel."""
+    pre = np.full((3, 200, 200), 50, np.uint8)
+    write_scene(tmp_path / "pre.tif", pre, crs=CRS, res=RES, origin=ORIGIN)
+    x, y = ORIGIN[0] + 123.5 * RES, ORIGIN[1] - 77.5 * RES  # centre of pre pixel (row 77, col 123)
+    (lon,), (lat,) = warp_transform(CRS, "EPSG:4326", [x], [y])
+    d = 6e-6
+    lon0, lat0 = lon - 100.3 * d, lat + 90.6 * d  # marker pixel is (row 90, col 100) of post
+    post = np.full((3, 200, 200), 50, np.uint8)
+    post[:, 90, 100] = 250
+    write_scene(tmp_path / "post.tif", post, crs="EPSG:4326", res=d, origin=(lon0, lat0))
+    from geounet.damage import Grid
+    from tests.conftest import make_tiny_model
+    from geounet.model import read_card
+
+    card = read_card(make_tiny_model(tmp_path / "m.safetensors"))
+    pre_xml, pre_grid = mosaic_vrt([tmp_path / "pre.tif"], card, "pre")
+    post_xml, post_grid = mosaic_vrt([tmp_path / "post.tif"], card, "post")
+    (tmp_path / "post.vrt").write_text(post_xml)
+    assert isinstance(pre_grid, Grid) and overlap_window(pre_grid, post_grid) is not None
+    with rasterio.open(tmp_path / "post.vrt") as src, post_on_pre(src, pre_grid) as vrt:
+        band = vrt.read(1)
+    row, col = np.unravel_index(np.argmax(band), band.shape)
+    assert (row, col) == (77, 123)
+
+
+def test_footprints_in_another_crs_and_mosaicked_tiles_give_the_same_grades(pair, tmp_path):
+    _footprints("EPSG:4326").to_file(tmp_path / "fp.geojson")
+    _, pre, post = _pair()
+    half = SIZE // 2  # post as two tiles, pre as two tiles split the other way
+    write_scene(tmp_path / "post_w.tif", post[:, :, :half].copy(), crs=CRS, res=RES, origin=ORIGIN)
+    write_scene(tmp_path / "post_e.tif", post[:, :, half:].copy(), crs=CRS, res=RES, origin=(ORIGIN[0] + half * RES, ORIGIN[1]))
+    write_scene(tmp_path / "pre_n.tif", pre[:, :half].copy(), crs=CRS, res=RES, origin=ORIGIN)
+    write_scene(tmp_path / "pre_s.tif", pre[:, half:].copy(), crs=CRS, res=RES, origin=(ORIGIN[0], ORIGIN[1] - half * RES))
+    run = _run(pair, tmp_path / "out", post=[tmp_path / "post_w.tif", tmp_path / "post_e.tif"],
+               pre=[tmp_path / "pre_n.tif", tmp_path / "pre_s.tif"], footprints=tmp_path / "fp.geojson")
+    assert run["footprints"]["reprojected"] is True
+    assert _grades(tmp_path / "out") == ["destroyed" if k in ERASED else "no-damage" for k in range(9)]
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
+        assert ds.shape == (SIZE, SIZE) and ds.crs == CRS
+
+
+def test_partly_nodata_post_and_buildings_outside_the_overlap_are_not_assessed(pair, tmp_path):
+    _, _, post = _pair()
+    mask = np.ones((SIZE, SIZE), bool)
+    r, c = BOXES[2]
+    mask[: r + 40, c - 10:] = False  # no post data over building 2 (untouched) and its corner
+    write_scene(tmp_path / "post.tif", post, crs=CRS, res=RES, origin=ORIGIN, mask=mask)
+    fp = _footprints()
+    far = shapely.box(ORIGIN[0] - 500, ORIGIN[1] - 20, ORIGIN[0] - 480, ORIGIN[1])  # west of the scenes
+    fp = gpd.GeoDataFrame({"name": [*fp["name"], "far"]}, geometry=[*fp.geometry, far], crs=CRS)
+    fp.to_file(tmp_path / "fp.gpkg")
+    run = _run(pair, tmp_path / "out", post=[tmp_path / "post.tif"], footprints=tmp_path / "fp.gpkg")
+    grades = _grades(tmp_path / "out")
+    assert grades[2] == "not_assessed" and grades[9] == "not_assessed"
+    assert [g for k, g in enumerate(grades[:9]) if k != 2] == [
+        "destroyed" if k in ERASED else "no-damage" for k in range(9) if k != 2]
+    assert run["buildings"]["not_assessed"] == {"outside_overlap": 2, "too_little_valid_data": 0}
+    gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg")
+    assert gdf["damage_score"].isna().sum() == 2
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
+        assert (ds.read(1)[r + 5, c + 5]) == 255  # nodata
+
+
+def test_invalid_geometries_are_repaired_or_skipped_and_counted(pair, tmp_path):
+    fp = _footprints()
+    r, c = BOXES[1]
+    t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
+    (x0, y0), (x1, y1) = t * (c + 1, r + 1), t * (c + 23, r + 19)
+    bowtie = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])  # self-intersecting
+    assert not bowtie.is_valid
+    line = shapely.LineString([(x0, y0), (x1, y1)])
+    gdf = gpd.GeoDataFrame(geometry=[*fp.geometry[:9], bowtie, line, None], crs=CRS)
+    gdf.to_file(tmp_path / "fp.geojson", driver="GeoJSON")
+    run = _run(pair, tmp_path / "out", footprints=tmp_path / "fp.geojson")
+    c = run["footprints"]
+    assert (c["read"], c["repaired"], c["skipped_not_polygon"], c["skipped_empty"], c["used"]) == (12, 1, 1, 1, 10)
+    gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg")
+    assert gdf.is_valid.all() and len(gdf) == 10
+
+
+def _assert_nothing_written(out: Path):
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+@pytest.mark.parametrize("case", ["no_overlap", "empty_footprints", "missing_post"])
+def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
+    out = tmp_path / "out"
+    kw = {}
+    if case == "no_overlap":
+        _, _, post = _pair()
+        write_scene(tmp_path / "far.tif", post, crs="EPSG:4326", res=6e-6, origin=(10.0, 50.0))
+        kw["post"], msg = [tmp_path / "far.tif"], "do not overlap"
+    elif case == "empty_footprints":
+        gpd.GeoDataFrame(geometry=[], crs=CRS).to_file(tmp_path / "empty.gpkg")
+        kw["footprints"], msg = tmp_path / "empty.gpkg", "no features"
+    else:
+        kw["post"], msg = [tmp_path / "nope.tif"], "file not found"
+    with pytest.raises(InputError, match=msg) as info:
+        _run(pair, out, **kw)
+    assert "\n" not in str(info.value)
+    _assert_nothing_written(out)
+
+
+def test_settings_from_a_config_section():
+    s = DamageSettings.from_dict({"thresholds": [0.2, 0.4, 0.6], "block": 512})
+    assert s.thresholds == [0.2, 0.4, 0.6] and s.block == 512
+    with pytest.raises(GeounetError, match="unknown"):
+        DamageSettings.from_dict({"treshold": 1})
+    with pytest.raises(GeounetError, match="thresholds"):
+        DamageSettings.from_dict({"thresholds": [0.7, 0.5, 0.3]})
+
+
+def test_cli_runs_and_reports_errors_on_one_line(pair, tmp_path):
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m.safetensors")
+    cfg = tmp_path / "damage.yaml"
+    cfg.write_text("damage:\n" + "".join(f"  {k}: {v}\n" for k, v in SETTINGS.items()))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["damage", "--pre", str(pair / "pre.tif"), "--post", str(pair / "post.tif"),
+                             "--footprints", str(pair / "footprints.gpkg"), "--model", str(model),
+                             "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert "destroyed 3" in ok.stderr
+    bad = runner.invoke(app, ["damage", "--pre", str(pair / "pre.tif"), "--post", str(tmp_path / "missing.tif"),
+                              "--model", str(model), "--out", str(tmp_path / "out2")])
+    assert bad.exit_code == 2
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: {tmp_path / 'missing.tif'}: file not found"]
+    assert not (tmp_path / "out2").exists()
