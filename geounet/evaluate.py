@@ -177,7 +177,7 @@ def _score(out: Path, card: ModelCard, labels_path: Path, opts: LabelOptions, ce
 
             pieces = polygonize_block(truth, (0, 0), building_ids)
             true = gpd.GeoSeries(apply_affine(pieces.geometry, transform), crs=crs)
-        true = true.intersection(box(*bounds))
+        true = true.make_valid().intersection(box(*bounds))  # OSM has self-intersecting outlines
         true = true[~true.is_empty]
         # Truth in the scene's nodata (e.g. outside a drone footprint) cannot be predicted: left out.
         rows, cols = rasterio.transform.rowcol(transform, true.representative_point().x, true.representative_point().y)

@@ -33,8 +33,8 @@ from .centerlines import centerlines_block, merge_centerlines
 from .errors import InputError
 from .model import ModelCard
 from .postprocess import DEFAULT_RULES, ClassRules, clean_geometries, clean_polygons, metric_crs, repair_polygons
-from .scene import ground_resolution
-from .vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block
+from .scene import ground_pixel_size, ground_resolution
+from .vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block, split_touching
 
 log = logging.getLogger("geounet")
 
@@ -67,6 +67,7 @@ class LayerContext:
     transform: tuple[float, ...]
     metric_wkt: str
     rules: dict[str, ClassRules]
+    pixel_size_m: tuple[float, float] = (1.0, 1.0)  # ground size of a pixel step in x and y
 
 
 def polygonize_task(
@@ -107,8 +108,8 @@ def pieces_to_layers(pieces: Pieces, ctx: LayerContext) -> dict[str, gpd.GeoData
         sel = np.isin(pieces.class_id, ids)
         if not sel.any():
             continue
-        p = pieces.take(sel)
         rules = ctx.rules[kind]
+        p = split_touching(pieces.take(sel), ctx.pixel_size_m, rules.split_m)
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
         metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))
         if rules.regularize:  # buildingregulariser works on GeoDataFrames; rows carry their attributes
@@ -184,7 +185,8 @@ def vectorize_scene(
     kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
     poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
     jobs = block_jobs(height, width, block)
-    ctx = LayerContext(card, crs.to_wkt(), tuple(transform)[:6], metric.to_wkt(), rules)
+    ctx = LayerContext(card, crs.to_wkt(), tuple(transform)[:6], metric.to_wkt(), rules,
+                       ground_pixel_size(crs, transform, width, height))
     writer = _LayerWriter(gpkg_path, crs, metric, card)
     for kind, ids in kinds.items():
         if ids:

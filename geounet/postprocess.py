@@ -24,6 +24,7 @@ class ClassRules:
     hole_area_m2: float = 0.0  # fill holes smaller than this
     simplify_m: float = 0.0  # Douglas-Peucker tolerance (topology preserving)
     regularize: bool = False  # straight walls and right angles (buildingregulariser)
+    split_m: float = 0.0  # split touching objects: watershed seeds at least this far apart (0: off)
     spur_m: float = 0.0  # road centre lines: prune spurs shorter than this
     min_length_m: float = 0.0  # road centre lines: drop lines shorter than this
 

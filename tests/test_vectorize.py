@@ -73,3 +73,22 @@ def test_polygon_area_and_mean_score_are_per_component():
     [g] = apply_affine(p.geometry, T)
     assert g.area == pytest.approx(12 * 0.0746455354**2)
     assert g.bounds[0] == pytest.approx(3627854.2364710346 + 202 * 0.0746455354)
+
+
+def test_split_touching_separates_two_roofs_joined_by_a_neck():
+    from geounet.vectorize import split_touching
+
+    classes = np.zeros((40, 70), np.uint8)
+    classes[5:35, 5:30] = 1
+    classes[5:35, 40:65] = 1
+    classes[18:22, 30:40] = 1  # a 4 px neck
+    scores = np.full(classes.shape, 200, np.uint8)
+    whole = polygonize_block(classes, (0, 0), [1], scores)
+    assert len(whole) == 1
+    split = split_touching(whole, (0.1, 0.1), min_distance_m=1.0)
+    assert len(split) == 2
+    assert split.pixels.sum() == whole.pixels.sum()
+    assert shapely.union_all(split.geometry).symmetric_difference(whole.geometry[0]).area == 0
+    assert np.allclose(split.score_sum / split.pixels, 200)
+    # Seeds further apart than the roofs are wide: nothing to split.
+    assert len(split_touching(whole, (0.1, 0.1), min_distance_m=4.0)) == 1
