@@ -39,7 +39,7 @@ def test_demo_scene_outputs_are_cogs_on_the_scene_grid_with_nodata(tiny_model, t
     [rep] = run([DEMO_SCENE], tmp_path, tiny_model)
     assert rep.ok, rep.error
     out = tmp_path / "kampala_demo"
-    assert sorted(p.name for p in out.iterdir()) == ["classes.tif", "features.gpkg", "run.json", "scores.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["classes.tif", "features.gpkg", "item.json", "quicklook.png", "run.json", "scores.tif"]
     assert_same_grid(DEMO_SCENE, out)
     with rasterio.open(DEMO_SCENE) as src:
         invalid = src.dataset_mask() == 0
