@@ -132,23 +132,8 @@ def test_post_in_another_crs_lands_on_the_same_pixel(tmp_path):
     assert (row, col) == (77, 123)
 
 
-def test_footprints_in_another_crs_and_mosaicked_tiles_give_the_same_grades(pair, tmp_path):
-    _footprints("EPSG:4326").to_file(tmp_path / "fp.geojson")
-    _, pre, post = _pair()
-    half = SIZE // 2  # post as two tiles, pre as two tiles split the other way
-    write_scene(tmp_path / "post_w.tif", post[:, :, :half].copy(), crs=CRS, res=RES, origin=ORIGIN)
-    write_scene(tmp_path / "post_e.tif", post[:, :, half:].copy(), crs=CRS, res=RES, origin=(ORIGIN[0] + half * RES, ORIGIN[1]))
-    write_scene(tmp_path / "pre_n.tif", pre[:, :half].copy(), crs=CRS, res=RES, origin=ORIGIN)
-    write_scene(tmp_path / "pre_s.tif", pre[:, half:].copy(), crs=CRS, res=RES, origin=(ORIGIN[0], ORIGIN[1] - half * RES))
-    run = _run(pair, tmp_path / "out", post=[tmp_path / "post_w.tif", tmp_path / "post_e.tif"],
-               pre=[tmp_path / "pre_n.tif", tmp_path / "pre_s.tif"], footprints=tmp_path / "fp.geojson")
-    assert run["footprints"]["reprojected"] is True
-    assert _grades(tmp_path / "out") == ["destroyed" if k in ERASED else "no-damage" for k in range(9)]
-    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
-        assert ds.shape == (SIZE, SIZE) and ds.crs == CRS
-
-
-def test_partly_nodata_post_and_buildings_outside_the_overlap_are_not_assessed(pair, tmp_path):
+def test_nodata_outside_overlap_and_invalid_footprints(pair, tmp_path):
+    """Post partly nodata, a building outside the scenes, a bow-tie (repaired), a line and a null (skipped)."""
     _, _, post = _pair()
     mask = np.ones((SIZE, SIZE), bool)
     r, c = BOXES[2]
@@ -156,35 +141,28 @@ def test_partly_nodata_post_and_buildings_outside_the_overlap_are_not_assessed(p
     write_scene(tmp_path / "post.tif", post, crs=CRS, res=RES, origin=ORIGIN, mask=mask)
     fp = _footprints()
     far = shapely.box(ORIGIN[0] - 500, ORIGIN[1] - 20, ORIGIN[0] - 480, ORIGIN[1])  # west of the scenes
-    fp = gpd.GeoDataFrame({"name": [*fp["name"], "far"]}, geometry=[*fp.geometry, far], crs=CRS)
-    fp.to_file(tmp_path / "fp.gpkg")
-    run = _run(pair, tmp_path / "out", post=[tmp_path / "post.tif"], footprints=tmp_path / "fp.gpkg")
-    grades = _grades(tmp_path / "out")
-    assert grades[2] == "not_assessed" and grades[9] == "not_assessed"
+    rb, cb = BOXES[1]
+    t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
+    (x0, y0), (x1, y1) = t * (cb + 1, rb + 1), t * (cb + 23, rb + 19)
+    bowtie = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])  # self-intersecting, over building 1
+    assert not bowtie.is_valid
+    line = shapely.LineString([(x0, y0), (x1, y1)])
+    fp = gpd.GeoDataFrame(geometry=[*fp.geometry, far, bowtie, line, None], crs=CRS)
+    fp.to_file(tmp_path / "fp.geojson", driver="GeoJSON")
+    run = _run(pair, tmp_path / "out", post=[tmp_path / "post.tif"], footprints=tmp_path / "fp.geojson", block=256)
+    c_ = run["footprints"]
+    assert (c_["read"], c_["repaired"], c_["skipped_not_polygon"], c_["skipped_empty"], c_["used"]) == (13, 1, 1, 1, 11)
+    gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg").sort_values("footprint_id")
+    assert gdf.is_valid.all() and len(gdf) == 11
+    grades = list(gdf["damage"])
+    assert grades[2] == "not_assessed" and grades[9] == "not_assessed"  # no post data / outside the scenes
     assert [g for k, g in enumerate(grades[:9]) if k != 2] == [
         "destroyed" if k in ERASED else "no-damage" for k in range(9) if k != 2]
+    assert grades[10] == "no-damage"  # the repaired bow-tie over untouched building 1
     assert run["buildings"]["not_assessed"] == {"outside_overlap": 2, "too_little_valid_data": 0}
-    gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg")
     assert gdf["damage_score"].isna().sum() == 2
     with rasterio.open(tmp_path / "out" / "change.tif") as ds:
         assert (ds.read(1)[r + 5, c + 5]) == 255  # nodata
-
-
-def test_invalid_geometries_are_repaired_or_skipped_and_counted(pair, tmp_path):
-    fp = _footprints()
-    r, c = BOXES[1]
-    t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
-    (x0, y0), (x1, y1) = t * (c + 1, r + 1), t * (c + 23, r + 19)
-    bowtie = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])  # self-intersecting
-    assert not bowtie.is_valid
-    line = shapely.LineString([(x0, y0), (x1, y1)])
-    gdf = gpd.GeoDataFrame(geometry=[*fp.geometry[:9], bowtie, line, None], crs=CRS)
-    gdf.to_file(tmp_path / "fp.geojson", driver="GeoJSON")
-    run = _run(pair, tmp_path / "out", footprints=tmp_path / "fp.geojson")
-    c = run["footprints"]
-    assert (c["read"], c["repaired"], c["skipped_not_polygon"], c["skipped_empty"], c["used"]) == (12, 1, 1, 1, 10)
-    gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg")
-    assert gdf.is_valid.all() and len(gdf) == 10
 
 
 def _assert_nothing_written(out: Path):
@@ -219,21 +197,50 @@ def test_settings_from_a_config_section():
         DamageSettings.from_dict({"thresholds": [0.7, 0.5, 0.3]})
 
 
-def test_cli_runs_and_reports_errors_on_one_line(pair, tmp_path):
+def test_cli_mosaics_reprojects_and_reports_errors_on_one_line(pair, tmp_path):
+    """Pre and post as two tiles each (VRT mosaics), footprints in EPSG:4326: same grades."""
     from tests.conftest import make_tiny_model
 
     model = make_tiny_model(tmp_path / "m.safetensors")
+    _footprints("EPSG:4326").to_file(tmp_path / "fp.geojson")
+    _, pre, post = _pair()
+    h = SIZE // 2  # post split west/east, pre split north/south
+    write_scene(tmp_path / "post_w.tif", post[:, :, :h].copy(), crs=CRS, res=RES, origin=ORIGIN)
+    write_scene(tmp_path / "post_e.tif", post[:, :, h:].copy(), crs=CRS, res=RES, origin=(ORIGIN[0] + h * RES, ORIGIN[1]))
+    write_scene(tmp_path / "pre_n.tif", pre[:, :h].copy(), crs=CRS, res=RES, origin=ORIGIN)
+    write_scene(tmp_path / "pre_s.tif", pre[:, h:].copy(), crs=CRS, res=RES, origin=(ORIGIN[0], ORIGIN[1] - h * RES))
     cfg = tmp_path / "damage.yaml"
-    cfg.write_text("damage:\n" + "".join(f"  {k}: {v}\n" for k, v in SETTINGS.items()))
+    cfg.write_text("damage:\n" + "".join(f"  {k}: {v}\n" for k, v in (SETTINGS | {"block": 256}).items()))
     runner = CliRunner()
-    ok = runner.invoke(app, ["damage", "--pre", str(pair / "pre.tif"), "--post", str(pair / "post.tif"),
-                             "--footprints", str(pair / "footprints.gpkg"), "--model", str(model),
-                             "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    out = tmp_path / "out"
+    ok = runner.invoke(app, ["damage", "--pre", str(tmp_path / "pre_n.tif"), str(tmp_path / "pre_s.tif"),
+                             "--post", str(tmp_path / "post_w.tif"), str(tmp_path / "post_e.tif"),
+                             "--footprints", str(tmp_path / "fp.geojson"), "--model", str(model),
+                             "--config", str(cfg), "--out", str(out), "--quiet"])
     assert ok.exit_code == 0, ok.output
-    assert "destroyed 3" in ok.stderr
+    assert "destroyed 3" in ok.stderr and "no-damage 6" in ok.stderr
+    assert _grades(out) == ["destroyed" if k in ERASED else "no-damage" for k in range(9)]
+    assert json.loads((out / "run.json").read_text())["footprints"]["reprojected"] is True
+    with rasterio.open(out / "change.tif") as ds:
+        assert ds.shape == (SIZE, SIZE) and ds.crs == CRS and ds.transform.c == ORIGIN[0]
     bad = runner.invoke(app, ["damage", "--pre", str(pair / "pre.tif"), "--post", str(tmp_path / "missing.tif"),
                               "--model", str(model), "--out", str(tmp_path / "out2")])
     assert bad.exit_code == 2
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {tmp_path / 'missing.tif'}: file not found"]
     assert not (tmp_path / "out2").exists()
+
+
+def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path, default_model):
+    """The default buildings model finds the synthetic roofs in pre; the erased ones come out damaged."""
+    run = run_damage([pair / "pre.tif"], [pair / "post.tif"], tmp_path / "out", None, default_model,
+                     DamageSettings(**(SETTINGS | {"block": 256})))
+    assert run["footprints"]["source"] == "buildings model on the pre scene"
+    gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg", layer="buildings")
+    assert len(gdf) >= 6 and gdf.crs == CRS
+    t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
+    roofs = [shapely.box(*(t * (c, r + 20)), *(t * (c + 24, r))) for r, c in BOXES]
+    for geom, g in zip(gdf.geometry, gdf["damage"]):
+        k = max(range(len(roofs)), key=lambda i: roofs[i].intersection(geom).area)
+        assert g in (("destroyed", "major-damage") if k in ERASED else ("no-damage",)), (k, g)
+    assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())
