@@ -34,16 +34,16 @@ def main() -> None:
 
     pre = sorted((args.data / "pre").glob("*.tif"))
     post = sorted((args.data / "post").glob("*.tif"))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     run = run_damage(pre, post, args.out, args.data / "footprints_2020.geojson", args.model, DamageSettings())
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     t = run["timings"]
     win = run["method"]["overlap_window"]
     print(f"machine: {os.cpu_count()} CPU(s), torch {torch.__version__}, {torch.get_num_threads()} torch threads")
     print(f"overlap: {win['width']} x {win['height']} px of the pre grid (0.6 m), "
           f"{run['method']['valid_pixels'] / 1e6:.2f} MP valid in both epochs")
     print(f"footprints: {run['footprints']['used']} used, {run['buildings']['total']} in damage.gpkg")
-    print(f"total: {wall:.1f} s")
+    print(f"total: {wall:.1f} s wall, {cpu:.1f} s CPU (all threads); load average now {os.getloadavg()[0]:.1f}")
     parts = {
         "read pre (VRT)": t["blocks_read_pre_s"],
         "warp post onto pre grid (WarpedVRT)": t["blocks_warp_post_s"],

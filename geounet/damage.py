@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -88,6 +89,7 @@ class DamageSettings:
     device: str = "auto"
     precision: str = "auto"
     quicklook_width: int = 1600  # pixels, both panels
+    quiet: bool = False  # no progress bar
 
     def __post_init__(self) -> None:
         self.thresholds = [float(t) for t in self.thresholds]
@@ -460,7 +462,10 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
         staged = tmp / "change.tiled.tif"
         from .rasters import tiled_profile
 
-        with rasterio.open(staged, "w", **tiled_profile(pre_grid.crs_wkt, pre_grid.affine, pre_grid.width,
+        from tqdm import tqdm
+
+        with tqdm(total=len(jobs), unit="block", desc="damage", disable=True if s.quiet else None, leave=False) as bar, \
+                rasterio.open(staged, "w", **tiled_profile(pre_grid.crs_wkt, pre_grid.affine, pre_grid.width,
                                                           pre_grid.height, len(CHANGE_BANDS), "uint8", NODATA)) as dst:
             dst.descriptions = CHANGE_BANDS
             dst.scales = (1.0 / SCALE,) * len(CHANGE_BANDS)
@@ -470,6 +475,7 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
                             GEOUNET_MODEL=card.name)
             for res in _run_jobs(jobs, client, str(tmp / "pre.vrt"), str(tmp / "post.vrt"), pre_grid,
                                  str(model_path), s, device, precision, radiometry):
+                bar.update(1)
                 for k, v in res.timings.items():
                     block_t[k] += v
                 if res.change is not None:
@@ -505,6 +511,7 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
             "valid_fraction": np.round(frac, 4),
         }, geometry=buildings.geometry.values, crs=pre_grid.crs_wkt)
         out.to_file(tmp / "damage.gpkg", layer="buildings", driver="GPKG")
+        _write_style(tmp / "damage.gpkg")
         timings["buildings_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -590,6 +597,26 @@ def _run_jobs(jobs, client, *args):
             futures.add(submit(nxt))
 
 
+def _write_style(gpkg: Path) -> None:
+    """Default QGIS style of the buildings layer: categorized on ``damage`` in the grade colours.
+
+    Reuses the vector outputs' style writer (categories on ``class``) with the grades as
+    classes, then points the renderer at the ``damage`` attribute.
+    """
+    import sqlite3
+
+    from .features import _write_style as write_class_style
+    from .model import ClassInfo
+
+    card = ModelCard(name="damage grades", classes=[ClassInfo(g, c, "building") for g, c in GRADE_COLOURS.items()],
+                     bands=[1], band_names=["-"], mean=[0.0], std=[1.0], scale=1.0, input_dtypes=["uint8"],
+                     resolution_m=1.0)
+    write_class_style(gpkg, "buildings", card, "building")
+    with sqlite3.connect(gpkg) as db:
+        db.execute("UPDATE layer_styles SET styleQML = replace(styleQML, 'attr=\"class\"', 'attr=\"damage\"') "
+                   "WHERE f_table_name = 'buildings'")
+
+
 def _fingerprint(path: Path) -> dict:
     st = path.stat()
     return {"path": str(path.resolve()), "bytes": st.st_size}
@@ -635,8 +662,10 @@ def write_quicklook(pre_vrt: Path, post_vrt: Path, pre: Grid, win: Window, build
     img = np.full((3, qh, 2 * qw + gap), 255, np.uint8)
     img[:, :, :qw] = panels[0]
     img[:, :, qw + gap:] = panels[1]
-    with rasterio.open(path, "w", driver="PNG", width=img.shape[2], height=qh, count=3, dtype="uint8") as dst:
-        dst.write(img)
+    with warnings.catch_warnings():  # a plain picture: no georeferencing on purpose
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="PNG", width=img.shape[2], height=qh, count=3, dtype="uint8") as dst:
+            dst.write(img)
     aux = path.with_name(path.name + ".aux.xml")
     aux.unlink(missing_ok=True)
 

@@ -75,6 +75,8 @@ def damage(
                 raise GeounetError(config, "expected a mapping with a damage: section")
         if device is not None:
             section = section | {"device": device}
+        if quiet:
+            section = section | {"quiet": True}
         settings = DamageSettings.from_dict(section)
         run = run_damage(pre, post, out, footprints, model, settings)
     except (GeounetError, RuntimeError) as exc:
