@@ -62,6 +62,7 @@ class PredictSettings:
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
     vector: bool = True  # also write features.gpkg
     vector_block: int = 1024  # polygonize block side, pixels of the scene grid
+    postprocess: dict | None = None  # per kind ('building', ...) overrides of postprocess.DEFAULT_RULES fields
     quiet: bool = False
 
     def resolved(self, card: ModelCard) -> "PredictSettings":
@@ -193,7 +194,7 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
 
             t0 = time.perf_counter()
             vector = vectorize_scene(tmp / "classes.tif", tmp / "scores.tif", tmp / "features.gpkg", card, client,
-                                     block=s.vector_block)
+                                     rules=rules_with_overrides(s.postprocess), block=s.vector_block)
             timings["vectorize_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         run = {
@@ -226,6 +227,23 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
     log.info("%s: done in %.1f s (%d tiles run, %d nodata tiles skipped) -> %s", scene, timings["total_s"],
              tiles["run"], tiles["skipped"], final_dir)
     return SceneReport(str(scene), str(final_dir), True, None, timings["total_s"], tiles)
+
+
+def rules_with_overrides(overrides: dict | None) -> dict:
+    """``DEFAULT_RULES`` with per-kind field overrides, e.g. ``{"building": {"split_m": 3.0}}``."""
+    from dataclasses import replace as _replace
+
+    from .postprocess import DEFAULT_RULES
+
+    rules = dict(DEFAULT_RULES)
+    for kind, fields in (overrides or {}).items():
+        if kind not in rules:
+            raise GeounetError(None, f"postprocess: unknown class kind {kind!r} (one of {', '.join(rules)})")
+        try:
+            rules[kind] = _replace(rules[kind], **fields)
+        except TypeError as exc:
+            raise GeounetError(None, f"postprocess.{kind}: {exc}") from None
+    return rules
 
 
 def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path) -> dict:

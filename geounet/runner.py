@@ -247,6 +247,8 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
     postprocess = _check_postprocess(raw.get("postprocess") if isinstance(raw.get("postprocess"), dict) else {},
                                      settings, problems)
 
+    if postprocess:
+        settings = dataclasses.replace(settings, postprocess=postprocess)
     cfg = PipelineConfig(path, task, model or Path(), out_dir or Path(), settings,
                          hash_inputs=bool(vals.get("hash_inputs", False)), postprocess=postprocess)
     if task == "damage":

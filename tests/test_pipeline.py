@@ -122,3 +122,18 @@ def test_georeferencing_on_real_scenes(rel, tiny_model_03, tmp_path):
     [rep] = run([scene], tmp_path, tiny_model_03, tile_size=256, overlap=32)
     assert rep.ok, rep.error
     assert_same_grid(scene, tmp_path / scene.stem)
+
+
+def test_postprocess_overrides_replace_only_the_given_fields():
+    from geounet.errors import GeounetError
+    from geounet.pipeline import rules_with_overrides
+    from geounet.postprocess import DEFAULT_RULES
+
+    rules = rules_with_overrides({"building": {"split_m": 3.0, "min_area_m2": 10}})
+    assert rules["building"].split_m == 3.0 and rules["building"].min_area_m2 == 10
+    assert rules["building"].regularize is DEFAULT_RULES["building"].regularize
+    assert rules["road"] == DEFAULT_RULES["road"]
+    with pytest.raises(GeounetError, match="unknown class kind 'roof'"):
+        rules_with_overrides({"roof": {}})
+    with pytest.raises(GeounetError, match="postprocess.building"):
+        rules_with_overrides({"building": {"min_area": 1}})
