@@ -211,14 +211,19 @@ def section_schedulers(scene: Path, size: int) -> None:
                      num_workers=threads)
         report(f"dask threaded scheduler (no distributed), {threads} thread(s)", time.perf_counter() - t0)
     torch.set_num_threads(cores)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, Client(lc) as c:
-        c.run(lambda: __import__("geounet.infer"))
-        t0 = time.perf_counter()
-        wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
-        report("2 worker processes x 1 thread (model loads included)", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
-        report("2 worker processes x 1 thread (warm, second pass)", time.perf_counter() - t0)
+    base = None
+    for n in (1, 2):  # worker scaling: processes, one thread each (dask sets OMP_NUM_THREADS=1 in them)
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+                Client(lc) as c:
+            c.run(lambda: __import__("geounet.infer"))
+            t0 = time.perf_counter()
+            wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
+            report(f"{n} worker process(es) x 1 thread (model loads included)", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
+            secs = time.perf_counter() - t0
+            base = base or secs
+            report(f"{n} worker process(es) x 1 thread (warm), speed-up {base / secs:.2f}x", secs)
 
 
 def main() -> None:

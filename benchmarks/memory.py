@@ -6,7 +6,9 @@ at the scene's own resolution (so the model runs on every pixel, no resampling),
 `geounet predict --no-vector` (the raster pipeline; benchmarks/vectorize.py measures vectors) in a child process and samples the resident memory of the process
 tree every 0.1 s.
 
-    python benchmarks/memory.py --sizes 4096 16384 [--workers 1] [--keep DIR]
+    python benchmarks/memory.py --sizes 4096 16384 32768 [--workers 1] [--keep DIR]
+
+(32768^2 is a 3 GiB scene and takes about 20 min on an idle 2-core machine.)
 
 Prints one row per size: seconds, megapixels/s, peak RSS (MiB), and the ratio to the
 smallest size's peak.
@@ -68,7 +70,7 @@ def make_model(path: Path, scene: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="keep generated scenes and outputs here")
     args = ap.parse_args()

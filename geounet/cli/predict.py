@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from distributed.comm.core import CommClosedError
 
 from ..errors import GeounetError
 from ..pipeline import DEFAULT_MODEL, ClusterError, PredictSettings, predict_batch
@@ -31,6 +30,8 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
+    from distributed.comm.core import CommClosedError  # here, not at import: `geounet info` stays fast
+
     from .main import setup_logging
 
     setup_logging(quiet)
