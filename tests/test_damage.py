@@ -132,6 +132,26 @@ def test_post_in_another_crs_lands_on_the_same_pixel(tmp_path):
     assert (row, col) == (77, 123)
 
 
+def test_post_warped_from_epsg4326_grades_like_the_original(pair, tmp_path):
+    """Post given in EPSG:4326 (as on Joplin) is warped back onto the pre grid: a misregistration of
+    even a pixel or two would raise the feature distance of the untouched roofs' edges."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(pair / "post.tif") as src:
+        tr, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height, *src.bounds)
+        geo = np.zeros((3, h, w), np.uint8)
+        reproject(src.read(), geo, src_transform=src.transform, src_crs=src.crs, dst_transform=tr,
+                  dst_crs="EPSG:4326", resampling=Resampling.cubic)
+    with rasterio.open(tmp_path / "post4326.tif", "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
+                       crs="EPSG:4326", transform=tr, nodata=0) as dst:
+        dst.write(geo)
+    _run(pair, tmp_path / "out", post=[tmp_path / "post4326.tif"], block=256)
+    gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg").sort_values("footprint_id")
+    assert list(gdf["damage"]) == ["destroyed" if k in ERASED else "no-damage" for k in range(9)]
+    untouched = gdf["feature_distance"].to_numpy()[[k for k in range(9) if k not in ERASED]]
+    assert untouched.max() < 0.05, untouched
+
+
 def test_nodata_outside_overlap_and_invalid_footprints(pair, tmp_path):
     """Post partly nodata, a building outside the scenes, a bow-tie (repaired), a line and a null (skipped)."""
     _, _, post = _pair()
@@ -169,7 +189,7 @@ def _assert_nothing_written(out: Path):
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
-@pytest.mark.parametrize("case", ["no_overlap", "empty_footprints", "missing_post"])
+@pytest.mark.parametrize("case", ["no_overlap", "empty_footprints", "missing_post", "post_all_nodata"])
 def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     out = tmp_path / "out"
     kw = {}
@@ -180,6 +200,10 @@ def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     elif case == "empty_footprints":
         gpd.GeoDataFrame(geometry=[], crs=CRS).to_file(tmp_path / "empty.gpkg")
         kw["footprints"], msg = tmp_path / "empty.gpkg", "no features"
+    elif case == "post_all_nodata":
+        _, _, post = _pair()
+        write_scene(tmp_path / "blank.tif", post, crs=CRS, res=RES, origin=ORIGIN, mask=np.zeros((SIZE, SIZE), bool))
+        kw["post"], msg = [tmp_path / "blank.tif"], "no data"
     else:
         kw["post"], msg = [tmp_path / "nope.tif"], "file not found"
     with pytest.raises(InputError, match=msg) as info:
