@@ -527,9 +527,10 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
         timings["total_s"] = time.perf_counter() - t_start
 
         per_grade = {g: int((grades == g).sum()) for g in GRADES + (NOT_ASSESSED,)}
+        inside = shapely.intersects(geoms, shapely.box(*rasterio.windows.bounds(win, pre_grid.affine)))
         not_assessed_why = {
-            "outside_overlap": int((counts == 0).sum()),
-            "too_little_valid_data": int(((counts > 0) & ~assessed).sum()),
+            "outside_overlap": int((~inside).sum()),
+            "too_little_valid_data": int((inside & ~assessed).sum()),  # nodata in pre or post, or sub-pixel
         }
         run = {
             "geounet_version": __version__,

@@ -179,7 +179,7 @@ def test_nodata_outside_overlap_and_invalid_footprints(pair, tmp_path):
     assert [g for k, g in enumerate(grades[:9]) if k != 2] == [
         "destroyed" if k in ERASED else "no-damage" for k in range(9) if k != 2]
     assert grades[10] == "no-damage"  # the repaired bow-tie over untouched building 1
-    assert run["buildings"]["not_assessed"] == {"outside_overlap": 2, "too_little_valid_data": 0}
+    assert run["buildings"]["not_assessed"] == {"outside_overlap": 1, "too_little_valid_data": 1}
     assert gdf["damage_score"].isna().sum() == 2
     with rasterio.open(tmp_path / "out" / "change.tif") as ds:
         assert (ds.read(1)[r + 5, c + 5]) == 255  # nodata
