@@ -7,8 +7,9 @@ pre/post pair (``pair_forward``):
 * ``p_pre``, ``p_post``: the buildings model's building probability in each epoch;
 * ``feature_distance``: ``1 - cosine similarity`` of the U-Net *encoder* features of
   pre and post at each pixel, averaged over the chosen encoder stages (default: the
-  first, stride-2 stage; each upsampled bilinearly to the input size). Encoder features are ReLU outputs (non-negative),
-  so the distance lies in [0, 1]; identical pixels (and context) give exactly 0.
+  first, stride-2 stage; each upsampled bilinearly to the input size). Encoder
+  features are ReLU outputs (non-negative), so the distance lies in [0, 1];
+  identical pixels (and context) give exactly 0.
 
 ``change_score`` combines them into one score in [0, 1] per pixel (see its docstring);
 a building's ``damage_score`` is the mean change score over its footprint's valid

@@ -189,7 +189,8 @@ def _assert_nothing_written(out: Path):
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
-@pytest.mark.parametrize("case", ["no_overlap", "empty_footprints", "missing_post", "post_all_nodata"])
+@pytest.mark.parametrize("case", ["no_overlap", "empty_footprints", "footprints_without_crs", "missing_post",
+                                  "post_all_nodata"])
 def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     out = tmp_path / "out"
     kw = {}
@@ -200,6 +201,9 @@ def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     elif case == "empty_footprints":
         gpd.GeoDataFrame(geometry=[], crs=CRS).to_file(tmp_path / "empty.gpkg")
         kw["footprints"], msg = tmp_path / "empty.gpkg", "no features"
+    elif case == "footprints_without_crs":
+        _footprints().set_crs(None, allow_override=True).to_file(tmp_path / "nocrs.gpkg")
+        kw["footprints"], msg = tmp_path / "nocrs.gpkg", "no CRS"
     elif case == "post_all_nodata":
         _, _, post = _pair()
         write_scene(tmp_path / "blank.tif", post, crs=CRS, res=RES, origin=ORIGIN, mask=np.zeros((SIZE, SIZE), bool))
