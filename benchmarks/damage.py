@@ -45,17 +45,19 @@ def main() -> None:
     print(f"footprints: {run['footprints']['used']} used, {run['buildings']['total']} in damage.gpkg")
     print(f"total: {wall:.1f} s wall, {cpu:.1f} s CPU (all threads); load average now {os.getloadavg()[0]:.1f}")
     parts = {
-        "read pre (VRT)": t["blocks_read_pre_s"],
-        "warp post onto pre grid (WarpedVRT)": t["blocks_warp_post_s"],
-        "model (U-Net pre + post, change measures)": t["blocks_model_s"],
-        "per-building statistics (rasterize + bincount)": t["blocks_zonal_s"],
-        "inputs, footprints, VRTs": t["prepare_s"],
-        "buildings table + GeoPackage": t["buildings_s"],
-        "change.tif COG": t["cog_s"],
-        "quicklook.png": t["quicklook_s"],
+        "read pre (VRT)": "read_pre",
+        "warp post onto pre grid (WarpedVRT)": "warp_post",
+        "model (U-Net pre + post, change measures)": "model",
+        "per-building statistics (rasterize + bincount)": "zonal",
     }
-    for name, sec in parts.items():
-        print(f"  {name:48s} {sec:7.2f} s  {100 * sec / wall:5.1f} %")
+    print(f"  {'part':48s} {'wall':>8s} {'share':>7s} {'CPU':>8s} {'share':>7s}")
+    for name, key in parts.items():
+        w, c = t[f"blocks_{key}_s"], t[f"blocks_{key}_cpu_s"]
+        print(f"  {name:48s} {w:7.2f}s {100 * w / wall:6.1f}% {c:7.2f}s {100 * c / cpu:6.1f}%")
+    rest = {"inputs, footprints, VRTs": "prepare_s", "buildings table + GeoPackage": "buildings_s",
+            "change.tif COG": "cog_s", "quicklook.png": "quicklook_s"}
+    for name, key in rest.items():
+        print(f"  {name:48s} {t[key]:7.2f}s {100 * t[key] / wall:6.1f}%")
     print("grades:", ", ".join(f"{k} {v}" for k, v in run["buildings"]["per_grade"].items()))
     print("not assessed:", run["buildings"]["not_assessed"])
 
