@@ -39,7 +39,7 @@ from .model import CLASS_KINDS, ClassInfo, ModelCard, build_network, save_model
 from .scene import ground_pixel_size
 
 RASTER_LABEL_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
-LOSSES = ("dice_ce", "ce", "dice", "focal", "tversky")
+LOSSES = ("dice_ce", "ce", "bce", "dice", "focal", "tversky")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESAMPLINGS = ("auto", "nearest", "bilinear", "cubic", "average")
 
@@ -122,6 +122,7 @@ class TrainOptions:
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     loss: str = "dice_ce"  # one of LOSSES
+    class_weights: list[float] | None = None  # one per class, for the CE / BCE term (ce, bce, dice_ce)
     rare_class_bias: float = 0.5  # share of chips centred on a non-background class pixel
     min_labelled: float = 0.2  # chips with less labelled area are redrawn (a few times)
     patience: int = 5  # epochs without a better val IoU before stopping
@@ -289,6 +290,11 @@ def validate_config(cfg: TrainConfig) -> None:
         problems.append("train.epochs, steps_per_epoch and batch_size must be at least 1")
     if t.loss not in LOSSES:
         problems.append(f"train.loss must be one of {list(LOSSES)}")
+    if t.class_weights is not None:
+        if len(t.class_weights) != len(names) or any(w < 0 for w in t.class_weights) or not any(t.class_weights):
+            problems.append("train.class_weights needs one non-negative weight per class (not all zero)")
+        elif t.loss not in ("ce", "bce", "dice_ce"):
+            problems.append("train.class_weights works with loss ce, bce or dice_ce")
     if t.precision not in PRECISIONS:
         problems.append(f"train.precision must be one of {list(PRECISIONS)}")
     if t.device not in ("auto", "cpu", "cuda"):
@@ -673,21 +679,28 @@ def _hue_rotation(angle: float):
 # --------------------------------------------------------------------------- loss, precision
 
 
-def make_loss(name: str, ignore_index: int = IGNORE_INDEX):
+def make_loss(
+    name: str, ignore_index: int = IGNORE_INDEX, class_weights: list[float] | None = None, device: str = "cpu"
+):
     """Loss on logits (B, K, H, W) and targets (B, H, W); smp losses, CE from torch.
 
     ``dice_ce`` is smp's multiclass DiceLoss plus cross-entropy. Cross-entropy is
     torch's, which averages over labelled pixels only (smp's SoftCrossEntropyLoss
-    also counts ignored pixels in the mean).
+    also counts ignored pixels in the mean). ``bce`` is one-vs-rest binary
+    cross-entropy of each class channel against the one-hot target, over labelled
+    pixels. ``class_weights`` (one per class) weight the CE / BCE term.
     """
     import torch
 
     from . import _torchvision_compat  # noqa: F401
     from segmentation_models_pytorch import losses
 
-    ce = torch.nn.CrossEntropyLoss(ignore_index=ignore_index)
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32, device=device)
+    ce = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
     if name == "ce":
         return ce
+    if name == "bce":
+        return lambda logits, target: _bce(logits, target, ignore_index, weight)
     if name == "dice":
         return losses.DiceLoss("multiclass", ignore_index=ignore_index)
     if name == "focal":
@@ -698,6 +711,20 @@ def make_loss(name: str, ignore_index: int = IGNORE_INDEX):
         dice = losses.DiceLoss("multiclass", ignore_index=ignore_index)
         return lambda logits, target: ce(logits, target) + dice(logits, target)
     raise ValueError(f"unknown loss {name!r}")
+
+
+def _bce(logits, target, ignore_index: int, weight=None):
+    """One-vs-rest BCE with logits over the labelled pixels; ``weight`` (K,) weights each class channel."""
+    import torch
+
+    keep = target != ignore_index
+    k = logits.shape[1]
+    onehot = torch.nn.functional.one_hot(torch.where(keep, target, 0), k).permute(0, 3, 1, 2).to(logits.dtype)
+    per_px = torch.nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+    if weight is not None:
+        per_px = per_px * weight[None, :, None, None]
+    per_px = per_px.mean(1)[keep]
+    return per_px.mean() if per_px.numel() else logits.sum() * 0.0
 
 
 def _autocast(precision: str, device: str):
@@ -866,7 +893,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
     opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     total_steps = t.epochs * t.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(t.warmup_steps, total_steps))
-    loss_fn = make_loss(t.loss)
+    loss_fn = make_loss(t.loss, class_weights=t.class_weights, device=device)
     ema = None
     if t.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
