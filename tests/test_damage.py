@@ -281,3 +281,25 @@ def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path,
         k = max(range(len(roofs)), key=lambda i: roofs[i].intersection(geom).area)
         assert g in (("destroyed", "major-damage") if k in ERASED else ("no-damage",)), (k, g)
     assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())
+
+
+def test_joplin_mosaics_and_overlap(tmp_path, default_model):
+    """The real pair: 4 pre tiles (EPSG:26915) and 6 post tiles (EPSG:4326) mosaic and overlap as expected."""
+    from tests.conftest import shared_file
+    from geounet.model import read_card
+
+    joplin = shared_file("joplin")
+    card = read_card(default_model)
+    pre_xml, pre = mosaic_vrt(sorted((joplin / "pre").glob("*.tif")), card, "pre")
+    post_xml, post = mosaic_vrt(sorted((joplin / "post").glob("*.tif")), card, "post")
+    assert (pre.width, pre.height) == (2048, 2048) and (post.width, post.height) == (3072, 2048)
+    win = overlap_window(pre, post)
+    assert (win.width, win.height) == (1992, 1625)  # about 1.2 x 1.0 km at 0.6 m
+    (tmp_path / "post.vrt").write_text(post_xml)
+    (tmp_path / "pre.vrt").write_text(pre_xml)
+    with rasterio.open(tmp_path / "pre.vrt") as p:
+        block = rasterio.windows.Window(win.col_off + 900, win.row_off + 700, 64, 64)
+        assert (p.dataset_mask(window=block) > 0).all() and p.read(1, window=block).std() > 0
+    with rasterio.open(tmp_path / "post.vrt") as src, post_on_pre(src, pre) as vrt:
+        assert (vrt.read(4, window=block) > 0).all() and vrt.read(1, window=block).std() > 0
+        assert (vrt.read(4, window=rasterio.windows.Window(0, 0, 32, 32)) == 0).all()  # pre corner: no post
