@@ -78,10 +78,7 @@ def damage(
         if quiet:
             section = section | {"quiet": True}
         settings = DamageSettings.from_dict(section)
-        run = run_damage(pre, post, out, footprints, model, settings)
+        run_damage(pre, post, out, footprints, model, settings)  # logs the counts per grade
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    counts = run["buildings"]["per_grade"]
-    typer.echo(f"geounet: {run['buildings']['total']} buildings: "
-               + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" -> {out}", err=True)
