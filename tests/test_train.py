@@ -317,3 +317,51 @@ def test_bad_labels_fail_before_training(tmp_path: Path, scene_files, monkeypatc
     assert err.value.path == str(labels)
     assert "\n" not in str(err.value)
     assert not out.exists() and not cfg.checkpoint_path.exists()
+
+
+# --------------------------------------------------------------------------- shipped configs and default models
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("config, model", [("roads_lasvegas.yaml", "roads"), ("landcover_brandenburg.yaml", "landcover")])
+def test_shipped_configs_match_their_default_models(config: str, model: str) -> None:
+    """The config in configs/ is the one the default model's card was trained with; the file stays small."""
+    cfg = load_config(REPO / "configs" / config)
+    path = REPO / "data" / "models" / f"{model}.safetensors"
+    assert cfg.output == path
+    card = read_card(path)
+    assert card.class_names == cfg.class_names and [c.kind for c in card.classes] == [c.kind for c in cfg.classes]
+    assert card.bands == cfg.data.bands and card.resolution_m == cfg.data.resolution_m
+    assert card.scale == cfg.data.scale and card.tile_size == cfg.model.tile_size
+    assert card.training["command"] == f"geounet train configs/{config}"
+    assert card.training["val"]["mean_iou"] > 0.2
+    assert path.stat().st_size < 30e6
+    assert (REPO / "data" / "models" / f"{model}.md").is_file()
+
+
+def test_losses_ignore_unlabelled_pixels_and_weight_classes() -> None:
+    from geounet.train import make_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    noisy = target.clone()
+    noisy[:, :4] = IGNORE_INDEX
+    changed = logits.clone()
+    changed[:, :, :4] = 10 * torch.randn(2, 3, 4, 8)  # logits under ignored pixels do not matter
+    for name in ("dice_ce", "ce", "bce", "dice", "focal", "tversky"):
+        loss = make_loss(name)
+        assert torch.isfinite(loss(logits, target))
+        assert loss(logits, noisy).item() == pytest.approx(loss(changed, noisy).item(), rel=1e-5), name
+    for name in ("ce", "bce", "dice_ce"):
+        plain, ones = make_loss(name), make_loss(name, class_weights=[1.0, 1.0, 1.0])
+        assert ones(logits, noisy).item() == pytest.approx(plain(logits, noisy).item(), rel=1e-5)
+        # All weight on class 2: a prediction error on class-0 pixels no longer counts in the CE / BCE term.
+        only_2 = make_loss(name, class_weights=[0.0, 0.0, 1.0])
+        target_2 = torch.where(target == 2, target, torch.zeros_like(target))
+        worse_on_0 = logits.clone()
+        worse_on_0[:, 1] += 5.0 * (target_2 == 0)  # push class-0 pixels towards class 1
+        if name != "dice_ce":  # (the dice term has no weights)
+            assert only_2(worse_on_0, target_2).item() == pytest.approx(only_2(logits, target_2).item(), rel=1e-4)
+        assert plain(worse_on_0, target_2).item() > plain(logits, target_2).item()
