@@ -365,3 +365,36 @@ def test_losses_ignore_unlabelled_pixels_and_weight_classes() -> None:
         if name != "dice_ce":  # (the dice term has no weights)
             assert only_2(worse_on_0, target_2).item() == pytest.approx(only_2(logits, target_2).item(), rel=1e-4)
         assert plain(worse_on_0, target_2).item() > plain(logits, target_2).item()
+
+
+@pytest.mark.parametrize(
+    "model, scene, layers",
+    [
+        ("roads", "lasvegas_pan_east.tif", {"roads", "road_centerlines"}),  # 1 band uint16, EPSG:4326
+        ("landcover", "brandenburg_s2_east.tif", {"landcover"}),  # 4 bands uint16, UTM
+    ],
+)
+def test_default_models_map_their_demo_crops(tmp_path: Path, model: str, scene: str, layers: set[str]) -> None:
+    """Each default model runs through `geounet predict` on its held-out demo crop and finds its features."""
+    import geopandas as gpd
+    import pyogrio
+    from typer.testing import CliRunner
+
+    from geounet.cli.main import app
+
+    src = REPO / "data" / "demo" / scene
+    res = CliRunner().invoke(app, ["predict", str(src), "--out", str(tmp_path), "--quiet",
+                                   "--model", str(REPO / "data" / "models" / f"{model}.safetensors")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / src.stem
+    with rasterio.open(out / "classes.tif") as ds, rasterio.open(src) as s:
+        assert ds.crs == s.crs and ds.transform == s.transform
+        classes = ds.read(1)
+    gpkg = out / "features.gpkg"
+    assert layers <= {name for name, _ in pyogrio.list_layers(gpkg)}
+    for layer in layers:
+        assert len(gpd.read_file(gpkg, layer=layer)) > 0
+    if model == "landcover":  # no background class: every pixel is one of the seven, and several occur
+        assert classes.max() < 7 and len(np.unique(classes)) >= 5
+    else:
+        assert 0.01 < (classes == 1).mean() < 0.2
