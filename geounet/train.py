@@ -190,12 +190,18 @@ class TrainConfig:
         return self.output.with_suffix(".csv")
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, settings: list[str] | None = None
+) -> TrainConfig:
     """Read and check a training config; ``overrides`` maps dotted keys (``train.epochs``) to values.
 
-    Unknown keys (typos) anywhere in the file are reported together, before anything
-    is trained. Relative paths in the file are relative to its folder; paths given as
-    overrides are taken as they are (relative to the working directory).
+    ``settings`` are ``KEY=VALUE`` strings (``train.lr=0.001``, ``augment.flips=false``,
+    ``model.decoder_channels=[64,16,8]``; VALUE is read as YAML) merged into the file
+    before it is checked, so they get the same type checks, typo hints and path
+    handling (relative to the config's folder) as keys in the file.
+    Unknown keys (typos) anywhere are reported together, before anything is trained.
+    Relative paths in the file are relative to its folder; paths given as
+    ``overrides`` are taken as they are (relative to the working directory).
     """
     import yaml
 
@@ -208,6 +214,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise GeounetError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise GeounetError(path, "config must be a YAML mapping")
+    for item in settings or []:
+        _apply_setting(raw, item, path)
     unknown: list[str] = []
     _find_unknown(TrainConfig, raw, "", unknown)
     if unknown:
@@ -229,6 +237,27 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         setattr(obj, last, Path(value) if isinstance(value, str) and last in ("output", "resume", "checkpoint", "init_weights") else value)
     validate_config(cfg)
     return cfg
+
+
+def _apply_setting(raw: dict, item: str, path: Path) -> None:
+    """Merge one ``dotted.key=YAML value`` into the raw config mapping."""
+    import yaml
+
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise GeounetError(path, f"--set expects KEY=VALUE with a dotted KEY such as train.lr=0.001, got {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise GeounetError(path, f"--set {key}: value {text!r} is not valid YAML") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise GeounetError(path, f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def validate_config(cfg: TrainConfig) -> None:

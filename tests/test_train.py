@@ -128,6 +128,20 @@ def test_config_relative_paths_and_overrides(tmp_path: Path, scene_files) -> Non
     assert cfg.checkpoint_path == tmp_path / "models" / "m.ckpt.pt"
 
 
+def test_config_settings_from_the_command_line(tmp_path: Path, scene_files) -> None:
+    path = write_config(tmp_path, config_dict(*scene_files, tmp_path / "m.safetensors"))
+    cfg = load_config(path, settings=["train.lr=0.005", "augment.flips=false", "model.decoder_channels=[32, 8, 8]",
+                                      "train.class_weights=[0.5, 2]", "card.licence=CC0"])
+    assert cfg.train.lr == 0.005 and cfg.augment.flips is False and cfg.model.decoder_channels == [32, 8, 8]
+    assert cfg.train.class_weights == [0.5, 2.0] and cfg.card.licence == "CC0"
+    with pytest.raises(GeounetError, match=r"train.epoch \(did you mean train.epochs\?\)"):
+        load_config(path, settings=["train.epoch=3"])
+    with pytest.raises(GeounetError, match="train.lr must be a number"):
+        load_config(path, settings=["train.lr=fast"])
+    with pytest.raises(GeounetError, match="expects KEY=VALUE"):
+        load_config(path, settings=["train.lr"])
+
+
 def test_load_scene_resamples_and_masks(tmp_path: Path, scene_files) -> None:
     cfg = load_config(write_config(tmp_path, config_dict(*scene_files, tmp_path / "m.safetensors")))
     scene = load_scene(cfg.data.train[0], cfg)  # 0.5 m -> 1 m, top 75 % of the rows
@@ -242,6 +256,10 @@ def test_cli_reports_errors_in_one_line(tmp_path: Path, scene_files) -> None:
     assert res.exit_code == 2
     assert "error:" in res.output and "trian" in res.output
     assert "Traceback" not in res.output
+    del raw["trian"]
+    res = CliRunner().invoke(app, [str(write_config(tmp_path, raw)), "--set", "train.batchsize=4"])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0 and "did you mean train.batch_size?" in res.output
 
 
 # --------------------------------------------------------------------------- bad input, before any training

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -20,6 +20,9 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Override train.precision: auto, fp32 or bf16."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    set_: List[str] = typer.Option(
+        [], "--set", metavar="KEY=VALUE", help="Any config key as KEY=VALUE (VALUE in YAML), e.g. --set train.lr=0.001; repeatable."
+    ),
 ) -> None:
     """Train a segmentation model; write the model file, a CSV log of the epochs and a resume checkpoint."""
     from ..train import load_config, train_model
@@ -39,8 +42,10 @@ def train(
     ):
         if value is not None:
             words += [flag, str(value)]
+    for item in set_:
+        words += ["--set", item]
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, set_)
     except GeounetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
