@@ -161,7 +161,11 @@ def _score(out: Path, card: ModelCard, labels_path: Path, opts: LabelOptions, ce
     else:
         truth = read_label_raster(labels_path, crs, transform, shape, names, opts.value_map or None)
     cm = confusion_matrix(pred, truth, len(names))
-    result: dict = {"pixel": pixel_scores(cm, names), "confusion_matrix": cm.tolist()}
+    pixel = pixel_scores(cm, names)
+    fg = [pixel["classes"][c.name]["iou"] for c in card.classes if c.kind != "background"]
+    fg = [v for v in fg if v is not None]
+    pixel["mean_iou_foreground"] = float(np.mean(fg)) if fg else None  # as training's validation reports it
+    result: dict = {"pixel": pixel, "confusion_matrix": cm.tolist()}
 
     metric = metric_crs(crs, tuple(bounds))
     building_ids = [i for i, c in enumerate(card.classes) if c.kind == "building"]
@@ -241,7 +245,10 @@ def format_report(result: dict) -> str:
         else:
             lines.append(f"{name:<16}{s['iou']:8.3f}{s['f1']:8.3f}{s['precision']:8.3f}{s['recall']:8.3f}{s['pixels']:>11}")
     p = result["pixel"]
-    lines.append(f"mean IoU {p['mean_iou']:.3f}   pixel accuracy {p['pixel_accuracy']:.3f}   ({p['pixels_scored']} pixels)")
+    fg = p.get("mean_iou_foreground")
+    lines.append(f"mean IoU {p['mean_iou']:.3f} (all classes), "
+                 + (f"{fg:.3f} (non-background)   " if fg is not None else "  ")
+                 + f"pixel accuracy {p['pixel_accuracy']:.3f}   ({p['pixels_scored']} pixels)")
     if "objects" in result:
         o = result["objects"]
         lines.append(f"buildings, objects at IoU >= {o['iou_threshold']}: F1 {o['f1']:.3f} precision {o['precision']:.3f} "

@@ -192,12 +192,12 @@ def split_touching(pieces: Pieces, pixel_size_m: tuple[float, float], min_distan
     becomes a polygon. A polygon with one seed is kept as it is. Parts keep the parent's
     class and mean score. Pure; pixel coordinates in and out.
     """
+    if min_distance_m <= 0 or not len(pieces):
+        return pieces
     from rasterio.features import rasterize
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    if min_distance_m <= 0 or not len(pieces):
-        return pieces
     dx, dy = pixel_size_m
     min_px = max(1, int(round(min_distance_m / ((dx + dy) / 2))))
     kept = np.ones(len(pieces), bool)
