@@ -92,6 +92,7 @@ class DamageSettings:
     precision: str = "auto"
     quicklook_width: int = 1600  # pixels, both panels
     quiet: bool = False  # no progress bar
+    head: str | None = None  # a trained damage head (geounet train, task: damage_head): grades from it, not thresholds
 
     def __post_init__(self) -> None:
         self.thresholds = [float(t) for t in self.thresholds]
@@ -419,6 +420,11 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
     if not any(c.kind == "building" for c in card.classes):
         raise GeounetError(model_path, f"model {card.name!r} has no building class: damage runs need a buildings model")
     s = settings
+    head = None
+    if s.head:
+        from .damage_head import load_head
+
+        head = load_head(s.head)
     device = resolve_device(s.device)
     precision = resolve_precision(device, s.precision)
     # Every input is checked before anything is written.
@@ -505,6 +511,10 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
         assessed = (counts > 0) & (frac >= s.min_valid_fraction)
         score = np.where(assessed, means[0], np.nan)
         grades = grade(score, tuple(s.thresholds))
+        if head is not None:  # the trained head replaces the thresholds (and gives the score)
+            idx, head_score = head.predict(np.stack([score, means[1], means[2], means[3]], axis=1)[assessed])
+            grades[assessed] = np.array(GRADES, dtype=object)[idx]
+            score[assessed] = head_score
         from .postprocess import metric_crs
 
         bounds = tuple(buildings.total_bounds)
@@ -565,7 +575,9 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
                                 "(feature_high - feature_low), 0, 1); D = clip((p_pre - p_post) / p_pre, 0, 1); "
                                 "c = min(1, p_pre / prob_ref); w = prob_weight",
                 "damage_score": "mean change_score over the footprint's pixels valid in pre and post",
-                "grades": dict(zip(GRADES[1:], s.thresholds)),
+                "grades": dict(zip(GRADES[1:], s.thresholds)) if head is None else
+                {"damage_head": str(s.head), "trained": head.facts.get("train"), "validation": head.facts.get("val"),
+                 "damage_score": "expected severity under the head's grade probabilities (0, 1/3, 2/3, 1)"},
             },
             "footprints": fp_counts,
             "buildings": {"total": n, "per_grade": per_grade, "not_assessed": not_assessed_why},

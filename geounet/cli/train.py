@@ -25,8 +25,19 @@ def train(
     ),
 ) -> None:
     """Train a segmentation model; write the model file, a CSV log of the epochs and a resume checkpoint."""
+    from ..damage_head import is_head_config, load_head_config, train_damage_head
     from ..train import load_config, train_model
 
+    if is_head_config(config):  # a damage head from damage-labelled pre/post pairs
+        try:
+            facts = train_damage_head(load_head_config(config, out), command=shlex.join(["geounet", "train", str(config)]))
+        except GeounetError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        v = facts["val"]
+        typer.echo(f"wrote {facts['output']} ({facts['train']['buildings']} training buildings; validation "
+                   f"accuracy {v['accuracy']:.3f}, macro F1 {v['macro_f1'] or 0:.3f} on {v['buildings']} buildings)")
+        return
     overrides = {
         "train.epochs": epochs,
         "output": str(out) if out else None,
