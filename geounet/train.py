@@ -769,9 +769,9 @@ def _autocast(precision: str, device: str):
 
 def confusion(pred: np.ndarray, label: np.ndarray, n_classes: int) -> np.ndarray:
     """(K, K) pixel counts [true, predicted] over pixels whose label is not the ignore index."""
-    keep = label != IGNORE_INDEX
-    idx = label[keep].astype(np.int64) * n_classes + pred[keep].astype(np.int64)
-    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    from .metrics import confusion_matrix
+
+    return confusion_matrix(pred, label, n_classes, IGNORE_INDEX)
 
 
 def iou_per_class(cm: np.ndarray) -> np.ndarray:
