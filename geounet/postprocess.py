@@ -8,12 +8,17 @@ poles included, where a UTM zone would not exist.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import geopandas as gpd
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
+
+# buildingregulariser warns once per polygon it leaves as it was ("... Returning original.")
+# or repairs; geounet repairs every geometry afterwards, so these are noise in cron logs.
+warnings.filterwarnings("ignore", message=r".*(Returning original|Found invalid geometries).*", category=UserWarning)
 
 
 @dataclass
