@@ -22,14 +22,12 @@ import rasterio
 from rasterio.windows import Window
 
 from .errors import GeounetError
-from .labels import IGNORE_INDEX, labels_to_raster, read_label_raster, read_vector_labels
+from .labels import IGNORE_INDEX, RASTER_LABEL_SUFFIXES, labels_to_raster, read_label_raster, read_vector_labels
 from .metrics import centerline_scores, confusion_matrix, object_scores, pixel_scores
 from .model import ModelCard, file_sha256, read_card
 from .pipeline import PredictSettings, predict_batch
 from .postprocess import DEFAULT_RULES, metric_crs
 from .scene import check_scene, ground_pixel_size, open_scene
-
-RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2"}
 
 
 @dataclass
@@ -146,7 +144,7 @@ def _score(out: Path, card: ModelCard, labels_path: Path, opts: LabelOptions, ce
     else:
         raise GeounetError(None, f"--unlabelled must be 'background' or 'ignore', got {opts.unlabelled!r}")
 
-    vector_labels = labels_path.suffix.lower() not in RASTER_SUFFIXES
+    vector_labels = labels_path.suffix.lower() not in RASTER_LABEL_SUFFIXES
     label_gdf = None
     if vector_labels:
         default_class = opts.default_class

@@ -21,6 +21,7 @@ from .errors import GeounetError
 
 IGNORE_INDEX = 255
 IGNORE_CLASS = "ignore"  # a value_map target that paints ignore_index instead of a class
+RASTER_LABEL_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")  # label files read as class rasters
 _LINES = ("LineString", "MultiLineString", "LinearRing")
 _POLYGONS = ("Polygon", "MultiPolygon")
 

@@ -34,11 +34,10 @@ import numpy as np
 
 from .errors import GeounetError
 from .infer import predict_array, resolve_precision
-from .labels import IGNORE_INDEX, labels_to_raster, read_label_raster, read_vector_labels
+from .labels import IGNORE_INDEX, RASTER_LABEL_SUFFIXES, labels_to_raster, read_label_raster, read_vector_labels
 from .model import CLASS_KINDS, ClassInfo, ModelCard, build_network, save_model
 from .scene import ground_pixel_size
 
-RASTER_LABEL_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 LOSSES = ("dice_ce", "ce", "bce", "dice", "focal", "tversky")
 PRECISIONS = ("auto", "fp32", "bf16")
 RESAMPLINGS = ("auto", "nearest", "bilinear", "cubic", "average")
