@@ -35,3 +35,16 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]
     # the kernel's high-water mark of the largest single child catches spikes between samples
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     return seconds, max(peak, maxrss) / 2**20
+
+
+def write_repeated(path, block, size: int, profile: dict, step: int = 2048):
+    """Write a size x size scene by repeating ``block`` (bands, >= step, >= step), one step x step window at a time."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(path, "w", **(profile | {"width": size, "height": size})) as dst:
+        for r in range(0, size, step):
+            for c in range(0, size, step):
+                h, w = min(step, size - r), min(step, size - c)
+                dst.write(block[:, :h, :w], window=Window(c, r, w, h))
+    return path

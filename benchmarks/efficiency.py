@@ -35,12 +35,13 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _measure import write_repeated  # noqa: E402
 from geounet.grid import TileGrid  # noqa: E402
 from geounet.infer import cached_model  # noqa: E402
 
@@ -60,15 +61,9 @@ def make_scene(path: Path, size: int, res: float = 0.15) -> Path:
     block = np.concatenate([row, row[:, ::-1, :]], axis=1)
     reps = (1, 2048 // block.shape[1] + 1, 2048 // block.shape[2] + 1)
     block = np.tile(block, reps)[:, :2048, :2048]
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
-                   transform=Affine(res, 0, x0, 0, -res, y0), tiled=True, blockxsize=512, blockysize=512,
-                   photometric="RGB")
-    with rasterio.open(path, "w", **profile) as dst:
-        for r in range(0, size, 2048):
-            for c in range(0, size, 2048):
-                hh, ww = min(2048, size - r), min(2048, size - c)
-                dst.write(block[:, :hh, :ww], window=Window(c, r, ww, hh))
-    return path
+    profile = dict(driver="GTiff", count=3, dtype="uint8", crs=crs, transform=Affine(res, 0, x0, 0, -res, y0),
+                   tiled=True, blockxsize=512, blockysize=512, photometric="RGB")
+    return write_repeated(path, block, size, profile)
 
 
 def n_tiles(size: int, tile: int, overlap: int) -> int:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import run_measured  # noqa: E402
+from _measure import run_measured, write_repeated  # noqa: E402
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 
@@ -39,13 +38,7 @@ def make_scene(path: Path, size: int) -> Path:
         profile = src.profile | dict(width=size, height=size, compress=None, tiled=True, blockxsize=512,
                                      blockysize=512, BIGTIFF="YES")
     th, tw = tile.shape[1:]
-    block = np.tile(tile, (1, 2048 // th + 1, 2048 // tw + 1))
-    with rasterio.open(path, "w", **profile) as dst:
-        for r in range(0, size, 2048):
-            for c in range(0, size, 2048):
-                h, w = min(2048, size - r), min(2048, size - c)
-                dst.write(block[:, :h, :w], window=Window(c, r, w, h))
-    return path
+    return write_repeated(path, np.tile(tile, (1, 2048 // th + 1, 2048 // tw + 1)), size, profile)
 
 
 def make_model(path: Path, scene: Path) -> Path:
