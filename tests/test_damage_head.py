@@ -14,8 +14,8 @@ from geounet.cli.main import app
 from geounet.damage import DamageSettings, run_damage
 from geounet.damage_head import fit_head, load_head, save_head
 from geounet.errors import GeounetError
-from tests.conftest import DEFAULT_MODEL, make_tiny_model, write_scene
-from tests.test_damage import CRS, ERASED, ORIGIN, RES, SETTINGS, _footprints, _pair
+from tests.conftest import DEFAULT_MODEL, make_tiny_model
+from tests.test_damage import ERASED, SETTINGS, _footprints, pair  # noqa: F401 - pair is a fixture
 
 
 def test_fit_head_learns_separable_grades_and_round_trips(tmp_path):
@@ -40,15 +40,14 @@ def test_a_model_file_is_not_a_damage_head():
 
 
 @pytest.fixture(scope="module")
-def labelled_pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("head")
-    _, pre, post = _pair()
-    write_scene(d / "pre.tif", pre, crs=CRS, res=RES, origin=ORIGIN)
-    write_scene(d / "post.tif", post, crs=CRS, res=RES, origin=ORIGIN)
+def labelled_pair(pair):
+    """test_damage's synthetic pair, its footprints labelled: the erased ones destroyed."""
+    d = pair
     labels = _footprints()
     labels["subtype"] = ["destroyed" if k in ERASED else "no-damage" for k in range(len(labels))]
     labels.to_file(d / "labels.geojson")
-    make_tiny_model(d / "tiny.safetensors")
+    if not (d / "tiny.safetensors").exists():
+        make_tiny_model(d / "tiny.safetensors")
     return d
 
 
