@@ -200,7 +200,9 @@ def vectorize_scene(
         polygonize_task, str(classes_path), str(scores_path) if scores_path else None, j, poly_ids, ctx,
         pure=False, retries=2,
     )
-    in_flight = max(4, 2 * _n_threads(client))  # bounded: memory follows the block size, not the raster
+    from .pipeline import cluster_threads
+
+    in_flight = max(4, 2 * cluster_threads(client, 1))  # bounded: memory follows the block size, not the raster
     futures = as_completed([submit(j) for _, j in zip(range(in_flight), queue)])
     for fut in futures:
         layers, seam = fut.result()
@@ -273,13 +275,6 @@ class _LayerWriter:
         gdf = gdf.assign(length_m=length)[["length_m", "geometry"]]
         pyogrio.write_dataframe(gdf, self.path, layer="road_centerlines", driver="GPKG", append=True, promote_to_multi=True)
         self.counts["road_centerlines"] += len(gdf)
-
-
-def _n_threads(client) -> int:
-    try:
-        return max(1, sum(client.nthreads().values()))
-    except Exception:  # noqa: BLE001 - scheduler without worker info yet
-        return 1
 
 
 def _qml(card: ModelCard, kind: str) -> str:

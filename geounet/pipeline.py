@@ -258,7 +258,7 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path)
 
     profile = tiled_profile(working.crs_wkt, working.affine, working.width, working.height, len(card.classes), "uint16")
     chunks = [c.index for c in grid.chunks()]
-    in_flight_max = max(2, 2 * _cluster_threads(client, s.workers))
+    in_flight_max = max(2, 2 * cluster_threads(client, s.workers))
     run = skipped = 0
     with rasterio.open(stage1, "w", **profile) as dst, tqdm(
         total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
@@ -308,7 +308,7 @@ def _scheduler_address(client) -> str | None:
         return None
 
 
-def _cluster_threads(client, default: int) -> int:
+def cluster_threads(client, default: int) -> int:
     """Threads summed over the cluster's workers (``default`` when it cannot say)."""
     try:
         return max(1, sum(client.nthreads().values()))
