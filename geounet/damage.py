@@ -287,7 +287,7 @@ def detect_footprints(pre_vrt: Path, work: Path, model_path: Path, s: DamageSett
     ps = PredictSettings(tile_size=s.tile_size, overlap=s.overlap, batch_size=s.batch_size, device=s.device,
                          precision=s.precision, resample_tolerance=1e9, vector=True, quiet=True)
     own = client is None
-    client = make_client(ps) if own else client
+    client = make_client(ps, model_path) if own else client
     try:
         predict_scene(pre_vrt, work, model_path, ps, client)
     finally:

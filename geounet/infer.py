@@ -132,6 +132,7 @@ class ChunkResult:
     probabilities: np.ndarray | None  # (classes, h, w) float32; None when every tile was nodata
     tiles_run: int
     tiles_skipped: int
+    valid: np.ndarray | None = None  # (h, w) bool: the scene's mask over the box (False outside the grid)
 
 
 def predict_chunk(
@@ -157,7 +158,7 @@ def predict_chunk(
         if valid[rows, cols].any():
             todo.append((tile, rows, cols))
     if not todo:
-        return ChunkResult(chunk_index, chunk.box, None, 0, len(chunk.tiles))
+        return ChunkResult(chunk_index, chunk.box, None, 0, len(chunk.tiles), valid)
     out = np.zeros((len(card.classes), chunk.box.height, chunk.box.width), np.float32)
     parts = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     batches = (np.stack([x[:, r, c] for _, r, c in part]) for part in parts)  # stacked lazily, one ahead on GPUs
@@ -165,7 +166,7 @@ def predict_chunk(
         offsets = [(r.start, c.start) for _, r, c in part]
         weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]
         blend_tiles(probs, offsets, weights, out.shape[1:], out=out)
-    return ChunkResult(chunk_index, chunk.box, out, len(todo), len(chunk.tiles) - len(todo))
+    return ChunkResult(chunk_index, chunk.box, out, len(todo), len(chunk.tiles) - len(todo), valid)
 
 
 def predict_array(

@@ -2,13 +2,15 @@
 
 The path of one tile: ``scene.read_box`` reads its chunk's window, ``infer.predict_chunk``
 runs the model and blends the chunk's tiles, and here the chunk buffers are stitched:
-every rectangle of :meth:`TileGrid.regions` is written to a stage-1 raster (working
-grid, uint16) as soon as all chunks that overlap it have arrived. No full-scene array
-is ever held: memory is the chunks in flight plus the pending seam strips. Stage 2
-reads the stage-1 raster back on the scene's own grid (warped when the model ran at
-another resolution), takes the argmax and applies the scene's mask, and GDAL turns
-both results into COGs. Everything is written in a temporary folder that is renamed
-to ``OUTDIR/<scene stem>`` only when complete.
+every rectangle of :meth:`TileGrid.regions` is written as soon as all chunks that
+overlap it have arrived. No full-scene array is ever held: memory is the chunks in
+flight plus the pending seam strips. When the model runs on the scene's own grid, a
+region goes straight to the uint8 scores and classes (argmax, scene mask). When the
+scene is resampled for the model, regions go to a stage-1 raster (working grid,
+uint16) that stage 2 reads back warped onto the scene's grid. GDAL then turns both
+results into COGs, and ``features.vectorize_scene`` polygonizes the classes. Everything
+is written in a temporary folder that is renamed to ``OUTDIR/<scene stem>`` only when
+complete.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .infer import ChunkResult, predict_chunk, resolve_device, resolve_precision
+from .infer import ChunkResult, cached_model, predict_chunk, resolve_device, resolve_precision
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
     NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
@@ -97,39 +99,62 @@ def output_dir_for(scene: str | Path, out_root: str | Path) -> Path:
 
 
 class _Stitcher:
-    """Collects chunk buffers and writes each region of the grid once all its chunks are in."""
+    """Collects chunk buffers and hands each region of the grid to ``sink`` once all its chunks are in."""
 
-    def __init__(self, grid: TileGrid, dst: rasterio.io.DatasetWriter) -> None:
-        self.dst = dst
+    def __init__(self, grid: TileGrid, sink: "_Stage1Sink | _FinalSink") -> None:
+        self.sink = sink
         self.by_chunk: dict[tuple[int, int], list] = defaultdict(list)
         for region in grid.regions():
             for c in region.chunks:
                 self.by_chunk[c].append(region)
-        self.pending: dict = {}  # region -> {chunk index: array}
+        self.pending: dict = {}  # region -> {chunk index: (probabilities, valid) cut to the region}
 
     def add(self, result: ChunkResult) -> None:
         for region in self.by_chunk.pop(result.index):
-            if result.probabilities is None:
-                piece = None
-            else:
-                rows, cols = region.box.relative_to(result.box)
-                piece = result.probabilities[:, rows, cols].copy()
+            rows, cols = region.box.relative_to(result.box)
+            probs = None if result.probabilities is None else result.probabilities[:, rows, cols].copy()
+            valid = None if result.valid is None else result.valid[rows, cols].copy()
             parts = self.pending.setdefault(region, {})
-            parts[result.index] = piece
+            parts[result.index] = (probs, valid)
             if len(parts) == len(region.chunks):
                 del self.pending[region]
-                self._write(region.box, parts)
+                total, valid = None, None
+                for key in sorted(parts):  # fixed order: identical sums whatever order chunks finished in
+                    p, v = parts[key]
+                    if p is not None:
+                        total = p if total is None else total + p
+                    valid = v if valid is None else valid  # every chunk read the same scene mask here
+                self.sink.write(region.box, total, valid)
 
-    def _write(self, box: Box, parts: dict) -> None:
-        total = None
-        for key in sorted(parts):  # fixed order: identical sums whatever order chunks finished in
-            if parts[key] is not None:
-                total = parts[key] if total is None else total + parts[key]
-        if total is None:
+
+class _Stage1Sink:
+    """Regions -> the stage-1 raster (working grid, uint16 probabilities); used when resampling."""
+
+    def __init__(self, dst: rasterio.io.DatasetWriter) -> None:
+        self.dst = dst
+
+    def write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
+        if probabilities is None:
             return  # all nodata: leave the sparse stage-1 blocks empty
-        dn = np.rint(np.clip(total, 0.0, 1.0) * STAGE_SCALE).astype(np.uint16)
+        dn = np.rint(np.clip(probabilities, 0.0, 1.0) * STAGE_SCALE).astype(np.uint16)
         self.dst.write(dn, window=Window(box.col0, box.row0, box.width, box.height))
 
+
+class _FinalSink:
+    """Regions -> the final uint8 scores and classes, directly (working grid = scene grid)."""
+
+    def __init__(self, scores: rasterio.io.DatasetWriter, classes: rasterio.io.DatasetWriter) -> None:
+        self.scores, self.classes = scores, classes
+
+    def write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
+        window = Window(box.col0, box.row0, box.width, box.height)
+        if probabilities is None:  # every tile here was nodata
+            self.scores.write(np.full((self.scores.count, box.height, box.width), NODATA, np.uint8), window=window)
+            self.classes.write(np.full((box.height, box.width), NODATA, np.uint8), 1, window=window)
+            return
+        scores, classes = finalize_block(probabilities, valid)
+        self.scores.write(scores, window=window)
+        self.classes.write(classes, 1, window=window)
 
 
 def _blocks(width: int, height: int, size: int = 1024) -> Iterator[Window]:
@@ -172,15 +197,20 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
         raise OutputError(final_dir.parent, f"cannot write output folder ({exc.strerror or exc})") from None
     try:
         timings: dict[str, float] = {}
-        stage1 = tmp / "stage1_probabilities.tif"
+        scene_grid = (scene_crs, scene_transform, width, height)
         t0 = time.perf_counter()
-        tiles = _run_chunks(scene, working, grid, card, Path(model_path), s, client, stage1)
-        timings["predict_and_stitch_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        _finalize(scene, stage1, working, card, tmp, (scene_crs, scene_transform, width, height))
-        stage1.unlink()
-        timings["finalize_s"] = time.perf_counter() - t0
+        if working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
+            stage1 = tmp / "stage1_probabilities.tif"
+            tiles = _run_chunks(scene, working, grid, card, Path(model_path), s, client, _stage1_writer(stage1, working, card))
+            timings["predict_and_stitch_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _finalize(scene, stage1, working, card, tmp, scene_grid)
+            stage1.unlink()
+            timings["finalize_s"] = time.perf_counter() - t0
+        else:  # the stitched regions are final: straight to uint8 scores and classes
+            tiles = _run_chunks(scene, working, grid, card, Path(model_path), s, client, _final_writer(tmp, card, scene_grid))
+            timings["predict_and_stitch_s"] = time.perf_counter() - t0
+            timings["finalize_s"] = 0.0
 
         t0 = time.perf_counter()
         for name, resampling in (("scores", "AVERAGE"), ("classes", "NEAREST")):
@@ -246,8 +276,32 @@ def rules_with_overrides(overrides: dict | None) -> dict:
     return rules
 
 
-def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path) -> dict:
+@contextmanager
+def _stage1_writer(stage1: Path, working: WorkingGrid, card: ModelCard) -> Iterator[_Stage1Sink]:
+    profile = tiled_profile(working.crs_wkt, working.affine, working.width, working.height, len(card.classes), "uint16")
+    with rasterio.open(stage1, "w", **profile) as dst:
+        yield _Stage1Sink(dst)
+
+
+@contextmanager
+def _final_writer(tmp: Path, card: ModelCard, scene_grid) -> Iterator[_FinalSink]:
+    crs, transform, width, height = scene_grid
+    n = len(card.classes)
+    with rasterio.open(
+        tmp / "scores.tiled.tif", "w", **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
+    ) as scores_ds, rasterio.open(
+        tmp / "classes.tiled.tif", "w", **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
+    ) as classes_ds:
+        describe_scores(scores_ds, card)
+        describe_classes(classes_ds, card)
+        yield _FinalSink(scores_ds, classes_ds)
+
+
+def _run_chunks(scene, working, grid, card, model_path, s, client, writer) -> dict:
     """Submit chunk tasks (a bounded number in flight) and stitch their results as they arrive.
+
+    ``writer``: a context manager giving the sink each completed region goes to
+    (``_final_writer`` or, when the working grid is resampled, ``_stage1_writer``).
 
     Only paths and small geometry objects travel through the scheduler; each worker
     process loads the model once (``infer.cached_model``). A chunk whose worker dies is
@@ -256,14 +310,13 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, stage1: Path)
     from distributed import as_completed
     from tqdm import tqdm
 
-    profile = tiled_profile(working.crs_wkt, working.affine, working.width, working.height, len(card.classes), "uint16")
     chunks = [c.index for c in grid.chunks()]
     in_flight_max = max(2, 2 * cluster_threads(client, s.workers))
     run = skipped = 0
-    with rasterio.open(stage1, "w", **profile) as dst, tqdm(
+    with writer as sink, tqdm(
         total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
     ) as bar, _cluster_errors(client, scene):
-        stitcher = _Stitcher(grid, dst)
+        stitcher = _Stitcher(grid, sink)
         submit = lambda idx: client.submit(  # noqa: E731
             predict_chunk, str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size,
             key=f"chunk-{Path(scene).name}-{idx[0]}-{idx[1]}-{time.monotonic_ns()}", retries=2, pure=False,
@@ -381,8 +434,11 @@ def check_output_root(out_root: str | Path) -> Path:
     return out
 
 
-def make_client(settings: PredictSettings):
+def make_client(settings: PredictSettings, model_path: str | Path | None = None):
     """A dask.distributed client: the given scheduler, else an in-process local cluster.
+
+    With ``model_path``, every worker loads that model now (``warm_workers``), so the
+    model's start-up is paid once per process, before the first scene.
 
     With ``settings.scheduler`` (``tcp://HOST:PORT``) the work goes to an existing
     cluster (``dask scheduler`` + ``dask worker``, dask-jobqueue, Kubernetes); the scene
@@ -404,6 +460,8 @@ def make_client(settings: PredictSettings):
         link = dashboard_link(client)
         if link:
             log.info("Dask dashboard: %s", link)
+        if model_path is not None:
+            warm_workers(client, model_path, settings)
         return client
     import torch
 
@@ -418,10 +476,31 @@ def make_client(settings: PredictSettings):
         n_workers=1, threads_per_worker=settings.workers, processes=False,
         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # no bokeh app, no port clash
     )
-    return Client(cluster)
+    client = Client(cluster)
+    if model_path is not None:
+        warm_workers(client, model_path, settings)
+    return client
 
 
 _CONNECT_TIMEOUT = "20s"
+
+
+def warm_workers(client, model_path: str | Path, settings: PredictSettings) -> None:
+    """Load the model into every worker process now (the per-process cache of ``predict_chunk``).
+
+    Importing smp and building the network takes seconds; done here it is not part of
+    the first scene. Best effort: a worker that cannot load the model says so in the
+    chunk task's own error.
+    """
+    try:
+        device = settings.resolved(read_card(model_path)).device
+        client.run(_load_model_here, str(Path(model_path).resolve()), device)
+    except Exception as exc:  # noqa: BLE001 - the chunk tasks report real problems
+        log.debug("warming the workers failed: %s", exc)
+
+
+def _load_model_here(model_path: str, device: str) -> None:
+    cached_model(model_path, device)
 
 
 def dashboard_link(client) -> str | None:
@@ -446,7 +525,7 @@ def predict_batch(scenes: Iterable[str | Path], out_root: str | Path, model_path
             raise GeounetError(p, f"writes to the same output folder {d} as {seen[d]}: rename one of them")
         seen[d] = p
     reports = []
-    client = make_client(settings)
+    client = make_client(settings, model_path)
     try:
         for p in scenes:
             t0 = time.perf_counter()

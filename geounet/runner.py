@@ -737,7 +737,7 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
                             log.info("[%d/%d] %s: computing (%s)", i, len(scenes), scene, why)
                             try:
                                 if client is None:
-                                    client = make_client(settings)
+                                    client = make_client(settings, cfg.model)
                                 predict_scene(scene, cfg.out, cfg.model, settings, client)
                                 res.status, res.reason = "done", why
                             except GeounetError as exc:

@@ -145,10 +145,9 @@ def test_interrupted_run_leaves_no_finished_looking_output(tiny_model, tmp_path)
     out = tmp_path / "out"
     code = (
         "import os, signal, geounet.pipeline as p\n"
-        "orig = p._finalize\n"
         "def boom(*a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "p._finalize = boom\n"
+        "p.write_cog = boom\n"
         "from geounet.cli.main import app\n"
         f"app(['predict', {str(DEMO_SCENE)!r}, '--out', {str(out)!r}, '--model', {str(tiny_model)!r}, '--quiet'])\n"
     )

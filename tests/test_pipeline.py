@@ -78,6 +78,26 @@ def test_chunking_does_not_change_the_result(tiny_model, tmp_path):
     assert np.abs(a - b).max() <= 1  # float sums in another order may round one DN apart
 
 
+def test_direct_path_chunking_and_mask(tiny_model, tmp_path):
+    """On the model's own grid, regions go straight to uint8: chunk seams and the mask as above."""
+    with rasterio.open(DEMO_SCENE) as src:
+        data, mask = src.read(), src.dataset_mask() > 0
+    assert (~mask).any()
+    scene = write_scene(tmp_path / "native.tif", data, res=0.15, mask=mask)  # the tiny model's resolution
+    small = run([scene], tmp_path / "small", tiny_model, tile_size=96, overlap=32, chunk_pixels=64)
+    one = run([scene], tmp_path / "one", tiny_model, tile_size=96, overlap=32, chunk_pixels=100000)
+    assert small[0].ok and one[0].ok and small[0].tiles["chunks"] > 4 and one[0].tiles["chunks"] == 1
+    assert json.loads((tmp_path / "small/native/run.json").read_text())["working_grid"]["resampled"] is False
+    a = read(tmp_path / "small/native/scores.tif").astype(int)
+    b = read(tmp_path / "one/native/scores.tif").astype(int)
+    assert np.abs(a - b).max() <= 1
+    for out in ("small", "one"):
+        classes = read(tmp_path / out / "native/classes.tif", 1)
+        np.testing.assert_array_equal(classes == 255, ~mask)
+        assert set(np.unique(classes[mask])) <= {0, 1}
+    assert_same_grid(scene, tmp_path / "small" / "native")
+
+
 def test_scene_smaller_than_a_tile(tiny_model, tmp_path):
     rng = np.random.default_rng(0)
     scene = write_scene(tmp_path / "small.tif", rng.integers(0, 255, (3, 30, 45), dtype=np.uint8), res=0.15)
