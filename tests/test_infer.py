@@ -65,3 +65,50 @@ def test_batches_are_computed_in_order_and_pulled_lazily():
     for b, p in zip(batches, [first] + rest):
         np.testing.assert_allclose(p, forward_probabilities(net, b, "cpu", "fp32"), atol=1e-6)
         assert p.shape == (2, 4, 16, 16)
+
+
+def test_fuse_batchnorm_keeps_outputs_and_module_tree(tiny_model):
+    """Folded norms give the same logits (float rounding) and the encoder stays callable."""
+    from geounet.infer import fuse_batchnorm
+    from geounet.model import load_model
+
+    net, _ = load_model(tiny_model)
+    torch.manual_seed(1)
+    for m in net.modules():  # non-trivial running statistics, so folding is really tested
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        logits, feats = net(x), net.encoder(x)
+    n_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    folded = fuse_batchnorm(net)
+    assert 0 < folded < n_norms  # the tiny model's unused deeper encoder stages keep theirs
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), logits, atol=1e-4, rtol=1e-4)
+        for a, b in zip(net.encoder(x), feats):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == n_norms - folded
+    net.train()
+    with pytest.raises(ValueError):
+        fuse_batchnorm(net)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_input_batch_equals_normalise_with_nodata_at_the_mean(tiny_model, dtype):
+    from geounet.infer import input_batch
+    from geounet.model import normalise, read_card
+
+    card = read_card(tiny_model)
+    pixels = (np.random.default_rng(0).random((3, 100, 120)) * 250).astype(dtype)
+    valid = np.ones((100, 120), bool)
+    valid[:7, 40:] = False
+    windows = [(slice(0, 64), slice(0, 64)), (slice(30, 94), slice(50, 114))]
+    batch = input_batch(pixels, valid, windows, card)
+    assert batch.shape == (2, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last)
+    ref = normalise(pixels, card)
+    ref[:, ~valid] = 0.0
+    np.testing.assert_allclose(batch.numpy(), np.stack([ref[:, r, c] for r, c in windows]), atol=1e-5)
+    assert (batch[1, :, :0, :] == 0).all() and (batch[0, :, :7, 40:] == 0).all()
