@@ -4,16 +4,21 @@ Scene: real Kampala drone imagery (the demo crop, read at 0.15 m, the default mo
 resolution, so nothing is resampled) mirror-tiled to N x N pixels, RGB uint8, EPSG:3857.
 
 * floor: the model's forward passes alone over exactly the tiles the scene needs (same
-  tile size, overlap, batch size, precision and memory format as the pipeline), in this
-  process, batched, on random input of the right shape, after a warm-up.
-* end to end: `geounet predict` in a child process (wall time, interpreter start-up
-  included), with --no-vector and with vectors; where the rest goes comes from run.json.
-* variants of the floor (per scene: batches x seconds per batch): memory format,
-  torch.compile, tile size (halo waste), torch threads.
+  network as the pipeline's loader: batch norms folded, channels_last; same tile size,
+  overlap, batch size and precision), in this process, batched, on random input of the
+  right shape, after a warm-up. Measured again around every end-to-end run (the VM's
+  speed drifts by 10-20 % over minutes); each efficiency uses the floors next to it.
+* e2e: `geounet predict` in a child process (wall time, interpreter start-up included),
+  with --no-vector, with vectors, and 3 scenes in one command; where the rest goes
+  comes from run.json.
+* warm: `predict_scene` in a process whose client and model are ready (a batch's
+  steady state): per-scene efficiency without interpreter and import start-up.
+* variants of the floor (per scene: batches x seconds per batch): batch-norm folding,
+  memory format, torch.compile, tile size (halo waste), torch threads.
 * local schedulers: the chunk tasks of a scene through the in-process cluster (threads),
   a local cluster of worker processes, and dask's plain threaded scheduler.
 
-    python benchmarks/efficiency.py [--size 4096] [--sections floor,e2e,variants,schedulers]
+    python benchmarks/efficiency.py [--size 4096] [--sections e2e,warm,variants,schedulers]
 
 The machine may be shared: ratios are measured within one run; repeat the script.
 """
@@ -97,35 +102,79 @@ def floor_seconds(size: int, tile: int = 512, overlap: int = 64, batch: int = 4)
     return secs, tiles
 
 
-def predict_cli(scene: Path, out: Path, *extra: str) -> tuple[float, dict]:
+def predict_cli(scenes: list[Path], out: Path, *extra: str) -> tuple[float, list[dict]]:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([str(GEOUNET), "predict", str(scene), "--out", str(out), "--quiet", *extra], check=True,
+    subprocess.run([str(GEOUNET), "predict", *map(str, scenes), "--out", str(out), "--quiet", *extra], check=True,
                    env=os.environ | {"HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - t0
-    run = json.loads((out / scene.stem / "run.json").read_text())
-    return wall, run
+    return wall, [json.loads((out / s.stem / "run.json").read_text()) for s in scenes]
 
 
-def section_e2e(scene: Path, size: int, work: Path) -> None:
-    f1, tiles = floor_seconds(size)
-    rows = []
-    for label, extra in (("--no-vector", ("--no-vector",)), ("with vectors", ())):
-        wall, run = predict_cli(scene, work / "out", *extra)
-        rows.append((label, wall, run["timings"]))
-    f2, _ = floor_seconds(size)
-    floor = (f1 + f2) / 2
+def _rest(t: dict, floor: float) -> str:
+    return (f"chunks beyond the floor (read, normalise, softmax, blend, stitch, schedule) "
+            f"{t['predict_and_stitch_s'] - floor:.1f} s + finalize {t['finalize_s']:.1f} s + COG {t['cog_s']:.1f} s"
+            + (f" + vectorize {t['vectorize_s']:.1f} s" if "vectorize_s" in t else ""))
+
+
+def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
+    """`geounet predict` as a user runs it, each measurement between two floor measurements."""
     print(f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64 / batch 4, fp32")
-    print(f"floor: {tiles} tiles, {f1:.1f} s before and {f2:.1f} s after the runs -> {floor:.1f} s "
-          f"({size * size / floor / 1e6:.3f} MP/s)")
-    for label, wall, t in rows:
-        startup = wall - t["total_s"]
-        print(f"geounet predict {label}: {wall:.1f} s ({size * size / wall / 1e6:.3f} MP/s), efficiency floor/wall = "
-              f"{floor / wall:.3f}")
-        print(f"   rest {wall - floor:.1f} s = start-up/imports/model load outside the run {startup:.1f} s"
-              f" + chunks beyond the floor (read, normalise, softmax, blend, stitch, schedule) "
-              f"{t['predict_and_stitch_s'] - floor:.1f} s + finalize {t['finalize_s']:.1f} s + COG {t['cog_s']:.1f} s"
-              + (f" + vectorize {t['vectorize_s']:.1f} s" if "vectorize_s" in t else ""))
+    floors = [floor_seconds(size)]
+    tiles = floors[0][1]
+    floors = [floors[0][0]]
+    rows = []
+
+    def measure(label, scenes, *extra):
+        wall, runs = predict_cli(scenes, work / "out", *extra)
+        floors.append(floor_seconds(size)[0])
+        floor = (floors[-2] + floors[-1]) / 2
+        rows.append((label, len(scenes), wall, runs, floor))
+
+    measure("geounet predict --no-vector", [scene], "--no-vector")
+    measure("geounet predict (with vectors)", [scene])
+    copies = []
+    for i in range(batch):
+        copies.append(work / f"scene{i}.tif")
+        if not copies[-1].exists():
+            os.symlink(scene, copies[-1])
+    measure(f"geounet predict --no-vector, {batch} scenes in one command", copies, "--no-vector")
+    print(f"floor: {tiles} tiles per scene; measured {', '.join(f'{f:.1f}' for f in floors)} s "
+          f"({size * size / min(floors) / 1e6:.3f} MP/s at best); each row uses the mean of the floors before and after it")
+    for label, n, wall, runs, floor in rows:
+        t = runs[0]["timings"]
+        per_scene = [r["timings"]["total_s"] for r in runs]
+        startup = wall - sum(per_scene)
+        print(f"{label}: {wall:.1f} s wall ({n * size * size / wall / 1e6:.3f} MP/s), floor {n * floor:.1f} s, "
+              f"efficiency floor/wall = {n * floor / wall:.3f}")
+        print(f"   per scene in the process: {', '.join(f'{x:.1f}' for x in per_scene)} s -> efficiency "
+              f"{', '.join(f'{floor / x:.3f}' for x in per_scene)}; start-up outside the scenes (interpreter, imports, "
+              f"cluster, model load) {startup:.1f} s")
+        print(f"   first scene: {_rest(t, floor)}")
+
+
+def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
+    """Per-scene time in a process that has started (imports, cluster, model loaded): the batch steady state."""
+    from geounet.pipeline import DEFAULT_MODEL, PredictSettings, close_client, make_client, predict_scene
+
+    print(f"\n## warm process: predict_scene on the {size}^2 scene, client and model ready (as in a batch)")
+    for vector in (False, True):
+        settings = PredictSettings(vector=vector, quiet=True)
+        client = make_client(settings, DEFAULT_MODEL)
+        try:
+            for _ in range(repeats if not vector else 1):
+                before = floor_seconds(size)[0]
+                out = work / "warm"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                rep = predict_scene(scene, out, DEFAULT_MODEL, settings, client)
+                after = floor_seconds(size)[0]
+                floor = (before + after) / 2
+                t = json.loads((out / scene.stem / "run.json").read_text())["timings"]
+                print(f"{'with vectors' if vector else '--no-vector '}: scene {rep.seconds:.1f} s, floor {before:.1f}/{after:.1f} s"
+                      f" -> efficiency {floor / rep.seconds:.3f}; {_rest(t, floor)}", flush=True)
+        finally:
+            close_client(client)
 
 
 def section_variants(size: int) -> None:
@@ -149,10 +198,11 @@ def section_variants(size: int) -> None:
         print(f"{label:<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  ({rows[0][2] / rows[-1][2]:.2f}x baseline)",
               flush=True)
 
-    row("baseline: channels_last, fp32, 512/64, b4", net, 512, 64, 4)
+    row("baseline (the pipeline's): BN folded, channels_last, fp32, 512/64, b4", net, 512, 64, 4)
     with torch.inference_mode():
         d = (plain(x) - ref).abs().max().item()
-    row(f"contiguous (NCHW) (diff {d:.1e})", plain, 512, 64, 4, channels_last=False)
+    row(f"BN not folded, contiguous NCHW: as loaded (diff {d:.1e})", plain, 512, 64, 4, channels_last=False)
+    row("BN not folded, channels_last", plain.to(memory_format=torch.channels_last), 512, 64, 4)
     row("batch 8", net, 512, 64, 8, n=2)
     row("tile 768 / overlap 64 (less halo)", net, 768, 64, 4, n=2)
     row("tile 1024 / overlap 64", net, 1024, 64, 2, n=2)
@@ -224,7 +274,7 @@ def section_schedulers(scene: Path, size: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--sections", default="e2e,variants,schedulers")
+    ap.add_argument("--sections", default="e2e,warm,variants,schedulers")
     ap.add_argument("--schedulers-size", type=int, default=2048)
     ap.add_argument("--keep", type=Path)
     args = ap.parse_args()
@@ -236,8 +286,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     try:
+        if "e2e" in sections or "warm" in sections:
+            scene = make_scene(work / "scene.tif", args.size)
         if "e2e" in sections:
-            section_e2e(make_scene(work / "scene.tif", args.size), args.size, work)
+            section_e2e(scene, args.size, work)
+        if "warm" in sections:
+            section_warm(scene, args.size, work)
         if "variants" in sections:
             section_variants(args.size)
         if "schedulers" in sections:

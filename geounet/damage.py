@@ -282,7 +282,7 @@ def read_footprints(path: Path, crs_wkt: str) -> tuple[gpd.GeoDataFrame, dict]:
 
 def detect_footprints(pre_vrt: Path, work: Path, model_path: Path, s: DamageSettings, client) -> gpd.GeoDataFrame:
     """Buildings from the buildings model on the pre mosaic, at the pre grid's resolution."""
-    from .pipeline import PredictSettings, make_client, predict_scene
+    from .pipeline import PredictSettings, close_client, make_client, predict_scene
 
     ps = PredictSettings(tile_size=s.tile_size, overlap=s.overlap, batch_size=s.batch_size, device=s.device,
                          precision=s.precision, resample_tolerance=1e9, vector=True, quiet=True)
@@ -292,10 +292,7 @@ def detect_footprints(pre_vrt: Path, work: Path, model_path: Path, s: DamageSett
         predict_scene(pre_vrt, work, model_path, ps, client)
     finally:
         if own:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            close_client(client)
     gdf = gpd.read_file(work / pre_vrt.stem / "features.gpkg", layer="buildings")
     return gdf[[]].set_geometry(gdf.geometry).assign(footprint_id=np.arange(len(gdf)))
 

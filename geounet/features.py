@@ -177,6 +177,8 @@ def vectorize_scene(
     """Write ``gpkg_path`` from a class raster; returns counts per layer and the rules used."""
     from distributed import as_completed
 
+    from .pipeline import cluster_threads
+
     rules = {**DEFAULT_RULES, **(rules or {})}
     with rasterio.open(classes_path) as src:
         crs, transform, height, width, bounds = src.crs, src.transform, src.height, src.width, src.bounds
@@ -200,8 +202,6 @@ def vectorize_scene(
         polygonize_task, str(classes_path), str(scores_path) if scores_path else None, j, poly_ids, ctx,
         pure=False, retries=2,
     )
-    from .pipeline import cluster_threads
-
     in_flight = max(4, 2 * cluster_threads(client, 1))  # bounded: memory follows the block size, not the raster
     futures = as_completed([submit(j) for _, j in zip(range(in_flight), queue)])
     for fut in futures:
@@ -212,7 +212,14 @@ def vectorize_scene(
         nxt = next(queue, None)
         if nxt is not None:
             futures.add(submit(nxt))
-    writer.write(pieces_to_layers(merge_across_blocks(Pieces.concat(edge_pieces)), ctx))
+    # Pieces that touched a block edge, joined, then cleaned as tasks too (regularising
+    # buildings is the costly part), in groups, one per worker thread.
+    merged = merge_across_blocks(Pieces.concat(edge_pieces))
+    groups = np.array_split(np.arange(len(merged)), max(1, min(cluster_threads(client, 1), len(merged) // 50)))
+    seam_futures = [client.submit(pieces_to_layers, merged.take(g), ctx, pure=False, retries=2) for g in groups]
+    for fut in seam_futures:
+        writer.write(fut.result())
+        fut.release()
     writer.flush()
 
     if kinds["road"]:

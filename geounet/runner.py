@@ -221,6 +221,7 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
     kwargs["vector"] = vector.get("enabled", True)
     if "block" in vector:
         kwargs["vector_block"] = vector["block"]
+    kwargs["vector_processes"] = None  # large scenes: vector workers in processes (`geounet run` has a __main__ guard)
     settings = PredictSettings(**kwargs)
     if vals.get("precision", "auto") not in ("auto", "fp32", "bf16", "fp16"):
         problems.append(f"precision: expected auto, fp32, bf16 or fp16, got {vals['precision']!r}")
@@ -695,7 +696,7 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, quiet: bool = False) 
 
 
 def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSummary) -> None:
-    from .pipeline import make_client, output_dir_for, predict_scene
+    from .pipeline import close_client, make_client, output_dir_for, predict_scene
 
     scenes = discover_inputs(cfg)
     card = read_card(cfg.model)
@@ -752,10 +753,7 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
             res.seconds = round(time.perf_counter() - t0, 3)
     finally:
         if client is not None:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            close_client(client)
 
 
 def _run_damage(cfg: PipelineConfig) -> SceneResult:

@@ -264,16 +264,14 @@ def test_cli_mosaics_reprojects_and_reports_errors_on_one_line(pair, tmp_path):
 def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path, default_model):
     """The default buildings model finds the synthetic roofs in pre; the erased ones come out damaged.
     Detection and the blocks both run as tasks on a (local) Dask cluster here."""
-    from geounet.pipeline import PredictSettings, make_client
+    from geounet.pipeline import PredictSettings, close_client, make_client
 
     client = make_client(PredictSettings())
     try:
         run = run_damage([pair / "pre.tif"], [pair / "post.tif"], tmp_path / "out", None, default_model,
                          DamageSettings(**(SETTINGS | {"block": 128})), client)
     finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
+        close_client(client)
     assert run["footprints"]["source"] == "buildings model on the pre scene"
     gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg", layer="buildings")
     assert len(gdf) >= 6 and gdf.crs == CRS

@@ -98,6 +98,26 @@ def test_direct_path_chunking_and_mask(tiny_model, tmp_path):
     assert_same_grid(scene, tmp_path / "small" / "native")
 
 
+def test_vector_stage_in_worker_processes_gives_the_same_features(default_model, tmp_path):
+    """The local vector pool (forkserver worker processes) writes what the in-process threads write."""
+    import geopandas as gpd
+    import shapely
+
+    results = {}
+    for processes in (False, True):
+        [rep] = run([DEMO_SCENE], tmp_path / str(processes), default_model, vector_block=96, vector_processes=processes)
+        assert rep.ok, rep.error
+        out = tmp_path / str(processes) / "kampala_demo"
+        ran_on = json.loads((out / "run.json").read_text())["vector"]["ran_on"]
+        assert ran_on == ("local worker processes" if processes else "in-process threads")
+        results[processes] = gpd.read_file(out / "features.gpkg", layer="buildings")
+    a, b = results[False], results[True]
+    assert len(a) == len(b) > 5
+    assert a.area_m2.sum() == pytest.approx(b.area_m2.sum(), rel=1e-9)
+    sym = shapely.union_all(a.geometry.values).symmetric_difference(shapely.union_all(b.geometry.values)).area
+    assert sym <= 1e-9 * a.geometry.area.sum()
+
+
 def test_scene_smaller_than_a_tile(tiny_model, tmp_path):
     rng = np.random.default_rng(0)
     scene = write_scene(tmp_path / "small.tif", rng.integers(0, 255, (3, 30, 45), dtype=np.uint8), res=0.15)

@@ -57,7 +57,29 @@ def setup_logging(quiet: bool) -> None:
 
 
 def main() -> None:
-    app()
+    """Console entry point: run the command, then leave without the interpreter's teardown.
+
+    Every output is closed (and renamed into place) before a command returns, so
+    nothing is left to finalize; tearing down torch, smp and Dask module by module
+    only costs time (measured 0.9-1.1 s per run, benchmarks/README.md). Logging and
+    the standard streams are flushed, and the exit code is the command's.
+    """
+    try:
+        app()  # click ends every command with sys.exit
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:  # sys.exit("message"): as the interpreter would, print it and exit 1
+            print(exc.code, file=sys.stderr)
+            code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``geounet info ... | head``)
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

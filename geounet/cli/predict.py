@@ -40,6 +40,7 @@ def predict(
     settings = PredictSettings(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
         workers=workers, scheduler=scheduler, vector=vector, quiet=quiet,
+        vector_processes=None,  # large scenes: vector workers in processes (this console script has a __main__ guard)
     )
     try:
         reports = predict_batch(scenes, out, model, settings)
