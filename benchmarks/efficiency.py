@@ -159,7 +159,7 @@ def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
 
     print(f"\n## warm process: predict_scene on the {size}^2 scene, client and model ready (as in a batch)")
     for vector in (False, True):
-        settings = PredictSettings(vector=vector, quiet=True)
+        settings = PredictSettings(vector=vector, quiet=True, vector_processes=None)  # as the CLI
         client = make_client(settings, DEFAULT_MODEL)
         try:
             for _ in range(repeats if not vector else 1):
