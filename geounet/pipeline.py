@@ -402,25 +402,17 @@ def _cluster_errors(client, scene: Path):
 def _finalize(scene: Path, stage1: Path, working: WorkingGrid, card: ModelCard, tmp: Path, scene_grid) -> None:
     """Stage 2: stage-1 probabilities on the scene grid -> tiled uint8 scores and classes."""
     crs, transform, width, height = scene_grid
-    n = len(card.classes)
     with open_scene(scene) as src, rasterio.open(stage1) as st1:
         view = (
             WarpedVRT(st1, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear)
             if working.resampled else st1
         )
-        with view, rasterio.open(
-            tmp / "scores.tiled.tif", "w", **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
-        ) as scores_ds, rasterio.open(
-            tmp / "classes.tiled.tif", "w", **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
-        ) as classes_ds:
-            describe_scores(scores_ds, card)
-            describe_classes(classes_ds, card)
+        with view, _final_writer(tmp, card, scene_grid) as sink:
             for window in _blocks(width, height):
                 probs = view.read(window=window).astype(np.float32) / STAGE_SCALE
                 valid = src.dataset_mask(window=window) > 0
-                scores, classes = finalize_block(probs, valid)
-                scores_ds.write(scores, window=window)
-                classes_ds.write(classes, 1, window=window)
+                box = Box(window.row_off, window.col_off, window.row_off + window.height, window.col_off + window.width)
+                sink.write(box, probs, valid)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
