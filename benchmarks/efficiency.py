@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_CACHE_DIR = tempfile.mkdtemp(prefix="geounet-eff-cache-")  # exported models: measured cold once, then warm
+os.environ["GEOUNET_CACHE_DIR"] = _CACHE_DIR
 
 from _measure import write_repeated  # noqa: E402
 from geounet.grid import TileGrid  # noqa: E402
@@ -91,14 +93,35 @@ def time_batches(net, tile: int, batch: int, n_batches: int, channels_last: bool
     return time.perf_counter() - t0
 
 
-def floor_seconds(size: int, tile: int = 512, overlap: int = 64, batch: int = 4) -> tuple[float, int]:
-    """The compute floor of a size x size scene: forward passes over exactly its tiles."""
-    net, _ = cached_model(MODEL, "cpu")  # the pipeline's own loader: channels_last, eval, fp32
+def time_onnx(net, tile: int, batch: int, n_batches: int, warmup: int = 1) -> float:
+    """As ``time_batches`` for an ONNX Runtime network (numpy in, probabilities out)."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, tile, tile), dtype=np.float32)
+    for _ in range(warmup):
+        net(x)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        net(x)
+    return time.perf_counter() - t0
+
+
+def floor_seconds(size: int, tile: int = 512, overlap: int = 64, batch: int = 4,
+                  backend: str = "onnx") -> tuple[float, int]:
+    """The compute floor of a size x size scene: forward passes over exactly its tiles.
+
+    The pipeline's own loader and backend: ``onnx`` (the CPU default: ONNX Runtime,
+    softmax included, all cores) or ``torch`` (batch norms folded, channels_last, fp32).
+    """
+    if backend == "onnx":
+        net, _ = cached_model(MODEL, "cpu", "onnx", os.cpu_count() or 1)
+        timer = time_onnx
+    else:
+        net, _ = cached_model(MODEL, "cpu")
+        timer = time_batches
     tiles = n_tiles(size, tile, overlap)
     full, rest = divmod(tiles, batch)
-    secs = time_batches(net, tile, batch, full)
+    secs = timer(net, tile, batch, full)
     if rest:
-        secs += time_batches(net, tile, rest, 1, warmup=1)
+        secs += timer(net, tile, rest, 1, warmup=1)
     return secs, tiles
 
 
@@ -118,29 +141,37 @@ def _rest(t: dict, floor: float) -> str:
 
 
 def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
-    """`geounet predict` as a user runs it, each measurement between two floor measurements."""
+    """`geounet predict` as a user runs it, each measurement between two floor measurements of its backend."""
     print(f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64 / batch 4, fp32")
-    floors = [floor_seconds(size)]
-    tiles = floors[0][1]
-    floors = [floors[0][0]]
+    cache = Path(os.environ["GEOUNET_CACHE_DIR"])
+    shutil.rmtree(cache, ignore_errors=True)
+    wall, _ = predict_cli([scene], work / "out", "--no-vector")
+    print(f"first run, empty model cache (exports the model to ONNX once): {wall:.1f} s wall")
+    floors = {b: [floor_seconds(size, backend=b)[0]] for b in ("onnx", "torch")}
+    tiles = n_tiles(size, 512, 64)
     rows = []
 
-    def measure(label, scenes, *extra):
+    def measure(label, scenes, backend, *extra):
+        """``backend``: the one whose floor applies (the CLI runs with its default unless ``extra`` says)."""
         wall, runs = predict_cli(scenes, work / "out", *extra)
-        floors.append(floor_seconds(size)[0])
-        floor = (floors[-2] + floors[-1]) / 2
+        assert runs[0]["settings"]["backend"] == backend, runs[0]["settings"]["backend"]
+        floors[backend].append(floor_seconds(size, backend=backend)[0])
+        floor = (floors[backend][-2] + floors[backend][-1]) / 2
         rows.append((label, len(scenes), wall, runs, floor))
 
-    measure("geounet predict --no-vector", [scene], "--no-vector")
-    measure("geounet predict (with vectors)", [scene])
+    measure("geounet predict --no-vector (default: ONNX Runtime)", [scene], "onnx", "--no-vector")
+    measure("geounet predict --no-vector --backend torch", [scene], "torch", "--no-vector", "--backend", "torch")
+    measure("geounet predict (with vectors)", [scene], "onnx")
     copies = []
     for i in range(batch):
         copies.append(work / f"scene{i}.tif")
         if not copies[-1].exists():
             os.symlink(scene, copies[-1])
-    measure(f"geounet predict --no-vector, {batch} scenes in one command", copies, "--no-vector")
-    print(f"floor: {tiles} tiles per scene; measured {', '.join(f'{f:.1f}' for f in floors)} s "
-          f"({size * size / min(floors) / 1e6:.3f} MP/s at best); each row uses the mean of the floors before and after it")
+    measure(f"geounet predict --no-vector, {batch} scenes in one command", copies, "onnx", "--no-vector")
+    for b, fl in floors.items():
+        print(f"floor ({b}): {tiles} tiles per scene; measured {', '.join(f'{f:.1f}' for f in fl)} s "
+              f"({size * size / min(fl) / 1e6:.3f} MP/s at best)")
+    print("each row uses the mean of its backend's floors before and after it")
     for label, n, wall, runs, floor in rows:
         t = runs[0]["timings"]
         per_scene = [r["timings"]["total_s"] for r in runs]
@@ -159,7 +190,7 @@ def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
 
     print(f"\n## warm process: predict_scene on the {size}^2 scene, client and model ready (as in a batch)")
     for vector in (False, True):
-        settings = PredictSettings(vector=vector, quiet=True, vector_processes=None)  # as the CLI
+        settings = PredictSettings(vector=vector, quiet=True, vector_processes=None)  # as the CLI (backend auto)
         client = make_client(settings, DEFAULT_MODEL)
         try:
             for _ in range(repeats if not vector else 1):
@@ -198,7 +229,17 @@ def section_variants(size: int) -> None:
         print(f"{label:<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  ({rows[0][2] / rows[-1][2]:.2f}x baseline)",
               flush=True)
 
-    row("baseline (the pipeline's): BN folded, channels_last, fp32, 512/64, b4", net, 512, 64, 4)
+    row("torch: BN folded, channels_last, fp32, 512/64, b4", net, 512, 64, 4)
+    onnx_net, _ = cached_model(MODEL, "cpu", "onnx", os.cpu_count() or 1)
+    d = float(np.abs(onnx_net(x.numpy()) - torch.softmax(ref, 1).numpy()).max())
+    tiles = n_tiles(size, 512, 64)
+    per = time_onnx(onnx_net, 512, 4, 3) / 3
+    rows.append(("onnx", tiles, per * math.ceil(tiles / 4)))
+    print(f"{'ONNX Runtime (the CPU default), softmax incl.':<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  "
+          f"({rows[0][2] / rows[-1][2]:.2f}x baseline; diff of probabilities {d:.1e})", flush=True)
+    per = time_onnx(onnx_net, 768, 4, 2) / 2
+    print(f"{'ONNX Runtime, tile 768 / overlap 64':<44} {n_tiles(size, 768, 64):4d} tiles  "
+          f"{per * math.ceil(n_tiles(size, 768, 64) / 4):7.1f} s", flush=True)
     with torch.inference_mode():
         d = (plain(x) - ref).abs().max().item()
     row(f"BN not folded, contiguous NCHW: as loaded (diff {d:.1e})", plain, 512, 64, 4, channels_last=False)
@@ -238,7 +279,7 @@ def section_schedulers(scene: Path, size: int) -> None:
     idx = [c.index for c in grid.chunks()]
     args = (str(scene), working, grid)
     cores = os.cpu_count() or 1
-    print(f"\n## local schedulers: {len(idx)} chunk tasks of the {size}^2 scene ({grid.n_tiles} tiles), {cores} cores")
+    print(f"\n## local schedulers (torch backend): {len(idx)} chunk tasks of the {size}^2 scene ({grid.n_tiles} tiles), {cores} cores")
 
     def report(label, secs):
         print(f"{label:<58} {secs:7.1f} s", flush=True)
@@ -297,6 +338,7 @@ def main() -> None:
         if "schedulers" in sections:
             section_schedulers(make_scene(work / "sched.tif", args.schedulers_size), args.schedulers_size)
     finally:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -24,12 +24,27 @@ from .scene import WorkingGrid, open_working, read_box
 
 log = logging.getLogger("geounet")
 
-_CACHE: dict[tuple[str, int, str], tuple[object, ModelCard]] = {}
+_CACHE: dict[tuple, tuple[object, ModelCard]] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def _may_have_cuda() -> bool:
+    """False when this machine certainly has no CUDA GPU (Linux without NVIDIA or WSL GPU device nodes).
+
+    Lets ``auto`` settle on the CPU without importing torch (1.7 s here), so that a CPU
+    run through ONNX Runtime never imports it.
+    """
+    if not os.path.isdir("/dev"):
+        return True  # not Linux: ask torch
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg"))
 
 
 def resolve_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if device == "auto" and not _may_have_cuda():
+        return "cpu"
+    if device == "cpu":
+        return device
     import torch
 
     if device == "auto":
@@ -39,38 +54,107 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (lower case); empty where there is none."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def resolve_precision(device: str, precision: str = "auto") -> str:
     """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs bf16 only with native support.
 
     On CPUs without AVX-512 BF16 or AMX, bf16 autocast is emulated and several times
     slower than fp32 (measured: 8x slower on an AVX2 machine), so auto picks fp32 there.
     """
-    import torch
-
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    cap = torch.backends.cpu.get_cpu_capability().upper()
-    return "bf16" if ("AMX" in cap or "AVX512_BF16" in cap) else "fp32"
+    flags = cpu_flags()
+    if not flags:  # no /proc/cpuinfo: ask torch
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability().upper()
+        return "bf16" if ("AMX" in cap or "AVX512_BF16" in cap) else "fp32"
+    return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
-def cached_model(path: str | Path, device: str):
-    """Load the model once per (file, device) in this process; later calls reuse it.
+BACKENDS = ("auto", "torch", "onnx")
 
-    Inference only: batch norms are folded into their convolutions (``fuse_batchnorm``)
-    and weights are stored channels_last.
+
+def resolve_backend(device: str, precision: str, backend: str = "auto") -> str:
+    """'auto' -> 'onnx' (ONNX Runtime) for fp32 on the CPU when onnxruntime is installed, else 'torch'.
+
+    ``device`` and ``precision`` are resolved ones. ONNX Runtime runs here in fp32 on
+    the CPU only; GPUs and autocast (bf16, fp16) use torch.
+    """
+    from . import onnxrt
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        return backend
+    fits = device == "cpu" and precision == "fp32"
+    if backend == "onnx":
+        if not fits:
+            raise ValueError(f"--backend onnx runs fp32 on the CPU only (asked: device {device}, precision {precision})")
+        if not onnxrt.available():
+            raise ValueError("--backend onnx needs onnxruntime (pip install onnxruntime)")
+        return backend
+    return "onnx" if fits and onnxrt.available() else "torch"
+
+
+def threads_per_task(worker=None) -> int:
+    """CPU threads for one task's model calls: the cores divided by the Dask worker's task threads.
+
+    ``worker``: the Dask worker (default: the one running this task; none: all cores).
+    """
+    if worker is None:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):  # not inside a Dask task
+            pass
+    nthreads = getattr(getattr(worker, "state", None), "nthreads", 1) or 1
+    return max(1, (os.cpu_count() or 1) // nthreads)
+
+
+def cached_model(path: str | Path, device: str, backend: str = "torch", threads: int | None = None):
+    """Load the model once per (file, device, backend) in this process; later calls reuse it.
+
+    ``backend="torch"``, for inference only: batch norms are folded into their
+    convolutions (``fuse_batchnorm``) and weights are stored channels_last.
+    ``backend="onnx"``: an :class:`~geounet.onnxrt.OnnxNetwork` (CPU, fp32) with
+    ``threads`` intra-op threads (default :func:`threads_per_task`); torch is not
+    imported unless the model must be exported first.
     """
     path = str(Path(path).resolve())
-    key = (path, os.stat(path).st_mtime_ns, device)
+    if backend == "onnx":
+        threads = threads or threads_per_task()
+    key = (path, os.stat(path).st_mtime_ns, device, backend, threads)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            import torch
+            if backend == "onnx":
+                from .model import read_card
+                from .onnxrt import load_onnx
 
-            net, card = load_model(path, device)
-            fuse_batchnorm(net)
-            net = net.to(memory_format=torch.channels_last)
-            _CACHE[key] = (net, card)
+                _CACHE[key] = (load_onnx(path, threads), read_card(path))
+            else:
+                import torch
+
+                net, card = load_model(path, device)
+                fuse_batchnorm(net)
+                net = net.to(memory_format=torch.channels_last)
+                _CACHE[key] = (net, card)
         return _CACHE[key]
 
 
@@ -195,6 +279,18 @@ def input_batch(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice
     return x
 
 
+def input_array(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard) -> np.ndarray:
+    """As :func:`input_batch`, as a C-ordered numpy array (what ONNX Runtime takes)."""
+    x = np.stack([pixels[:, r, c] for r, c in windows]).astype(np.float32)
+    std = np.asarray(card.std, np.float32)
+    x *= (1.0 / (np.float32(card.scale) * std))[None, :, None, None]
+    x -= (np.asarray(card.mean, np.float32) / std)[None, :, None, None]
+    ok = np.stack([valid[r, c] for r, c in windows])
+    if not ok.all():
+        x *= ok[:, None]
+    return x
+
+
 @dataclass
 class ChunkResult:
     """Blended class probabilities over a chunk's box (working-grid pixels)."""
@@ -216,9 +312,10 @@ def predict_chunk(
     device: str = "cpu",
     precision: str = "fp32",
     batch_size: int = 4,
+    backend: str = "torch",
 ) -> ChunkResult:
-    """Predict every tile of one chunk and blend them into the chunk's buffer."""
-    net, card = cached_model(model_path, device)
+    """Predict every tile of one chunk and blend them into the chunk's buffer (backend: resolved, torch or onnx)."""
+    net, card = cached_model(model_path, device, backend)
     chunk = grid.chunk(*chunk_index)
     with open_working(scene_path, working) as ds:
         pixels, valid = read_box(ds, card.bands, chunk.box, (working.height, working.width))
@@ -231,8 +328,12 @@ def predict_chunk(
         return ChunkResult(chunk_index, chunk.box, None, 0, len(chunk.tiles), valid)
     out = np.zeros((len(card.classes), chunk.box.height, chunk.box.width), np.float32)
     parts = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    batches = (input_batch(pixels, valid, [(r, c) for _, r, c in part], card) for part in parts)  # lazily, one ahead on GPUs
-    for part, probs in zip(parts, iter_probabilities(net, batches, device, precision)):
+    if backend == "onnx":  # numpy in, numpy out: no torch in this process
+        probabilities = (net(input_array(pixels, valid, [(r, c) for _, r, c in part], card)) for part in parts)
+    else:
+        batches = (input_batch(pixels, valid, [(r, c) for _, r, c in part], card) for part in parts)  # lazily, one ahead on GPUs
+        probabilities = iter_probabilities(net, batches, device, precision)
+    for part, probs in zip(parts, probabilities):
         offsets = [(r.start, c.start) for _, r, c in part]
         weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]
         blend_tiles(probs, offsets, weights, out.shape[1:], out=out)

@@ -37,7 +37,8 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .infer import ChunkResult, cached_model, predict_chunk, resolve_device, resolve_precision
+from .infer import (ChunkResult, cached_model, predict_chunk, resolve_backend, resolve_device, resolve_precision,
+                    threads_per_task)
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
     NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
@@ -58,6 +59,7 @@ class PredictSettings:
     batch_size: int = 4
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "auto"  # auto, torch or onnx (ONNX Runtime: fp32 on the CPU; infer.resolve_backend)
     workers: int = 1
     chunk_pixels: int = 2048  # target chunk side; a chunk is whole tiles
     resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
@@ -84,6 +86,10 @@ class PredictSettings:
             raise GeounetError(None, "--batch-size and --workers must be at least 1")
         s.device = resolve_device(s.device)
         s.precision = resolve_precision(s.device, s.precision)
+        try:
+            s.backend = resolve_backend(s.device, s.precision, s.backend)
+        except ValueError as exc:
+            raise GeounetError(None, str(exc)) from None
         return s
 
 
@@ -330,7 +336,7 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, writer) -> di
     ) as bar, _cluster_errors(client, scene):
         stitcher = _Stitcher(grid, sink)
         submit = lambda idx: client.submit(  # noqa: E731
-            predict_chunk, str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size,
+            predict_chunk, str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size, s.backend,
             key=f"chunk-{Path(scene).name}-{idx[0]}-{idx[1]}-{time.monotonic_ns()}", retries=2, pure=False,
         )
         queue = iter(chunks)
@@ -467,11 +473,12 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
         if model_path is not None:
             warm_workers(client, model_path, settings)
         return client
-    import torch
-
     import dask
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    if model_path is None or settings.resolved(read_card(model_path)).backend == "torch":
+        import torch  # ONNX Runtime sessions get their threads from infer.threads_per_task
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
     # Dask's statistical profiler samples every worker thread's stack 100 times a second,
     # holding the GIL: measured 3-15 % of the chunk phase here. The local cluster has no
     # dashboard to show it, so it is off.
@@ -497,14 +504,15 @@ def warm_workers(client, model_path: str | Path, settings: PredictSettings) -> N
     chunk task's own error.
     """
     try:
-        device = settings.resolved(read_card(model_path)).device
-        client.run(_load_model_here, str(Path(model_path).resolve()), device)
+        s = settings.resolved(read_card(model_path))
+        client.run(_load_model_here, str(Path(model_path).resolve()), s.device, s.backend)
     except Exception as exc:  # noqa: BLE001 - the chunk tasks report real problems
         log.debug("warming the workers failed: %s", exc)
 
 
-def _load_model_here(model_path: str, device: str) -> None:
-    cached_model(model_path, device)
+def _load_model_here(model_path: str, device: str, backend: str = "torch", dask_worker=None) -> None:
+    threads = threads_per_task(dask_worker) if backend == "onnx" else None  # as predict_chunk's tasks will ask
+    cached_model(model_path, device, backend, threads)
 
 
 def dashboard_link(client) -> str | None:

@@ -55,6 +55,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "tiling": ((dict,), "{tile_size, overlap, batch_size, chunk_pixels}"),
     "device": ((str,), "auto, cpu, cuda or cuda:N"),
     "precision": ((str,), "auto, fp32, bf16 or fp16"),
+    "backend": ((str,), "auto, torch or onnx (ONNX Runtime: fp32 on the CPU)"),
     "workers": ((int,), "chunks processed in parallel"),
     "scheduler": ((str, type(None)), "address of a dask.distributed scheduler, or null"),
     "vector": ((bool, dict), "true/false or {enabled, block}"),
@@ -215,7 +216,7 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
     vector_raw = vals.get("vector", True)
     vector = {"enabled": vector_raw} if isinstance(vector_raw, bool) else _section(raw, "vector", VECTOR_KEYS, problems)
     kwargs = dict(tiling)
-    for key in ("device", "precision", "workers", "scheduler"):
+    for key in ("device", "precision", "backend", "workers", "scheduler"):
         if key in vals:
             kwargs[key] = vals[key]
     kwargs["vector"] = vector.get("enabled", True)
@@ -223,6 +224,8 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
         kwargs["vector_block"] = vector["block"]
     kwargs["vector_processes"] = None  # large scenes: vector workers in processes (`geounet run` has a __main__ guard)
     settings = PredictSettings(**kwargs)
+    if vals.get("backend", "auto") not in ("auto", "torch", "onnx"):
+        problems.append(f"backend: expected auto, torch or onnx, got {vals['backend']!r}")
     if vals.get("precision", "auto") not in ("auto", "fp32", "bf16", "fp16"):
         problems.append(f"precision: expected auto, fp32, bf16 or fp16, got {vals['precision']!r}")
     elif not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(vals.get("device", "auto"))):

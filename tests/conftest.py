@@ -3,7 +3,10 @@ and the larger shared scenes (``../shared/data``), skipped with a reason when ab
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,11 @@ import rasterio
 from affine import Affine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# exported ONNX models (geounet.onnxrt) go to a cache of this test session, never to ~/.cache;
+# subprocesses (CLI, dask workers) inherit it
+_CACHE = tempfile.mkdtemp(prefix="geounet-test-cache-")
+os.environ["GEOUNET_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SCENE = REPO / "data" / "demo" / "kampala_demo.tif"

@@ -177,3 +177,47 @@ def test_postprocess_overrides_replace_only_the_given_fields():
         rules_with_overrides({"roof": {}})
     with pytest.raises(GeounetError, match="postprocess.building"):
         rules_with_overrides({"building": {"min_area": 1}})
+
+
+def test_onnx_and_torch_backends_give_the_same_rasters(default_model, tmp_path):
+    """The CPU default (ONNX Runtime, exported from the same weights) and torch: same maps up to rounding."""
+    kw = dict(tile_size=128, overlap=32, vector=False)
+    [a] = run([DEMO_SCENE], tmp_path / "onnx", default_model, backend="onnx", **kw)
+    [b] = run([DEMO_SCENE], tmp_path / "torch", default_model, backend="torch", **kw)
+    assert a.ok and b.ok and a.tiles["run"] > 4
+    for name, backend in (("onnx", "onnx"), ("torch", "torch")):
+        assert json.loads((tmp_path / name / "kampala_demo/run.json").read_text())["settings"]["backend"] == backend
+    sa, sb = read(tmp_path / "onnx/kampala_demo/scores.tif").astype(int), read(tmp_path / "torch/kampala_demo/scores.tif").astype(int)
+    assert np.abs(sa - sb).max() <= 1
+    ca, cb = read(tmp_path / "onnx/kampala_demo/classes.tif", 1), read(tmp_path / "torch/kampala_demo/classes.tif", 1)
+    assert (ca != cb).mean() < 1e-3  # only exact ties may flip
+    assert (cb == 1).sum() > 1000  # the real model finds buildings here: the comparison means something
+
+
+def test_a_cpu_run_through_onnx_never_imports_torch(tiny_model, tmp_path):
+    """What makes the ONNX backend start fast: predict and vectorize with torch, torchvision, smp unimported."""
+    import os
+    import subprocess
+    import sys
+
+    from geounet import onnxrt
+    from geounet.infer import _may_have_cuda
+
+    if _may_have_cuda():
+        pytest.skip("a GPU device exists here: device auto asks torch, and the GPU runs torch")
+    onnxrt.load_onnx(tiny_model, 1)  # exporting needs torch: done here, into the session's cache
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from geounet.pipeline import PredictSettings, predict_batch\n"
+        f"[r] = predict_batch([Path({str(DEMO_SCENE)!r})], Path({str(tmp_path)!r}), Path({str(tiny_model)!r}), "
+        "PredictSettings(quiet=True))\n"
+        "assert r.ok, r.error\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'segmentation_models_pytorch', 'timm'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+    run_json = json.loads((tmp_path / "kampala_demo/run.json").read_text())
+    assert run_json["settings"]["backend"] == "onnx" and run_json["vector"]["layers"]

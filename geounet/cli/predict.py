@@ -22,6 +22,9 @@ def predict(
     batch_size: int = typer.Option(4, help="Tiles per model call."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    backend: str = typer.Option(
+        "auto", help="auto, torch or onnx. auto: ONNX Runtime for fp32 on the CPU (the model is exported once to "
+                     "the cache, $GEOUNET_CACHE_DIR or ~/.cache/geounet), torch otherwise."),
     workers: int = typer.Option(1, help="Chunks processed in parallel (local threads; ignored with --scheduler)."),
     scheduler: Optional[str] = typer.Option(
         None, help="Address of an existing dask.distributed scheduler, e.g. tcp://HOST:8786; the scene and model "
@@ -38,7 +41,7 @@ def predict(
     # a lost scheduler is reported once, below, as one line; not as distributed's reconnect traceback
     logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     settings = PredictSettings(
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision,
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision, backend=backend,
         workers=workers, scheduler=scheduler, vector=vector, quiet=quiet,
         vector_processes=None,  # large scenes: vector workers in processes (this console script has a __main__ guard)
     )
