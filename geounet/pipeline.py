@@ -123,6 +123,10 @@ class _Stitcher:
     def add(self, result: ChunkResult) -> None:
         for region in self.by_chunk.pop(result.index):
             rows, cols = region.box.relative_to(result.box)
+            if len(region.chunks) == 1:  # only this chunk covers it: final now, no copy
+                probs = None if result.probabilities is None else result.probabilities[:, rows, cols]
+                self.sink.write(region.box, probs, None if result.valid is None else result.valid[rows, cols])
+                continue
             probs = None if result.probabilities is None else result.probabilities[:, rows, cols].copy()
             valid = None if result.valid is None else result.valid[rows, cols].copy()
             parts = self.pending.setdefault(region, {})

@@ -61,11 +61,30 @@ def describe_classes(ds: rasterio.io.DatasetWriter, card: ModelCard) -> None:
 
 
 def finalize_block(probabilities: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities ``(classes, h, w)`` in [0, 1] + valid mask -> (uint8 scores, uint8 classes)."""
-    classes = np.argmax(probabilities, axis=0).astype(np.uint8)
-    scores = np.rint(np.clip(probabilities, 0.0, 1.0) * SCORE_SCALE).astype(np.uint8)
-    classes[~valid] = NODATA
-    scores[:, ~valid] = NODATA
+    """Probabilities ``(classes, h, w)`` in [0, 1] + valid mask -> (uint8 scores, uint8 classes).
+
+    Classes: the index of the highest probability, the first one on ties (as ``np.argmax``),
+    computed by pairwise comparison, which is several times faster than an argmax over
+    the first axis (measured 10x for 2 classes, benchmarks/README.md).
+    """
+    n = probabilities.shape[0]
+    classes = np.zeros(probabilities.shape[1:], np.uint8)
+    if n == 2:
+        np.greater(probabilities[1], probabilities[0], out=classes, casting="unsafe")
+    elif n > 2:
+        best = probabilities[0].copy()
+        for k in range(1, n):
+            better = probabilities[k] > best
+            classes[better] = k
+            np.maximum(best, probabilities[k], out=best)
+    dn = np.multiply(probabilities, np.float32(SCORE_SCALE))
+    np.clip(dn, 0.0, SCORE_SCALE, out=dn)
+    np.rint(dn, out=dn)
+    scores = dn.astype(np.uint8)
+    if not valid.all():
+        invalid = ~valid
+        classes[invalid] = NODATA
+        scores[:, invalid] = NODATA
     return scores, classes
 
 
