@@ -77,6 +77,15 @@ def n_tiles(size: int, tile: int, overlap: int) -> int:
     return TileGrid(size, size, tile, overlap, 4).n_tiles
 
 
+def _time_calls(net, x, n_batches: int, warmup: int) -> float:
+    for _ in range(warmup):
+        net(x)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        net(x)
+    return time.perf_counter() - t0
+
+
 def time_batches(net, tile: int, batch: int, n_batches: int, channels_last: bool = True, warmup: int = 1) -> float:
     """Seconds for ``n_batches`` forward passes of ``batch`` random tiles (after ``warmup`` passes)."""
     import torch
@@ -85,23 +94,13 @@ def time_batches(net, tile: int, batch: int, n_batches: int, channels_last: bool
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        for _ in range(warmup):
-            net(x)
-        t0 = time.perf_counter()
-        for _ in range(n_batches):
-            net(x)
-    return time.perf_counter() - t0
+        return _time_calls(net, x, n_batches, warmup)
 
 
 def time_onnx(net, tile: int, batch: int, n_batches: int, warmup: int = 1) -> float:
     """As ``time_batches`` for an ONNX Runtime network (numpy in, probabilities out)."""
     x = np.random.default_rng(0).standard_normal((batch, 3, tile, tile), dtype=np.float32)
-    for _ in range(warmup):
-        net(x)
-    t0 = time.perf_counter()
-    for _ in range(n_batches):
-        net(x)
-    return time.perf_counter() - t0
+    return _time_calls(net, x, n_batches, warmup)
 
 
 def floor_seconds(size: int, tile: int = 512, overlap: int = 64, batch: int = 4,
