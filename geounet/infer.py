@@ -19,7 +19,7 @@ import numpy as np
 
 from .blend import blend_tiles, blend_weights
 from .grid import Box, TileGrid
-from .model import ModelCard, load_model
+from .model import ModelCard, load_model, normalisation
 from .scene import WorkingGrid, open_working, read_box
 
 log = logging.getLogger("geounet")
@@ -270,9 +270,8 @@ def input_batch(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice
     raw = torch.from_numpy(np.stack([pixels[:, r, c] for r, c in windows]))
     x = torch.empty(raw.shape, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
     x.copy_(raw)
-    std = torch.tensor(card.std, dtype=torch.float32)
-    scale = 1.0 / (float(card.scale) * std)
-    x.mul_(scale.view(1, -1, 1, 1)).sub_((torch.tensor(card.mean, dtype=torch.float32) / std).view(1, -1, 1, 1))
+    gain, offset = normalisation(card)
+    x.mul_(torch.from_numpy(gain).view(1, -1, 1, 1)).sub_(torch.from_numpy(offset).view(1, -1, 1, 1))
     ok = torch.from_numpy(np.stack([valid[r, c] for r, c in windows]))
     if not bool(ok.all()):
         x.masked_fill_(~ok[:, None], 0.0)
@@ -282,9 +281,9 @@ def input_batch(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice
 def input_array(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard) -> np.ndarray:
     """As :func:`input_batch`, as a C-ordered numpy array (what ONNX Runtime takes)."""
     x = np.stack([pixels[:, r, c] for r, c in windows]).astype(np.float32)
-    std = np.asarray(card.std, np.float32)
-    x *= (1.0 / (np.float32(card.scale) * std))[None, :, None, None]
-    x -= (np.asarray(card.mean, np.float32) / std)[None, :, None, None]
+    gain, offset = normalisation(card)
+    x *= gain[None, :, None, None]
+    x -= offset[None, :, None, None]
     ok = np.stack([valid[r, c] for r, c in windows])
     if not ok.all():
         x *= ok[:, None]

@@ -209,12 +209,19 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def normalisation(card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band float32 ``(gain, offset)``: model input = DN * gain - offset, i.e. (DN / scale - mean) / std."""
+    std = np.asarray(card.std, np.float32)
+    return 1.0 / (np.float32(card.scale) * std), np.asarray(card.mean, np.float32) / std
+
+
 def normalise(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
     """Raw DNs (bands, rows, cols) -> float32 model input, per the card."""
-    x = pixels.astype(np.float32) / np.float32(card.scale)
-    mean = np.asarray(card.mean, np.float32)[:, None, None]
-    std = np.asarray(card.std, np.float32)[:, None, None]
-    return (x - mean) / std
+    gain, offset = normalisation(card)
+    x = pixels.astype(np.float32)
+    x *= gain[:, None, None]
+    x -= offset[:, None, None]
+    return x
 
 
 def _short(exc: Exception) -> str:

@@ -97,8 +97,6 @@ def export_onnx(model_path: str | Path, dst: str | Path) -> None:
 class OnnxNetwork:
     """An ONNX Runtime session over a geounet model: normalised batch -> class probabilities (numpy, fp32)."""
 
-    backend = "onnx"
-
     def __init__(self, session, source: str) -> None:
         self.session = session
         self.source = source  # the .onnx file it was read from (may be gone: a temporary export)

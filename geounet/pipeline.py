@@ -475,11 +475,12 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
         if link:
             log.info("Dask dashboard: %s", link)
         if model_path is not None:
-            warm_workers(client, model_path, settings)
+            warm_workers(client, model_path, settings.resolved(read_card(model_path)))
         return client
     import dask
 
-    if model_path is None or settings.resolved(read_card(model_path)).backend == "torch":
+    resolved = settings.resolved(read_card(model_path)) if model_path is not None else None
+    if resolved is None or resolved.backend == "torch":
         import torch  # ONNX Runtime sessions get their threads from infer.threads_per_task
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
@@ -492,24 +493,23 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # no bokeh app, no port clash
     )
     client = Client(cluster)
-    if model_path is not None:
-        warm_workers(client, model_path, settings)
+    if resolved is not None:
+        warm_workers(client, model_path, resolved)
     return client
 
 
 _CONNECT_TIMEOUT = "20s"
 
 
-def warm_workers(client, model_path: str | Path, settings: PredictSettings) -> None:
+def warm_workers(client, model_path: str | Path, resolved: PredictSettings) -> None:
     """Load the model into every worker process now (the per-process cache of ``predict_chunk``).
 
-    Importing smp and building the network takes seconds; done here it is not part of
-    the first scene. Best effort: a worker that cannot load the model says so in the
-    chunk task's own error.
+    ``resolved``: settings from :meth:`PredictSettings.resolved` (device and backend known).
+    Loading the model takes seconds; done here it is not part of the first scene. Best
+    effort: a worker that cannot load the model says so in the chunk task's own error.
     """
     try:
-        s = settings.resolved(read_card(model_path))
-        client.run(_load_model_here, str(Path(model_path).resolve()), s.device, s.backend)
+        client.run(_load_model_here, str(Path(model_path).resolve()), resolved.device, resolved.backend)
     except Exception as exc:  # noqa: BLE001 - the chunk tasks report real problems
         log.debug("warming the workers failed: %s", exc)
 
@@ -578,9 +578,7 @@ class VectorPool:
     def close(self) -> None:
         self._thread.join()
         if self.client is not None:
-            cluster = self.client.cluster
-            self.client.close()
-            cluster.close()
+            close_client(self.client)
 
 
 def _import_vector_stage() -> None:

@@ -224,8 +224,10 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
         kwargs["vector_block"] = vector["block"]
     kwargs["vector_processes"] = None  # large scenes: vector workers in processes (`geounet run` has a __main__ guard)
     settings = PredictSettings(**kwargs)
-    if vals.get("backend", "auto") not in ("auto", "torch", "onnx"):
-        problems.append(f"backend: expected auto, torch or onnx, got {vals['backend']!r}")
+    from .infer import BACKENDS  # no torch import
+
+    if vals.get("backend", "auto") not in BACKENDS:
+        problems.append(f"backend: expected {', '.join(BACKENDS)}, got {vals['backend']!r}")
     if vals.get("precision", "auto") not in ("auto", "fp32", "bf16", "fp16"):
         problems.append(f"precision: expected auto, fp32, bf16 or fp16, got {vals['precision']!r}")
     elif not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(vals.get("device", "auto"))):
