@@ -112,6 +112,31 @@ def resolve_backend(device: str, precision: str, backend: str = "auto") -> str:
     return "onnx" if fits and onnxrt.available() else "torch"
 
 
+MAX_AUTO_WORKERS = 4  # chunk tasks at once on one CPU machine: each holds a batch's activations
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's or a batch job's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str, backend: str) -> int:
+    """Chunk tasks run at once in a local run when ``--workers`` is not given.
+
+    ONNX Runtime on the CPU: one task per core (at most ``MAX_AUTO_WORKERS``), each
+    session with the remaining cores (``threads_per_task``). On 2 cores, 2 tasks x 1
+    thread beat 1 task x 2 threads end to end: one task's reading, normalising and
+    blending overlap with the other's model calls (benchmarks/README.md). torch (CPU or
+    GPU): one task; torch's own threads or the GPU use the machine.
+    """
+    if device == "cpu" and backend == "onnx":
+        return min(cpu_cores(), MAX_AUTO_WORKERS)
+    return 1
+
+
 def threads_per_task(worker=None) -> int:
     """CPU threads for one task's model calls: the cores divided by the Dask worker's task threads.
 
@@ -125,7 +150,7 @@ def threads_per_task(worker=None) -> int:
         except (ImportError, ValueError):  # not inside a Dask task
             pass
     nthreads = getattr(getattr(worker, "state", None), "nthreads", 1) or 1
-    return max(1, (os.cpu_count() or 1) // nthreads)
+    return max(1, cpu_cores() // nthreads)
 
 
 def cached_model(path: str | Path, device: str, backend: str = "torch", threads: int | None = None):

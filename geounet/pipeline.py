@@ -37,8 +37,8 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .infer import (ChunkResult, cached_model, predict_chunk, resolve_backend, resolve_device, resolve_precision,
-                    threads_per_task)
+from .infer import (ChunkResult, cached_model, cpu_cores, default_workers, predict_chunk, resolve_backend,
+                    resolve_device, resolve_precision, threads_per_task)
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
     NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
@@ -60,7 +60,7 @@ class PredictSettings:
     device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"  # auto, torch or onnx (ONNX Runtime: fp32 on the CPU; infer.resolve_backend)
-    workers: int = 1
+    workers: int | None = None  # chunk tasks at once in a local run; None: infer.default_workers
     chunk_pixels: int = 2048  # target chunk side; a chunk is whole tiles
     resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
@@ -82,7 +82,7 @@ class PredictSettings:
             raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
         if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
             raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
-        if s.batch_size < 1 or s.workers < 1:
+        if s.batch_size < 1 or (s.workers is not None and s.workers < 1):
             raise GeounetError(None, "--batch-size and --workers must be at least 1")
         s.device = resolve_device(s.device)
         s.precision = resolve_precision(s.device, s.precision)
@@ -90,6 +90,7 @@ class PredictSettings:
             s.backend = resolve_backend(s.device, s.precision, s.backend)
         except ValueError as exc:
             raise GeounetError(None, str(exc)) from None
+        s.workers = s.workers or default_workers(s.device, s.backend)
         return s
 
 
@@ -459,10 +460,11 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
     and model paths must then be readable by every worker (a shared filesystem). Each
     worker process loads the model once and keeps it. The dashboard link is logged.
 
-    Locally, ``workers`` threads share one process (and one copy of the model); torch's
-    own thread pool is split between them so the cores are not oversubscribed. Measured
+    Locally, ``workers`` threads (default ``infer.default_workers``: one per core for ONNX
+    Runtime, one for torch) share one process and one copy of the model; the model's own
+    threads are split between them so the cores are not oversubscribed. Measured
     (benchmarks/README.md, 2 cores): faster than dask's plain threaded scheduler and than
-    2 threads x 1 torch thread, with one model in memory and no worker start-up.
+    worker processes, with one model in memory and no worker start-up.
     """
     from distributed import Client, LocalCluster
 
@@ -480,16 +482,17 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
     import dask
 
     resolved = settings.resolved(read_card(model_path)) if model_path is not None else None
+    workers = resolved.workers if resolved is not None else settings.workers or 1
     if resolved is None or resolved.backend == "torch":
         import torch  # ONNX Runtime sessions get their threads from infer.threads_per_task
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+        torch.set_num_threads(max(1, cpu_cores() // workers))
     # Dask's statistical profiler samples every worker thread's stack 100 times a second,
     # holding the GIL: measured 3-15 % of the chunk phase here. The local cluster has no
     # dashboard to show it, so it is off.
     dask.config.set({"distributed.worker.profile.enabled": False})
     cluster = LocalCluster(
-        n_workers=1, threads_per_worker=settings.workers, processes=False,
+        n_workers=1, threads_per_worker=workers, processes=False,
         dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # no bokeh app, no port clash
     )
     client = Client(cluster)

@@ -56,7 +56,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "device": ((str,), "auto, cpu, cuda or cuda:N"),
     "precision": ((str,), "auto, fp32, bf16 or fp16"),
     "backend": ((str,), "auto, torch or onnx (ONNX Runtime: fp32 on the CPU)"),
-    "workers": ((int,), "chunks processed in parallel"),
+    "workers": ((int, type(None)), "chunks processed in parallel; null or absent: one per core with ONNX Runtime"),
     "scheduler": ((str, type(None)), "address of a dask.distributed scheduler, or null"),
     "vector": ((bool, dict), "true/false or {enabled, block}"),
     "postprocess": ((dict,), "per class kind overrides of the vector rules"),
@@ -246,7 +246,7 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
         if req["overlap"] % 2 or not 0 <= req["overlap"] < req["tile_size"]:
             problems.append(f"tiling.overlap: must be even and smaller than the tile size, got {req['overlap']}")
         for key in ("batch_size", "workers", "chunk_pixels"):
-            if getattr(settings, key) < 1:
+            if getattr(settings, key) is not None and getattr(settings, key) < 1:
                 problems.append(f"{key}: must be at least 1, got {getattr(settings, key)}")
 
     # post-processing overrides

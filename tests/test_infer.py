@@ -143,3 +143,26 @@ def test_input_batch_equals_normalise_with_nodata_at_the_mean(tiny_model, dtype)
     ref[:, ~valid] = 0.0
     np.testing.assert_allclose(batch.numpy(), np.stack([ref[:, r, c] for r, c in windows]), atol=1e-5)
     assert (batch[1, :, :0, :] == 0).all() and (batch[0, :, :7, 40:] == 0).all()
+
+
+def test_default_workers_one_per_core_for_onnx_and_one_for_torch(monkeypatch):
+    from geounet import infer
+    from geounet.pipeline import PredictSettings
+
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, infer.MAX_AUTO_WORKERS)):
+        monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert infer.default_workers("cpu", "onnx") == expected
+        assert infer.default_workers("cpu", "torch") == 1
+        assert infer.default_workers("cuda:0", "torch") == 1
+
+        class Worker:  # a Dask worker running ``expected`` task threads
+            class state:
+                nthreads = expected
+
+        assert infer.threads_per_task(Worker) == max(1, cores // expected)  # the cores shared, none oversubscribed
+    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert PredictSettings(device="cpu", backend="torch").resolved(card).workers == 1
+    assert PredictSettings(device="cpu", backend="torch", workers=3).resolved(card).workers == 3
+    if infer.resolve_backend("cpu", "fp32") == "onnx":
+        assert PredictSettings(device="cpu", precision="fp32").resolved(card).workers == 2

@@ -25,7 +25,9 @@ def predict(
     backend: str = typer.Option(
         "auto", help="auto, torch or onnx. auto: ONNX Runtime for fp32 on the CPU (the model is exported once to "
                      "the cache, $GEOUNET_CACHE_DIR or ~/.cache/geounet), torch otherwise."),
-    workers: int = typer.Option(1, help="Chunks processed in parallel (local threads; ignored with --scheduler)."),
+    workers: Optional[int] = typer.Option(
+        None, help="Chunks processed in parallel (local threads; ignored with --scheduler). Default: one per core "
+                   "(at most 4) with ONNX Runtime, each with its share of the cores; 1 with torch."),
     scheduler: Optional[str] = typer.Option(
         None, help="Address of an existing dask.distributed scheduler, e.g. tcp://HOST:8786; the scene and model "
                    "paths must be readable by every worker (shared filesystem). Default: a local in-process cluster."),
