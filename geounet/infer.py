@@ -137,6 +137,17 @@ def default_workers(device: str, backend: str) -> int:
     return 1
 
 
+def default_batch_size(device: str, backend: str) -> int:
+    """Tiles per model call when ``--batch-size`` is not given.
+
+    ONNX Runtime on the CPU: 1. Tiles per second do not depend on the batch there, and
+    one tile per call needs a quarter of the memory of four (peak RSS of a 4096^2 run
+    1.7 -> 0.6 GB with the default model) and ran the chunk phase ~2 % faster
+    (benchmarks/README.md). torch (GPUs, autocast): 4.
+    """
+    return 1 if device == "cpu" and backend == "onnx" else 4
+
+
 def threads_per_task(worker=None) -> int:
     """CPU threads for one task's model calls: the cores divided by the Dask worker's task threads.
 

@@ -37,8 +37,8 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .infer import (ChunkResult, cached_model, cpu_cores, default_workers, predict_chunk, resolve_backend,
-                    resolve_device, resolve_precision, threads_per_task)
+from .infer import (ChunkResult, cached_model, cpu_cores, default_batch_size, default_workers, predict_chunk,
+                    resolve_backend, resolve_device, resolve_precision, threads_per_task)
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
     NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
@@ -56,7 +56,7 @@ class PredictSettings:
 
     tile_size: int | None = None  # pixels on the working grid; None: the model card's
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None  # tiles per model call; None: infer.default_batch_size
     device: str = "auto"
     precision: str = "auto"
     backend: str = "auto"  # auto, torch or onnx (ONNX Runtime: fp32 on the CPU; infer.resolve_backend)
@@ -82,7 +82,7 @@ class PredictSettings:
             raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
         if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
             raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
-        if s.batch_size < 1 or (s.workers is not None and s.workers < 1):
+        if any(v is not None and v < 1 for v in (s.batch_size, s.workers)):
             raise GeounetError(None, "--batch-size and --workers must be at least 1")
         s.device = resolve_device(s.device)
         s.precision = resolve_precision(s.device, s.precision)
@@ -91,6 +91,7 @@ class PredictSettings:
         except ValueError as exc:
             raise GeounetError(None, str(exc)) from None
         s.workers = s.workers or default_workers(s.device, s.backend)
+        s.batch_size = s.batch_size or default_batch_size(s.device, s.backend)
         return s
 
 

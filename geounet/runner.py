@@ -64,7 +64,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "footprints": ((str, type(None)), "damage: building footprints file"),
     "damage": ((dict,), "damage: DamageSettings fields"),
 }
-TILING_KEYS = {"tile_size": (int, type(None)), "overlap": (int, type(None)), "batch_size": (int,),
+TILING_KEYS = {"tile_size": (int, type(None)), "overlap": (int, type(None)), "batch_size": (int, type(None)),
                "chunk_pixels": (int,)}
 INPUT_KEYS = {"globs": (str, list), "list_file": (str,), "watch": (str, dict)}
 WATCH_KEYS = {"folder": (str,), "pattern": (str,), "settle_seconds": (int, float)}

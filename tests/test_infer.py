@@ -145,7 +145,7 @@ def test_input_batch_equals_normalise_with_nodata_at_the_mean(tiny_model, dtype)
     assert (batch[1, :, :0, :] == 0).all() and (batch[0, :, :7, 40:] == 0).all()
 
 
-def test_default_workers_one_per_core_for_onnx_and_one_for_torch(monkeypatch):
+def test_default_workers_and_batch_size_per_backend(monkeypatch):
     from geounet import infer
     from geounet.pipeline import PredictSettings
 
@@ -164,5 +164,8 @@ def test_default_workers_one_per_core_for_onnx_and_one_for_torch(monkeypatch):
     monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: {0, 1})
     assert PredictSettings(device="cpu", backend="torch").resolved(card).workers == 1
     assert PredictSettings(device="cpu", backend="torch", workers=3).resolved(card).workers == 3
+    assert PredictSettings(device="cpu", backend="torch").resolved(card).batch_size == 4
     if infer.resolve_backend("cpu", "fp32") == "onnx":
-        assert PredictSettings(device="cpu", precision="fp32").resolved(card).workers == 2
+        auto = PredictSettings(device="cpu", precision="fp32").resolved(card)
+        assert (auto.workers, auto.batch_size) == (2, 1)
+        assert PredictSettings(device="cpu", precision="fp32", batch_size=8).resolved(card).batch_size == 8
