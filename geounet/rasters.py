@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.enums import Resampling
 from rasterio.shutil import copy as gdal_copy
 
 from .model import ModelCard
@@ -88,13 +89,29 @@ def finalize_block(probabilities: np.ndarray, valid: np.ndarray) -> tuple[np.nda
     return scores, classes
 
 
+def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
+    """Overview decimation factors 2, 4, ... until a level fits in one ``block`` (the COG driver's rule)."""
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > block:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
 def write_cog(src: str | Path, dst: str | Path, resampling: str, threads: int = 2) -> None:
     """Copy a tiled GTiff to a Cloud-Optimized GeoTIFF (deflate, 512 blocks, overviews).
 
-    GDAL's COG driver works block by block, so memory does not grow with the raster.
-    Deflate level 1 (any GDAL reads it): measured on a 4096^2 two-band scores raster,
-    0.6 s instead of 1.4 s at the default level 6, for files 7 % larger.
+    The overviews are built in ``src`` first (``resampling``: GDAL's name, e.g. AVERAGE
+    or NEAREST; nodata honoured), then copied: measured on the 4096^2 outputs that is
+    0.1-0.2 s faster than letting the COG driver build them in a compressed temporary
+    file. GDAL works block by block, so memory does not grow with the raster.
+    Deflate level 1 (any GDAL reads it): 0.6 s instead of 1.4 s at the default level 6
+    on a 4096^2 two-band scores raster, for files 7 % larger.
     """
+    with rasterio.open(src, "r+") as ds:
+        factors = overview_factors(ds.width, ds.height)
+        if factors:
+            ds.build_overviews(factors, Resampling[resampling.lower()])
     gdal_copy(
         str(src), str(dst), driver="COG", COMPRESS="DEFLATE", LEVEL="1", PREDICTOR="2", BLOCKSIZE=str(BLOCK),
         OVERVIEW_RESAMPLING=resampling, RESAMPLING=resampling, NUM_THREADS=str(threads), BIGTIFF="IF_SAFER",

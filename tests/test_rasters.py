@@ -29,3 +29,11 @@ def test_finalize_block_all_valid_leaves_no_nodata():
     probs = np.stack([np.full((4, 4), 0.7, np.float32), np.full((4, 4), 0.3, np.float32)])
     scores, classes = finalize_block(probs, np.ones((4, 4), bool))
     assert np.all(classes == 0) and np.all(scores[0] == 178) and np.all(scores[1] == 76)
+
+
+@pytest.mark.parametrize("size, factors", [((512, 300), []), ((513, 10), [2]), ((4096, 4096), [2, 4, 8]),
+                                           ((1000, 5000), [2, 4, 8, 16])])
+def test_overview_factors_stop_when_a_level_fits_one_block(size, factors):
+    from geounet.rasters import overview_factors
+
+    assert overview_factors(*size, block=512) == factors
