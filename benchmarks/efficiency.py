@@ -3,10 +3,12 @@
 Scene: real Kampala drone imagery (the demo crop, read at 0.15 m, the default model's
 resolution, so nothing is resampled) mirror-tiled to N x N pixels, RGB uint8, EPSG:3857.
 
-* floor: the model's forward passes alone over exactly the tiles the scene needs (same
-  network as the pipeline's loader: batch norms folded, channels_last; same tile size,
-  overlap, batch size and precision), in this process, batched, on random input of the
-  right shape, after a warm-up. Measured again around every end-to-end run (the VM's
+* floor: the model's forward passes alone over exactly the tiles the scene needs (the
+  pipeline's loader and backend, same tile size, overlap and precision), in this process,
+  on random input of the right shape, after a warm-up. ONNX Runtime (the CPU default):
+  the faster of two ways of running the calls, one per core with 1 tile each (as the
+  pipeline runs by default) or one at a time on all cores with 4 tiles each; torch:
+  4 tiles per call on all cores. Measured again around every end-to-end run (the VM's
   speed drifts by 10-20 % over minutes); each efficiency uses the floors next to it.
 * e2e: `geounet predict` in a child process (wall time, interpreter start-up included),
   with --no-vector, with vectors, and 3 scenes in one command; where the rest goes
@@ -33,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,7 +53,7 @@ os.environ["GEOUNET_CACHE_DIR"] = _CACHE_DIR
 
 from _measure import write_repeated  # noqa: E402
 from geounet.grid import TileGrid  # noqa: E402
-from geounet.infer import cached_model  # noqa: E402
+from geounet.infer import cached_model, cpu_cores, default_batch_size, default_workers  # noqa: E402
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 MODEL = REPO / "data" / "models" / "buildings.safetensors"
@@ -103,24 +106,66 @@ def time_onnx(net, tile: int, batch: int, n_batches: int, warmup: int = 1) -> fl
     return _time_calls(net, x, n_batches, warmup)
 
 
-def floor_seconds(size: int, tile: int = 512, overlap: int = 64, batch: int = 4,
-                  backend: str = "onnx") -> tuple[float, int]:
+def _time_onnx_concurrent(net, tile: int, batch: int, n_batches: int, callers: int) -> float:
+    """Seconds for ``n_batches`` calls shared by ``callers`` threads (a shared counter: perfect balance), after a warm-up."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, tile, tile), dtype=np.float32)
+    left = [n_batches]
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            net(x)
+
+    warm = [threading.Thread(target=net, args=(x,)) for _ in range(callers)]  # every caller's first call, untimed
+    [t.start() for t in warm]
+    [t.join() for t in warm]
+    threads = [threading.Thread(target=work) for _ in range(callers)]
+    t0 = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return time.perf_counter() - t0
+
+
+def floor_layouts(size: int, tile: int = 512, overlap: int = 64) -> dict[str, float]:
+    """ONNX Runtime floors of a size x size scene, per way of running the calls (seconds).
+
+    ``pipeline``: as `geounet predict` runs by default: ``infer.default_workers`` calls at
+    once, each session with its share of the cores, ``infer.default_batch_size`` tiles per
+    call. ``single``: one call at a time on all cores, 4 tiles per call (the layout before).
+    """
+    tiles = n_tiles(size, tile, overlap)
+    callers = default_workers("cpu", "onnx")
+    batch = default_batch_size("cpu", "onnx")
+    net, _ = cached_model(MODEL, "cpu", "onnx", max(1, cpu_cores() // callers))
+    out = {"pipeline": _time_onnx_concurrent(net, tile, batch, math.ceil(tiles / batch), callers)}
+    net, _ = cached_model(MODEL, "cpu", "onnx", cpu_cores())
+    full, rest = divmod(tiles, 4)
+    out["single"] = time_onnx(net, tile, 4, full) + (time_onnx(net, tile, rest, 1) if rest else 0.0)
+    return out
+
+
+def floor_seconds(size: int, tile: int = 512, overlap: int = 64, backend: str = "onnx") -> tuple[float, int]:
     """The compute floor of a size x size scene: forward passes over exactly its tiles.
 
     The pipeline's own loader and backend: ``onnx`` (the CPU default: ONNX Runtime,
-    softmax included, all cores) or ``torch`` (batch norms folded, channels_last, fp32).
+    softmax included): the faster of the two ways of running the calls in
+    :func:`floor_layouts`; ``torch``: batch norms folded, channels_last, fp32, 4 tiles per
+    call on all cores (what ``--backend torch`` runs).
     """
-    if backend == "onnx":
-        net, _ = cached_model(MODEL, "cpu", "onnx", os.cpu_count() or 1)
-        timer = time_onnx
-    else:
-        net, _ = cached_model(MODEL, "cpu")
-        timer = time_batches
     tiles = n_tiles(size, tile, overlap)
-    full, rest = divmod(tiles, batch)
-    secs = timer(net, tile, batch, full)
+    if backend == "onnx":
+        layouts = floor_layouts(size, tile, overlap)
+        print(f"   (floor, ONNX Runtime: {', '.join(f'{k} {v:.1f} s' for k, v in layouts.items())})", flush=True)
+        return min(layouts.values()), tiles
+    net, _ = cached_model(MODEL, "cpu")
+    full, rest = divmod(tiles, 4)
+    secs = time_batches(net, tile, 4, full)
     if rest:
-        secs += timer(net, tile, rest, 1, warmup=1)
+        secs += time_batches(net, tile, rest, 1, warmup=1)
     return secs, tiles
 
 
@@ -229,7 +274,7 @@ def section_variants(size: int) -> None:
               flush=True)
 
     row("torch: BN folded, channels_last, fp32, 512/64, b4", net, 512, 64, 4)
-    onnx_net, _ = cached_model(MODEL, "cpu", "onnx", os.cpu_count() or 1)
+    onnx_net, _ = cached_model(MODEL, "cpu", "onnx", cpu_cores())
     d = float(np.abs(onnx_net(x.numpy()) - torch.softmax(ref, 1).numpy()).max())
     tiles = n_tiles(size, 512, 64)
     per = time_onnx(onnx_net, 512, 4, 3) / 3
@@ -262,9 +307,11 @@ def section_variants(size: int) -> None:
 
 
 def section_schedulers(scene: Path, size: int) -> None:
-    """Chunk tasks of one scene (no stitching, no writing) through three local schedulers."""
+    """Chunk tasks of one scene (no stitching, no writing) through local schedulers, default backend (ONNX Runtime).
+
+    Each layout gives every call its share of the cores (``threads``), as geounet does.
+    """
     import dask
-    import torch
     from distributed import Client, LocalCluster, wait
 
     from geounet.infer import predict_chunk
@@ -276,39 +323,44 @@ def section_schedulers(scene: Path, size: int) -> None:
         working = working_grid(src, card, 0.25)
     grid = TileGrid(working.height, working.width, 512, 64, max(1, 2048 // 448))
     idx = [c.index for c in grid.chunks()]
-    args = (str(scene), working, grid)
-    cores = os.cpu_count() or 1
-    print(f"\n## local schedulers (torch backend): {len(idx)} chunk tasks of the {size}^2 scene ({grid.n_tiles} tiles), {cores} cores")
+    cores = cpu_cores()
+    batch = default_batch_size("cpu", "onnx")
+
+    def args(i, per_call):
+        return (str(scene), working, grid, i, str(MODEL), "cpu", "fp32", batch, "onnx", per_call)
+
+    print(f"\n## local schedulers (ONNX Runtime, {batch} tile(s) per call): {len(idx)} chunk tasks of the {size}^2 "
+          f"scene ({grid.n_tiles} tiles), {cores} cores")
 
     def report(label, secs):
-        print(f"{label:<58} {secs:7.1f} s", flush=True)
+        print(f"{label:<64} {secs:7.1f} s", flush=True)
 
-    predict_chunk(*args, idx[0], str(MODEL))  # warm: model loaded in this process
     for threads in (1, 2):
-        torch.set_num_threads(max(1, cores // threads))
+        per = max(1, cores // threads)
+        predict_chunk(*args(idx[0], per))  # warm: this layout's session loaded in this process
         with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None,
                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as lc, Client(lc) as c:
             t0 = time.perf_counter()
-            wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
-            report(f"in-process cluster, {threads} thread(s) x torch {torch.get_num_threads()}", time.perf_counter() - t0)
+            wait([c.submit(predict_chunk, *args(i, per), pure=False) for i in idx])
+            report(f"in-process cluster (geounet's), {threads} thread(s) x {per} per call", time.perf_counter() - t0)
         t0 = time.perf_counter()
-        dask.compute(*[dask.delayed(predict_chunk)(*args, i, str(MODEL)) for i in idx], scheduler="threads",
+        dask.compute(*[dask.delayed(predict_chunk)(*args(i, per)) for i in idx], scheduler="threads",
                      num_workers=threads)
-        report(f"dask threaded scheduler (no distributed), {threads} thread(s)", time.perf_counter() - t0)
-    torch.set_num_threads(cores)
+        report(f"dask threaded scheduler (no distributed), {threads} thread(s) x {per}", time.perf_counter() - t0)
     base = None
-    for n in (1, 2):  # worker scaling: processes, one thread each (dask sets OMP_NUM_THREADS=1 in them)
+    for n in (1, 2):  # worker scaling: processes, one task thread each, the cores shared between them
+        per = max(1, cores // n)
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
                 Client(lc) as c:
             c.run(lambda: __import__("geounet.infer"))
             t0 = time.perf_counter()
-            wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
-            report(f"{n} worker process(es) x 1 thread (model loads included)", time.perf_counter() - t0)
+            wait([c.submit(predict_chunk, *args(i, per), pure=False) for i in idx])
+            report(f"{n} worker process(es) x 1 thread x {per} (model loads included)", time.perf_counter() - t0)
             t0 = time.perf_counter()
-            wait([c.submit(predict_chunk, *args, i, str(MODEL), pure=False) for i in idx])
+            wait([c.submit(predict_chunk, *args(i, per), pure=False) for i in idx])
             secs = time.perf_counter() - t0
             base = base or secs
-            report(f"{n} worker process(es) x 1 thread (warm), speed-up {base / secs:.2f}x", secs)
+            report(f"{n} worker process(es) x 1 thread x {per} (warm), speed-up {base / secs:.2f}x", secs)
 
 
 def main() -> None:

@@ -148,6 +148,17 @@ def default_batch_size(device: str, backend: str) -> int:
     return 1 if device == "cpu" and backend == "onnx" else 4
 
 
+def default_chunk_pixels(device: str, backend: str, stride: int) -> int:
+    """Target chunk side (pixels) when not given; a chunk, the unit of one task, is whole tiles.
+
+    ONNX Runtime on the CPU: one tile (``stride`` = tile size - overlap). Calls are one
+    tile each there, so larger chunks only make the last tasks of a scene run on fewer
+    cores than there are; measured chunk phase 2048^2: 4.47 -> 3.72 s, 4096^2: 15.1 ->
+    14.3 s against 2048 px chunks (benchmarks/README.md). torch: 2048 px, whole batches.
+    """
+    return stride if device == "cpu" and backend == "onnx" else 2048
+
+
 def threads_per_task(worker=None) -> int:
     """CPU threads for one task's model calls: the cores divided by the Dask worker's task threads.
 
@@ -348,9 +359,13 @@ def predict_chunk(
     precision: str = "fp32",
     batch_size: int = 4,
     backend: str = "torch",
+    threads: int | None = None,
 ) -> ChunkResult:
-    """Predict every tile of one chunk and blend them into the chunk's buffer (backend: resolved, torch or onnx)."""
-    net, card = cached_model(model_path, device, backend)
+    """Predict every tile of one chunk and blend them into the chunk's buffer (backend: resolved, torch or onnx).
+
+    ``threads``: ONNX Runtime's threads per call (default :func:`threads_per_task`).
+    """
+    net, card = cached_model(model_path, device, backend, threads)
     chunk = grid.chunk(*chunk_index)
     with open_working(scene_path, working) as ds:
         pixels, valid = read_box(ds, card.bands, chunk.box, (working.height, working.width))

@@ -37,8 +37,8 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .infer import (ChunkResult, cached_model, cpu_cores, default_batch_size, default_workers, predict_chunk,
-                    resolve_backend, resolve_device, resolve_precision, threads_per_task)
+from .infer import (ChunkResult, cached_model, cpu_cores, default_batch_size, default_chunk_pixels, default_workers,
+                    predict_chunk, resolve_backend, resolve_device, resolve_precision, threads_per_task)
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
     NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
@@ -61,7 +61,7 @@ class PredictSettings:
     precision: str = "auto"
     backend: str = "auto"  # auto, torch or onnx (ONNX Runtime: fp32 on the CPU; infer.resolve_backend)
     workers: int | None = None  # chunk tasks at once in a local run; None: infer.default_workers
-    chunk_pixels: int = 2048  # target chunk side; a chunk is whole tiles
+    chunk_pixels: int | None = None  # target chunk side; a chunk is whole tiles; None: infer.default_chunk_pixels
     resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
     vector: bool = True  # also write features.gpkg
@@ -82,8 +82,8 @@ class PredictSettings:
             raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
         if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
             raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
-        if any(v is not None and v < 1 for v in (s.batch_size, s.workers)):
-            raise GeounetError(None, "--batch-size and --workers must be at least 1")
+        if any(v is not None and v < 1 for v in (s.batch_size, s.workers, s.chunk_pixels)):
+            raise GeounetError(None, "--batch-size, --workers and chunk_pixels must be at least 1")
         s.device = resolve_device(s.device)
         s.precision = resolve_precision(s.device, s.precision)
         try:
@@ -92,6 +92,7 @@ class PredictSettings:
             raise GeounetError(None, str(exc)) from None
         s.workers = s.workers or default_workers(s.device, s.backend)
         s.batch_size = s.batch_size or default_batch_size(s.device, s.backend)
+        s.chunk_pixels = s.chunk_pixels or default_chunk_pixels(s.device, s.backend, s.tile_size - s.overlap)
         return s
 
 

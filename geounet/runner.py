@@ -65,7 +65,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "damage": ((dict,), "damage: DamageSettings fields"),
 }
 TILING_KEYS = {"tile_size": (int, type(None)), "overlap": (int, type(None)), "batch_size": (int, type(None)),
-               "chunk_pixels": (int,)}
+               "chunk_pixels": (int, type(None))}
 INPUT_KEYS = {"globs": (str, list), "list_file": (str,), "watch": (str, dict)}
 WATCH_KEYS = {"folder": (str,), "pattern": (str,), "settle_seconds": (int, float)}
 VECTOR_KEYS = {"enabled": (bool,), "block": (int,)}

@@ -164,8 +164,9 @@ def test_default_workers_and_batch_size_per_backend(monkeypatch):
     monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: {0, 1})
     assert PredictSettings(device="cpu", backend="torch").resolved(card).workers == 1
     assert PredictSettings(device="cpu", backend="torch", workers=3).resolved(card).workers == 3
-    assert PredictSettings(device="cpu", backend="torch").resolved(card).batch_size == 4
+    torch_cpu = PredictSettings(device="cpu", backend="torch").resolved(card)
+    assert (torch_cpu.batch_size, torch_cpu.chunk_pixels) == (4, 2048)
     if infer.resolve_backend("cpu", "fp32") == "onnx":
         auto = PredictSettings(device="cpu", precision="fp32").resolved(card)
-        assert (auto.workers, auto.batch_size) == (2, 1)
+        assert (auto.workers, auto.batch_size, auto.chunk_pixels) == (2, 1, 512 - 64)  # one tile per task
         assert PredictSettings(device="cpu", precision="fp32", batch_size=8).resolved(card).batch_size == 8
