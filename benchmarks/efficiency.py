@@ -53,7 +53,8 @@ os.environ["GEOUNET_CACHE_DIR"] = _CACHE_DIR
 
 from _measure import write_repeated  # noqa: E402
 from geounet.grid import TileGrid  # noqa: E402
-from geounet.infer import cached_model, cpu_cores, default_batch_size, default_workers  # noqa: E402
+from geounet.infer import (cached_model, cpu_cores, default_batch_size, default_chunk_pixels,  # noqa: E402
+                           default_workers)
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 MODEL = REPO / "data" / "models" / "buildings.safetensors"
@@ -321,7 +322,8 @@ def section_schedulers(scene: Path, size: int) -> None:
     card = read_card(MODEL)
     with open_scene(scene) as src:
         working = working_grid(src, card, 0.25)
-    grid = TileGrid(working.height, working.width, 512, 64, max(1, 2048 // 448))
+    chunk_tiles = max(1, default_chunk_pixels("cpu", "onnx", 512 - 64) // (512 - 64))  # as geounet predict cuts it
+    grid = TileGrid(working.height, working.width, 512, 64, chunk_tiles)
     idx = [c.index for c in grid.chunks()]
     cores = cpu_cores()
     batch = default_batch_size("cpu", "onnx")

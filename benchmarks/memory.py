@@ -6,7 +6,7 @@ at the scene's own resolution (so the model runs on every pixel, no resampling),
 `geounet predict --no-vector` (the raster pipeline; benchmarks/vectorize.py measures vectors) in a child process and samples the resident memory of the process
 tree every 0.1 s.
 
-    python benchmarks/memory.py --sizes 4096 16384 32768 [--workers 1] [--keep DIR]
+    python benchmarks/memory.py --sizes 4096 16384 32768 [--workers N] [--backend auto] [--keep DIR]
 
 (32768^2 is a 3 GiB scene and takes about 20 min on an idle 2-core machine.)
 
@@ -65,7 +65,7 @@ def make_model(path: Path, scene: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, help="default: geounet's (one chunk task per core with ONNX Runtime)")
     ap.add_argument("--backend", default="auto", help="auto (ONNX Runtime on this CPU), torch or onnx")
     ap.add_argument("--keep", type=Path, help="keep generated scenes and outputs here")
     args = ap.parse_args()
@@ -84,9 +84,9 @@ def main() -> None:
                     from geounet.onnxrt import load_onnx
 
                     load_onnx(model, 1)
+            workers = ["--workers", str(args.workers)] if args.workers else []
             secs, peak = run_measured(exe + ["predict", str(scene), "--out", str(work / "out"), "--model", str(model),
-                                             "--workers", str(args.workers), "--backend", args.backend,
-                                             "--no-vector", "--quiet"])
+                                             *workers, "--backend", args.backend, "--no-vector", "--quiet"])
             rows.append((n, secs, n * n / secs / 1e6, peak))
             print(f"{n:>6} x {n:<6} {secs:8.1f} s {n * n / secs / 1e6:7.2f} MP/s  peak RSS {peak:8.1f} MiB", flush=True)
             scene.unlink()
