@@ -185,8 +185,7 @@ def cached_model(path: str | Path, device: str, backend: str = "torch", threads:
     imported unless the model must be exported first.
     """
     path = str(Path(path).resolve())
-    if backend == "onnx":
-        threads = threads or threads_per_task()
+    threads = (threads or threads_per_task()) if backend == "onnx" else None  # torch: its own thread setting
     key = (path, os.stat(path).st_mtime_ns, device, backend, threads)
     with _CACHE_LOCK:
         if key not in _CACHE:

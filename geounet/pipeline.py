@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections import defaultdict
 from concurrent.futures import CancelledError
@@ -37,8 +38,9 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .infer import (ChunkResult, cached_model, cpu_cores, default_batch_size, default_chunk_pixels, default_workers,
-                    predict_chunk, resolve_backend, resolve_device, resolve_precision, threads_per_task)
+from .local import LocalThreads
+from .infer import (ChunkResult, cached_model, default_batch_size, default_chunk_pixels, default_workers, predict_chunk,
+                    resolve_backend, resolve_device, resolve_precision, threads_per_task)
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
     NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
@@ -346,10 +348,14 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, writer) -> di
     ``writer``: a context manager giving the sink each completed region goes to
     (``_final_writer`` or, when the working grid is resampled, ``_stage1_writer``).
 
-    Only paths and small geometry objects travel through the scheduler; each worker
-    process loads the model once (``infer.cached_model``). A chunk whose worker dies is
+    Local runs (``client`` a :class:`~geounet.local.LocalThreads`) go through dask's
+    threaded scheduler (:func:`_run_chunks_threaded`). On a dask.distributed client only
+    paths and small geometry objects travel through the scheduler; each worker process
+    loads the model once (``infer.cached_model``). A chunk whose worker dies is
     recomputed elsewhere by the scheduler; a lost scheduler raises :class:`ClusterError`.
     """
+    if isinstance(client, LocalThreads):
+        return _run_chunks_threaded(scene, working, grid, model_path, s, client, writer)
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -382,6 +388,52 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, writer) -> di
             "tile_size": grid.tile_size, "overlap": grid.overlap}
 
 
+def _run_chunks_threaded(scene, working, grid, model_path, s, local: LocalThreads, writer) -> dict:
+    """The chunk tasks of a local run on dask's threaded scheduler, stitched as they finish.
+
+    The graph is one ``predict_chunk`` task per chunk, each followed by a task that hands
+    its result to the stitcher (under a lock: the output files take one writer at a
+    time). Dask runs a chunk's stitch task as soon as the chunk is done and then drops
+    the chunk's buffer, so memory holds a few chunks, whatever the scene's size. Keys
+    sort in raster order, which dask's ordering follows, so regions complete row by row.
+    """
+    import threading
+
+    import dask
+    import dask.threaded
+    from tqdm import tqdm
+
+    chunks = [c.index for c in grid.chunks()]
+    counts = {"run": 0, "skipped": 0}
+    lock = threading.Lock()
+    with writer as sink, tqdm(
+        total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
+    ) as bar:
+        stitcher = _Stitcher(grid, sink)
+
+        def stitch(result: ChunkResult) -> None:
+            with lock:
+                stitcher.add(result)
+                counts["run"] += result.tiles_run
+                counts["skipped"] += result.tiles_skipped
+                bar.update(result.tiles_run + result.tiles_skipped)
+
+        width = len(str(max(max(i) for i in chunks)))
+        stitched = []
+        for idx in chunks:
+            name = f"{idx[0]:0{width}d}-{idx[1]:0{width}d}"
+            part = dask.delayed(predict_chunk, pure=False)(
+                str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size, s.backend,
+                local.threads, dask_key_name=f"geounet-chunk-{name}")
+            stitched.append(dask.delayed(stitch, pure=False)(part, dask_key_name=f"geounet-stitch-{name}"))
+        # the scheduler as a function: by name, dask would import dask.distributed to look for a client
+        dask.compute(*stitched, scheduler=dask.threaded.get, num_workers=local.workers)
+        if stitcher.pending:
+            raise RuntimeError(f"internal error: {len(stitcher.pending)} regions never completed")
+    return {"total": grid.n_tiles, "run": counts["run"], "skipped": counts["skipped"], "chunks": len(chunks),
+            "tile_size": grid.tile_size, "overlap": grid.overlap}
+
+
 class ClusterError(RuntimeError):
     """The Dask cluster failed under a run (scheduler lost or unreachable, workers dying).
 
@@ -397,6 +449,14 @@ class ClusterError(RuntimeError):
         return (type(self), (self.address, self.problem))
 
 
+def lost_cluster(exc: BaseException) -> bool:
+    """Whether ``exc`` is how dask.distributed reports a lost scheduler or connection (outside the chunk loop)."""
+    if isinstance(exc, (CancelledError, TimeoutError)):
+        return True
+    comm = sys.modules.get("distributed.comm.core")  # never imported by a local run
+    return comm is not None and isinstance(exc, comm.CommClosedError)
+
+
 def _scheduler_address(client) -> str | None:
     try:
         return client.scheduler.address
@@ -406,6 +466,8 @@ def _scheduler_address(client) -> str | None:
 
 def cluster_threads(client, default: int) -> int:
     """Threads summed over the cluster's workers (``default`` when it cannot say)."""
+    if isinstance(client, LocalThreads):
+        return client.workers
     try:
         return max(1, sum(client.nthreads().values()))
     except Exception:  # noqa: BLE001 - no workers yet, or scheduler busy
@@ -470,7 +532,7 @@ def check_output_root(out_root: str | Path) -> Path:
 
 
 def make_client(settings: PredictSettings, model_path: str | Path | None = None):
-    """A dask.distributed client: the given scheduler, else an in-process local cluster.
+    """A client for the chunk tasks: the given dask.distributed scheduler, else local threads.
 
     With ``model_path``, every worker loads that model now (``warm_workers``), so the
     model's start-up is paid once per process, before the first scene.
@@ -480,15 +542,17 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
     and model paths must then be readable by every worker (a shared filesystem). Each
     worker process loads the model once and keeps it. The dashboard link is logged.
 
-    Locally, ``workers`` threads (default ``infer.default_workers``: one per core for ONNX
-    Runtime, one for torch) share one process and one copy of the model; the model's own
+    Locally (:class:`~geounet.local.LocalThreads`), ``workers`` threads (default
+    ``infer.default_workers``: one per core for ONNX Runtime, one for torch) of dask's
+    threaded scheduler share one process and one copy of the model; the model's own
     threads are split between them so the cores are not oversubscribed. Measured
-    (benchmarks/README.md, 2 cores): faster than dask's plain threaded scheduler and than
-    worker processes, with one model in memory and no worker start-up.
+    (benchmarks/README.md, 2 cores): faster than an in-process dask.distributed cluster
+    and than worker processes, with one model in memory and no worker start-up; an
+    in-process dask.distributed client is started only for code that needs one.
     """
-    from distributed import Client, LocalCluster
-
     if settings.scheduler:
+        from distributed import Client
+
         try:
             client = Client(settings.scheduler, timeout=_CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -499,26 +563,11 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
         if model_path is not None:
             warm_workers(client, model_path, settings.resolved(read_card(model_path)))
         return client
-    import dask
-
     resolved = settings.resolved(read_card(model_path)) if model_path is not None else None
-    workers = resolved.workers if resolved is not None else settings.workers or 1
-    if resolved is None or resolved.backend == "torch":
-        import torch  # ONNX Runtime sessions get their threads from infer.threads_per_task
-
-        torch.set_num_threads(max(1, cpu_cores() // workers))
-    # Dask's statistical profiler samples every worker thread's stack 100 times a second,
-    # holding the GIL: measured 3-15 % of the chunk phase here. The local cluster has no
-    # dashboard to show it, so it is off.
-    dask.config.set({"distributed.worker.profile.enabled": False})
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=workers, processes=False,
-        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # no bokeh app, no port clash
-    )
-    client = Client(cluster)
+    local = LocalThreads(resolved.workers if resolved is not None else settings.workers or 1)
     if resolved is not None:
-        warm_workers(client, model_path, resolved)
-    return client
+        local.load_model(model_path, resolved.device, resolved.backend)
+    return local
 
 
 _CONNECT_TIMEOUT = "20s"
@@ -612,9 +661,11 @@ _VECTOR_POOLS: dict[int, VectorPool] = {}  # id(main client) -> its pool
 
 
 def _vector_client(client, s: PredictSettings, n_blocks: int):
-    """Where the vector tasks of a scene run: the cluster itself, or the local process pool."""
+    """Where the vector tasks of a scene run: the cluster itself, the local process pool, or local threads."""
     use_processes = s.vector_processes if s.vector_processes is not None else n_blocks >= 4
     if s.scheduler or not use_processes or (os.cpu_count() or 1) < 2 and s.vector_processes is None:
+        if isinstance(client, LocalThreads):
+            client.start_distributed()  # in the background, while the chunks run
         return client  # a real cluster has its own worker processes; one core gains nothing
     if id(client) not in _VECTOR_POOLS:
         _VECTOR_POOLS[id(client)] = VectorPool(max(1, min(os.cpu_count() or 1, 8)))
@@ -626,6 +677,9 @@ def close_client(client) -> None:
     pool = _VECTOR_POOLS.pop(id(client), None)
     if pool is not None:
         pool.close()
+    if isinstance(client, LocalThreads):
+        client.close()
+        return
     cluster = getattr(client, "cluster", None)
     client.close()
     if cluster is not None:

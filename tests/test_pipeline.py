@@ -221,3 +221,47 @@ def test_a_cpu_run_through_onnx_never_imports_torch(tiny_model, tmp_path):
     assert json.loads(proc.stdout.splitlines()[-1]) == []
     run_json = json.loads((tmp_path / "kampala_demo/run.json").read_text())
     assert run_json["settings"]["backend"] == "onnx" and run_json["vector"]["layers"]
+
+
+def test_a_local_raster_run_never_imports_dask_distributed(tiny_model, tmp_path):
+    """Local chunks run on dask's threaded scheduler: no dask.distributed import, no cluster (0.5 s per command)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from geounet.pipeline import PredictSettings, predict_batch\n"
+        f"[r] = predict_batch([Path({str(DEMO_SCENE)!r})], Path({str(tmp_path)!r}), Path({str(tiny_model)!r}), "
+        "PredictSettings(quiet=True, vector=False, workers=2))\n"
+        "assert r.ok, r.error\n"
+        "print(json.dumps(['dask' in sys.modules, 'distributed' in sys.modules]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [True, False]
+
+
+def test_local_chunks_are_stitched_as_they_finish_in_raster_order(tiny_model, tmp_path, monkeypatch):
+    """Memory follows the chunk, not the scene: dask runs each chunk's stitch task right after it,
+    and the chunks row by row, so regions waiting for a neighbour stay within about one row of chunks."""
+    from geounet import pipeline
+
+    seen = {"pending": 0, "added": 0}
+    add = pipeline._Stitcher.add
+
+    def watched(self, result):
+        add(self, result)
+        seen["added"] += 1
+        seen["pending"] = max(seen["pending"], len(self.pending))
+
+    monkeypatch.setattr(pipeline._Stitcher, "add", watched)
+    [r] = run([DEMO_SCENE], tmp_path / "out", tiny_model, vector=False, workers=2, tile_size=64, overlap=16,
+              chunk_pixels=48)  # one 64 px tile per chunk
+    assert r.ok, r.error
+    n_chunks = r.tiles["chunks"]
+    per_row = int(round(n_chunks ** 0.5))
+    assert n_chunks >= 49 and seen["added"] == n_chunks
+    # a row of chunks leaves its lower seams and corners waiting for the next row: ~2 regions per chunk
+    assert seen["pending"] <= 3 * per_row + 8, (seen["pending"], n_chunks)

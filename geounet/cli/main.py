@@ -52,6 +52,9 @@ def setup_logging(quiet: bool) -> None:
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.INFO)
+    # dask.distributed sets its loggers' levels from Dask's config when it is imported,
+    # which a local run does late or never (geounet.local): the config says it first.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     for noisy in ("distributed", "tornado", "bokeh"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from ..errors import GeounetError
-from ..pipeline import DEFAULT_MODEL, ClusterError, PredictSettings, predict_batch
+from ..pipeline import DEFAULT_MODEL, ClusterError, PredictSettings, lost_cluster, predict_batch
 
 
 def predict(
@@ -36,10 +35,10 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
-    from distributed.comm.core import CommClosedError  # here, not at import: `geounet info` stays fast
-
     from .main import setup_logging
 
+    if scheduler:  # its logging set up first (a local run imports it late or never), ours below
+        import distributed  # noqa: F401
     setup_logging(quiet)
     # a lost scheduler is reported once, below, as one line; not as distributed's reconnect traceback
     logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
@@ -56,7 +55,9 @@ def predict(
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    except (CancelledError, CommClosedError, TimeoutError) as exc:  # cluster lost outside the chunk loop
+    except Exception as exc:  # noqa: BLE001 - only a lost cluster is handled here
+        if not lost_cluster(exc):
+            raise
         typer.echo(f"error: {scheduler or 'local cluster'}: lost the Dask cluster ({type(exc).__name__}); "
                    "the scene that was running has no output", err=True)
         raise typer.Exit(1)
