@@ -187,7 +187,9 @@ def _rest(t: dict, floor: float) -> str:
 
 def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
     """`geounet predict` as a user runs it, each measurement between two floor measurements of its backend."""
-    print(f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64 / batch 4, fp32")
+    tasks, tiles = default_workers("cpu", "onnx"), default_batch_size("cpu", "onnx")
+    print(f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64, fp32; "
+          f"ONNX Runtime as geounet predict runs it: {tasks} task(s) at once x {tiles} tile(s) per call")
     cache = Path(os.environ["GEOUNET_CACHE_DIR"])
     shutil.rmtree(cache, ignore_errors=True)
     wall, _ = predict_cli([scene], work / "out", "--no-vector")

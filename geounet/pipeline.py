@@ -38,9 +38,9 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .local import LocalThreads
 from .infer import (ChunkResult, cached_model, default_batch_size, default_chunk_pixels, default_workers, predict_chunk,
                     resolve_backend, resolve_device, resolve_precision, threads_per_task)
+from .local import LocalThreads
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
     NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile, write_cog,
@@ -96,6 +96,59 @@ class PredictSettings:
         s.batch_size = s.batch_size or default_batch_size(s.device, s.backend)
         s.chunk_pixels = s.chunk_pixels or default_chunk_pixels(s.device, s.backend, s.tile_size - s.overlap)
         return s
+
+
+# settings each worker of a cluster settles for itself (its GPUs, its CPU, its onnxruntime)
+WORKER_RESOLVED = ("device", "precision", "backend", "batch_size", "chunk_pixels")
+
+
+def resolve_settings(settings: PredictSettings, card: ModelCard, client=None) -> PredictSettings:
+    """``settings.resolved(card)``, with ``auto`` settled where the model will run.
+
+    On a ``--scheduler`` cluster, device, precision, backend, batch size and chunk size
+    are settled by the workers (``client.run``), not by the client: a laptop without a
+    GPU sends ``--device auto`` work to GPU workers as CUDA work, and an explicit
+    ``--device cuda`` is checked there. Workers that settle differently (a mixed
+    cluster) are an error naming them; name the settings explicitly then.
+    """
+    if not settings.scheduler or client is None or isinstance(client, LocalThreads):
+        return settings.resolved(card)
+    try:
+        answers = client.run(_resolve_here, settings, card)
+    except Exception as exc:  # noqa: BLE001 - no answer: the client's own view, as before
+        log.debug("workers could not settle the settings (%s); using the client's", exc)
+        answers = {}
+    if not answers:
+        return settings.resolved(card)
+    return agree_on_settings(settings, answers, card)
+
+
+def agree_on_settings(settings: PredictSettings, answers: dict, card: ModelCard) -> PredictSettings:
+    """The settings every worker settled on (``answers``: worker address -> dict or error text)."""
+    errors = {w: a for w, a in answers.items() if isinstance(a, str)}
+    if errors:
+        worker, problem = sorted(errors.items())[0]
+        raise GeounetError(None, f"Dask worker {worker}: {problem}")
+    views = {tuple(a[k] for k in WORKER_RESOLVED) for a in answers.values()}
+    if len(views) > 1:
+        seen = "; ".join(f"{w}: {'/'.join(str(a[k]) for k in WORKER_RESOLVED[:3])}" for w, a in sorted(answers.items()))
+        raise GeounetError(None, f"the cluster's workers settle device/precision/backend differently ({seen}); "
+                                 "give --device, --precision and --backend explicitly")
+    from dataclasses import replace
+
+    agreed = dict(zip(WORKER_RESOLVED, views.pop()))
+    s = replace(settings, device="cpu", precision="fp32", backend="torch", workers=settings.workers or 1)
+    s = s.resolved(card)  # tiles, overlap and their checks, on the client; nothing that asks the hardware
+    return replace(s, **agreed)
+
+
+def _resolve_here(settings: PredictSettings, card: ModelCard) -> dict | str:
+    """On a worker: its own resolution of ``settings`` (or the one-line problem)."""
+    try:
+        s = settings.resolved(card)
+    except (GeounetError, RuntimeError, ValueError) as exc:
+        return str(exc)
+    return {k: getattr(s, k) for k in WORKER_RESOLVED}
 
 
 @dataclass
@@ -214,7 +267,7 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
     t_start = time.perf_counter()
     scene = Path(scene)
     card = read_card(model_path)
-    s = settings.resolved(card)
+    s = resolve_settings(settings, card, client)
     final_dir = output_dir_for(scene, out_root)
     with open_scene(scene) as src:
         check_scene(src, card)
@@ -561,7 +614,7 @@ def make_client(settings: PredictSettings, model_path: str | Path | None = None)
         if link:
             log.info("Dask dashboard: %s", link)
         if model_path is not None:
-            warm_workers(client, model_path, settings.resolved(read_card(model_path)))
+            warm_workers(client, model_path, resolve_settings(settings, read_card(model_path), client))
         return client
     resolved = settings.resolved(read_card(model_path)) if model_path is not None else None
     local = LocalThreads(resolved.workers if resolved is not None else settings.workers or 1)

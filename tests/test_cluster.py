@@ -125,6 +125,24 @@ def _read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         return s.read(), c.read()
 
 
+def test_workers_settle_auto_settings_for_themselves(cluster, tiny_model, tmp_path, monkeypatch):
+    """`auto` device/precision/backend are settled by the workers, not the client (a client without a GPU
+    must send GPU work to GPU workers): here the client's own view is made to differ from the workers'."""
+    monkeypatch.setattr(pipeline, "resolve_backend", lambda device, precision, backend="auto": "torch")
+    scene = _scene(tmp_path / "scene.tif", 480)
+    settings = PredictSettings(scheduler=cluster.address, vector=False, quiet=True)
+    client = make_client(settings)
+    try:
+        rep = predict_scene(scene, tmp_path / "out", tiny_model, settings, client)
+    finally:
+        client.close()
+    assert rep.ok, rep.error
+    run = json.loads((tmp_path / "out" / "scene" / "run.json").read_text())["settings"]
+    # the CPU workers' view (ONNX Runtime, one tile per call and per task), not the client's (torch, 4, 2048)
+    assert (run["device"], run["backend"], run["batch_size"]) == ("cpu", "onnx", 1), run
+    assert run["chunk_pixels"] == run["tile_size"] - run["overlap"]
+
+
 def test_worker_killed_mid_scene_outputs_identical_to_a_clean_run(cluster, tiny_model, tmp_path, monkeypatch):
     scene = _scene(tmp_path / "scene.tif", 480)  # tiny model: 96-px cells, 5x5 tiles, 2x2 a chunk -> 9 chunks
     settings = PredictSettings(chunk_pixels=192, scheduler=cluster.address, vector=False, quiet=True)

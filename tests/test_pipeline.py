@@ -265,3 +265,21 @@ def test_local_chunks_are_stitched_as_they_finish_in_raster_order(tiny_model, tm
     assert n_chunks >= 49 and seen["added"] == n_chunks
     # a row of chunks leaves its lower seams and corners waiting for the next row: ~2 regions per chunk
     assert seen["pending"] <= 3 * per_row + 8, (seen["pending"], n_chunks)
+
+
+def test_workers_that_settle_differently_or_fail_are_named():
+    from geounet.errors import GeounetError
+    from geounet.pipeline import agree_on_settings
+
+    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    gpu = {"device": "cuda", "precision": "bf16", "backend": "torch", "batch_size": 4, "chunk_pixels": 2048}
+    cpu = {"device": "cpu", "precision": "fp32", "backend": "onnx", "batch_size": 1, "chunk_pixels": 448}
+    s = PredictSettings(scheduler="tcp://h:8786")
+    agreed = agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": dict(gpu)}, card)
+    assert (agreed.device, agreed.precision, agreed.backend, agreed.batch_size, agreed.chunk_pixels) == \
+        ("cuda", "bf16", "torch", 4, 2048)
+    with pytest.raises(GeounetError, match=r"workers settle .*tcp://a:1: cuda/bf16/torch; tcp://b:1: cpu/fp32/onnx"):
+        agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": cpu}, card)
+    with pytest.raises(GeounetError, match=r"^Dask worker tcp://b:1: --device cuda asked for"):
+        agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": "--device cuda asked for, but torch sees no CUDA GPU"},
+                          card)
