@@ -587,8 +587,9 @@ def check_output_root(out_root: str | Path) -> Path:
 def make_client(settings: PredictSettings, model_path: str | Path | None = None):
     """A client for the chunk tasks: the given dask.distributed scheduler, else local threads.
 
-    With ``model_path``, every worker loads that model now (``warm_workers``), so the
-    model's start-up is paid once per process, before the first scene.
+    With ``model_path``, the model is loaded now (``warm_workers`` on every worker of a
+    cluster, ``LocalThreads.load_model`` locally), so its start-up is paid once per
+    process, before the first scene.
 
     With ``settings.scheduler`` (``tcp://HOST:PORT``) the work goes to an existing
     cluster (``dask scheduler`` + ``dask worker``, dask-jobqueue, Kubernetes); the scene
