@@ -38,8 +38,8 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import GeounetError, OutputError
 from .grid import Box, TileGrid
-from .infer import (ChunkResult, cached_model, default_batch_size, default_chunk_pixels, default_workers, predict_chunk,
-                    resolve_backend, resolve_device, resolve_precision, threads_per_task)
+from .infer import (ChunkResult, cached_model, cpu_cores, default_batch_size, default_chunk_pixels, default_workers,
+                    predict_chunk, resolve_backend, resolve_device, resolve_precision, threads_per_task)
 from .local import LocalThreads
 from .model import ModelCard, file_sha256, read_card
 from .rasters import (
@@ -77,15 +77,8 @@ class PredictSettings:
     quiet: bool = False
 
     def resolved(self, card: ModelCard) -> "PredictSettings":
-        s = PredictSettings(**asdict(self))
-        s.tile_size = s.tile_size or card.tile_size
-        s.overlap = card.overlap if s.overlap is None else s.overlap
-        if s.tile_size % 32:
-            raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
-        if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
-            raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
-        if any(v is not None and v < 1 for v in (s.batch_size, s.workers, s.chunk_pixels)):
-            raise GeounetError(None, "--batch-size, --workers and chunk_pixels must be at least 1")
+        """Every ``auto``/``None`` settled for this machine: tiling, device, precision, backend, their defaults."""
+        s = self.tiling_resolved(card)
         s.device = resolve_device(s.device)
         s.precision = resolve_precision(s.device, s.precision)
         try:
@@ -95,6 +88,22 @@ class PredictSettings:
         s.workers = s.workers or default_workers(s.device, s.backend)
         s.batch_size = s.batch_size or default_batch_size(s.device, s.backend)
         s.chunk_pixels = s.chunk_pixels or default_chunk_pixels(s.device, s.backend, s.tile_size - s.overlap)
+        return s
+
+    def tiling_resolved(self, card: ModelCard) -> "PredictSettings":
+        """A copy with tile size and overlap settled from the model card, and the sizes checked.
+
+        Nothing here asks the hardware: a cluster's client uses it alone (``agree_on_settings``).
+        """
+        s = PredictSettings(**asdict(self))
+        s.tile_size = s.tile_size or card.tile_size
+        s.overlap = card.overlap if s.overlap is None else s.overlap
+        if s.tile_size % 32:
+            raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
+        if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
+            raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
+        if any(v is not None and v < 1 for v in (s.batch_size, s.workers, s.chunk_pixels)):
+            raise GeounetError(None, "--batch-size, --workers and chunk_pixels must be at least 1")
         return s
 
 
@@ -136,10 +145,9 @@ def agree_on_settings(settings: PredictSettings, answers: dict, card: ModelCard)
                                  "give --device, --precision and --backend explicitly")
     from dataclasses import replace
 
-    agreed = dict(zip(WORKER_RESOLVED, views.pop()))
-    s = replace(settings, device="cpu", precision="fp32", backend="torch", workers=settings.workers or 1)
-    s = s.resolved(card)  # tiles, overlap and their checks, on the client; nothing that asks the hardware
-    return replace(s, **agreed)
+    s = replace(settings.tiling_resolved(card), **dict(zip(WORKER_RESOLVED, views.pop())))
+    s.workers = s.workers or default_workers(s.device, s.backend)  # not used on a cluster; recorded in run.json
+    return s
 
 
 def _resolve_here(settings: PredictSettings, card: ModelCard) -> dict | str:
@@ -395,30 +403,62 @@ def _final_writer(tmp: Path, card: ModelCard, scene_grid) -> Iterator[_FinalSink
         yield _FinalSink(scores_ds, classes_ds)
 
 
+@contextmanager
+def _stitching(scene, grid: TileGrid, s: PredictSettings, writer) -> Iterator["_Tally"]:
+    """Open the writer and a progress bar; yield the :class:`_Tally` chunk results go to."""
+    from tqdm import tqdm
+
+    with writer as sink, tqdm(
+        total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
+    ) as bar:
+        tally = _Tally(_Stitcher(grid, sink), bar)
+        yield tally
+        if tally.stitcher.pending:
+            raise RuntimeError(f"internal error: {len(tally.stitcher.pending)} regions never completed")
+
+
+class _Tally:
+    """Hands chunk results to the stitcher, one at a time (any thread), and counts tiles."""
+
+    def __init__(self, stitcher: _Stitcher, bar) -> None:
+        import threading
+
+        self.stitcher, self.bar = stitcher, bar
+        self.run = self.skipped = 0
+        self._lock = threading.Lock()  # the output files take one writer at a time
+
+    def take(self, result: ChunkResult) -> None:
+        with self._lock:
+            self.stitcher.add(result)
+            self.run += result.tiles_run
+            self.skipped += result.tiles_skipped
+            self.bar.update(result.tiles_run + result.tiles_skipped)
+
+    def report(self, grid: TileGrid, n_chunks: int) -> dict:
+        return {"total": grid.n_tiles, "run": self.run, "skipped": self.skipped, "chunks": n_chunks,
+                "tile_size": grid.tile_size, "overlap": grid.overlap}
+
+
 def _run_chunks(scene, working, grid, card, model_path, s, client, writer) -> dict:
-    """Submit chunk tasks (a bounded number in flight) and stitch their results as they arrive.
+    """Run the chunk tasks and stitch their results as they arrive.
 
     ``writer``: a context manager giving the sink each completed region goes to
     (``_final_writer`` or, when the working grid is resampled, ``_stage1_writer``).
 
-    Local runs (``client`` a :class:`~geounet.local.LocalThreads`) go through dask's
-    threaded scheduler (:func:`_run_chunks_threaded`). On a dask.distributed client only
-    paths and small geometry objects travel through the scheduler; each worker process
-    loads the model once (``infer.cached_model``). A chunk whose worker dies is
-    recomputed elsewhere by the scheduler; a lost scheduler raises :class:`ClusterError`.
+    Local runs (``client`` a :class:`~geounet.local.LocalThreads`): dask's threaded
+    scheduler (:func:`_run_chunks_threaded`). On a dask.distributed client, a bounded
+    number of futures in flight; only paths and small geometry objects travel through
+    the scheduler; each worker process loads the model once (``infer.cached_model``). A
+    chunk whose worker dies is recomputed elsewhere by the scheduler; a lost scheduler
+    raises :class:`ClusterError`.
     """
     if isinstance(client, LocalThreads):
         return _run_chunks_threaded(scene, working, grid, model_path, s, client, writer)
     from distributed import as_completed
-    from tqdm import tqdm
 
     chunks = [c.index for c in grid.chunks()]
     in_flight_max = max(2, 2 * cluster_threads(client, s.workers))
-    run = skipped = 0
-    with writer as sink, tqdm(
-        total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
-    ) as bar, _cluster_errors(client, scene):
-        stitcher = _Stitcher(grid, sink)
+    with _stitching(scene, grid, s, writer) as tally, _cluster_errors(client, scene):
         submit = lambda idx: client.submit(  # noqa: E731
             predict_chunk, str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size, s.backend,
             key=f"chunk-{Path(scene).name}-{idx[0]}-{idx[1]}-{time.monotonic_ns()}", retries=2, pure=False,
@@ -428,63 +468,38 @@ def _run_chunks(scene, working, grid, card, model_path, s, client, writer) -> di
         for fut in futures:
             result: ChunkResult = fut.result()
             fut.release()
-            stitcher.add(result)
-            run += result.tiles_run
-            skipped += result.tiles_skipped
-            bar.update(result.tiles_run + result.tiles_skipped)
+            tally.take(result)
             nxt = next(queue, None)
             if nxt is not None:
                 futures.add(submit(nxt))
-        if stitcher.pending:
-            raise RuntimeError(f"internal error: {len(stitcher.pending)} regions never completed")
-    return {"total": grid.n_tiles, "run": run, "skipped": skipped, "chunks": len(chunks),
-            "tile_size": grid.tile_size, "overlap": grid.overlap}
+    return tally.report(grid, len(chunks))
 
 
 def _run_chunks_threaded(scene, working, grid, model_path, s, local: LocalThreads, writer) -> dict:
     """The chunk tasks of a local run on dask's threaded scheduler, stitched as they finish.
 
     The graph is one ``predict_chunk`` task per chunk, each followed by a task that hands
-    its result to the stitcher (under a lock: the output files take one writer at a
-    time). Dask runs a chunk's stitch task as soon as the chunk is done and then drops
-    the chunk's buffer, so memory holds a few chunks, whatever the scene's size. Keys
-    sort in raster order, which dask's ordering follows, so regions complete row by row.
+    its result to the stitcher. Dask runs a chunk's stitch task as soon as the chunk is
+    done and then drops the chunk's buffer, so memory holds a few chunks, whatever the
+    scene's size. Keys sort in raster order, which dask's ordering follows, so regions
+    complete row by row.
     """
-    import threading
-
     import dask
     import dask.threaded
-    from tqdm import tqdm
 
     chunks = [c.index for c in grid.chunks()]
-    counts = {"run": 0, "skipped": 0}
-    lock = threading.Lock()
-    with writer as sink, tqdm(
-        total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if s.quiet else None, leave=False,
-    ) as bar:
-        stitcher = _Stitcher(grid, sink)
-
-        def stitch(result: ChunkResult) -> None:
-            with lock:
-                stitcher.add(result)
-                counts["run"] += result.tiles_run
-                counts["skipped"] += result.tiles_skipped
-                bar.update(result.tiles_run + result.tiles_skipped)
-
-        width = len(str(max(max(i) for i in chunks)))
+    width = len(str(max(max(i) for i in chunks)))
+    with _stitching(scene, grid, s, writer) as tally:
         stitched = []
         for idx in chunks:
             name = f"{idx[0]:0{width}d}-{idx[1]:0{width}d}"
             part = dask.delayed(predict_chunk, pure=False)(
                 str(scene), working, grid, idx, str(model_path), s.device, s.precision, s.batch_size, s.backend,
                 local.threads, dask_key_name=f"geounet-chunk-{name}")
-            stitched.append(dask.delayed(stitch, pure=False)(part, dask_key_name=f"geounet-stitch-{name}"))
+            stitched.append(dask.delayed(tally.take, pure=False)(part, dask_key_name=f"geounet-stitch-{name}"))
         # the scheduler as a function: by name, dask would import dask.distributed to look for a client
         dask.compute(*stitched, scheduler=dask.threaded.get, num_workers=local.workers)
-        if stitcher.pending:
-            raise RuntimeError(f"internal error: {len(stitcher.pending)} regions never completed")
-    return {"total": grid.n_tiles, "run": counts["run"], "skipped": counts["skipped"], "chunks": len(chunks),
-            "tile_size": grid.tile_size, "overlap": grid.overlap}
+    return tally.report(grid, len(chunks))
 
 
 class ClusterError(RuntimeError):
@@ -717,12 +732,12 @@ _VECTOR_POOLS: dict[int, VectorPool] = {}  # id(main client) -> its pool
 def _vector_client(client, s: PredictSettings, n_blocks: int):
     """Where the vector tasks of a scene run: the cluster itself, the local process pool, or local threads."""
     use_processes = s.vector_processes if s.vector_processes is not None else n_blocks >= 4
-    if s.scheduler or not use_processes or (os.cpu_count() or 1) < 2 and s.vector_processes is None:
+    if s.scheduler or not use_processes or cpu_cores() < 2 and s.vector_processes is None:
         if isinstance(client, LocalThreads):
             client.start_distributed()  # in the background, while the chunks run
         return client  # a real cluster has its own worker processes; one core gains nothing
     if id(client) not in _VECTOR_POOLS:
-        _VECTOR_POOLS[id(client)] = VectorPool(max(1, min(os.cpu_count() or 1, 8)))
+        _VECTOR_POOLS[id(client)] = VectorPool(min(cpu_cores(), 8))
     return _VECTOR_POOLS[id(client)]
 
 

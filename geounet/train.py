@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GeounetError
-from .infer import predict_array, resolve_precision
+from .infer import cpu_cores, predict_array, resolve_precision
 from .labels import IGNORE_INDEX, RASTER_LABEL_SUFFIXES, labels_to_raster, read_label_raster, read_vector_labels
 from .model import CLASS_KINDS, ClassInfo, ModelCard, build_network, save_model
 from .scene import ground_pixel_size
@@ -834,8 +834,7 @@ def machine_description(device: str) -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{cpu}, {cores} cores ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}"
+    text = f"{cpu}, {cpu_cores()} cores ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}"
     if device.startswith("cuda"):
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text

@@ -53,8 +53,10 @@ def setup_logging(quiet: bool) -> None:
         log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     # dask.distributed sets its loggers' levels from Dask's config when it is imported,
-    # which a local run does late or never (geounet.local): the config says it first.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    # which a local run does late or never (geounet.local): the config says them first.
+    # distributed.client: a lost scheduler is reported once, as one line (pipeline.ClusterError),
+    # not as its reconnect traceback.
+    os.environ.setdefault("DASK_LOGGING", repr({"distributed": "error", "distributed.client": "critical"}))
     for noisy in ("distributed", "tornado", "bokeh"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

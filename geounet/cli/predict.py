@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import List, Optional
 
@@ -37,11 +36,7 @@ def predict(
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
     from .main import setup_logging
 
-    if scheduler:  # its logging set up first (a local run imports it late or never), ours below
-        import distributed  # noqa: F401
     setup_logging(quiet)
-    # a lost scheduler is reported once, below, as one line; not as distributed's reconnect traceback
-    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     settings = PredictSettings(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision, backend=backend,
         workers=workers, scheduler=scheduler, vector=vector, quiet=quiet,
