@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from geounet.damage import DamageSettings, run_damage
+    from geounet.damage.run import DamageSettings, run_damage
 
     pre = sorted((args.data / "pre").glob("*.tif"))
     post = sorted((args.data / "post").glob("*.tif"))

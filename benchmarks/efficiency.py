@@ -52,8 +52,8 @@ _CACHE_DIR = tempfile.mkdtemp(prefix="geounet-eff-cache-")  # exported models: m
 os.environ["GEOUNET_CACHE_DIR"] = _CACHE_DIR
 
 from _measure import write_repeated  # noqa: E402
-from geounet.grid import TileGrid  # noqa: E402
-from geounet.infer import (cached_model, cpu_cores, default_batch_size, default_chunk_pixels,  # noqa: E402
+from geounet.compute.grid import TileGrid  # noqa: E402
+from geounet.engine.tiles import (cached_model, cpu_cores, default_batch_size, default_chunk_pixels,  # noqa: E402
                            default_workers)
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
@@ -233,7 +233,7 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
 
 def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
     """Per-scene time in a process that has started (imports, cluster, model loaded): the batch steady state."""
-    from geounet.pipeline import DEFAULT_MODEL, PredictSettings, close_client, make_client, predict_scene
+    from geounet.engine.predict import DEFAULT_MODEL, PredictSettings, close_client, make_client, predict_scene
 
     print(f"\n## warm process: predict_scene on the {size}^2 scene, client and model ready (as in a batch)")
     for vector in (False, True):
@@ -259,7 +259,7 @@ def section_variants(size: int) -> None:
     """Per-scene floor for variants: seconds per batch measured over 3 batches, times batches needed."""
     import torch
 
-    from geounet.model import load_model
+    from geounet.models.card import load_model
 
     net, _ = cached_model(MODEL, "cpu")
     plain, _ = load_model(MODEL, "cpu")
@@ -317,9 +317,9 @@ def section_schedulers(scene: Path, size: int) -> None:
     import dask
     from distributed import Client, LocalCluster, wait
 
-    from geounet.infer import predict_chunk
-    from geounet.model import read_card
-    from geounet.scene import open_scene, working_grid
+    from geounet.engine.tiles import predict_chunk
+    from geounet.models.card import read_card
+    from geounet.io.scene import open_scene, working_grid
 
     card = read_card(MODEL)
     with open_scene(scene) as src:

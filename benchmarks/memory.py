@@ -44,8 +44,8 @@ def make_scene(path: Path, size: int) -> Path:
 
 def make_model(path: Path, scene: Path) -> Path:
     sys.path.insert(0, str(REPO))
-    from geounet.model import ClassInfo, ModelCard, build_network, save_model
-    from geounet.scene import ground_resolution
+    from geounet.models.card import ClassInfo, ModelCard, build_network, save_model
+    from geounet.io.scene import ground_resolution
 
     with rasterio.open(scene) as s:
         res = ground_resolution(s.crs, s.transform, s.width, s.height)
@@ -81,7 +81,7 @@ def main() -> None:
             if model is None:
                 model = make_model(work / "tiny.safetensors", scene)
                 if args.backend != "torch":  # export once now: the measured runs use the cache, as a user's do
-                    from geounet.onnxrt import load_onnx
+                    from geounet.models.onnx import load_onnx
 
                     load_onnx(model, 1)
             workers = ["--workers", str(args.workers)] if args.workers else []

@@ -39,7 +39,7 @@ RULES = {"min_area_m2": 0.0, "hole_area_m2": 0.0, "simplify_m": 1.0}  # keep eve
 
 
 def card():
-    from geounet.model import ClassInfo, ModelCard
+    from geounet.models.card import ClassInfo, ModelCard
 
     return ModelCard(
         name="bench", classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("crop", (200, 180, 40), "landcover"),
@@ -70,7 +70,7 @@ def naive(classes: Path, out: Path) -> dict:
     import pyogrio
     from rasterio.features import shapes
 
-    from geounet.postprocess import ClassRules, clean_polygons, metric_crs
+    from geounet.compute.postprocess import ClassRules, clean_polygons, metric_crs
 
     with rasterio.open(classes) as src:
         data = src.read(1)
@@ -91,8 +91,8 @@ def naive(classes: Path, out: Path) -> dict:
 def ours(classes: Path, out: Path, workers: int, block: int, processes: bool) -> dict:
     from distributed import Client, LocalCluster
 
-    from geounet.features import vectorize_scene
-    from geounet.postprocess import ClassRules
+    from geounet.engine.vector_stage import vectorize_scene
+    from geounet.compute.postprocess import ClassRules
 
     rules = {"landcover": ClassRules(**RULES)}
     spec = dict(n_workers=workers, threads_per_worker=1) if processes else dict(n_workers=1, threads_per_worker=workers)

@@ -1,5 +1,4 @@
-"""Shared fixtures: the repo's real demo scene and default model, a tiny random model,
-and the larger shared scenes (``../shared/data``), skipped with a reason when absent."""
+"""Session set-up and fixtures; plain helpers live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -9,48 +8,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# exported ONNX models (geounet.onnxrt) go to a cache of this test session, never to ~/.cache;
+# exported ONNX models (geounet.models.onnx) go to a cache of this test session, never to ~/.cache;
 # subprocesses (CLI, dask workers) inherit it
 _CACHE = tempfile.mkdtemp(prefix="geounet-test-cache-")
 os.environ["GEOUNET_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_SCENE = REPO / "data" / "demo" / "kampala_demo.tif"
-DEFAULT_MODEL = REPO / "data" / "models" / "buildings.safetensors"
-SHARED = Path(os.environ.get("GEOUNET_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def shared_file(rel: str) -> Path:
-    """A file under ../shared/data, or skip the test saying plainly what is missing."""
-    path = SHARED / rel
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path} (CI has ../shared/data beside the repo)")
-    return path
-
-
-def make_tiny_model(path: Path, resolution_m: float = 0.15) -> Path:
-    """A small random-weight RGB building model (mechanics only, not accuracy)."""
-    import torch
-
-    from geounet.model import ClassInfo, ModelCard, build_network, save_model
-
-    card = ModelCard(
-        name="tiny-test",
-        classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
-        bands=[1, 2, 3], band_names=["red", "green", "blue"], mean=[0.45, 0.45, 0.45], std=[0.25, 0.25, 0.25],
-        scale=255.0, input_dtypes=["uint8"], resolution_m=resolution_m, tile_size=128, overlap=32,
-        encoder="resnet18", encoder_depth=3, decoder_channels=[32, 16, 8],
-    )
-    torch.manual_seed(0)
-    save_model(path, build_network(card), card)
-    return path
+from tests.helpers import DEFAULT_MODEL, make_tiny_model  # noqa: E402  (after the cache is set)
 
 
 @pytest.fixture(scope="session")
@@ -62,19 +29,6 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_model_03(tmp_path_factory) -> Path:
     """The tiny model, trained at 0.3 m (for the 0.6 m Joplin scenes: a 2x working grid)."""
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny03.safetensors", 0.3)
-
-
-def write_scene(path: Path, data: np.ndarray, crs="EPSG:32633", res: float = 0.15, nodata=None, mask=None,
-                origin=(500000.0, 5800000.0)) -> Path:
-    """Write a small GeoTIFF (bands, rows, cols) with an optional nodata value or mask."""
-    count, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype.name, nodata=nodata,
-                   crs=crs, transform=Affine(res, 0, origin[0], 0, -res, origin[1]) if crs else None)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if mask is not None:
-            dst.write_mask(mask.astype(np.uint8) * 255)
-    return path
 
 
 @pytest.fixture(scope="session")

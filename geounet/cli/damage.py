@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import GeounetError
-from ..pipeline import DEFAULT_MODEL
+from geounet.errors import GeounetError
+from geounet.engine.predict import DEFAULT_MODEL
 
 # --pre and --post take several files each (``--pre a.tif b.tif``), which click options
 # cannot: they are parsed from the extra arguments, in order.
@@ -56,8 +56,8 @@ def damage(
     (VRT); post is warped onto the pre grid; only the overlap is assessed.
     Exit codes: 0 done; 2 bad input (one line, nothing written).
     """
-    from ..damage import DamageSettings, run_damage
-    from .main import setup_logging
+    from geounet.damage.run import DamageSettings, run_damage
+    from geounet.cli.main import setup_logging
 
     setup_logging(quiet)
     try:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import GeounetError
+from geounet.errors import GeounetError
 
 
 def evaluate(
@@ -33,9 +33,9 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
-    from ..evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
-    from ..pipeline import PredictSettings
-    from .main import setup_logging
+    from geounet.training.evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
+    from geounet.engine.predict import PredictSettings
+    from geounet.cli.main import setup_logging
 
     setup_logging(True)
     try:

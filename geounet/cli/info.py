@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import GeounetError
-from ..model import read_card
+from geounet.errors import GeounetError
+from geounet.models.card import read_card
 
 
 def info(model: Path = typer.Argument(..., help="A geounet .safetensors model file.")) -> None:

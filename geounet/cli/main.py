@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run t
 
 import typer
 
-from . import info, predict
+from geounet.cli import info, predict
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +24,7 @@ app.command("evaluate")(__import__("geounet.cli.evaluate", fromlist=["evaluate"]
 app.command("run")(__import__("geounet.cli.run", fromlist=["run"]).run)  # pipeline configs (runner)
 app.command("damage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(__import__("geounet.cli.damage", fromlist=["damage"]).damage)  # damage runs
 try:  # training lives in its own module; registered when present
-    from . import train
+    from geounet.cli import train
 
     app.command("train")(train.train)
 except ImportError:  # pragma: no cover

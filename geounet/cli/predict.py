@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import GeounetError
-from ..pipeline import DEFAULT_MODEL, ClusterError, PredictSettings, lost_cluster, predict_batch
+from geounet.errors import GeounetError
+from geounet.engine.predict import DEFAULT_MODEL, ClusterError, PredictSettings, lost_cluster, predict_batch
 
 
 def predict(
@@ -34,7 +34,7 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
-    from .main import setup_logging
+    from geounet.cli.main import setup_logging
 
     setup_logging(quiet)
     settings = PredictSettings(

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import GeounetError
+from geounet.errors import GeounetError
 
 
 def run(
@@ -23,8 +23,8 @@ def run(
     Exit codes: 0 every scene done or skipped; 1 some scene failed; 2 bad config (nothing ran).
     A summary and a log file are written to OUT/_runs/.
     """
-    from ..runner import ConfigError, load_config, run_pipeline
-    from .main import setup_logging
+    from geounet.batch.run import ConfigError, load_config, run_pipeline
+    from geounet.cli.main import setup_logging
 
     setup_logging(quiet)
     try:

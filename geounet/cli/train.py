@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import GeounetError
+from geounet.errors import GeounetError
 
 
 def train(
@@ -25,8 +25,8 @@ def train(
     ),
 ) -> None:
     """Train a segmentation model; write the model file, a CSV log of the epochs and a resume checkpoint."""
-    from ..damage_head import is_head_config, load_head_config, train_damage_head
-    from ..train import load_config, train_model
+    from geounet.damage.head import is_head_config, load_head_config, train_damage_head
+    from geounet.training.train import load_config, train_model
 
     if is_head_config(config):  # a damage head from damage-labelled pre/post pairs
         try:

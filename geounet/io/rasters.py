@@ -1,0 +1,118 @@
+"""Writing rasters: profiles for the stitched scores and classes, and Cloud-Optimized GeoTIFFs.
+
+Scores are stored as uint8: probability = DN / 254 (the band's GDAL scale, so GDAL
+and QGIS show probabilities), 255 = nodata. Classes are uint8 indexes with a colour
+table, class names in the band description and metadata, 255 = nodata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.shutil import copy as gdal_copy
+
+from geounet.models.card import ModelCard
+
+SCORE_SCALE = 254  # probability 1.0 -> DN 254
+NODATA = 255
+STAGE_SCALE = 65535  # stage-1 (working grid) probabilities, uint16
+BLOCK = 512
+
+
+def tiled_profile(crs, transform: Affine, width: int, height: int, count: int, dtype: str, nodata=None) -> dict:
+    """An uncompressed tiled GTiff profile for block-by-block writing (in any order)."""
+    return dict(
+        driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs, transform=transform,
+        nodata=nodata, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, interleave="pixel", BIGTIFF="IF_SAFER",
+        SPARSE_OK=True,
+    )
+
+
+def describe_scores(ds: rasterio.io.DatasetWriter, card: ModelCard) -> None:
+    """Band names, GDAL scale (DN -> probability) and metadata on a scores raster."""
+    ds.descriptions = tuple(card.class_names)
+    ds.scales = (1.0 / SCORE_SCALE,) * len(card.classes)
+    ds.offsets = (0.0,) * len(card.classes)
+    ds.update_tags(
+        GEOUNET_CONTENT="class probabilities",
+        GEOUNET_SCALE=f"probability = DN / {SCORE_SCALE}; {NODATA} = nodata",
+        GEOUNET_CLASSES=json.dumps(card.class_names),
+        GEOUNET_MODEL=card.name,
+    )
+    for i, name in enumerate(card.class_names, start=1):
+        ds.update_tags(i, CLASS_NAME=name)
+
+
+def describe_classes(ds: rasterio.io.DatasetWriter, card: ModelCard) -> None:
+    """Colour table, class names and metadata on a classes raster."""
+    ds.descriptions = ("class",)
+    ds.write_colormap(1, {i: (*c.color, 255) for i, c in enumerate(card.classes)} | {NODATA: (0, 0, 0, 0)})
+    ds.update_tags(
+        GEOUNET_CONTENT="winning class index",
+        GEOUNET_CLASSES=json.dumps(card.class_names),
+        GEOUNET_NODATA=str(NODATA),
+        GEOUNET_MODEL=card.name,
+        **{f"CLASS_{i}": n for i, n in enumerate(card.class_names)},
+    )
+
+
+def finalize_block(probabilities: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``(classes, h, w)`` in [0, 1] + valid mask -> (uint8 scores, uint8 classes).
+
+    Classes: the index of the highest probability, the first one on ties (as ``np.argmax``),
+    computed by pairwise comparison, which is several times faster than an argmax over
+    the first axis (measured 10x for 2 classes, benchmarks/README.md).
+    """
+    n = probabilities.shape[0]
+    classes = np.zeros(probabilities.shape[1:], np.uint8)
+    if n == 2:
+        np.greater(probabilities[1], probabilities[0], out=classes, casting="unsafe")
+    elif n > 2:
+        best = probabilities[0].copy()
+        for k in range(1, n):
+            better = probabilities[k] > best
+            classes[better] = k
+            np.maximum(best, probabilities[k], out=best)
+    dn = np.multiply(probabilities, np.float32(SCORE_SCALE))
+    np.clip(dn, 0.0, SCORE_SCALE, out=dn)
+    np.rint(dn, out=dn)
+    scores = dn.astype(np.uint8)
+    if not valid.all():
+        invalid = ~valid
+        classes[invalid] = NODATA
+        scores[:, invalid] = NODATA
+    return scores, classes
+
+
+def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
+    """Overview decimation factors 2, 4, ... until a level fits in one ``block`` (the COG driver's rule)."""
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > block:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def write_cog(src: str | Path, dst: str | Path, resampling: str, threads: int = 2) -> None:
+    """Copy a tiled GTiff to a Cloud-Optimized GeoTIFF (deflate, 512 blocks, overviews).
+
+    The overviews are built in ``src`` first (``resampling``: GDAL's name, e.g. AVERAGE
+    or NEAREST; nodata honoured), then copied: measured on the 4096^2 outputs that is
+    0.1-0.2 s faster than letting the COG driver build them in a compressed temporary
+    file. GDAL works block by block, so memory does not grow with the raster.
+    Deflate level 1 (any GDAL reads it): 0.6 s instead of 1.4 s at the default level 6
+    on a 4096^2 two-band scores raster, for files 7 % larger.
+    """
+    with rasterio.open(src, "r+") as ds:
+        factors = overview_factors(ds.width, ds.height)
+        if factors:
+            ds.build_overviews(factors, Resampling[resampling.lower()])
+    gdal_copy(
+        str(src), str(dst), driver="COG", COMPRESS="DEFLATE", LEVEL="1", PREDICTOR="2", BLOCKSIZE=str(BLOCK),
+        OVERVIEW_RESAMPLING=resampling, RESAMPLING=resampling, NUM_THREADS=str(threads), BIGTIFF="IF_SAFER",
+    )

@@ -1,0 +1,266 @@
+"""Scoring a model on a labelled scene, through the same path as ``geounet predict``.
+
+The scene (or a window of it: the held-out part) is predicted with
+``pipeline.predict_batch`` into a temporary folder; the labels are rasterized onto
+the scene's grid (``labels``); the scores come from ``metrics``: pixel IoU / F1 per
+class from ``classes.tif``, object F1 of the ``buildings`` layer of ``features.gpkg``
+against the label polygons, and centre-line precision / recall of the
+``road_centerlines`` layer against true centre lines (within 3 m by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from geounet.errors import GeounetError
+from geounet.io.labels import IGNORE_INDEX, RASTER_LABEL_SUFFIXES, labels_to_raster, read_label_raster, read_vector_labels
+from geounet.compute.metrics import centerline_scores, confusion_matrix, object_scores, pixel_scores
+from geounet.models.card import ModelCard, file_sha256, read_card
+from geounet.engine.predict import PredictSettings, predict_batch
+from geounet.compute.postprocess import DEFAULT_RULES, metric_crs
+from geounet.io.scene import check_scene, ground_pixel_size, open_scene
+
+
+@dataclass
+class LabelOptions:
+    """How a label file maps to the model's classes (as in a training config's ``labels``)."""
+
+    class_field: str | None = None
+    default_class: str | None = None
+    value_map: dict[str, str] = field(default_factory=dict)
+    unlabelled: str = "background"  # pixels no label covers: "background" or "ignore"
+    line_width_m: float = 3.0
+    all_touched: bool = False
+    layer: str | None = None
+
+
+def parse_window(text: str | None) -> tuple[float, float, float, float] | None:
+    """``"x0,y0,x1,y1"`` fractions of the scene's width and height from its top-left corner."""
+    if not text:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise GeounetError(None, f"--window must be four fractions x0,y0,x1,y1, got {text!r}") from None
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise GeounetError(None, f"--window fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {text!r}")
+    return x0, y0, x1, y1
+
+
+def evaluate_model(
+    model_path: str | Path,
+    scene_path: str | Path,
+    labels_path: str | Path,
+    *,
+    label_options: LabelOptions | None = None,
+    window: tuple[float, float, float, float] | None = None,
+    centerlines_path: str | Path | None = None,
+    settings: PredictSettings | None = None,
+    tolerance_m: float = 3.0,
+    iou_threshold: float = 0.5,
+) -> dict:
+    """Predict ``scene_path`` (or its ``window``) with the model and score it against the labels."""
+    model_path, scene_path, labels_path = Path(model_path), Path(scene_path), Path(labels_path)
+    opts = label_options or LabelOptions()
+    card = read_card(model_path)
+    if not labels_path.exists():
+        raise GeounetError(labels_path, "label file not found")
+    if centerlines_path is not None and not Path(centerlines_path).exists():
+        raise GeounetError(centerlines_path, "centre-line file not found")
+    with open_scene(scene_path) as src:
+        check_scene(src, card)
+    settings = replace(settings or PredictSettings(quiet=True), vector=True)
+    work = Path(tempfile.mkdtemp(prefix="geounet-eval-"))
+    try:
+        scene = _crop(scene_path, window, work / f"{scene_path.stem}.tif") if window else scene_path
+        [report] = predict_batch([scene], work / "out", model_path, settings)
+        if not report.ok:
+            raise GeounetError(scene_path, f"prediction failed: {report.error}")
+        out = Path(report.out_dir)
+        result = _score(out, card, labels_path, opts, centerlines_path, tolerance_m, iou_threshold)
+        run = json.loads((out / "run.json").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "model": {"path": str(model_path), "name": card.name, "sha256": file_sha256(model_path)},
+        "scene": str(scene_path),
+        "labels": str(labels_path),
+        "centerlines_file": str(centerlines_path) if centerlines_path else None,
+        "window": list(window) if window else None,
+        "label_options": asdict(opts),
+        "settings": run["settings"],
+        **result,
+    }
+
+
+def _crop(scene: Path, window: tuple[float, float, float, float], dst: Path) -> Path:
+    """Copy a window of the scene (fractions) to a GeoTIFF, block by block, keeping its mask."""
+    x0, y0, x1, y1 = window
+    with open_scene(scene) as src:
+        c0, r0 = int(round(x0 * src.width)), int(round(y0 * src.height))
+        c1, r1 = int(round(x1 * src.width)), int(round(y1 * src.height))
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        profile = src.profile | {
+            "driver": "GTiff", "width": win.width, "height": win.height, "transform": src.window_transform(win),
+            "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        }
+        has_mask = src.nodata is None and any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dst, "w", **profile) as out:
+            for r in range(0, win.height, 1024):
+                for c in range(0, win.width, 1024):
+                    sub = Window(c, r, min(1024, win.width - c), min(1024, win.height - r))
+                    read = Window(c0 + c, r0 + r, sub.width, sub.height)
+                    out.write(src.read(window=read), window=sub)
+                    if has_mask:
+                        out.write_mask(src.dataset_mask(window=read), window=sub)
+    return dst
+
+
+def _score(out: Path, card: ModelCard, labels_path: Path, opts: LabelOptions, centerlines_path,
+           tolerance_m: float, iou_threshold: float) -> dict:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    with rasterio.open(out / "classes.tif") as ds:
+        pred = ds.read(1)
+        crs, transform, shape, bounds = ds.crs, ds.transform, (ds.height, ds.width), ds.bounds
+    names = card.class_names
+    background = next((i for i, c in enumerate(card.classes) if c.kind == "background"), None)
+    if opts.unlabelled == "ignore":
+        fill = IGNORE_INDEX
+    elif opts.unlabelled == "background":
+        if background is None:
+            raise GeounetError(None, f"model '{card.name}' has no background class: use --unlabelled ignore")
+        fill = background
+    else:
+        raise GeounetError(None, f"--unlabelled must be 'background' or 'ignore', got {opts.unlabelled!r}")
+
+    vector_labels = labels_path.suffix.lower() not in RASTER_LABEL_SUFFIXES
+    label_gdf = None
+    if vector_labels:
+        default_class = opts.default_class
+        foreground = [c.name for c in card.classes if c.kind != "background"]
+        if opts.class_field is None and default_class is None and len(foreground) == 1:
+            default_class = foreground[0]  # e.g. every OSM outline is a building
+        label_gdf = read_vector_labels(
+            labels_path, crs, tuple(bounds), names, class_field=opts.class_field, default_class=default_class,
+            value_map=opts.value_map, line_width_m=opts.line_width_m, layer=opts.layer,
+        )
+        truth = labels_to_raster(label_gdf, shape, transform, all_touched=opts.all_touched, unlabelled=fill)
+    else:
+        truth = read_label_raster(labels_path, crs, transform, shape, names, opts.value_map or None)
+    cm = confusion_matrix(pred, truth, len(names))
+    pixel = pixel_scores(cm, names)
+    fg = [pixel["classes"][c.name]["iou"] for c in card.classes if c.kind != "background"]
+    fg = [v for v in fg if v is not None]
+    pixel["mean_iou_foreground"] = float(np.mean(fg)) if fg else None  # as training's validation reports it
+    result: dict = {"pixel": pixel, "confusion_matrix": cm.tolist()}
+
+    metric = metric_crs(crs, tuple(bounds))
+    building_ids = [i for i, c in enumerate(card.classes) if c.kind == "building"]
+    if building_ids:
+        import pyogrio
+
+        layers = {name for name, _ in pyogrio.list_layers(out / "features.gpkg")}
+        preds = gpd.read_file(out / "features.gpkg", layer="buildings") if "buildings" in layers else None
+        if label_gdf is not None:
+            true = label_gdf[label_gdf.class_value.isin(building_ids)].geometry
+        else:  # raster labels: one polygon per connected component of the building classes
+            from geounet.compute.vectorize import apply_affine, polygonize_block
+
+            pieces = polygonize_block(truth, (0, 0), building_ids)
+            true = gpd.GeoSeries(apply_affine(pieces.geometry, transform), crs=crs)
+        true = true.make_valid().intersection(box(*bounds))  # OSM has self-intersecting outlines
+        true = true[~true.is_empty]
+        # Truth in the scene's nodata (e.g. outside a drone footprint) cannot be predicted: left out.
+        rows, cols = rasterio.transform.rowcol(transform, true.representative_point().x, true.representative_point().y)
+        rows, cols = np.clip(rows, 0, shape[0] - 1), np.clip(cols, 0, shape[1] - 1)
+        true = true[pred[rows, cols] != 255]
+        true_m = true.to_crs(metric)
+        true_m = true_m[true_m.area >= DEFAULT_RULES["building"].min_area_m2]
+        pred_m = preds.geometry.to_crs(metric) if preds is not None else gpd.GeoSeries([], crs=metric)
+        scores = object_scores(np.asarray(pred_m.values), np.asarray(true_m.values), iou_threshold)
+        result["objects"] = scores.to_dict() | {"predicted": len(pred_m), "true": len(true_m)}
+
+    road_ids = [i for i, c in enumerate(card.classes) if c.kind == "road"]
+    if road_ids:
+        lines_src = centerlines_path
+        if lines_src is None and label_gdf is not None:
+            lines_src = labels_path if _has_lines(labels_path, opts.layer) else None
+        if lines_src is not None:
+            result["centerlines"] = _centerline_result(out, Path(lines_src), crs, transform, shape, bounds, pred,
+                                                       tolerance_m)
+    return result
+
+
+def _has_lines(path: Path, layer: str | None) -> bool:
+    import pyogrio
+
+    info = pyogrio.read_info(path, layer=layer)
+    return "LineString" in str(info.get("geometry_type", ""))
+
+
+def _centerline_result(out: Path, lines_path: Path, crs, transform, shape, bounds, pred, tolerance_m: float) -> dict:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    truth_lines = gpd.read_file(lines_path).to_crs(crs)
+    truth_lines = truth_lines[truth_lines.geometry.intersects(box(*bounds))]
+    pred_lines = gpd.read_file(out / "features.gpkg", layer="road_centerlines")
+    true_mask = _burn(truth_lines.geometry, shape, transform)
+    pred_mask = _burn(pred_lines.geometry, shape, transform)
+    size = ground_pixel_size(crs, transform, shape[1], shape[0])
+    scores = centerline_scores(pred_mask, true_mask, size, tolerance_m, valid=pred != 255)
+    return scores | {"truth_file": str(lines_path)}
+
+
+def _burn(geoms, shape, transform) -> np.ndarray:
+    from rasterio.features import rasterize
+
+    geoms = [g for g in geoms if g is not None and not g.is_empty]
+    if not geoms:
+        return np.zeros(shape, bool)
+    return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8") > 0
+
+
+def format_report(result: dict) -> str:
+    """A short plain-text table of the scores."""
+    lines = [f"model {result['model']['name']} on {Path(result['scene']).name}"
+             + (f" window {result['window']}" if result["window"] else "")]
+    lines.append(f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}{'pixels':>11}")
+    for name, s in result["pixel"]["classes"].items():
+        if s["iou"] is None:
+            lines.append(f"{name:<16}{'-':>8}{'-':>8}{'-':>8}{'-':>8}{0:>11}")
+        else:
+            lines.append(f"{name:<16}{s['iou']:8.3f}{s['f1']:8.3f}{s['precision']:8.3f}{s['recall']:8.3f}{s['pixels']:>11}")
+    p = result["pixel"]
+    fg = p.get("mean_iou_foreground")
+    lines.append(f"mean IoU {p['mean_iou']:.3f} (all classes), "
+                 + (f"{fg:.3f} (non-background)   " if fg is not None else "  ")
+                 + f"pixel accuracy {p['pixel_accuracy']:.3f}   ({p['pixels_scored']} pixels)")
+    if "objects" in result:
+        o = result["objects"]
+        lines.append(f"buildings, objects at IoU >= {o['iou_threshold']}: F1 {o['f1']:.3f} precision {o['precision']:.3f} "
+                     f"recall {o['recall']:.3f} ({o['true_positives']} matched of {o['predicted']} predicted, {o['true']} true)")
+    if "centerlines" in result:
+        c = result["centerlines"]
+        lines.append(f"road centre lines within {c['tolerance_m']:g} m: precision {c['precision']:.3f} "
+                     f"recall {c['recall']:.3f} F1 {c['f1']:.3f}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    """Write atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,166 @@
+"""The CLI: `geounet info`, and every bad input gets one line naming the file, a non-zero exit, nothing left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from typer.testing import CliRunner
+
+from geounet.cli.main import app
+from tests.helpers import DEMO_SCENE, write_scene
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_nothing_left(out: Path, allowed: set[str] = frozenset()):
+    if out.exists():
+        left = {p.name for p in out.iterdir()} - set(allowed)
+        assert not left, f"left behind: {left}"
+
+
+def test_info_prints_the_card(tiny_model):
+    result = invoke("info", tiny_model)
+    assert result.exit_code == 0
+    assert "tiny-test" in result.stdout and "resolution:   0.15 m/px" in result.stdout
+
+
+def test_info_on_a_non_model_fails_cleanly(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04not a model")
+    result = invoke("info", bad)
+    assert result.exit_code != 0
+    [line] = error_lines(result)
+    assert str(bad) in line and "not a valid geounet model" in line
+
+
+def _truncated(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    full = write_scene(tmp_path / "full.tif", rng.integers(0, 255, (3, 400, 400), dtype=np.uint8))
+    data = full.read_bytes()
+    cut = tmp_path / "truncated.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
+def _no_crs(tmp_path: Path) -> Path:
+    with rasterio.open(tmp_path / "nocrs.tif", "w", driver="GTiff", width=20, height=20, count=3, dtype="uint8") as d:
+        d.write(np.zeros((3, 20, 20), np.uint8))
+    return tmp_path / "nocrs.tif"
+
+
+BAD_SCENES = {
+    "missing": (lambda tmp: tmp / "nope.tif", "file not found"),
+    "not a raster": (lambda tmp: (tmp / "notes.tif").write_text("hello") and tmp / "notes.tif", "not a readable raster"),
+    "truncated": (_truncated, "truncated or corrupt"),
+    "no crs": (_no_crs, "no CRS"),
+    "band count": (lambda tmp: write_scene(tmp / "pan.tif", np.zeros((1, 20, 20), np.uint8)), r"has 1 band(s) but model"),
+    "dtype": (lambda tmp: write_scene(tmp / "f32.tif", np.zeros((3, 20, 20), np.float32)), "band 1 is float32 but model"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SCENES))
+def test_bad_scene_gives_one_line_error_and_leaves_nothing(case, tiny_model, tmp_path):
+    make, message = BAD_SCENES[case]
+    scene = make(tmp_path)
+    out = tmp_path / "out"
+    result = invoke("predict", scene, "--out", out, "--model", tiny_model, "--quiet")
+    assert result.exit_code == 1, result.output
+    [line] = error_lines(result)
+    assert str(scene) in line and message in line, line
+    assert_nothing_left(out)
+
+
+def test_one_bad_scene_does_not_sink_the_batch(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("predict", tmp_path / "missing.tif", DEMO_SCENE, "--out", out, "--model", tiny_model, "--quiet")
+    assert result.exit_code == 1
+    assert len(error_lines(result)) == 1 and "1 scene(s) done, 1 failed" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["kampala_demo"]
+
+
+def test_raster_without_transform_is_refused(tiny_model, tmp_path):
+    scene = tmp_path / "notransform.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=20, height=20, count=3, dtype="uint8", crs="EPSG:32633") as d:
+        d.write(np.zeros((3, 20, 20), np.uint8))
+    result = invoke("predict", scene, "--out", tmp_path / "out", "--model", tiny_model, "--quiet")
+    assert result.exit_code == 1
+    [line] = error_lines(result)
+    assert str(scene) in line and "no geotransform" in line
+
+
+def test_all_nodata_scene_is_not_an_error(tiny_model, tmp_path):
+    scene = write_scene(tmp_path / "void.tif", np.zeros((3, 64, 64), np.uint8), res=0.15, nodata=0)
+    result = invoke("predict", scene, "--out", tmp_path / "out", "--model", tiny_model, "--quiet")
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "out/void/classes.tif") as c:
+        assert (c.read() == 255).all()
+
+
+def test_output_folder_that_cannot_be_written(tiny_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = invoke("predict", DEMO_SCENE, "--out", blocker / "out", "--model", tiny_model, "--quiet")
+    assert result.exit_code == 2
+    [line] = error_lines(result)
+    assert str(blocker / "out") in line and "cannot write output folder" in line
+
+
+@pytest.mark.parametrize("kind", ["pickle", "text", "missing"])
+def test_invalid_model_file(kind, tmp_path):
+    model = tmp_path / "model.safetensors"
+    if kind == "pickle":
+        torch.save({"w": torch.zeros(2)}, model)
+    elif kind == "text":
+        model.write_text("{}")
+    out = tmp_path / "out"
+    result = invoke("predict", DEMO_SCENE, "--out", out, "--model", model, "--quiet")
+    assert result.exit_code == 2
+    [line] = error_lines(result)
+    assert str(model) in line and ("not a valid geounet model" in line or "not found" in line)
+    assert_nothing_left(out)
+
+
+def test_bad_settings_are_refused(tiny_model, tmp_path):
+    result = invoke("predict", DEMO_SCENE, "--out", tmp_path, "--model", tiny_model, "--tile-size", "100", "--quiet")
+    assert result.exit_code != 0 and "multiple of 32" in result.stderr
+
+
+def test_interrupted_run_leaves_no_finished_looking_output(tiny_model, tmp_path):
+    """A run killed mid-scene leaves only a hidden .partial folder, never OUT/<stem>/."""
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, geounet.engine.predict as p\n"
+        "def boom(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "p.write_cog = boom\n"
+        "from geounet.cli.main import app\n"
+        f"app(['predict', {str(DEMO_SCENE)!r}, '--out', {str(out)!r}, '--model', {str(tiny_model)!r}, '--quiet'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == -9
+    assert not (out / "kampala_demo").exists()
+    assert all(p.name.startswith(".") for p in out.iterdir())
+
+
+def test_console_script_runs(tiny_model, tmp_path):
+    exe = Path(sys.executable).with_name("geounet")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "geounet.cli.main"]
+    proc = subprocess.run(cmd + ["predict", str(DEMO_SCENE), "--out", str(tmp_path), "--model", str(tiny_model), "--quiet"],
+                          capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and (tmp_path / "kampala_demo" / "classes.tif").exists()

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from scipy import ndimage
+
+from geounet.compute.vectorize import Pieces, merge_across_blocks, polygonize_block
+
+from geounet.compute.vectorize import apply_affine
+
+T = Affine(0.0746455354, 0, 3627854.2364710346, 0, -0.0746455354, 38830.0103688)  # inexact, like real scenes
+
+
+def blockwise(classes, block, class_ids, scores=None):
+    h, w = classes.shape
+    parts = []
+    for r in range(0, h, block):
+        for c in range(0, w, block):
+            sl = np.s_[r : r + block, c : c + block]
+            parts.append(polygonize_block(classes[sl], (r, c), class_ids,
+                                          None if scores is None else scores[sl],
+                                          (r > 0, r + block < h, c > 0, c + block < w)))
+    return merge_across_blocks(Pieces.concat(parts))
+
+
+def assert_same(a: Pieces, b: Pieces, class_ids):
+    for cid in class_ids:
+        ga, gb = a.geometry[a.class_id == cid], b.geometry[b.class_id == cid]
+        assert len(ga) == len(gb)
+        area_a, area_b = shapely.area(ga).sum(), shapely.area(gb).sum()
+        assert abs(area_a - area_b) <= 1e-6 * area_a
+        sym = shapely.union_all(ga).symmetric_difference(shapely.union_all(gb)).area
+        assert sym <= 1e-6 * area_a
+        assert a.pixels[a.class_id == cid].sum() == b.pixels[b.class_id == cid].sum()
+        assert shapely.is_valid(gb).all()
+
+
+def test_shapes_straddling_block_corners_merge_exactly():
+    classes = np.zeros((40, 40), np.uint8)
+    classes[5:35, 15:25] = 1  # crosses the horizontal and vertical edges at 20
+    classes[15:25, 5:35] = 1  # a plus sign centred on the block corner
+    classes[18:22, 18:22] = 2  # a different class right on the corner (a hole in class 1)
+    classes[0:20, 0:3] = 1  # touches edge only at a corner with nothing
+    classes[19, 36] = 1; classes[20, 37] = 1  # two pixels touching diagonally across the edge: stay apart
+    whole = polygonize_block(classes, (0, 0), [1, 2])
+    merged = blockwise(classes, 20, [1, 2])
+    assert_same(whole, merged, [1, 2])
+    plus = [g for g in merged.geometry[merged.class_id == 1] if g.area > 100]  # pixel units
+    assert len(plus) == 1 and len(plus[0].interiors) == 1  # one polygon with the class-2 hole
+
+
+@pytest.mark.parametrize("block", [7, 16, 33, 64])
+def test_block_size_does_not_change_the_polygons(block):
+    rng = np.random.default_rng(block)
+    classes = (ndimage.uniform_filter(rng.random((150, 170)), 5) > 0.5).astype(np.uint8)
+    classes[rng.random(classes.shape) > 0.97] = 2
+    scores = rng.integers(0, 255, classes.shape).astype(np.uint8)
+    whole = polygonize_block(classes, (0, 0), [1, 2], scores)
+    merged = blockwise(classes, block, [1, 2], scores)
+    assert_same(whole, merged, [1, 2])
+    assert merged.score_sum.sum() == pytest.approx(whole.score_sum.sum())
+    assert not merged.on_edge.any()
+
+
+def test_polygon_area_and_mean_score_are_per_component():
+    classes = np.zeros((10, 10), np.uint8)
+    classes[2:5, 2:6] = 1
+    scores = np.full((10, 10), 100, np.uint8)
+    scores[2:5, 2:6] = 200
+    p = polygonize_block(classes, (100, 200), [1], scores)
+    assert len(p) == 1 and p.pixels[0] == 12 and p.score_sum[0] == 2400
+    assert p.geometry[0].bounds == (202, 102, 206, 105)  # pixel (col, row) corners in the whole raster
+    [g] = apply_affine(p.geometry, T)
+    assert g.area == pytest.approx(12 * 0.0746455354**2)
+    assert g.bounds[0] == pytest.approx(3627854.2364710346 + 202 * 0.0746455354)
+
+
+def test_split_touching_separates_two_roofs_joined_by_a_neck():
+    from geounet.compute.vectorize import split_touching
+
+    classes = np.zeros((40, 70), np.uint8)
+    classes[5:35, 5:30] = 1
+    classes[5:35, 40:65] = 1
+    classes[18:22, 30:40] = 1  # a 4 px neck
+    scores = np.full(classes.shape, 200, np.uint8)
+    whole = polygonize_block(classes, (0, 0), [1], scores)
+    assert len(whole) == 1
+    split = split_touching(whole, (0.1, 0.1), min_distance_m=1.0)
+    assert len(split) == 2
+    assert split.pixels.sum() == whole.pixels.sum()
+    assert shapely.union_all(split.geometry).symmetric_difference(whole.geometry[0]).area == 0
+    assert np.allclose(split.score_sum / split.pixels, 200)
+    # Seeds further apart than the roofs are wide: nothing to split.
+    assert len(split_touching(whole, (0.1, 0.1), min_distance_m=4.0)) == 1

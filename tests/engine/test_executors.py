@@ -1,0 +1,206 @@
+"""geounet on a real dask.distributed cluster: a ``dask scheduler`` and ``dask worker``
+processes on 127.0.0.1, started here (bounded in time, killed by process group).
+
+Faults: a worker SIGKILLed mid-scene (outputs identical to a clean run) and the
+scheduler killed mid-run (one-line error, non-zero exit, no output folder left).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from tests.helpers import write_scene
+from geounet.engine import predict as pipeline
+from geounet.engine.predict import ClusterError, PredictSettings, make_client, predict_scene
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 90.0  # workers import torch: several seconds each on a busy 2-core machine
+
+
+class LoopbackCluster:
+    """A scheduler and N single-threaded workers, each in its own process group."""
+
+    def __init__(self, tmp: Path, n_workers: int = 2) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.file = tmp / "scheduler.json"
+        self.procs: list[subprocess.Popen] = []
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        self.scheduler = self._spawn(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+             "--scheduler-file", str(self.file)], env, "scheduler")
+        self.workers = [
+            self._spawn([str(BIN / "dask"), "worker", "--scheduler-file", str(self.file), "--host", "127.0.0.1",
+                         "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--death-timeout", "60",
+                         "--local-directory", str(tmp / f"w{i}")], env, f"worker{i}")
+            for i in range(n_workers)
+        ]
+        try:
+            self.address = self._wait_for_workers(n_workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _spawn(self, cmd: list[str], env: dict, name: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def _wait_for_workers(self, n: int) -> str:
+        from distributed import Client
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.file.exists():
+            if time.monotonic() > deadline or self.scheduler.poll() is not None:
+                raise RuntimeError(f"dask scheduler did not start: {(self.tmp / 'scheduler.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        time.sleep(0.2)  # the file is written in one go, but give it a moment
+        address = json.loads(self.file.read_text())["address"]
+        with Client(address, timeout="20s") as c:
+            c.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
+        return address
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL a process and everything it started (its nanny's worker process)."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            self.kill(p)
+
+
+_LIVE: list[LoopbackCluster] = []
+
+
+def _live_cluster(factory, min_workers: int) -> LoopbackCluster:
+    """One cluster for the module (start-up costs seconds); a new one once a test broke it."""
+    if _LIVE and (_LIVE[0].scheduler.poll() is not None
+                  or sum(p.poll() is None for p in _LIVE[0].workers) < min_workers):
+        _LIVE.pop().close()
+    if not _LIVE:
+        _LIVE.append(LoopbackCluster(factory.mktemp("cluster")))
+    return _LIVE[0]
+
+
+@pytest.fixture
+def cluster(tmp_path_factory):
+    return _live_cluster(tmp_path_factory, 2)
+
+
+@pytest.fixture
+def cluster_any(tmp_path_factory):
+    """A cluster with at least one worker left (the scheduler test kills the scheduler)."""
+    return _live_cluster(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_clusters():
+    yield
+    while _LIVE:
+        _LIVE.pop().close()
+
+
+def _scene(path: Path, size: int) -> Path:
+    rng = np.random.default_rng(5)
+    return write_scene(path, rng.integers(0, 255, (3, size, size), dtype=np.uint8), res=0.15)
+
+
+def _read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    with rasterio.open(folder / "scores.tif") as s, rasterio.open(folder / "classes.tif") as c:
+        return s.read(), c.read()
+
+
+def test_workers_settle_auto_settings_for_themselves(cluster, tiny_model, tmp_path, monkeypatch):
+    """`auto` device/precision/backend are settled by the workers, not the client (a client without a GPU
+    must send GPU work to GPU workers): here the client's own view is made to differ from the workers'."""
+    monkeypatch.setattr(pipeline, "resolve_backend", lambda device, precision, backend="auto": "torch")
+    scene = _scene(tmp_path / "scene.tif", 480)
+    settings = PredictSettings(precision="fp32", scheduler=cluster.address, vector=False, quiet=True)  # auto: bf16 where the CPU has it
+    client = make_client(settings)
+    try:
+        rep = predict_scene(scene, tmp_path / "out", tiny_model, settings, client)
+    finally:
+        client.close()
+    assert rep.ok, rep.error
+    run = json.loads((tmp_path / "out" / "scene" / "run.json").read_text())["settings"]
+    # the CPU workers' view (ONNX Runtime, one tile per call and per task), not the client's (torch, 4, 2048)
+    assert (run["device"], run["backend"], run["batch_size"]) == ("cpu", "onnx", 1), run
+    assert run["chunk_pixels"] == run["tile_size"] - run["overlap"]
+
+
+def test_worker_killed_mid_scene_outputs_identical_to_a_clean_run(cluster, tiny_model, tmp_path, monkeypatch):
+    scene = _scene(tmp_path / "scene.tif", 480)  # tiny model: 96-px cells, 5x5 tiles, 2x2 a chunk -> 9 chunks
+    settings = PredictSettings(chunk_pixels=192, scheduler=cluster.address, vector=False, quiet=True)
+    client = make_client(settings)
+    try:
+        pids = client.run(os.getpid)  # worker address -> pid of the worker process
+        clean = predict_scene(scene, tmp_path / "clean", tiny_model, settings, client)
+        assert clean.ok and clean.tiles["run"] == 25 and clean.tiles["chunks"] == 9
+
+        killed = []
+        add = pipeline._Stitcher.add
+
+        def add_then_kill(self, result):
+            add(self, result)
+            if not killed:  # first chunk is in: kill a worker that is busy with another one
+                busy = [w for w, keys in client.processing().items() if keys] or list(pids)
+                victim = next(p for p in cluster.workers if p.pid == os.getpgid(pids[busy[0]]))
+                cluster.kill(victim)
+                killed.append(busy[0])
+
+        monkeypatch.setattr(pipeline._Stitcher, "add", add_then_kill)
+        faulty = predict_scene(scene, tmp_path / "faulty", tiny_model, settings, client)
+    finally:
+        client.close()
+    assert killed and faulty.ok and faulty.tiles == clean.tiles
+    for a, b in zip(_read(Path(clean.out_dir)), _read(Path(faulty.out_dir))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_scheduler_killed_mid_run_fails_cleanly(cluster_any, tiny_model, tmp_path):
+    cluster = cluster_any
+    scene = _scene(tmp_path / "big.tif", 1536)  # 256 tiles: long enough to be caught mid-run
+    out = tmp_path / "out"
+    cmd = [str(BIN / "geounet"), "predict", str(scene), "--out", str(out), "--model", str(tiny_model),
+           "--scheduler", cluster.address, "--no-vector", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".big.partial-*")):  # the run has started writing
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "geounet predict did not start in 60 s"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        cluster.kill(cluster.scheduler)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode not in (0, None)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert cluster.address in lines[0] and "scheduler" in lines[0] and "big.tif" in lines[0], lines[0]
+    assert sorted(p.name for p in out.iterdir()) == [], "no output folder, no partial folder"
+    assert "geounet: Dask dashboard: http://127.0.0.1:" in err  # the link of a distributed run, one line
+
+
+def test_unreachable_scheduler_is_one_line_error(monkeypatch):
+    monkeypatch.setattr(pipeline, "_CONNECT_TIMEOUT", "1s")
+    with pytest.raises(ClusterError, match=r"^tcp://127\.0\.0\.1:9: cannot connect to the Dask scheduler"):
+        make_client(PredictSettings(scheduler="tcp://127.0.0.1:9"))

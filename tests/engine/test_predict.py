@@ -1,0 +1,285 @@
+"""End-to-end prediction: georeferencing, nodata, seams, determinism, resampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from geounet.engine.predict import PredictSettings, predict_batch
+from tests.helpers import DEMO_SCENE, shared_file, write_scene
+
+
+def run(scenes, out, model, **kw):
+    kw.setdefault("quiet", True)
+    reports = predict_batch([Path(s) for s in scenes], out, model, PredictSettings(**kw))
+    return reports
+
+
+def read(path, band=None):
+    with rasterio.open(path) as ds:
+        return ds.read() if band is None else ds.read(band)
+
+
+def assert_same_grid(scene: Path, out_dir: Path):
+    with rasterio.open(scene) as src:
+        for name in ("scores.tif", "classes.tif"):
+            with rasterio.open(out_dir / name) as o:
+                assert o.crs == src.crs, name
+                assert o.transform.almost_equals(src.transform, precision=1e-12), name
+                assert (o.width, o.height) == (src.width, src.height), name
+                assert o.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG", name
+                assert o.block_shapes[0] == (512, 512) and o.compression is not None, name
+
+
+def test_demo_scene_outputs_are_cogs_on_the_scene_grid_with_nodata(tiny_model, tmp_path):
+    [rep] = run([DEMO_SCENE], tmp_path, tiny_model)
+    assert rep.ok, rep.error
+    out = tmp_path / "kampala_demo"
+    assert sorted(p.name for p in out.iterdir()) == ["classes.tif", "features.gpkg", "item.json", "quicklook.png", "run.json", "scores.tif"]
+    assert_same_grid(DEMO_SCENE, out)
+    with rasterio.open(DEMO_SCENE) as src:
+        invalid = src.dataset_mask() == 0
+    assert invalid.any()
+    classes, scores = read(out / "classes.tif", 1), read(out / "scores.tif")
+    np.testing.assert_array_equal(classes == 255, invalid)
+    assert np.all(scores[:, invalid] == 255) and np.all(scores[:, ~invalid] <= 254)
+    # probabilities sum to ~1 (DN / 254)
+    total = scores[:, ~invalid].astype(int).sum(0)
+    assert np.abs(total - 254).max() <= 2
+    with rasterio.open(out / "classes.tif") as c, rasterio.open(out / "scores.tif") as s:
+        assert c.colormap(1)[1][:3] == (230, 60, 60) and c.nodata == 255
+        assert json.loads(c.tags()["GEOUNET_CLASSES"]) == ["background", "building"]
+        assert s.descriptions == ("background", "building") and s.scales[0] == pytest.approx(1 / 254)
+        assert c.overviews(1) and s.overviews(1)
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["input"]["sha256"] and run_json["model"]["sha256"] and run_json["geounet_version"]
+    assert run_json["settings"]["tile_size"] == 128 and run_json["working_grid"]["resampled"] is True
+    assert run_json["tiles"]["run"] > 0 and "total_s" in run_json["timings"]
+
+
+def test_workers_1_and_2_give_identical_classes(tiny_model, tmp_path):
+    a = run([DEMO_SCENE], tmp_path / "w1", tiny_model, workers=1, tile_size=96, overlap=32, chunk_pixels=128)
+    b = run([DEMO_SCENE], tmp_path / "w2", tiny_model, workers=2, tile_size=96, overlap=32, chunk_pixels=128)
+    assert a[0].ok and b[0].ok and a[0].tiles["chunks"] > 4
+    np.testing.assert_array_equal(read(tmp_path / "w1/kampala_demo/classes.tif"), read(tmp_path / "w2/kampala_demo/classes.tif"))
+    np.testing.assert_array_equal(read(tmp_path / "w1/kampala_demo/scores.tif"), read(tmp_path / "w2/kampala_demo/scores.tif"))
+
+
+def test_chunking_does_not_change_the_result(tiny_model, tmp_path):
+    """Chunk boundaries (stitched by the writer) give the same rasters as one chunk."""
+    run([DEMO_SCENE], tmp_path / "small", tiny_model, tile_size=96, overlap=32, chunk_pixels=64)
+    run([DEMO_SCENE], tmp_path / "one", tiny_model, tile_size=96, overlap=32, chunk_pixels=100000)
+    a = read(tmp_path / "small/kampala_demo/scores.tif").astype(int)
+    b = read(tmp_path / "one/kampala_demo/scores.tif").astype(int)
+    assert np.abs(a - b).max() <= 1  # float sums in another order may round one DN apart
+
+
+def test_direct_path_chunking_and_mask(tiny_model, tmp_path):
+    """On the model's own grid, regions go straight to uint8: chunk seams and the mask as above."""
+    with rasterio.open(DEMO_SCENE) as src:
+        data, mask = src.read(), src.dataset_mask() > 0
+    assert (~mask).any()
+    scene = write_scene(tmp_path / "native.tif", data, res=0.15, mask=mask)  # the tiny model's resolution
+    small = run([scene], tmp_path / "small", tiny_model, tile_size=96, overlap=32, chunk_pixels=64)
+    one = run([scene], tmp_path / "one", tiny_model, tile_size=96, overlap=32, chunk_pixels=100000)
+    assert small[0].ok and one[0].ok and small[0].tiles["chunks"] > 4 and one[0].tiles["chunks"] == 1
+    assert json.loads((tmp_path / "small/native/run.json").read_text())["working_grid"]["resampled"] is False
+    a = read(tmp_path / "small/native/scores.tif").astype(int)
+    b = read(tmp_path / "one/native/scores.tif").astype(int)
+    assert np.abs(a - b).max() <= 1
+    for out in ("small", "one"):
+        classes = read(tmp_path / out / "native/classes.tif", 1)
+        np.testing.assert_array_equal(classes == 255, ~mask)
+        assert set(np.unique(classes[mask])) <= {0, 1}
+    assert_same_grid(scene, tmp_path / "small" / "native")
+
+
+def test_vector_stage_in_worker_processes_gives_the_same_features(default_model, tmp_path):
+    """The local vector pool (forkserver worker processes) writes what the in-process threads write."""
+    import geopandas as gpd
+    import shapely
+
+    results = {}
+    for processes in (False, True):
+        [rep] = run([DEMO_SCENE], tmp_path / str(processes), default_model, vector_block=96, vector_processes=processes)
+        assert rep.ok, rep.error
+        out = tmp_path / str(processes) / "kampala_demo"
+        ran_on = json.loads((out / "run.json").read_text())["vector"]["ran_on"]
+        assert ran_on == ("local worker processes" if processes else "in-process threads")
+        results[processes] = gpd.read_file(out / "features.gpkg", layer="buildings")
+    a, b = results[False], results[True]
+    assert len(a) == len(b) > 5
+    assert a.area_m2.sum() == pytest.approx(b.area_m2.sum(), rel=1e-9)
+    sym = shapely.union_all(a.geometry.values).symmetric_difference(shapely.union_all(b.geometry.values)).area
+    assert sym <= 1e-9 * a.geometry.area.sum()
+
+
+def test_scene_smaller_than_a_tile(tiny_model, tmp_path):
+    rng = np.random.default_rng(0)
+    scene = write_scene(tmp_path / "small.tif", rng.integers(0, 255, (3, 30, 45), dtype=np.uint8), res=0.15)
+    [rep] = run([scene], tmp_path / "out", tiny_model)
+    assert rep.ok and rep.tiles["total"] == 1
+    assert_same_grid(scene, tmp_path / "out" / "small")
+    assert (read(tmp_path / "out/small/classes.tif", 1) != 255).all()
+
+
+def test_all_nodata_tiles_are_skipped_and_stay_nodata(tiny_model, tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 255, (3, 300, 300), dtype=np.uint8)
+    mask = np.zeros((300, 300), bool)
+    mask[:, :100] = True  # only the left third is data
+    scene = write_scene(tmp_path / "part.tif", data, res=0.15, mask=mask)
+    [rep] = run([scene], tmp_path / "out", tiny_model, tile_size=64, overlap=16)
+    assert rep.ok and rep.tiles["skipped"] > 0 and rep.tiles["run"] < rep.tiles["total"]
+    classes = read(tmp_path / "out/part/classes.tif", 1)
+    np.testing.assert_array_equal(classes == 255, ~mask)
+
+
+def test_all_nodata_scene_gives_all_nodata_outputs_and_succeeds(tiny_model, tmp_path):
+    scene = write_scene(tmp_path / "empty.tif", np.zeros((3, 100, 120), np.uint8), res=0.15, nodata=0)
+    [rep] = run([scene], tmp_path / "out", tiny_model)
+    assert rep.ok and rep.tiles["run"] == 0
+    assert (read(tmp_path / "out/empty/classes.tif") == 255).all()
+    assert (read(tmp_path / "out/empty/scores.tif") == 255).all()
+
+
+def test_rerun_replaces_previous_outputs_atomically(tiny_model, tmp_path):
+    run([DEMO_SCENE], tmp_path, tiny_model)
+    first = json.loads((tmp_path / "kampala_demo/run.json").read_text())["created_utc"]
+    run([DEMO_SCENE], tmp_path, tiny_model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kampala_demo"]
+    assert json.loads((tmp_path / "kampala_demo/run.json").read_text())["created_utc"] >= first
+
+
+@pytest.mark.parametrize("rel", ["kampala/kampala_b.tif", "joplin/post/tile_31500-5137.tif"])
+def test_georeferencing_on_real_scenes(rel, tiny_model_03, tmp_path):
+    """EPSG:3857 (Kampala) and EPSG:4326 in degrees (Joplin post), both resampled to the model."""
+    scene = shared_file(rel)
+    [rep] = run([scene], tmp_path, tiny_model_03, tile_size=256, overlap=32)
+    assert rep.ok, rep.error
+    assert_same_grid(scene, tmp_path / scene.stem)
+
+
+def test_postprocess_overrides_replace_only_the_given_fields():
+    from geounet.errors import GeounetError
+    from geounet.engine.predict import rules_with_overrides
+    from geounet.compute.postprocess import DEFAULT_RULES
+
+    rules = rules_with_overrides({"building": {"split_m": 3.0, "min_area_m2": 10}})
+    assert rules["building"].split_m == 3.0 and rules["building"].min_area_m2 == 10
+    assert rules["building"].regularize is DEFAULT_RULES["building"].regularize
+    assert rules["road"] == DEFAULT_RULES["road"]
+    with pytest.raises(GeounetError, match="unknown class kind 'roof'"):
+        rules_with_overrides({"roof": {}})
+    with pytest.raises(GeounetError, match="postprocess.building"):
+        rules_with_overrides({"building": {"min_area": 1}})
+
+
+def test_onnx_and_torch_backends_give_the_same_rasters(default_model, tmp_path):
+    """The CPU default (ONNX Runtime, exported from the same weights) and torch: same maps up to rounding."""
+    kw = dict(tile_size=128, overlap=32, vector=False, precision="fp32")  # ONNX Runtime runs fp32 only
+    [a] = run([DEMO_SCENE], tmp_path / "onnx", default_model, backend="onnx", **kw)
+    [b] = run([DEMO_SCENE], tmp_path / "torch", default_model, backend="torch", **kw)
+    assert a.ok and b.ok and a.tiles["run"] > 4
+    for name, backend in (("onnx", "onnx"), ("torch", "torch")):
+        assert json.loads((tmp_path / name / "kampala_demo/run.json").read_text())["settings"]["backend"] == backend
+    sa, sb = read(tmp_path / "onnx/kampala_demo/scores.tif").astype(int), read(tmp_path / "torch/kampala_demo/scores.tif").astype(int)
+    assert np.abs(sa - sb).max() <= 1
+    ca, cb = read(tmp_path / "onnx/kampala_demo/classes.tif", 1), read(tmp_path / "torch/kampala_demo/classes.tif", 1)
+    assert (ca != cb).mean() < 1e-3  # only exact ties may flip
+    assert (cb == 1).sum() > 1000  # the real model finds buildings here: the comparison means something
+
+
+def test_a_cpu_run_through_onnx_never_imports_torch(tiny_model, tmp_path):
+    """What makes the ONNX backend start fast: predict and vectorize with torch, torchvision, smp unimported."""
+    import os
+    import subprocess
+    import sys
+
+    from geounet.models import onnx as onnxrt
+    from geounet.engine.tiles import _may_have_cuda
+
+    if _may_have_cuda():
+        pytest.skip("a GPU device exists here: device auto asks torch, and the GPU runs torch")
+    onnxrt.load_onnx(tiny_model, 1)  # exporting needs torch: done here, into the session's cache
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from geounet.engine.predict import PredictSettings, predict_batch\n"
+        f"[r] = predict_batch([Path({str(DEMO_SCENE)!r})], Path({str(tmp_path)!r}), Path({str(tiny_model)!r}), "
+        "PredictSettings(quiet=True, precision='fp32'))\n"  # auto is bf16 on CPUs with native bf16 (torch)
+        "assert r.ok, r.error\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'segmentation_models_pytorch', 'timm'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+    run_json = json.loads((tmp_path / "kampala_demo/run.json").read_text())
+    assert run_json["settings"]["backend"] == "onnx" and run_json["vector"]["layers"]
+
+
+def test_a_local_raster_run_never_imports_dask_distributed(tiny_model, tmp_path):
+    """Local chunks run on dask's threaded scheduler: no dask.distributed import, no cluster (0.5 s per command)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from geounet.engine.predict import PredictSettings, predict_batch\n"
+        f"[r] = predict_batch([Path({str(DEMO_SCENE)!r})], Path({str(tmp_path)!r}), Path({str(tiny_model)!r}), "
+        "PredictSettings(quiet=True, vector=False, workers=2))\n"
+        "assert r.ok, r.error\n"
+        "print(json.dumps(['dask' in sys.modules, 'distributed' in sys.modules]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [True, False]
+
+
+def test_local_chunks_are_stitched_as_they_finish_in_raster_order(tiny_model, tmp_path, monkeypatch):
+    """Memory follows the chunk, not the scene: dask runs each chunk's stitch task right after it,
+    and the chunks row by row, so regions waiting for a neighbour stay within about one row of chunks."""
+    from geounet.engine import predict as pipeline
+
+    seen = {"pending": 0, "added": 0}
+    add = pipeline._Stitcher.add
+
+    def watched(self, result):
+        add(self, result)
+        seen["added"] += 1
+        seen["pending"] = max(seen["pending"], len(self.pending))
+
+    monkeypatch.setattr(pipeline._Stitcher, "add", watched)
+    [r] = run([DEMO_SCENE], tmp_path / "out", tiny_model, vector=False, workers=2, tile_size=64, overlap=16,
+              chunk_pixels=48)  # one 64 px tile per chunk
+    assert r.ok, r.error
+    n_chunks = r.tiles["chunks"]
+    per_row = int(round(n_chunks ** 0.5))
+    assert n_chunks >= 49 and seen["added"] == n_chunks
+    # a row of chunks leaves its lower seams and corners waiting for the next row: ~2 regions per chunk
+    assert seen["pending"] <= 3 * per_row + 8, (seen["pending"], n_chunks)
+
+
+def test_workers_that_settle_differently_or_fail_are_named():
+    from geounet.errors import GeounetError
+    from geounet.engine.predict import agree_on_settings
+
+    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    gpu = {"device": "cuda", "precision": "bf16", "backend": "torch", "batch_size": 4, "chunk_pixels": 2048}
+    cpu = {"device": "cpu", "precision": "fp32", "backend": "onnx", "batch_size": 1, "chunk_pixels": 448}
+    s = PredictSettings(scheduler="tcp://h:8786")
+    agreed = agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": dict(gpu)}, card)
+    assert (agreed.device, agreed.precision, agreed.backend, agreed.batch_size, agreed.chunk_pixels) == \
+        ("cuda", "bf16", "torch", 4, 2048)
+    with pytest.raises(GeounetError, match=r"workers settle .*tcp://a:1: cuda/bf16/torch; tcp://b:1: cpu/fp32/onnx"):
+        agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": cpu}, card)
+    with pytest.raises(GeounetError, match=r"^Dask worker tcp://b:1: --device cuda asked for"):
+        agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": "--device cuda asked for, but torch sees no CUDA GPU"},
+                          card)

@@ -1,0 +1,167 @@
+"""features.gpkg: layers from the model's class kinds, metres on the ground, QGIS styles, exact across blocks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from pyproj import Geod
+from rasterio.features import rasterize
+
+from geounet.errors import InputError
+from geounet.engine.vector_stage import vectorize_scene
+from geounet.models.card import ClassInfo, ModelCard
+from geounet.engine.predict import PredictSettings, predict_batch
+from geounet.compute.postprocess import ClassRules
+from tests.helpers import DEMO_SCENE, shared_file
+
+GEOD = Geod(ellps="WGS84")
+RAW = {"building": ClassRules(), "road": ClassRules(spur_m=5.0), "landcover": ClassRules()}  # no cleaning: exact shapes
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, Client(cluster) as c:
+        yield c
+
+
+def card(*kinds: tuple[str, str, tuple]) -> ModelCard:
+    classes = [ClassInfo("background", (0, 0, 0), "background")] + [ClassInfo(n, col, k) for n, k, col in kinds]
+    return ModelCard(name="test", classes=classes, bands=[1], band_names=["x"], mean=[0.0], std=[1.0], scale=1.0,
+                     input_dtypes=["uint8"], resolution_m=1.0)
+
+
+def write_classes(path: Path, classes: np.ndarray, crs, transform) -> Path:
+    with rasterio.open(path, "w", driver="GTiff", width=classes.shape[1], height=classes.shape[0], count=1,
+                       dtype="uint8", crs=crs, transform=transform, nodata=255) as d:
+        d.write(classes, 1)
+    return path
+
+
+def geodesic_areas(gdf: gpd.GeoDataFrame) -> np.ndarray:
+    ll = gdf.to_crs("EPSG:4326")
+    return np.array([abs(GEOD.geometry_area_perimeter(g)[0]) for g in ll.geometry])
+
+
+def test_layers_attributes_styles_and_centerline_length(client, tmp_path):
+    classes = np.zeros((400, 600), np.uint8)
+    classes[50:90, 50:110] = 1  # building 40 x 60 px at 0.5 m = 20 x 30 m
+    classes[200:214, 20:580] = 2  # road 560 px = 280 m long, 7 m wide
+    classes[300:400, 300:600] = 3  # forest
+    t = Affine(0.5, 0, 400000, 0, -0.5, 4100000)
+    path = write_classes(tmp_path / "classes.tif", classes, "EPSG:32615", t)
+    c = card(("building", "building", (230, 60, 60)), ("road", "road", (250, 200, 0)), ("forest", "landcover", (20, 120, 40)))
+    gpkg = tmp_path / "features.gpkg"
+    info = vectorize_scene(path, None, gpkg, c, client, rules=RAW, block=128)
+    layers = dict(pyogrio.list_layers(gpkg))
+    assert {"buildings", "roads", "road_centerlines", "landcover"} <= set(layers)
+    b = gpd.read_file(gpkg, layer="buildings")
+    assert b.crs == "EPSG:32615" and len(b) == 1 and b.is_valid.all()
+    assert list(b.columns[:-1]) == ["class", "score", "area_m2", "perimeter_m"]
+    assert b.area_m2[0] == pytest.approx(600, rel=1e-3) and b.perimeter_m[0] == pytest.approx(100, rel=1e-3)
+    [line] = gpd.read_file(gpkg, layer="road_centerlines").itertuples()
+    assert line.length_m == pytest.approx(280, rel=0.02)
+    lc = gpd.read_file(gpkg, layer="landcover")
+    assert list(lc["class"]) == [3] and list(lc["class_name"]) == ["forest"]
+    assert info["layers"] == {"buildings": 1, "roads": 1, "landcover": 1, "road_centerlines": 1}
+    with sqlite3.connect(gpkg) as db:
+        styles = dict(db.execute("SELECT f_table_name, styleQML FROM layer_styles WHERE useAsDefault = 1"))
+        assert ("layer_styles",) in db.execute("SELECT table_name FROM gpkg_contents").fetchall()
+    assert set(styles) == {"buildings", "roads", "road_centerlines", "landcover"}
+    assert "230,60,60" in styles["buildings"] and 'attr="class"' in styles["buildings"]
+    assert "20,120,40" in styles["landcover"]
+
+
+def test_empty_result_still_has_the_layer(client, tmp_path):
+    path = write_classes(tmp_path / "c.tif", np.zeros((50, 50), np.uint8), "EPSG:32615", Affine(1, 0, 4e5, 0, -1, 4.1e6))
+    gpkg = tmp_path / "f.gpkg"
+    vectorize_scene(path, None, gpkg, card(("building", "building", (230, 60, 60))), client)
+    assert dict(pyogrio.list_layers(gpkg))["buildings"] == "MultiPolygon"
+    assert len(gpd.read_file(gpkg, layer="buildings")) == 0
+
+
+def test_unknown_class_index_is_refused(client, tmp_path):
+    classes = np.zeros((20, 20), np.uint8)
+    classes[5, 5] = 7
+    path = write_classes(tmp_path / "c.tif", classes, "EPSG:32615", Affine(1, 0, 4e5, 0, -1, 4.1e6))
+    with pytest.raises(InputError, match="class index 7 is not one of the model's 2 classes"):
+        vectorize_scene(path, None, tmp_path / "f.gpkg", card(("building", "building", (230, 60, 60))), client)
+
+
+def test_joplin_post_in_degrees_gets_areas_in_square_metres(client, tmp_path):
+    """EPSG:4326 scene: area_m2 agrees with geodesic (ellipsoidal) areas within 0.5%."""
+    scene = shared_file("joplin/post/tile_31500-5137.tif")
+    footprints = gpd.read_file(shared_file("joplin/footprints_2020.geojson"))
+    with rasterio.open(scene) as src:
+        fp = footprints.to_crs(src.crs).cx[src.bounds.left:src.bounds.right, src.bounds.bottom:src.bounds.top]
+        classes = rasterize(((g, 1) for g in fp.geometry), out_shape=src.shape, transform=src.transform, dtype="uint8")
+        path = write_classes(tmp_path / "c.tif", classes, src.crs, src.transform)
+    gpkg = tmp_path / "f.gpkg"
+    vectorize_scene(path, None, gpkg, card(("building", "building", (230, 60, 60))), client, rules=RAW, block=256)
+    b = gpd.read_file(gpkg, layer="buildings")
+    assert b.crs == "EPSG:4326" and len(b) > 20 and b.is_valid.all()
+    geodesic = geodesic_areas(b)
+    assert np.abs(b.area_m2 / geodesic - 1).max() < 0.005
+    assert b.area_m2.sum() == pytest.approx(geodesic.sum(), rel=0.005)
+    assert 50 < b.area_m2.median() < 1000  # houses, in square metres, not square degrees
+
+
+def test_polar_scene_falls_back_to_a_local_equal_area_projection(client, tmp_path):
+    classes = np.zeros((200, 200), np.uint8)
+    classes[50:150, 60:140] = 1
+    t = Affine(2, 0, -200, 0, -2, 200)  # EPSG:3413 polar stereographic, a 400 m square around the North Pole
+    path = write_classes(tmp_path / "c.tif", classes, "EPSG:3413", t)
+    gpkg = tmp_path / "f.gpkg"
+    vectorize_scene(path, None, gpkg, card(("ice", "landcover", (200, 200, 255))), client, rules=RAW)
+    lc = gpd.read_file(gpkg, layer="landcover")
+    assert len(lc) == 1 and lc.area_m2[0] == pytest.approx(geodesic_areas(lc)[0], rel=0.005)
+
+
+@pytest.fixture(scope="module")
+def demo_prediction(default_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    [rep] = predict_batch([DEMO_SCENE], out, default_model, PredictSettings(quiet=True))
+    assert rep.ok, rep.error
+    return out / "kampala_demo"
+
+
+def test_real_prediction_is_independent_of_block_size(demo_prediction, default_model, client, tmp_path):
+    from geounet.models.card import read_card
+
+    c = read_card(default_model)
+    results = {}
+    for block in (96, 100000):
+        gpkg = tmp_path / f"f{block}.gpkg"
+        vectorize_scene(demo_prediction / "classes.tif", demo_prediction / "scores.tif", gpkg, c, client, block=block)
+        results[block] = gpd.read_file(gpkg, layer="buildings")
+    a, b = results[96], results[100000]
+    assert len(a) == len(b) > 0
+    assert a.area_m2.sum() == pytest.approx(b.area_m2.sum(), rel=1e-6)
+    sym = shapely.union_all(a.geometry.values).symmetric_difference(shapely.union_all(b.geometry.values)).area
+    assert sym <= 1e-6 * a.geometry.area.sum()
+
+
+def test_predict_writes_valid_regularised_buildings(demo_prediction):
+    b = gpd.read_file(demo_prediction / "features.gpkg", layer="buildings")
+    assert len(b) > 5 and b.is_valid.all() and b.crs == "EPSG:3857"
+    assert (b.area_m2 >= 4.0).all() and (b.score > 0.5).all()
+    # corners: turning angles away from straight are mostly right angles
+    angles = []
+    for poly in b.to_crs(b.estimate_utm_crs()).geometry.explode():
+        ring = np.asarray(poly.exterior.coords)[:-1]
+        v1 = ring - np.roll(ring, 1, axis=0)
+        v2 = np.roll(ring, -1, axis=0) - ring
+        turn = np.degrees(np.abs(np.arctan2(np.cross(v1, v2), (v1 * v2).sum(1))))
+        angles.extend(turn[turn > 10])
+    angles = np.asarray(angles)
+    right = np.abs(angles - 90) < 10
+    assert right.mean() >= 0.7, f"only {right.mean():.0%} of {len(angles)} corners are right angles"

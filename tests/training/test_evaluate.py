@@ -1,0 +1,82 @@
+"""``geounet evaluate``: scores against labels made from the model's own prediction are exact."""
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from tests.helpers import DEMO_SCENE, shared_file, write_scene
+from geounet.cli.main import app
+from geounet.training.evaluate import LabelOptions, evaluate_model, parse_window
+from geounet.engine.predict import PredictSettings, predict_batch
+
+SETTINGS = PredictSettings(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def scene_and_prediction(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(3)
+    img = (ndimage.uniform_filter(rng.random((3, 320, 320)), (1, 9, 9)) * 255).astype(np.uint8)
+    scene = write_scene(tmp / "scene.tif", img)
+    [rep] = predict_batch([scene], tmp / "out", tiny_model, SETTINGS)
+    assert rep.ok, rep.error
+    return scene, tmp / "out" / "scene"
+
+
+def test_labels_equal_to_the_prediction_score_one(scene_and_prediction, tiny_model):
+    scene, out = scene_and_prediction
+    result = evaluate_model(tiny_model, scene, out / "classes.tif", settings=SETTINGS)
+    for name, s in result["pixel"]["classes"].items():
+        assert s["iou"] in (None, 1.0), name
+    with rasterio.open(out / "classes.tif") as ds:
+        assert result["pixel"]["pixels_scored"] == int((ds.read(1) != 255).sum())
+    # Truth polygons from the raster's components; predicted ones are cleaned and regularised.
+    assert result["objects"]["true"] > 0
+    assert result["objects"]["f1"] > 0.5
+
+
+def test_polygons_equal_to_the_prediction_give_object_f1_one(scene_and_prediction, tiny_model, tmp_path):
+    scene, out = scene_and_prediction
+    buildings = gpd.read_file(out / "features.gpkg", layer="buildings")
+    assert len(buildings) >= 1  # a random model: often one large polygon
+    labels = tmp_path / "labels.geojson"
+    buildings[["geometry"]].to_file(labels)
+    result = evaluate_model(tiny_model, scene, labels, label_options=LabelOptions(default_class="building"),
+                            settings=SETTINGS)
+    o = result["objects"]
+    assert (o["true_positives"], o["false_positives"], o["false_negatives"]) == (len(buildings), 0, 0)
+    assert o["f1"] == 1.0
+    assert result["pixel"]["classes"]["building"]["iou"] > 0.8  # polygons vs pixels
+
+
+def test_window_scores_only_that_part(scene_and_prediction, tiny_model):
+    scene, out = scene_and_prediction
+    result = evaluate_model(tiny_model, scene, out / "classes.tif", window=(0.5, 0.0, 1.0, 0.5), settings=SETTINGS)
+    assert result["pixel"]["pixels_scored"] == 160 * 160
+    assert result["window"] == [0.5, 0.0, 1.0, 0.5]
+
+
+def test_bad_window_and_missing_labels_are_one_line_errors(tiny_model, tmp_path):
+    with pytest.raises(Exception, match="x0 < x1"):
+        parse_window("0.5,0,0.2,1")
+    res = CliRunner().invoke(app, ["evaluate", str(tiny_model), str(DEMO_SCENE), str(tmp_path / "none.geojson")])
+    assert res.exit_code == 2
+    assert "none.geojson: label file not found" in res.output
+
+
+def test_default_buildings_model_on_held_out_kampala_b(default_model, tmp_path):
+    """The card's score, reproduced through the CLI (needs ../shared/data)."""
+    scene = shared_file("kampala/kampala_b.tif")
+    labels = shared_file("kampala/buildings_osm.geojson")
+    out = tmp_path / "scores.json"
+    res = CliRunner().invoke(app, ["evaluate", str(default_model), str(scene), str(labels), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    print(res.output)
+    assert result["pixel"]["classes"]["building"]["iou"] >= 0.70
+    assert 0 < result["objects"]["f1"] <= 1
