@@ -53,8 +53,8 @@ os.environ["GEOUNET_CACHE_DIR"] = _CACHE_DIR
 
 from _measure import write_repeated  # noqa: E402
 from geounet.compute.grid import TileGrid  # noqa: E402
-from geounet.engine.tiles import (cached_model, cpu_cores, default_batch_size, default_chunk_pixels,  # noqa: E402
-                           default_workers)
+from geounet.models.registry import cached_model
+from geounet.models.hardware import cpu_cores, default_batch_size, default_chunk_pixels, default_workers
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 MODEL = REPO / "data" / "models" / "buildings.safetensors"
@@ -233,12 +233,14 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
 
 def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
     """Per-scene time in a process that has started (imports, cluster, model loaded): the batch steady state."""
-    from geounet.engine.predict import DEFAULT_MODEL, PredictSettings, close_client, make_client, predict_scene
+    from geounet.models.registry import DEFAULT_MODEL
+    from geounet.engine.settings import PredictSettings
+    from geounet.engine.predict import make_executor, predict_scene
 
     print(f"\n## warm process: predict_scene on the {size}^2 scene, client and model ready (as in a batch)")
     for vector in (False, True):
         settings = PredictSettings(vector=vector, quiet=True, vector_processes=None)  # as the CLI (backend auto)
-        client = make_client(settings, DEFAULT_MODEL)
+        client = make_executor(settings, DEFAULT_MODEL)
         try:
             for _ in range(repeats if not vector else 1):
                 before = floor_seconds(size)[0]
@@ -252,14 +254,14 @@ def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
                 print(f"{'with vectors' if vector else '--no-vector '}: scene {rep.seconds:.1f} s, floor {before:.1f}/{after:.1f} s"
                       f" -> efficiency {floor / rep.seconds:.3f}; {_rest(t, floor)}", flush=True)
         finally:
-            close_client(client)
+            client.close()
 
 
 def section_variants(size: int) -> None:
     """Per-scene floor for variants: seconds per batch measured over 3 batches, times batches needed."""
     import torch
 
-    from geounet.models.card import load_model
+    from geounet.models.network import load_model
 
     net, _ = cached_model(MODEL, "cpu")
     plain, _ = load_model(MODEL, "cpu")

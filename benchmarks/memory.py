@@ -44,7 +44,8 @@ def make_scene(path: Path, size: int) -> Path:
 
 def make_model(path: Path, scene: Path) -> Path:
     sys.path.insert(0, str(REPO))
-    from geounet.models.card import ClassInfo, ModelCard, build_network, save_model
+    from geounet.models.card import ClassInfo, ModelCard
+    from geounet.models.network import build_network, save_model
     from geounet.io.scene import ground_resolution
 
     with rasterio.open(scene) as s:

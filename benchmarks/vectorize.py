@@ -102,7 +102,9 @@ def ours(classes: Path, out: Path, workers: int, block: int, processes: bool) ->
         dask.config.set({"distributed.worker.multiprocessing-method": "fork"})
     with LocalCluster(**spec, processes=processes, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        info = vectorize_scene(classes, None, out, card(), client, rules=rules, block=block)
+        from geounet.engine.executors import DistributedExecutor
+
+        info = vectorize_scene(classes, None, out, card(), DistributedExecutor(client), rules=rules, block=block)
     import pyogrio
 
     # The check reads back only the area column (the naive variant sums its in-memory frame).

@@ -30,7 +30,8 @@ def make_tiny_model(path: Path, resolution_m: float = 0.15) -> Path:
     """A small random-weight RGB building model (mechanics only, not accuracy)."""
     import torch
 
-    from geounet.models.card import ClassInfo, ModelCard, build_network, save_model
+    from geounet.models.card import ClassInfo, ModelCard
+    from geounet.models.network import build_network, save_model
 
     card = ModelCard(
         name="tiny-test",

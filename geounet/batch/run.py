@@ -162,7 +162,8 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
     with every problem found (unknown keys with a did-you-mean, wrong types, missing
     model or inputs, bad settings, unwritable output folder).
     """
-    from geounet.engine.predict import PredictSettings, check_output_root
+    from geounet.engine.settings import PredictSettings
+    from geounet.io.folders import check_output_root
 
     path = Path(path)
     cwd = cwd or Path.cwd()
@@ -224,7 +225,7 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
         kwargs["vector_block"] = vector["block"]
     kwargs["vector_processes"] = None  # large scenes: vector workers in processes (`geounet run` has a __main__ guard)
     settings = PredictSettings(**kwargs)
-    from geounet.engine.tiles import BACKENDS  # no torch import
+    from geounet.models.hardware import BACKENDS  # no torch import
 
     if vals.get("backend", "auto") not in BACKENDS:
         problems.append(f"backend: expected {', '.join(BACKENDS)}, got {vals['backend']!r}")
@@ -233,7 +234,7 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
     elif not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(vals.get("device", "auto"))):
         problems.append(f"device: expected auto, cpu, cuda or cuda:N, got {vals['device']!r}")
     elif str(vals.get("device", "")).startswith("cuda"):
-        from geounet.engine.tiles import resolve_device  # imports torch: only when a GPU is asked for
+        from geounet.models.hardware import resolve_device  # imports torch: only when a GPU is asked for
 
         try:
             resolve_device(vals["device"])
@@ -701,7 +702,8 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, quiet: bool = False) 
 
 
 def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSummary) -> None:
-    from geounet.engine.predict import close_client, make_client, output_dir_for, predict_scene
+    from geounet.engine.predict import make_executor, predict_scene
+    from geounet.io.folders import output_dir_for
 
     scenes = discover_inputs(cfg)
     card = read_card(cfg.model)
@@ -743,7 +745,7 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
                             log.info("[%d/%d] %s: computing (%s)", i, len(scenes), scene, why)
                             try:
                                 if client is None:
-                                    client = make_client(settings, cfg.model)
+                                    client = make_executor(settings, cfg.model)
                                 predict_scene(scene, cfg.out, cfg.model, settings, client)
                                 res.status, res.reason = "done", why
                             except GeounetError as exc:
@@ -758,7 +760,7 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
             res.seconds = round(time.perf_counter() - t0, 3)
     finally:
         if client is not None:
-            close_client(client)
+            client.close()
 
 
 def _run_damage(cfg: PipelineConfig) -> SceneResult:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from geounet.errors import GeounetError
-from geounet.engine.predict import DEFAULT_MODEL
+from geounet.models.registry import DEFAULT_MODEL
 
 # --pre and --post take several files each (``--pre a.tif b.tif``), which click options
 # cannot: they are parsed from the extra arguments, in order.
@@ -57,7 +57,7 @@ def damage(
     Exit codes: 0 done; 2 bad input (one line, nothing written).
     """
     from geounet.damage.run import DamageSettings, run_damage
-    from geounet.cli.main import setup_logging
+    from geounet.cli.logs import setup_logging
 
     setup_logging(quiet)
     try:

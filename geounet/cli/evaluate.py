@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from geounet.cli.logs import setup_logging
 from geounet.errors import GeounetError
 
 
@@ -34,9 +35,7 @@ def evaluate(
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
     from geounet.training.evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
-    from geounet.engine.predict import PredictSettings
-    from geounet.cli.main import setup_logging
-
+    from geounet.engine.settings import PredictSettings
     setup_logging(True)
     try:
         pairs = {}

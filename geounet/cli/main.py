@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run t
 
 import typer
 
-from geounet.cli import info, predict
+from geounet.cli import damage, evaluate, info, predict, run, train
 
 app = typer.Typer(
     add_completion=False,
@@ -19,46 +19,11 @@ app = typer.Typer(
     help="geounet: GeoTIFF scenes -> U-Net -> seamless georeferenced rasters.",
 )
 app.command("predict")(predict.predict)
+app.command("run")(run.run)
+app.command("damage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(damage.damage)
+app.command("train")(train.train)
+app.command("evaluate")(evaluate.evaluate)
 app.command("info")(info.info)
-app.command("evaluate")(__import__("geounet.cli.evaluate", fromlist=["evaluate"]).evaluate)
-app.command("run")(__import__("geounet.cli.run", fromlist=["run"]).run)  # pipeline configs (runner)
-app.command("damage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(__import__("geounet.cli.damage", fromlist=["damage"]).damage)  # damage runs
-try:  # training lives in its own module; registered when present
-    from geounet.cli import train
-
-    app.command("train")(train.train)
-except ImportError:  # pragma: no cover
-    pass
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it)."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def setup_logging(quiet: bool) -> None:
-    """geounet's own messages on stderr; Dask's cluster chatter only when it is an error."""
-    log = logging.getLogger("geounet")
-    if not log.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("geounet: %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    # dask.distributed sets its loggers' levels from Dask's config when it is imported,
-    # which a local run does late or never (geounet.local): the config says them first.
-    # distributed.client: a lost scheduler is reported once, as one line (pipeline.ClusterError),
-    # not as its reconnect traceback.
-    os.environ.setdefault("DASK_LOGGING", repr({"distributed": "error", "distributed.client": "critical"}))
-    for noisy in ("distributed", "tornado", "bokeh"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def main() -> None:

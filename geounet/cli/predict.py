@@ -7,8 +7,12 @@ from typing import List, Optional
 
 import typer
 
+from geounet.cli.logs import setup_logging
 from geounet.errors import GeounetError
-from geounet.engine.predict import DEFAULT_MODEL, ClusterError, PredictSettings, lost_cluster, predict_batch
+from geounet.models.registry import DEFAULT_MODEL
+from geounet.engine.executors import ClusterError, lost_cluster
+from geounet.engine.settings import PredictSettings
+from geounet.engine.predict import predict_batch
 
 
 def predict(
@@ -34,8 +38,6 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
-    from geounet.cli.main import setup_logging
-
     setup_logging(quiet)
     settings = PredictSettings(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision, backend=backend,

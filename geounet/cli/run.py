@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from geounet.cli.logs import setup_logging
 from geounet.errors import GeounetError
 
 
@@ -24,8 +25,6 @@ def run(
     A summary and a log file are written to OUT/_runs/.
     """
     from geounet.batch.run import ConfigError, load_config, run_pipeline
-    from geounet.cli.main import setup_logging
-
     setup_logging(quiet)
     try:
         cfg = load_config(config, inputs=inputs, out=out)

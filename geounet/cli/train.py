@@ -26,7 +26,8 @@ def train(
 ) -> None:
     """Train a segmentation model; write the model file, a CSV log of the epochs and a resume checkpoint."""
     from geounet.damage.head import is_head_config, load_head_config, train_damage_head
-    from geounet.training.train import load_config, train_model
+    from geounet.training.config import load_config
+    from geounet.training.loop import train_model
 
     if is_head_config(config):  # a damage head from damage-labelled pre/post pairs
         try:

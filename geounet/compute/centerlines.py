@@ -58,7 +58,7 @@ def centerlines_block(
         return []
     row0, col0, row1, col1 = core
     clipped = shapely.clip_by_rect(np.array(lines, dtype=object), col0, row0, col1, row1)
-    out = []
+    out: list[shapely.LineString] = []
     for g in clipped:
         if g.is_empty:
             continue

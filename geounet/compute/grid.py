@@ -12,6 +12,10 @@ work of one Dask task. A chunk's stitched buffer covers its tiles' union; pixels
 the ``overlap``-wide seams along chunk edges also receive a contribution from the
 neighbouring chunk, and :meth:`TileGrid.regions` lists the rectangles of the scene
 with the chunks that contribute to each, so the writer knows when one is final.
+
+:class:`GeoGrid` ties pixels to a CRS (a north-up affine, CRS as WKT), and
+:func:`blocks` cuts an area into the fixed-size blocks that stage-2 writing, vectorizing
+and damage scoring work through, in raster order.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterator
+
+from affine import Affine
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,31 @@ class Box:
             slice(self.row0 - origin.row0, self.row1 - origin.row0),
             slice(self.col0 - origin.col0, self.col1 - origin.col0),
         )
+
+
+def blocks(area: Box, size: int) -> list[Box]:
+    """``area`` cut into ``size`` x ``size`` boxes (smaller at its right and bottom edges), in raster order."""
+    return [Box(r, c, min(r + size, area.row1), min(c + size, area.col1))
+            for r in range(area.row0, area.row1, size) for c in range(area.col0, area.col1, size)]
+
+
+@dataclass(frozen=True)
+class GeoGrid:
+    """A raster grid on the ground: CRS (WKT), affine coefficients ``(a, b, c, d, e, f)`` in CRS units, size in pixels."""
+
+    crs_wkt: str
+    transform: tuple[float, ...]
+    width: int
+    height: int
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform[:6])
+
+    @property
+    def extent(self) -> Box:
+        """The whole grid as a pixel box."""
+        return Box(0, 0, self.height, self.width)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def pixel_scores(cm: np.ndarray, class_names: list[str]) -> dict:
     tp = np.diag(cm)
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp
-    per_class = {}
+    per_class: dict[str, dict[str, float | None]] = {}
     ious = []
     for i, name in enumerate(class_names):
         support = tp[i] + fn[i]

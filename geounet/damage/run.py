@@ -282,17 +282,18 @@ def read_footprints(path: Path, crs_wkt: str) -> tuple[gpd.GeoDataFrame, dict]:
 
 def detect_footprints(pre_vrt: Path, work: Path, model_path: Path, s: DamageSettings, client) -> gpd.GeoDataFrame:
     """Buildings from the buildings model on the pre mosaic, at the pre grid's resolution."""
-    from geounet.engine.predict import PredictSettings, close_client, make_client, predict_scene
+    from geounet.engine.settings import PredictSettings
+    from geounet.engine.predict import make_executor, predict_scene
 
     ps = PredictSettings(tile_size=s.tile_size, overlap=s.overlap, batch_size=s.batch_size, device=s.device,
                          precision=s.precision, resample_tolerance=1e9, vector=True, quiet=True)
     own = client is None
-    client = make_client(ps, model_path) if own else client
+    client = make_executor(ps, model_path) if own else client
     try:
         predict_scene(pre_vrt, work, model_path, ps, client)
     finally:
         if own:
-            close_client(client)
+            client.close()
     gdf = gpd.read_file(work / pre_vrt.stem / "features.gpkg", layer="buildings")
     return gdf[[]].set_geometry(gdf.geometry).assign(footprint_id=np.arange(len(gdf)))
 
@@ -323,7 +324,8 @@ class BlockResult:
 def assess_block(job: BlockJob, pre_vrt: str, post_vrt: str, pre: Grid, model_path: str, s: DamageSettings,
                  device: str, precision: str, radiometry: tuple | None = None) -> BlockResult:
     """Read a block (plus halo) of both epochs on the pre grid, score change, sum per building."""
-    from geounet.engine.tiles import cached_model, predict_array
+    from geounet.models.registry import cached_model
+    from geounet.engine.tiles import predict_array
 
     t = {k: 0.0 for k in BLOCK_TIMINGS}
     clock = lambda: (time.perf_counter(), time.process_time())  # noqa: E731  (wall, CPU of all threads)
@@ -406,8 +408,8 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
     the model on the pre scene. ``client``: a dask.distributed client, or None to run the
     blocks in this process.
     """
-    from geounet.engine.tiles import resolve_device, resolve_precision
-    from geounet.engine.predict import check_output_root
+    from geounet.models.hardware import resolve_device, resolve_precision
+    from geounet.io.folders import check_output_root
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

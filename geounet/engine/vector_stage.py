@@ -13,16 +13,13 @@ scene's CRS, metric attributes, and a QGIS style in the ``layer_styles`` table.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
-import pandas as pd
 import numpy as np
-import pyogrio
 import rasterio
 import shapely
 from affine import Affine
@@ -30,11 +27,16 @@ from pyproj import CRS, Transformer
 from rasterio.windows import Window
 
 from geounet.compute.centerlines import centerlines_block, merge_centerlines
+from geounet.compute.grid import Box, blocks
+from geounet.io.vectors import LayerWriter
 from geounet.errors import InputError
 from geounet.models.card import ModelCard
 from geounet.compute.postprocess import DEFAULT_RULES, ClassRules, clean_geometries, clean_polygons, metric_crs, repair_polygons
 from geounet.io.scene import ground_pixel_size, ground_resolution
 from geounet.compute.vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block, split_touching
+
+if TYPE_CHECKING:
+    from geounet.engine.executors import Executor
 
 log = logging.getLogger("geounet")
 
@@ -43,19 +45,19 @@ NODATA = 255
 
 
 @dataclass(frozen=True)
-class BlockJob:
+class VectorBlock:
+    """One block of the class raster to polygonize: its core box and which of its edges are inside the raster."""
+
     index: tuple[int, int]
-    window: tuple[int, int, int, int]  # row0, col0, row1, col1 (block core)
-    inner_edges: tuple[bool, bool, bool, bool]
+    window: tuple[int, int, int, int]  # row0, col0, row1, col1 (block core, pixels)
+    inner_edges: tuple[bool, bool, bool, bool]  # top, bottom, left, right
 
 
-def block_jobs(height: int, width: int, block: int) -> list[BlockJob]:
-    jobs = []
-    for r in range(0, height, block):
-        for c in range(0, width, block):
-            r1, c1 = min(r + block, height), min(c + block, width)
-            jobs.append(BlockJob((r // block, c // block), (r, c, r1, c1), (r > 0, r1 < height, c > 0, c1 < width)))
-    return jobs
+def vector_blocks(height: int, width: int, block: int) -> list[VectorBlock]:
+    """The raster's blocks of ``block`` pixels, in raster order."""
+    return [VectorBlock((b.row0 // block, b.col0 // block), (b.row0, b.col0, b.row1, b.col1),
+                        (b.row0 > 0, b.row1 < height, b.col0 > 0, b.col1 < width))
+            for b in blocks(Box(0, 0, height, width), block)]
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class LayerContext:
 
 
 def polygonize_task(
-    classes_path: str, scores_path: str | None, job: BlockJob, class_ids: list[int], ctx: LayerContext
+    job: VectorBlock, classes_path: str, scores_path: str | None, class_ids: list[int], ctx: LayerContext
 ) -> tuple[dict[str, gpd.GeoDataFrame], Pieces]:
     """Dask task: one block's finished polygons (cleaned, by layer) and its raw seam pieces."""
     r0, c0, r1, c1 = job.window
@@ -155,7 +157,7 @@ def _reproject(geoms: np.ndarray, transformer: Transformer, pixel_to_crs: Affine
     return shapely.transform(np.asarray(geoms, dtype=object), project)
 
 
-def centerline_task(classes_path: str, job: BlockJob, road_ids: list[int], halo: int, spur_px: float) -> list:
+def centerline_task(job: VectorBlock, classes_path: str, road_ids: list[int], halo: int, spur_px: float) -> list:
     """Dask task: road centre-line pieces (whole-raster pixel coordinates) of one block."""
     r0, c0, r1, c1 = job.window
     with rasterio.open(classes_path) as src:
@@ -170,15 +172,11 @@ def vectorize_scene(
     scores_path: Path | None,
     gpkg_path: Path,
     card: ModelCard,
-    client,
+    executor: Executor,
     rules: dict[str, ClassRules] | None = None,
     block: int = 1024,
 ) -> dict:
     """Write ``gpkg_path`` from a class raster; returns counts per layer and the rules used."""
-    from distributed import as_completed
-
-    from geounet.engine.predict import cluster_threads
-
     rules = {**DEFAULT_RULES, **(rules or {})}
     with rasterio.open(classes_path) as src:
         crs, transform, height, width, bounds = src.crs, src.transform, src.height, src.width, src.bounds
@@ -186,10 +184,10 @@ def vectorize_scene(
     metric = metric_crs(crs, tuple(bounds))
     kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
     poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
-    jobs = block_jobs(height, width, block)
+    jobs = vector_blocks(height, width, block)
     ctx = LayerContext(card, crs.to_wkt(), tuple(transform)[:6], metric.to_wkt(), rules,
                        ground_pixel_size(crs, transform, width, height))
-    writer = _LayerWriter(gpkg_path, crs, metric, card)
+    writer = LayerWriter(gpkg_path, crs, metric, card)
     for kind, ids in kinds.items():
         if ids:
             writer.create(LAYER_FOR_KIND[kind], kind)
@@ -197,140 +195,29 @@ def vectorize_scene(
         writer.create("road_centerlines", "road_centerline")
 
     edge_pieces: list[Pieces] = []
-    queue = iter(jobs)
-    submit = lambda j: client.submit(  # noqa: E731
-        polygonize_task, str(classes_path), str(scores_path) if scores_path else None, j, poly_ids, ctx,
-        pure=False, retries=2,
-    )
-    in_flight = max(4, 2 * cluster_threads(client, 1))  # bounded: memory follows the block size, not the raster
-    futures = as_completed([submit(j) for _, j in zip(range(in_flight), queue)])
-    for fut in futures:
-        layers, seam = fut.result()
-        fut.release()
+    # bounded in flight: memory follows the block size, not the raster
+    for layers, seam in executor.imap_unordered(polygonize_task, jobs, str(classes_path),
+                                                str(scores_path) if scores_path else None, poly_ids, ctx,
+                                                in_flight=max(4, 2 * executor.workers)):
         edge_pieces.append(seam)
         writer.write(layers)
-        nxt = next(queue, None)
-        if nxt is not None:
-            futures.add(submit(nxt))
     # Pieces that touched a block edge, joined, then cleaned as tasks too (regularising
     # buildings is the costly part), in groups, one per worker thread.
     merged = merge_across_blocks(Pieces.concat(edge_pieces))
-    groups = np.array_split(np.arange(len(merged)), max(1, min(cluster_threads(client, 1), len(merged) // 50)))
-    seam_futures = [client.submit(pieces_to_layers, merged.take(g), ctx, pure=False, retries=2) for g in groups]
-    for fut in seam_futures:
-        writer.write(fut.result())
-        fut.release()
+    groups = np.array_split(np.arange(len(merged)), max(1, min(executor.workers, len(merged) // 50)))
+    for layers in executor.map(pieces_to_layers, [merged.take(g) for g in groups], ctx):
+        writer.write(layers)
     writer.flush()
 
     if kinds["road"]:
         r = rules["road"]
         spur_px = r.spur_m / res_m
         halo = int(max(64, 2 * spur_px))
-        line_futs = [client.submit(centerline_task, str(classes_path), j, kinds["road"], halo, spur_px, pure=False)
-                     for j in jobs]
-        pieces = [line for f in line_futs for line in f.result()]
+        pieces = [line for part in executor.map(centerline_task, jobs, str(classes_path), kinds["road"], halo, spur_px)
+                  for line in part]
         lines = merge_centerlines(pieces, r.min_length_m / res_m)
-        writer.add_centerlines(list(apply_affine(lines, transform)))
+        writer.add_centerlines(list(apply_affine(np.asarray(lines, dtype=object), transform)))
     return {"layers": writer.counts, "rules": {k: v.to_dict() for k, v in rules.items()},
             "block_pixels": block, "metric_crs": metric.srs}
 
 
-class _LayerWriter:
-    """Creates the GeoPackage's layers (with styles) and appends finished rows to them."""
-
-    FLUSH_ROWS = 20_000  # rows buffered per layer between writes: few transactions, bounded memory
-
-    def __init__(self, path: Path, crs, metric, card: ModelCard) -> None:
-        self.path, self.crs, self.metric, self.card = path, crs, metric, card
-        self.counts: dict[str, int] = {}
-        self.pending: dict[str, list[gpd.GeoDataFrame]] = {}
-
-    def create(self, layer: str, kind: str) -> None:
-        columns = {
-            "buildings": {"class": "str", "score": float, "area_m2": float, "perimeter_m": float},
-            "roads": {"class": "str", "score": float, "area_m2": float, "perimeter_m": float},
-            "landcover": {"class": int, "class_name": "str", "area_m2": float, "score": float},
-            "road_centerlines": {"length_m": float},
-        }[layer]
-        empty = gpd.GeoDataFrame({k: np.array([], dtype=object if v == "str" else v) for k, v in columns.items()},
-                                 geometry=gpd.GeoSeries([], crs=self.crs))
-        geom_type = "MultiLineString" if layer == "road_centerlines" else "MultiPolygon"
-        pyogrio.write_dataframe(empty, self.path, layer=layer, driver="GPKG", geometry_type=geom_type)
-        self.counts[layer] = 0
-        _write_style(self.path, layer, self.card, kind)
-
-    def write(self, layers: dict[str, gpd.GeoDataFrame]) -> None:
-        for layer, gdf in layers.items():
-            if len(gdf):
-                self.pending.setdefault(layer, []).append(gdf)
-                if sum(len(g) for g in self.pending[layer]) >= self.FLUSH_ROWS:
-                    self.flush(layer)
-
-    def flush(self, layer: str | None = None) -> None:
-        for name in [layer] if layer else list(self.pending):
-            parts = self.pending.pop(name, [])
-            if parts:
-                gdf = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-                pyogrio.write_dataframe(gdf, self.path, layer=name, driver="GPKG", append=True, promote_to_multi=True)
-                self.counts[name] += len(gdf)
-
-    def add_centerlines(self, lines: list) -> None:
-        if not lines:
-            return
-        gdf = gpd.GeoDataFrame(geometry=gpd.GeoSeries(lines, crs=self.crs))
-        length = gdf.to_crs(self.metric).length.round(3).to_numpy()
-        gdf = gdf.assign(length_m=length)[["length_m", "geometry"]]
-        pyogrio.write_dataframe(gdf, self.path, layer="road_centerlines", driver="GPKG", append=True, promote_to_multi=True)
-        self.counts["road_centerlines"] += len(gdf)
-
-
-def _qml(card: ModelCard, kind: str) -> str:
-    """A QGIS categorized style on ``class`` with the model's colours."""
-    line = kind == "road_centerline"
-    classes = [c for c in card.classes if c.kind == ("road" if line else kind)]
-    cats, syms = [], []
-    for n, (i, c) in enumerate((card.class_names.index(c.name), c) for c in classes):
-        value = str(i) if kind == "landcover" else c.name
-        rgb = ",".join(map(str, c.color))
-        cats.append(f'<category value={quoteattr(value)} symbol="{n}" label={quoteattr(c.name)} render="true"/>')
-        if line:
-            layer = (f'<layer class="SimpleLine" enabled="1" pass="0" locked="0"><Option type="Map">'
-                     f'<Option name="line_color" type="QString" value="{rgb},255"/>'
-                     f'<Option name="line_width" type="QString" value="0.8"/></Option></layer>')
-            syms.append(f'<symbol type="line" name="{n}" alpha="1" clip_to_extent="1" force_rhr="0">{layer}</symbol>')
-        else:
-            layer = (f'<layer class="SimpleFill" enabled="1" pass="0" locked="0"><Option type="Map">'
-                     f'<Option name="color" type="QString" value="{rgb},150"/>'
-                     f'<Option name="outline_color" type="QString" value="{rgb},255"/>'
-                     f'<Option name="outline_width" type="QString" value="0.3"/>'
-                     f'<Option name="style" type="QString" value="solid"/></Option></layer>')
-            syms.append(f'<symbol type="fill" name="{n}" alpha="1" clip_to_extent="1" force_rhr="0">{layer}</symbol>')
-    if line:  # one colour for all centre lines
-        cats = ['<category value="" symbol="0" label="centre line" render="true"/>']
-        syms = syms[:1]
-        renderer = f'<renderer-v2 type="singleSymbol" enableorderby="0" symbollevels="0" forceraster="0"><symbols>{"".join(syms)}</symbols></renderer-v2>'
-    else:
-        renderer = (f'<renderer-v2 type="categorizedSymbol" attr="class" enableorderby="0" symbollevels="0" forceraster="0">'
-                    f'<categories>{"".join(cats)}</categories><symbols>{"".join(syms)}</symbols></renderer-v2>')
-    return ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-            f'<qgis version="3.28.0" styleCategories="Symbology">{renderer}</qgis>')
-
-
-def _write_style(gpkg: Path, layer: str, card: ModelCard, kind: str) -> None:
-    """Add the layer's default QGIS style to the ``layer_styles`` table (as QGIS itself does)."""
-    with sqlite3.connect(gpkg) as db:
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS layer_styles (id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), "
-            "f_table_schema TEXT(256), f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), "
-            "styleQML TEXT, styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30), "
-            "update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
-        )
-        db.execute(
-            "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
-            "VALUES ('layer_styles', 'attributes', 'layer_styles', 'QGIS layer styles', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
-        )
-        db.execute(
-            "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName, "
-            "styleQML, styleSLD, useAsDefault, description, owner, ui) VALUES ('', '', ?, 'geom', ?, ?, '', 1, ?, '', '')",
-            (layer, f"geounet {layer}", _qml(card, kind), f"geounet {card.name}: classes in model colours"),
-        )

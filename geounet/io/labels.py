@@ -12,6 +12,7 @@ Errors about the label file are ``GeounetError(label_path, problem)``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ _POLYGONS = ("Polygon", "MultiPolygon")
 
 
 def rasterize_labels(
-    geoms_with_class_values: Iterable[tuple[object, int]],
+    geoms_with_class_values: Iterable[tuple[Any, int]],
     out_shape: tuple[int, int],
     transform: Affine,
     all_touched: bool = False,
@@ -250,7 +251,7 @@ def _class_values(
             f"field {class_field!r} has class names not in the config's classes {list(class_names)}: {shown} "
             f"(map them with value_map, to 'ignore' to leave them unlabelled)",
         )
-    return np.array([index[n] for n in names], dtype=np.int64)
+    return np.array([index[str(n)] for n in names], dtype=np.int64)  # no None left: unknown names raised above
 
 
 def _polygonize(path: Path, gdf, line_width_m: float):

@@ -12,7 +12,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import rasterio
@@ -23,25 +23,17 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geounet.errors import InputError
-from geounet.compute.grid import Box
+from geounet.compute.grid import Box, GeoGrid
 from geounet.models.card import ModelCard
 
 _GEOD = Geod(ellps="WGS84")
 
 
 @dataclass(frozen=True)
-class WorkingGrid:
-    """The pixel grid the model runs on: CRS (WKT), transform and size."""
+class WorkingGrid(GeoGrid):
+    """The pixel grid the model runs on; ``resampled``: it differs from the scene's own grid."""
 
-    crs_wkt: str
-    transform: tuple[float, ...]  # affine coefficients a, b, c, d, e, f
-    width: int
-    height: int
-    resampled: bool  # True when this differs from the scene's own grid
-
-    @property
-    def affine(self) -> Affine:
-        return Affine(*self.transform[:6])
+    resampled: bool = False
 
 
 def ground_resolution(crs, transform: Affine, width: int, height: int) -> float:
@@ -165,7 +157,7 @@ def read_box(ds: rasterio.io.DatasetReaderBase, bands: list[int], box: Box, grid
         (inside.col0 - box.col0, box.col1 - inside.col1),
     )
     if any(p for pair in pad for p in pair):
-        modes = ["reflect" if n > 1 else "edge" for n in data.shape[1:]]
+        modes: list[Literal["reflect", "edge"]] = ["reflect" if n > 1 else "edge" for n in data.shape[1:]]
         data = np.pad(data, ((0, 0), pad[0], (0, 0)), mode=modes[0])
         data = np.pad(data, ((0, 0), (0, 0), pad[1]), mode=modes[1])
         mask = np.pad(mask, pad, mode="constant", constant_values=False)

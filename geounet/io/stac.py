@@ -24,6 +24,7 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.projection import ProjectionExtension
 from rasterio.warp import transform_bounds, transform_geom
 
+from geounet.io.run_record import RunRecord
 from geounet.models.card import ModelCard
 
 log = logging.getLogger("geounet")
@@ -47,7 +48,7 @@ def _acquired(tags: dict) -> _dt.datetime | None:
     return None
 
 
-def build_item(item_id: str, scene: str | Path, card: ModelCard, run: dict, files: list[str]) -> pystac.Item:
+def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunRecord, files: list[str]) -> pystac.Item:
     """A STAC Item for one output folder holding ``files`` (names relative to the folder)."""
     with rasterio.open(scene) as src:
         crs, transform, width, height, bounds = src.crs, src.transform, src.width, src.height, src.bounds
@@ -56,16 +57,16 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, run: dict, file
     ring = [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
     footprint = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7)
     bbox = list(transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
-    created = _dt.datetime.fromisoformat(run["created_utc"]) if "created_utc" in run else _dt.datetime.now(_dt.timezone.utc)
+    created = _dt.datetime.fromisoformat(record.created_utc)
     item = pystac.Item(
         id=item_id, geometry=footprint, bbox=bbox, datetime=acquired or created,
         properties={
             "created": created.isoformat(),
             "geounet:datetime_source": "acquisition" if acquired else "processing",
             "geounet:model": card.name,
-            "geounet:model_sha256": run.get("model", {}).get("sha256"),
-            "geounet:version": run.get("geounet_version"),
-            "gsd": run.get("input", {}).get("ground_resolution_m"),
+            "geounet:model_sha256": record.model.sha256,
+            "geounet:version": record.geounet_version,
+            "gsd": record.input.ground_resolution_m,
         },
     )
     proj = ProjectionExtension.ext(item, add_if_missing=True)
@@ -93,17 +94,15 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, run: dict, file
     return item
 
 
-def finish_scene_folder(folder: Path, item_id: str, scene: str | Path, card: ModelCard, run: dict) -> None:
-    """Add ``quicklook.png`` and ``item.json`` to a (still temporary) output folder and list them in ``run``.
+def finish_scene_folder(folder: Path, item_id: str, scene: str | Path, card: ModelCard, record: RunRecord) -> None:
+    """Add ``quicklook.png`` and ``item.json`` to a (still temporary) output folder and list them in ``record``.
 
-    Also records the input's ``mtime_ns`` in ``run["input"]`` (the runner's quick up-to-date check).
     A quicklook that cannot be drawn is a warning, not a lost scene.
     """
     from geounet.io.quicklook import write_quicklook
 
     folder = Path(folder)
-    run.setdefault("input", {})["mtime_ns"] = Path(scene).stat().st_mtime_ns
-    outputs = run.setdefault("outputs", {})
+    outputs = record.outputs
     classes_tif = folder / "classes.tif"
     try:
         rows, cols = write_quicklook(scene, classes_tif, card, folder / "quicklook.png")
@@ -111,7 +110,7 @@ def finish_scene_folder(folder: Path, item_id: str, scene: str | Path, card: Mod
     except Exception as exc:  # noqa: BLE001  (a picture must never cost the scene)
         log.warning("%s: no quicklook.png (%s)", scene, exc)
     files = [f for f in ASSETS if f == "run.json" or (folder / f).exists()]
-    item = build_item(item_id, scene, card, run, files)
+    item = build_item(item_id, scene, card, record, files)
     tmp = folder / f".item.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2))
     os.replace(tmp, folder / "item.json")

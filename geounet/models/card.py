@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,42 +128,6 @@ class ModelCard:
         return "\n".join(lines)
 
 
-def build_network(card: ModelCard):
-    """Build the (untrained) smp network the card describes; never downloads weights."""
-    from geounet import _torchvision_compat  # noqa: F401  (before smp imports torchvision)
-    import segmentation_models_pytorch as smp
-
-    try:
-        arch = getattr(smp, card.architecture)
-    except AttributeError:
-        raise ModelError(None, f"unknown smp architecture {card.architecture!r}") from None
-    kwargs: dict[str, Any] = dict(
-        encoder_name=card.encoder,
-        encoder_depth=card.encoder_depth,
-        encoder_weights=None,
-        in_channels=card.in_channels,
-        classes=len(card.classes),
-    )
-    if card.architecture in ("Unet", "UnetPlusPlus"):
-        kwargs["decoder_channels"] = tuple(card.decoder_channels)
-    return arch(**kwargs)
-
-
-def save_model(path: str | Path, network, card: ModelCard) -> None:
-    """Write weights and card to one safetensors file (atomically: temp name, then rename)."""
-    from safetensors.torch import save_file
-
-    card.validate(path)
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata={CARD_KEY: card.to_json()})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model file is for everyone to read
-    os.replace(tmp, path)
-
-
 def read_card(path: str | Path) -> ModelCard:
     """Read only the card from a model file's header (no tensors, no pickle)."""
     from safetensors import safe_open
@@ -181,24 +144,10 @@ def read_card(path: str | Path) -> ModelCard:
         if head[:1] == b"\x80" or head == b"PK\x03\x04":  # pickle protocol >= 2, or torch.save's zip
             raise ModelError(path, "not a valid geounet model: a pickle (PyTorch checkpoint), not a safetensors "
                                    "file; refused, loading pickles can run arbitrary code") from None
-        raise ModelError(path, f"not a valid geounet model: not a safetensors file ({_short(exc)})") from None
+        raise ModelError(path, f"not a valid geounet model: not a safetensors file ({short_message(exc)})") from None
     if CARD_KEY not in meta:
         raise ModelError(path, "not a valid geounet model: safetensors file has no geounet card")
     return ModelCard.from_json(meta[CARD_KEY], path)
-
-
-def load_model(path: str | Path, device: str = "cpu"):
-    """Return ``(network in eval mode on device, card)`` from a geounet model file."""
-    from safetensors.torch import load_file
-
-    card = read_card(path)
-    net = build_network(card)
-    try:
-        state = load_file(str(path), device="cpu")
-        net.load_state_dict(state, strict=True)
-    except Exception as exc:
-        raise ModelError(path, f"weights do not match the card's network ({_short(exc)})") from None
-    return net.to(device).eval(), card
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -224,5 +173,5 @@ def normalise(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
     return x
 
 
-def _short(exc: Exception) -> str:
+def short_message(exc: Exception) -> str:
     return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__

@@ -65,7 +65,7 @@ def export_onnx(model_path: str | Path, dst: str | Path) -> None:
     """
     import torch
 
-    from geounet.models.card import load_model
+    from geounet.models.network import load_model
 
     net, card = load_model(model_path, "cpu")
 

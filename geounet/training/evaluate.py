@@ -16,18 +16,29 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geounet.errors import GeounetError
-from geounet.io.labels import IGNORE_INDEX, RASTER_LABEL_SUFFIXES, labels_to_raster, read_label_raster, read_vector_labels
 from geounet.compute.metrics import centerline_scores, confusion_matrix, object_scores, pixel_scores
-from geounet.models.card import ModelCard, file_sha256, read_card
-from geounet.engine.predict import PredictSettings, predict_batch
 from geounet.compute.postprocess import DEFAULT_RULES, metric_crs
+from geounet.engine.predict import PredictSettings, predict_batch
+from geounet.errors import GeounetError
+from geounet.io.labels import (
+    IGNORE_INDEX,
+    RASTER_LABEL_SUFFIXES,
+    labels_to_raster,
+    read_label_raster,
+    read_vector_labels,
+)
 from geounet.io.scene import check_scene, ground_pixel_size, open_scene
+from geounet.models.card import ModelCard, file_sha256, read_card
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    from shapely.geometry.base import BaseGeometry
 
 
 @dataclass
@@ -52,7 +63,8 @@ def parse_window(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         raise GeounetError(None, f"--window must be four fractions x0,y0,x1,y1, got {text!r}") from None
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-        raise GeounetError(None, f"--window fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {text!r}")
+        raise GeounetError(None, "--window fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "
+                                 f"got {text!r}")
     return x0, y0, x1, y1
 
 
@@ -125,105 +137,130 @@ def _crop(scene: Path, window: tuple[float, float, float, float], dst: Path) -> 
     return dst
 
 
-def _score(out: Path, card: ModelCard, labels_path: Path, opts: LabelOptions, centerlines_path,
+class _Prediction(NamedTuple):
+    """The predicted ``classes.tif``: class indexes (rows, cols; 255 = nodata) and its grid (CRS, transform, bounds)."""
+
+    classes: np.ndarray
+    crs: Any
+    transform: Any
+    shape: tuple[int, int]
+    bounds: Any
+
+
+def _score(out: Path, card: ModelCard, labels_path: Path, opts: LabelOptions, centerlines_path: str | Path | None,
            tolerance_m: float, iou_threshold: float) -> dict:
-    import geopandas as gpd
-    from shapely.geometry import box
-
+    """Pixel, object (buildings) and centre-line (roads) scores of the prediction in ``out`` against the labels."""
     with rasterio.open(out / "classes.tif") as ds:
-        pred = ds.read(1)
-        crs, transform, shape, bounds = ds.crs, ds.transform, (ds.height, ds.width), ds.bounds
+        pred = _Prediction(ds.read(1), ds.crs, ds.transform, (ds.height, ds.width), ds.bounds)
+    fill = _unlabelled_fill(card, opts)
+    truth, label_gdf = _truth(labels_path, card, opts, pred, fill)
     names = card.class_names
-    background = next((i for i, c in enumerate(card.classes) if c.kind == "background"), None)
-    if opts.unlabelled == "ignore":
-        fill = IGNORE_INDEX
-    elif opts.unlabelled == "background":
-        if background is None:
-            raise GeounetError(None, f"model '{card.name}' has no background class: use --unlabelled ignore")
-        fill = background
-    else:
-        raise GeounetError(None, f"--unlabelled must be 'background' or 'ignore', got {opts.unlabelled!r}")
-
-    vector_labels = labels_path.suffix.lower() not in RASTER_LABEL_SUFFIXES
-    label_gdf = None
-    if vector_labels:
-        default_class = opts.default_class
-        foreground = [c.name for c in card.classes if c.kind != "background"]
-        if opts.class_field is None and default_class is None and len(foreground) == 1:
-            default_class = foreground[0]  # e.g. every OSM outline is a building
-        label_gdf = read_vector_labels(
-            labels_path, crs, tuple(bounds), names, class_field=opts.class_field, default_class=default_class,
-            value_map=opts.value_map, line_width_m=opts.line_width_m, layer=opts.layer,
-        )
-        truth = labels_to_raster(label_gdf, shape, transform, all_touched=opts.all_touched, unlabelled=fill)
-    else:
-        truth = read_label_raster(labels_path, crs, transform, shape, names, opts.value_map or None)
-    cm = confusion_matrix(pred, truth, len(names))
+    cm = confusion_matrix(pred.classes, truth, len(names))
     pixel = pixel_scores(cm, names)
     fg = [pixel["classes"][c.name]["iou"] for c in card.classes if c.kind != "background"]
     fg = [v for v in fg if v is not None]
     pixel["mean_iou_foreground"] = float(np.mean(fg)) if fg else None  # as training's validation reports it
     result: dict = {"pixel": pixel, "confusion_matrix": cm.tolist()}
 
-    metric = metric_crs(crs, tuple(bounds))
     building_ids = [i for i, c in enumerate(card.classes) if c.kind == "building"]
     if building_ids:
-        import pyogrio
-
-        layers = {name for name, _ in pyogrio.list_layers(out / "features.gpkg")}
-        preds = gpd.read_file(out / "features.gpkg", layer="buildings") if "buildings" in layers else None
-        if label_gdf is not None:
-            true = label_gdf[label_gdf.class_value.isin(building_ids)].geometry
-        else:  # raster labels: one polygon per connected component of the building classes
-            from geounet.compute.vectorize import apply_affine, polygonize_block
-
-            pieces = polygonize_block(truth, (0, 0), building_ids)
-            true = gpd.GeoSeries(apply_affine(pieces.geometry, transform), crs=crs)
-        true = true.make_valid().intersection(box(*bounds))  # OSM has self-intersecting outlines
-        true = true[~true.is_empty]
-        # Truth in the scene's nodata (e.g. outside a drone footprint) cannot be predicted: left out.
-        rows, cols = rasterio.transform.rowcol(transform, true.representative_point().x, true.representative_point().y)
-        rows, cols = np.clip(rows, 0, shape[0] - 1), np.clip(cols, 0, shape[1] - 1)
-        true = true[pred[rows, cols] != 255]
-        true_m = true.to_crs(metric)
-        true_m = true_m[true_m.area >= DEFAULT_RULES["building"].min_area_m2]
-        pred_m = preds.geometry.to_crs(metric) if preds is not None else gpd.GeoSeries([], crs=metric)
-        scores = object_scores(np.asarray(pred_m.values), np.asarray(true_m.values), iou_threshold)
-        result["objects"] = scores.to_dict() | {"predicted": len(pred_m), "true": len(true_m)}
-
+        result["objects"] = _object_result(out, pred, truth, label_gdf, building_ids, iou_threshold)
     road_ids = [i for i, c in enumerate(card.classes) if c.kind == "road"]
     if road_ids:
         lines_src = centerlines_path
         if lines_src is None and label_gdf is not None:
             lines_src = labels_path if _has_lines(labels_path, opts.layer) else None
         if lines_src is not None:
-            result["centerlines"] = _centerline_result(out, Path(lines_src), crs, transform, shape, bounds, pred,
-                                                       tolerance_m)
+            result["centerlines"] = _centerline_result(out, Path(lines_src), pred, tolerance_m)
     return result
 
 
+def _unlabelled_fill(card: ModelCard, opts: LabelOptions) -> int:
+    """The class index of pixels no label covers: the background class, or the ignore index."""
+    background = next((i for i, c in enumerate(card.classes) if c.kind == "background"), None)
+    if opts.unlabelled == "ignore":
+        return IGNORE_INDEX
+    if opts.unlabelled == "background":
+        if background is None:
+            raise GeounetError(None, f"model '{card.name}' has no background class: use --unlabelled ignore")
+        return background
+    raise GeounetError(None, f"--unlabelled must be 'background' or 'ignore', got {opts.unlabelled!r}")
+
+
+def _truth(labels_path: Path, card: ModelCard, opts: LabelOptions, pred: _Prediction,
+           fill: int) -> tuple[np.ndarray, gpd.GeoDataFrame | None]:
+    """``(true class indexes on the prediction's grid, the label polygons for vector labels else None)``."""
+    names = card.class_names
+    if labels_path.suffix.lower() in RASTER_LABEL_SUFFIXES:
+        return read_label_raster(labels_path, pred.crs, pred.transform, pred.shape, names, opts.value_map or None), None
+    default_class = opts.default_class
+    foreground = [c.name for c in card.classes if c.kind != "background"]
+    if opts.class_field is None and default_class is None and len(foreground) == 1:
+        default_class = foreground[0]  # e.g. every OSM outline is a building
+    label_gdf = read_vector_labels(
+        labels_path, pred.crs, tuple(pred.bounds), names, class_field=opts.class_field, default_class=default_class,
+        value_map=opts.value_map, line_width_m=opts.line_width_m, layer=opts.layer,
+    )
+    truth = labels_to_raster(label_gdf, pred.shape, pred.transform, all_touched=opts.all_touched, unlabelled=fill)
+    return truth, label_gdf
+
+
+def _object_result(out: Path, pred: _Prediction, truth: np.ndarray, label_gdf: gpd.GeoDataFrame | None,
+                   building_ids: list[int], iou_threshold: float) -> dict:
+    """Object scores of the ``buildings`` layer against the true buildings, matched in a metric CRS."""
+    import geopandas as gpd
+    import pyogrio
+    from shapely.geometry import box
+
+    metric = metric_crs(pred.crs, tuple(pred.bounds))
+    layers = {name for name, _ in pyogrio.list_layers(out / "features.gpkg")}
+    preds = gpd.read_file(out / "features.gpkg", layer="buildings") if "buildings" in layers else None
+    if label_gdf is not None:
+        true = label_gdf[label_gdf.class_value.isin(building_ids)].geometry
+    else:  # raster labels: one polygon per connected component of the building classes
+        from geounet.compute.vectorize import apply_affine, polygonize_block
+
+        pieces = polygonize_block(truth, (0, 0), building_ids)
+        true = gpd.GeoSeries(apply_affine(pieces.geometry, pred.transform), crs=pred.crs)
+    true = true.make_valid().intersection(box(*pred.bounds))  # OSM has self-intersecting outlines
+    true = true[~true.is_empty]
+    # Truth in the scene's nodata (e.g. outside a drone footprint) cannot be predicted: left out.
+    points = true.representative_point()
+    rows, cols = rasterio.transform.rowcol(pred.transform, points.x, points.y)
+    rows, cols = np.clip(rows, 0, pred.shape[0] - 1), np.clip(cols, 0, pred.shape[1] - 1)
+    true = true[pred.classes[rows, cols] != 255]
+    true_m = true.to_crs(metric)
+    true_m = true_m[true_m.area >= DEFAULT_RULES["building"].min_area_m2]
+    pred_m = preds.geometry.to_crs(metric) if preds is not None else gpd.GeoSeries([], crs=metric)
+    scores = object_scores(np.asarray(pred_m.values), np.asarray(true_m.values), iou_threshold)
+    return scores.to_dict() | {"predicted": len(pred_m), "true": len(true_m)}
+
+
 def _has_lines(path: Path, layer: str | None) -> bool:
+    """Whether the vector file (layer) holds lines."""
     import pyogrio
 
     info = pyogrio.read_info(path, layer=layer)
     return "LineString" in str(info.get("geometry_type", ""))
 
 
-def _centerline_result(out: Path, lines_path: Path, crs, transform, shape, bounds, pred, tolerance_m: float) -> dict:
+def _centerline_result(out: Path, lines_path: Path, pred: _Prediction, tolerance_m: float) -> dict:
+    """Precision / recall of the ``road_centerlines`` layer against the true lines, within ``tolerance_m`` metres."""
     import geopandas as gpd
     from shapely.geometry import box
 
-    truth_lines = gpd.read_file(lines_path).to_crs(crs)
-    truth_lines = truth_lines[truth_lines.geometry.intersects(box(*bounds))]
+    truth_lines = gpd.read_file(lines_path).to_crs(pred.crs)
+    truth_lines = truth_lines[truth_lines.geometry.intersects(box(*pred.bounds))]
     pred_lines = gpd.read_file(out / "features.gpkg", layer="road_centerlines")
-    true_mask = _burn(truth_lines.geometry, shape, transform)
-    pred_mask = _burn(pred_lines.geometry, shape, transform)
-    size = ground_pixel_size(crs, transform, shape[1], shape[0])
-    scores = centerline_scores(pred_mask, true_mask, size, tolerance_m, valid=pred != 255)
+    true_mask = _burn(truth_lines.geometry, pred.shape, pred.transform)
+    pred_mask = _burn(pred_lines.geometry, pred.shape, pred.transform)
+    size = ground_pixel_size(pred.crs, pred.transform, pred.shape[1], pred.shape[0])
+    scores = centerline_scores(pred_mask, true_mask, size, tolerance_m, valid=pred.classes != 255)
     return scores | {"truth_file": str(lines_path)}
 
 
-def _burn(geoms, shape, transform) -> np.ndarray:
+def _burn(geoms: Iterable[BaseGeometry | None], shape: tuple[int, int], transform: Any) -> np.ndarray:
+    """A (rows, cols) bool mask of the pixels the geometries touch (rasterio's default rule)."""
     from rasterio.features import rasterize
 
     geoms = [g for g in geoms if g is not None and not g.is_empty]
@@ -249,8 +286,9 @@ def format_report(result: dict) -> str:
                  + f"pixel accuracy {p['pixel_accuracy']:.3f}   ({p['pixels_scored']} pixels)")
     if "objects" in result:
         o = result["objects"]
-        lines.append(f"buildings, objects at IoU >= {o['iou_threshold']}: F1 {o['f1']:.3f} precision {o['precision']:.3f} "
-                     f"recall {o['recall']:.3f} ({o['true_positives']} matched of {o['predicted']} predicted, {o['true']} true)")
+        lines.append(f"buildings, objects at IoU >= {o['iou_threshold']}: F1 {o['f1']:.3f} "
+                     f"precision {o['precision']:.3f} recall {o['recall']:.3f} "
+                     f"({o['true_positives']} matched of {o['predicted']} predicted, {o['true']} true)")
     if "centerlines" in result:
         c = result["centerlines"]
         lines.append(f"road centre lines within {c['tolerance_m']:g} m: precision {c['precision']:.3f} "

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import DEMO_SCENE, REPO, SHARED
 from geounet.cli.main import app
-from geounet.engine.predict import output_dir_for
+from geounet.io.folders import output_dir_for
 from geounet.batch.run import ConfigError, SceneLock, load_config, run_pipeline, up_to_date, requested_settings
 
 OUTPUTS = ("scores.tif", "classes.tif", "features.gpkg", "run.json", "item.json", "quicklook.png")
@@ -207,7 +207,7 @@ def test_batch_twice_second_run_skips_all_and_corrupt_scene_is_isolated(scenes, 
 
 def test_up_to_date_notices_input_model_settings_and_missing_outputs(scenes, tiny_model, clean, tmp_path):
     from geounet.models.card import file_sha256, read_card
-    from geounet.engine.predict import PredictSettings
+    from geounet.engine.settings import PredictSettings
 
     card = read_card(tiny_model)
     sha = file_sha256(tiny_model)

@@ -50,7 +50,7 @@ def test_match_moments_recovers_a_radiometric_change():
 
 
 def test_pair_forward_is_zero_for_identical_tiles_and_responds_to_change(tiny_model):
-    from geounet.engine.tiles import cached_model
+    from geounet.models.registry import cached_model
 
     net, _ = cached_model(tiny_model, "cpu")
     rng = np.random.default_rng(0)

@@ -264,14 +264,15 @@ def test_cli_mosaics_reprojects_and_reports_errors_on_one_line(pair, tmp_path):
 def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path, default_model):
     """The default buildings model finds the synthetic roofs in pre; the erased ones come out damaged.
     Detection and the blocks both run as tasks on a (local) Dask cluster here."""
-    from geounet.engine.predict import PredictSettings, close_client, make_client
+    from geounet.engine.settings import PredictSettings
+    from geounet.engine.predict import make_executor
 
-    client = make_client(PredictSettings())
+    client = make_executor(PredictSettings())
     try:
         run = run_damage([pair / "pre.tif"], [pair / "post.tif"], tmp_path / "out", None, default_model,
                          DamageSettings(**(SETTINGS | {"block": 128})), client)
     finally:
-        close_client(client)
+        client.close()
     assert run["footprints"]["source"] == "buildings model on the pre scene"
     gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg", layer="buildings")
     assert len(gdf) >= 6 and gdf.crs == CRS

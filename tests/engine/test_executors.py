@@ -20,8 +20,11 @@ import pytest
 import rasterio
 
 from tests.helpers import write_scene
-from geounet.engine import predict as pipeline
-from geounet.engine.predict import ClusterError, PredictSettings, make_client, predict_scene
+from geounet.engine import executors, settings as engine_settings
+from geounet.engine.stitch import Stitcher
+from geounet.engine.executors import ClusterError
+from geounet.engine.settings import PredictSettings
+from geounet.engine.predict import make_executor, predict_scene
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 90.0  # workers import torch: several seconds each on a busy 2-core machine
@@ -128,10 +131,10 @@ def _read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def test_workers_settle_auto_settings_for_themselves(cluster, tiny_model, tmp_path, monkeypatch):
     """`auto` device/precision/backend are settled by the workers, not the client (a client without a GPU
     must send GPU work to GPU workers): here the client's own view is made to differ from the workers'."""
-    monkeypatch.setattr(pipeline, "resolve_backend", lambda device, precision, backend="auto": "torch")
+    monkeypatch.setattr(engine_settings, "resolve_backend", lambda device, precision, backend="auto": "torch")
     scene = _scene(tmp_path / "scene.tif", 480)
     settings = PredictSettings(precision="fp32", scheduler=cluster.address, vector=False, quiet=True)  # auto: bf16 where the CPU has it
-    client = make_client(settings)
+    client = make_executor(settings)
     try:
         rep = predict_scene(scene, tmp_path / "out", tiny_model, settings, client)
     finally:
@@ -146,14 +149,15 @@ def test_workers_settle_auto_settings_for_themselves(cluster, tiny_model, tmp_pa
 def test_worker_killed_mid_scene_outputs_identical_to_a_clean_run(cluster, tiny_model, tmp_path, monkeypatch):
     scene = _scene(tmp_path / "scene.tif", 480)  # tiny model: 96-px cells, 5x5 tiles, 2x2 a chunk -> 9 chunks
     settings = PredictSettings(chunk_pixels=192, scheduler=cluster.address, vector=False, quiet=True)
-    client = make_client(settings)
+    executor = make_executor(settings)
+    client = executor.client
     try:
-        pids = client.run(os.getpid)  # worker address -> pid of the worker process
-        clean = predict_scene(scene, tmp_path / "clean", tiny_model, settings, client)
+        pids = executor.run_on_workers(os.getpid)  # worker address -> pid of the worker process
+        clean = predict_scene(scene, tmp_path / "clean", tiny_model, settings, executor)
         assert clean.ok and clean.tiles["run"] == 25 and clean.tiles["chunks"] == 9
 
         killed = []
-        add = pipeline._Stitcher.add
+        add = Stitcher.add
 
         def add_then_kill(self, result):
             add(self, result)
@@ -163,10 +167,10 @@ def test_worker_killed_mid_scene_outputs_identical_to_a_clean_run(cluster, tiny_
                 cluster.kill(victim)
                 killed.append(busy[0])
 
-        monkeypatch.setattr(pipeline._Stitcher, "add", add_then_kill)
-        faulty = predict_scene(scene, tmp_path / "faulty", tiny_model, settings, client)
+        monkeypatch.setattr(Stitcher, "add", add_then_kill)
+        faulty = predict_scene(scene, tmp_path / "faulty", tiny_model, settings, executor)
     finally:
-        client.close()
+        executor.close()
     assert killed and faulty.ok and faulty.tiles == clean.tiles
     for a, b in zip(_read(Path(clean.out_dir)), _read(Path(faulty.out_dir))):
         np.testing.assert_array_equal(a, b)
@@ -201,6 +205,6 @@ def test_scheduler_killed_mid_run_fails_cleanly(cluster_any, tiny_model, tmp_pat
 
 
 def test_unreachable_scheduler_is_one_line_error(monkeypatch):
-    monkeypatch.setattr(pipeline, "_CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(ClusterError, match=r"^tcp://127\.0\.0\.1:9: cannot connect to the Dask scheduler"):
-        make_client(PredictSettings(scheduler="tcp://127.0.0.1:9"))
+        make_executor(PredictSettings(scheduler="tcp://127.0.0.1:9"))

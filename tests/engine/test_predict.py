@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from geounet.engine.predict import PredictSettings, predict_batch
+from geounet.engine.settings import PredictSettings
+from geounet.engine.predict import predict_batch
 from tests.helpers import DEMO_SCENE, shared_file, write_scene
 
 
@@ -166,7 +167,7 @@ def test_georeferencing_on_real_scenes(rel, tiny_model_03, tmp_path):
 
 def test_postprocess_overrides_replace_only_the_given_fields():
     from geounet.errors import GeounetError
-    from geounet.engine.predict import rules_with_overrides
+    from geounet.engine.settings import rules_with_overrides
     from geounet.compute.postprocess import DEFAULT_RULES
 
     rules = rules_with_overrides({"building": {"split_m": 3.0, "min_area_m2": 10}})
@@ -201,9 +202,9 @@ def test_a_cpu_run_through_onnx_never_imports_torch(tiny_model, tmp_path):
     import sys
 
     from geounet.models import onnx as onnxrt
-    from geounet.engine.tiles import _may_have_cuda
+    from geounet.models.hardware import may_have_cuda
 
-    if _may_have_cuda():
+    if may_have_cuda():
         pytest.skip("a GPU device exists here: device auto asks torch, and the GPU runs torch")
     onnxrt.load_onnx(tiny_model, 1)  # exporting needs torch: done here, into the session's cache
     code = (
@@ -246,17 +247,17 @@ def test_a_local_raster_run_never_imports_dask_distributed(tiny_model, tmp_path)
 def test_local_chunks_are_stitched_as_they_finish_in_raster_order(tiny_model, tmp_path, monkeypatch):
     """Memory follows the chunk, not the scene: dask runs each chunk's stitch task right after it,
     and the chunks row by row, so regions waiting for a neighbour stay within about one row of chunks."""
-    from geounet.engine import predict as pipeline
+    from geounet.engine.stitch import Stitcher
 
     seen = {"pending": 0, "added": 0}
-    add = pipeline._Stitcher.add
+    add = Stitcher.add
 
     def watched(self, result):
         add(self, result)
         seen["added"] += 1
         seen["pending"] = max(seen["pending"], len(self.pending))
 
-    monkeypatch.setattr(pipeline._Stitcher, "add", watched)
+    monkeypatch.setattr(Stitcher, "add", watched)
     [r] = run([DEMO_SCENE], tmp_path / "out", tiny_model, vector=False, workers=2, tile_size=64, overlap=16,
               chunk_pixels=48)  # one 64 px tile per chunk
     assert r.ok, r.error
@@ -269,7 +270,7 @@ def test_local_chunks_are_stitched_as_they_finish_in_raster_order(tiny_model, tm
 
 def test_workers_that_settle_differently_or_fail_are_named():
     from geounet.errors import GeounetError
-    from geounet.engine.predict import agree_on_settings
+    from geounet.engine.settings import agree_on_settings
 
     card = type("Card", (), {"tile_size": 512, "overlap": 64})()
     gpu = {"device": "cuda", "precision": "bf16", "backend": "torch", "batch_size": 4, "chunk_pixels": 2048}

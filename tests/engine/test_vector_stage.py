@@ -18,7 +18,8 @@ from rasterio.features import rasterize
 from geounet.errors import InputError
 from geounet.engine.vector_stage import vectorize_scene
 from geounet.models.card import ClassInfo, ModelCard
-from geounet.engine.predict import PredictSettings, predict_batch
+from geounet.engine.settings import PredictSettings
+from geounet.engine.predict import predict_batch
 from geounet.compute.postprocess import ClassRules
 from tests.helpers import DEMO_SCENE, shared_file
 
@@ -28,10 +29,13 @@ RAW = {"building": ClassRules(), "road": ClassRules(spur_m=5.0), "landcover": Cl
 
 @pytest.fixture(scope="module")
 def client():
+    """An executor over an in-process dask.distributed cluster of 2 threads."""
     from distributed import Client, LocalCluster
 
+    from geounet.engine.executors import DistributedExecutor
+
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, Client(cluster) as c:
-        yield c
+        yield DistributedExecutor(c, "in-process threads")
 
 
 def card(*kinds: tuple[str, str, tuple]) -> ModelCard:

@@ -10,6 +10,7 @@ import rasterio
 
 from tests.helpers import write_scene
 from geounet.models.card import ClassInfo, ModelCard
+from geounet.io.run_record import InputRecord, ModelRecord, RunRecord
 from geounet.io.stac import finish_scene_folder
 
 
@@ -32,11 +33,15 @@ def test_item_lists_outputs_with_roles_and_georeference(tmp_path):
         dst.write(np.ones((64, 96), np.uint8), 1)
     (folder / "scores.tif").write_bytes(b"x")
     (folder / "features.gpkg").write_bytes(b"x")
-    run = {"created_utc": "2025-01-02T03:04:05+00:00", "model": {"sha256": "ab"}, "input": {}, "outputs": {}}
-    finish_scene_folder(folder, "scene", scene, _card(), run)
+    record = RunRecord(
+        geounet_version="0", created_utc="2025-01-02T03:04:05+00:00",
+        input=InputRecord(str(scene), 1, "cd", "EPSG:32633", [0.5, 0, 500000, 0, -0.5, 5800000], 96, 64, 0.5),
+        model=ModelRecord("m", "t", "ab", ["background", "building"], 0.15),
+        settings={}, working_grid={}, tiles={}, vector=None, timings={},
+    )
+    finish_scene_folder(folder, "scene", scene, _card(), record)
 
-    assert set(run["outputs"]) == {"quicklook.png", "item.json"}
-    assert run["input"]["mtime_ns"] == scene.stat().st_mtime_ns
+    assert set(record.outputs) == {"quicklook.png", "item.json"}
     raw = json.loads((folder / "item.json").read_text())
     item = pystac.Item.from_dict(raw)
     assert item.id == "scene"
@@ -52,5 +57,6 @@ def test_item_lists_outputs_with_roles_and_georeference(tmp_path):
     assert raw["properties"]["proj:code"] == "EPSG:32633"
     assert raw["properties"]["proj:shape"] == [64, 96]
     assert raw["properties"]["geounet:datetime_source"] == "processing"
+    assert raw["properties"]["geounet:model_sha256"] == "ab" and raw["properties"]["gsd"] == 0.5
     assert [c["name"] for c in raw["assets"]["classes"]["classification:classes"]] == ["background", "building"]
     assert not list(folder.glob(".item.json*"))

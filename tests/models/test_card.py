@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from geounet.errors import ModelError
-from geounet.models.card import CARD_KEY, ModelCard, load_model, normalise, read_card, save_model
+from geounet.models.card import CARD_KEY, ModelCard, normalise, read_card
+from geounet.models.network import load_model, save_model
 
 
 def test_save_and_load_round_trip(tiny_model, tmp_path):

@@ -12,7 +12,8 @@ import torch
 from tests.helpers import make_tiny_model
 from geounet.models import onnx as onnxrt
 from geounet.errors import ModelError
-from geounet.engine.tiles import cached_model, resolve_backend
+from geounet.models.registry import cached_model
+from geounet.models.hardware import resolve_backend
 
 
 def _torch_probabilities(model: Path, x: np.ndarray) -> np.ndarray:

@@ -9,10 +9,10 @@ import rasterio
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from tests.helpers import DEMO_SCENE, shared_file, write_scene
 from geounet.cli.main import app
-from geounet.training.evaluate import LabelOptions, evaluate_model, parse_window
 from geounet.engine.predict import PredictSettings, predict_batch
+from geounet.training.evaluate import LabelOptions, evaluate_model, parse_window
+from tests.helpers import DEMO_SCENE, shared_file, write_scene
 
 SETTINGS = PredictSettings(quiet=True)
 

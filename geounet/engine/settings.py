@@ -1,0 +1,144 @@
+"""Prediction settings: what the user asked for, and the same settings resolved once for the machine.
+
+``PredictSettings`` holds every knob that changes outputs or how they are computed
+(recorded in run.json). ``None`` and ``"auto"`` mean "settle it": tile size and overlap
+(pixels of the working grid) from the model card, device/precision/backend and the batch,
+chunk and worker counts from the machine where the model runs (``resolve_settings``:
+on a cluster, the workers decide).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
+
+from geounet.compute.postprocess import DEFAULT_RULES
+from geounet.errors import GeounetError
+from geounet.models.card import ModelCard
+from geounet.models.hardware import (default_batch_size, default_chunk_pixels, default_workers, resolve_backend,
+                                     resolve_device, resolve_precision)
+
+if TYPE_CHECKING:
+    from geounet.engine.executors import Executor
+
+log = logging.getLogger("geounet")
+
+
+@dataclass
+class PredictSettings:
+    """Everything that changes the outputs or how they are computed (recorded in run.json)."""
+
+    tile_size: int | None = None  # pixels on the working grid; None: the model card's
+    overlap: int | None = None
+    batch_size: int | None = None  # tiles per model call; None: infer.default_batch_size
+    device: str = "auto"
+    precision: str = "auto"
+    backend: str = "auto"  # auto, torch or onnx (ONNX Runtime: fp32 on the CPU; infer.resolve_backend)
+    workers: int | None = None  # chunk tasks at once in a local run; None: infer.default_workers
+    chunk_pixels: int | None = None  # target chunk side; a chunk is whole tiles; None: infer.default_chunk_pixels
+    resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
+    scheduler: str | None = None  # address of an existing dask.distributed scheduler
+    vector: bool = True  # also write features.gpkg
+    vector_block: int = 1024  # polygonize block side, pixels of the scene grid
+    # Local vector stage in worker processes (True), in this process's threads (False), or
+    # None: processes for scenes of 4 vector blocks or more. Worker processes import the
+    # caller's __main__ module (multiprocessing), so a script needs the usual
+    # ``if __name__ == "__main__":`` guard; the CLI, whose __main__ has it, uses None.
+    vector_processes: bool | None = False
+    postprocess: dict | None = None  # per kind ('building', ...) overrides of postprocess.DEFAULT_RULES fields
+    quiet: bool = False
+
+    def resolved(self, card: ModelCard) -> "PredictSettings":
+        """Every ``auto``/``None`` settled for this machine: tiling, device, precision, backend, their defaults."""
+        s = self.tiling_resolved(card)
+        s.device = resolve_device(s.device)
+        s.precision = resolve_precision(s.device, s.precision)
+        try:
+            s.backend = resolve_backend(s.device, s.precision, s.backend)
+        except ValueError as exc:
+            raise GeounetError(None, str(exc)) from None
+        s.workers = s.workers or default_workers(s.device, s.backend)
+        s.batch_size = s.batch_size or default_batch_size(s.device, s.backend)
+        assert s.tile_size is not None and s.overlap is not None  # settled by tiling_resolved
+        s.chunk_pixels = s.chunk_pixels or default_chunk_pixels(s.device, s.backend, s.tile_size - s.overlap)
+        return s
+
+    def tiling_resolved(self, card: ModelCard) -> "PredictSettings":
+        """A copy with tile size and overlap settled from the model card, and the sizes checked.
+
+        Nothing here asks the hardware: a cluster's client uses it alone (``agree_on_settings``).
+        """
+        s = PredictSettings(**asdict(self))
+        s.tile_size = s.tile_size or card.tile_size
+        s.overlap = card.overlap if s.overlap is None else s.overlap
+        if s.tile_size % 32:
+            raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
+        if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
+            raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
+        if any(v is not None and v < 1 for v in (s.batch_size, s.workers, s.chunk_pixels)):
+            raise GeounetError(None, "--batch-size, --workers and chunk_pixels must be at least 1")
+        return s
+
+
+# settings each worker of a cluster settles for itself (its GPUs, its CPU, its onnxruntime)
+WORKER_RESOLVED = ("device", "precision", "backend", "batch_size", "chunk_pixels")
+
+
+def resolve_settings(settings: PredictSettings, card: ModelCard, executor: Executor | None = None) -> PredictSettings:
+    """``settings.resolved(card)``, with ``auto`` settled where the model will run.
+
+    On a ``--scheduler`` cluster, device, precision, backend, batch size and chunk size
+    are settled by the workers (``Executor.run_on_workers``), not by the client: a laptop without a
+    GPU sends ``--device auto`` work to GPU workers as CUDA work, and an explicit
+    ``--device cuda`` is checked there. Workers that settle differently (a mixed
+    cluster) are an error naming them; name the settings explicitly then.
+    """
+    if not settings.scheduler or executor is None:
+        return settings.resolved(card)
+    try:
+        answers = executor.run_on_workers(_resolve_here, settings, card)
+    except Exception as exc:  # noqa: BLE001 - no answer: the client's own view, as before
+        log.debug("workers could not settle the settings (%s); using the client's", exc)
+        answers = {}
+    if not answers:
+        return settings.resolved(card)
+    return agree_on_settings(settings, answers, card)
+
+
+def agree_on_settings(settings: PredictSettings, answers: dict, card: ModelCard) -> PredictSettings:
+    """The settings every worker settled on (``answers``: worker address -> dict or error text)."""
+    errors = {w: a for w, a in answers.items() if isinstance(a, str)}
+    if errors:
+        worker, problem = sorted(errors.items())[0]
+        raise GeounetError(None, f"Dask worker {worker}: {problem}")
+    views = {tuple(a[k] for k in WORKER_RESOLVED) for a in answers.values()}
+    if len(views) > 1:
+        seen = "; ".join(f"{w}: {'/'.join(str(a[k]) for k in WORKER_RESOLVED[:3])}" for w, a in sorted(answers.items()))
+        raise GeounetError(None, f"the cluster's workers settle device/precision/backend differently ({seen}); "
+                                 "give --device, --precision and --backend explicitly")
+    s = replace(settings.tiling_resolved(card), **dict(zip(WORKER_RESOLVED, views.pop())))
+    s.workers = s.workers or default_workers(s.device, s.backend)  # not used on a cluster; recorded in run.json
+    return s
+
+
+def _resolve_here(settings: PredictSettings, card: ModelCard) -> dict | str:
+    """On a worker: its own resolution of ``settings`` (or the one-line problem)."""
+    try:
+        s = settings.resolved(card)
+    except (GeounetError, RuntimeError, ValueError) as exc:
+        return str(exc)
+    return {k: getattr(s, k) for k in WORKER_RESOLVED}
+
+
+def rules_with_overrides(overrides: dict | None) -> dict:
+    """``DEFAULT_RULES`` with per-kind field overrides, e.g. ``{"building": {"split_m": 3.0}}``."""
+    rules = dict(DEFAULT_RULES)
+    for kind, fields in (overrides or {}).items():
+        if kind not in rules:
+            raise GeounetError(None, f"postprocess: unknown class kind {kind!r} (one of {', '.join(rules)})")
+        try:
+            rules[kind] = replace(rules[kind], **fields)
+        except TypeError as exc:
+            raise GeounetError(None, f"postprocess.{kind}: {exc}") from None
+    return rules

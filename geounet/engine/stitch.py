@@ -1,0 +1,148 @@
+"""Stitching chunk results into rasters: each region written once all chunks that overlap it are in.
+
+No full-scene array is ever held: memory is the chunks in flight plus the pending seam
+strips. A :class:`FinalSink` writes uint8 scores and classes on the scene's grid; a
+:class:`Stage1Sink` writes uint16 probabilities on a resampled working grid, which
+stage 2 (``geounet.engine.predict``) warps back onto the scene's grid.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from geounet.compute.grid import Box, TileGrid
+from geounet.engine.tiles import ChunkResult
+from geounet.io.rasters import NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile
+from geounet.io.scene import WorkingGrid
+from geounet.models.card import ModelCard
+
+
+class Stitcher:
+    """Collects chunk buffers and hands each region of the grid to ``sink`` once all its chunks are in."""
+
+    def __init__(self, grid: TileGrid, sink: "Stage1Sink | FinalSink") -> None:
+        self.sink = sink
+        self.by_chunk: dict[tuple[int, int], list] = defaultdict(list)
+        for region in grid.regions():
+            for c in region.chunks:
+                self.by_chunk[c].append(region)
+        self.pending: dict = {}  # region -> {chunk index: (probabilities, valid) cut to the region}
+
+    def add(self, result: ChunkResult) -> None:
+        for region in self.by_chunk.pop(result.index):
+            rows, cols = region.box.relative_to(result.box)
+            if len(region.chunks) == 1:  # only this chunk covers it: final now, no copy
+                probs = None if result.probabilities is None else result.probabilities[:, rows, cols]
+                self.sink.write(region.box, probs, None if result.valid is None else result.valid[rows, cols])
+                continue
+            probs = None if result.probabilities is None else result.probabilities[:, rows, cols].copy()
+            valid = None if result.valid is None else result.valid[rows, cols].copy()
+            parts = self.pending.setdefault(region, {})
+            parts[result.index] = (probs, valid)
+            if len(parts) == len(region.chunks):
+                del self.pending[region]
+                total, valid = None, None
+                for key in sorted(parts):  # fixed order: identical sums whatever order chunks finished in
+                    p, v = parts[key]
+                    if p is not None:
+                        total = p if total is None else total + p
+                    valid = v if valid is None else valid  # every chunk read the same scene mask here
+                self.sink.write(region.box, total, valid)
+
+
+class Stage1Sink:
+    """Regions -> the stage-1 raster (working grid, uint16 probabilities); used when resampling."""
+
+    def __init__(self, dst: rasterio.io.DatasetWriter) -> None:
+        self.dst = dst
+
+    def write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
+        if probabilities is None:
+            return  # all nodata: leave the sparse stage-1 blocks empty
+        dn = np.rint(np.clip(probabilities, 0.0, 1.0) * STAGE_SCALE).astype(np.uint16)
+        self.dst.write(dn, window=Window(box.col0, box.row0, box.width, box.height))
+
+
+class FinalSink:
+    """Regions -> the final uint8 scores and classes, directly (working grid = scene grid)."""
+
+    def __init__(self, scores: rasterio.io.DatasetWriter, classes: rasterio.io.DatasetWriter) -> None:
+        self.scores, self.classes = scores, classes
+
+    def write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
+        window = Window(box.col0, box.row0, box.width, box.height)
+        if probabilities is None:  # every tile here was nodata
+            self.scores.write(np.full((self.scores.count, box.height, box.width), NODATA, np.uint8), window=window)
+            self.classes.write(np.full((box.height, box.width), NODATA, np.uint8), 1, window=window)
+            return
+        assert valid is not None  # every chunk reads the scene mask with its pixels
+        scores, classes = finalize_block(probabilities, valid)
+        self.scores.write(scores, window=window)
+        self.classes.write(classes, 1, window=window)
+
+
+@contextmanager
+def stage1_writer(stage1: Path, working: WorkingGrid, card: ModelCard) -> Iterator[Stage1Sink]:
+    """The stage-1 raster: working grid, one uint16 band per class (probability = DN / 65535)."""
+    profile = tiled_profile(working.crs_wkt, working.affine, working.width, working.height, len(card.classes), "uint16")
+    with rasterio.open(stage1, "w", **profile) as dst:
+        yield Stage1Sink(dst)
+
+
+@contextmanager
+def final_writer(tmp: Path, card: ModelCard, scene_grid: tuple[Any, Any, int, int]) -> Iterator[FinalSink]:
+    """Tiled ``scores`` and ``classes`` in ``tmp`` on ``scene_grid`` (CRS, affine, width, height)."""
+    crs, transform, width, height = scene_grid
+    n = len(card.classes)
+    with rasterio.open(
+        tmp / "scores.tiled.tif", "w", **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
+    ) as scores_ds, rasterio.open(
+        tmp / "classes.tiled.tif", "w", **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
+    ) as classes_ds:
+        describe_scores(scores_ds, card)
+        describe_classes(classes_ds, card)
+        yield FinalSink(scores_ds, classes_ds)
+
+
+@contextmanager
+def stitching(scene: str | Path, grid: TileGrid, quiet: bool,
+              writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink]) -> Iterator[Tally]:
+    """Open the writer and a progress bar (unless ``quiet``); yield the :class:`Tally` chunk results go to."""
+    from tqdm import tqdm
+
+    with writer as sink, tqdm(
+        total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if quiet else None, leave=False,
+    ) as bar:
+        tally = Tally(Stitcher(grid, sink), bar)
+        yield tally
+        if tally.stitcher.pending:
+            raise RuntimeError(f"internal error: {len(tally.stitcher.pending)} regions never completed")
+
+
+class Tally:
+    """Hands chunk results to the stitcher, one at a time (any thread), and counts tiles."""
+
+    def __init__(self, stitcher: Stitcher, bar: Any) -> None:
+        self.stitcher, self.bar = stitcher, bar
+        self.run = self.skipped = 0
+        self._lock = threading.Lock()  # the output files take one writer at a time
+
+    def take(self, result: ChunkResult) -> None:
+        with self._lock:
+            self.stitcher.add(result)
+            self.run += result.tiles_run
+            self.skipped += result.tiles_skipped
+            self.bar.update(result.tiles_run + result.tiles_skipped)
+
+    def report(self, grid: TileGrid, n_chunks: int) -> dict:
+        return {"total": grid.n_tiles, "run": self.run, "skipped": self.skipped, "chunks": n_chunks,
+                "tile_size": grid.tile_size, "overlap": grid.overlap}

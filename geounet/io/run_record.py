@@ -1,0 +1,123 @@
+"""``run.json``: the provenance record of one scene's output folder, written and read here only.
+
+A :class:`RunRecord` says what made the folder's files: the input (path, size, sha256,
+modification time in ns, CRS, geotransform and size of its grid, ground resolution in
+metres per pixel), the model (file, sha256, classes, training resolution in m/px), the
+resolved settings, the working grid, tile counts, the vector stage's layers and rules,
+timings in seconds and the outputs. ``record_version`` numbers the layout; a record
+written before the field existed reads as version 1. Batch reruns compare a folder's
+record with the work asked for (``geounet.batch.state``); the STAC Item copies from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from geounet.errors import GeounetError
+from geounet.models.card import file_sha256
+
+RUN_JSON = "run.json"
+RECORD_VERSION = 1
+
+
+class RunRecordError(GeounetError):
+    """A ``run.json`` that is missing, unreadable, or of a newer layout than this geounet reads."""
+
+
+def fingerprint(path: str | Path, sha256: bool = True) -> dict[str, Any]:
+    """``{"path": absolute path, "bytes": size[, "sha256": hex digest]}`` of a file."""
+    path = Path(path)
+    out: dict[str, Any] = {"path": str(path.resolve()), "bytes": path.stat().st_size}
+    if sha256:
+        out["sha256"] = file_sha256(path)
+    return out
+
+
+@dataclass
+class InputRecord:
+    """The scene: file identity, and its grid (CRS as text, GDAL-order affine, pixels, metres per pixel)."""
+
+    path: str
+    bytes: int
+    sha256: str
+    crs: str
+    transform: list[float]
+    width: int
+    height: int
+    ground_resolution_m: float
+    mtime_ns: int | None = None  # with ``bytes``, the quick up-to-date check
+
+
+@dataclass
+class ModelRecord:
+    """The model file: path, sha256, card name, class names, training resolution (m/px)."""
+
+    path: str
+    name: str
+    sha256: str
+    classes: list[str]
+    resolution_m: float
+
+
+@dataclass
+class RunRecord:
+    """One scene's ``run.json``."""
+
+    geounet_version: str
+    created_utc: str  # ISO 8601, UTC, whole seconds
+    input: InputRecord
+    model: ModelRecord
+    settings: dict[str, Any]  # resolved PredictSettings fields, plus chunk_tiles
+    working_grid: dict[str, Any]
+    tiles: dict[str, int]
+    vector: dict[str, Any] | None
+    timings: dict[str, float]  # seconds
+    outputs: dict[str, Any] = field(default_factory=dict)  # file name -> what it holds
+    record_version: int = RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``folder/run.json`` (temporary name, then renamed); returns its path."""
+        path = Path(folder) / RUN_JSON
+        tmp = path.with_name(f".{RUN_JSON}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str | Path | None = None) -> "RunRecord":
+        """A record from parsed JSON; unknown keys of a newer geounet are ignored, a newer layout is refused."""
+        version = raw.get("record_version", 1)
+        if not isinstance(version, int) or version > RECORD_VERSION:
+            raise RunRecordError(source, f"record_version {version!r} is newer than this geounet reads ({RECORD_VERSION})")
+        try:
+            kwargs = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
+            kwargs["input"] = _known(InputRecord, raw["input"])
+            kwargs["model"] = _known(ModelRecord, raw["model"])
+            return cls(**kwargs)
+        except (KeyError, TypeError) as exc:
+            raise RunRecordError(source, f"not a geounet run record ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "RunRecord":
+        """``folder/run.json`` as a record; :class:`RunRecordError` when missing or unreadable."""
+        path = Path(folder) / RUN_JSON
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunRecordError(path, "not found") from None
+        except (OSError, ValueError) as exc:
+            raise RunRecordError(path, f"unreadable ({exc})") from None
+        if not isinstance(raw, dict):
+            raise RunRecordError(path, "not a JSON object")
+        return cls.from_dict(raw, path)
+
+
+def _known(cls: type, raw: dict[str, Any]) -> Any:
+    return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})

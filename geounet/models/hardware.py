@@ -1,0 +1,156 @@
+"""The machine a model runs on: device, precision and backend from ``auto``, cores, per-backend defaults.
+
+Nothing here imports torch unless a GPU may exist (or one is asked for), so a CPU run
+through ONNX Runtime settles every ``auto`` without it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def may_have_cuda() -> bool:
+    """False when this machine certainly has no CUDA GPU (Linux without NVIDIA or WSL GPU device nodes).
+
+    Lets ``auto`` settle on the CPU without importing torch (1.7 s here), so that a CPU
+    run through ONNX Runtime never imports it.
+    """
+    if not os.path.isdir("/dev"):
+        return True  # not Linux: ask torch
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg"))
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if device == "auto" and not may_have_cuda():
+        return "cpu"
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (lower case); empty where there is none."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(device: str, precision: str = "auto") -> str:
+    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs bf16 only with native support.
+
+    On CPUs without AVX-512 BF16 or AMX, bf16 autocast is emulated and several times
+    slower than fp32 (measured: 8x slower on an AVX2 machine), so auto picks fp32 there.
+    """
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    flags = cpu_flags()
+    if not flags:  # no /proc/cpuinfo: ask torch
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability().upper()
+        return "bf16" if ("AMX" in cap or "AVX512_BF16" in cap) else "fp32"
+    return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
+
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def resolve_backend(device: str, precision: str, backend: str = "auto") -> str:
+    """'auto' -> 'onnx' (ONNX Runtime) for fp32 on the CPU when onnxruntime is installed, else 'torch'.
+
+    ``device`` and ``precision`` are resolved ones. ONNX Runtime runs here in fp32 on
+    the CPU only; GPUs and autocast (bf16, fp16) use torch.
+    """
+    from geounet.models import onnx as onnxrt
+
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        return backend
+    fits = device == "cpu" and precision == "fp32"
+    if backend == "onnx":
+        if not fits:
+            raise ValueError(f"--backend onnx runs fp32 on the CPU only (asked: device {device}, precision {precision})")
+        if not onnxrt.available():
+            raise ValueError("--backend onnx needs onnxruntime (pip install onnxruntime)")
+        return backend
+    return "onnx" if fits and onnxrt.available() else "torch"
+
+
+MAX_AUTO_WORKERS = 4  # chunk tasks at once on one CPU machine: each holds a batch's activations
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's or a batch job's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str, backend: str) -> int:
+    """Chunk tasks run at once in a local run when ``--workers`` is not given.
+
+    ONNX Runtime on the CPU: one task per core (at most ``MAX_AUTO_WORKERS``), each
+    session with the remaining cores (``threads_per_task``). On 2 cores, 2 tasks x 1
+    thread beat 1 task x 2 threads end to end: one task's reading, normalising and
+    blending overlap with the other's model calls (benchmarks/README.md). torch (CPU or
+    GPU): one task; torch's own threads or the GPU use the machine.
+    """
+    if device == "cpu" and backend == "onnx":
+        return min(cpu_cores(), MAX_AUTO_WORKERS)
+    return 1
+
+
+def default_batch_size(device: str, backend: str) -> int:
+    """Tiles per model call when ``--batch-size`` is not given.
+
+    ONNX Runtime on the CPU: 1. Tiles per second do not depend on the batch there, and
+    one tile per call needs a quarter of the memory of four (peak RSS of a 4096^2 run
+    1.7 -> 0.6 GB with the default model) and ran the chunk phase ~2 % faster
+    (benchmarks/README.md). torch (GPUs, autocast): 4.
+    """
+    return 1 if device == "cpu" and backend == "onnx" else 4
+
+
+def default_chunk_pixels(device: str, backend: str, stride: int) -> int:
+    """Target chunk side (pixels) when not given; a chunk, the unit of one task, is whole tiles.
+
+    ONNX Runtime on the CPU: one tile (``stride`` = tile size - overlap). Calls are one
+    tile each there, so larger chunks only make the last tasks of a scene run on fewer
+    cores than there are; measured chunk phase 2048^2: 4.47 -> 3.72 s, 4096^2: 15.1 ->
+    14.3 s against 2048 px chunks (benchmarks/README.md). torch: 2048 px, whole batches.
+    """
+    return stride if device == "cpu" and backend == "onnx" else 2048
+
+
+def threads_per_task(worker=None) -> int:
+    """CPU threads for one task's model calls: the cores divided by the Dask worker's task threads.
+
+    ``worker``: the Dask worker (default: the one running this task; none: all cores).
+    """
+    if worker is None:
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):  # not inside a Dask task
+            pass
+    nthreads = getattr(getattr(worker, "state", None), "nthreads", 1) or 1
+    return max(1, cpu_cores() // nthreads)

@@ -1,0 +1,68 @@
+"""hardware: auto device, precision and backend; cores and per-backend defaults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import geounet.models.hardware as hardware
+from geounet.models.hardware import resolve_precision
+
+
+def test_auto_precision_is_fp32_on_cpus_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
+    assert resolve_precision("cpu") == "fp32"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert resolve_precision("cpu") == "bf16"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert resolve_precision("cpu") == "bf16"
+    assert resolve_precision("cpu", "fp32") == "fp32"
+    monkeypatch.setattr(hardware, "cpu_flags", set)  # no /proc/cpuinfo: torch's answer
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert resolve_precision("cpu") == "fp32"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert resolve_precision("cpu") == "bf16"
+
+
+def test_cpu_flags_agree_with_torch_on_this_machine():
+    flags = hardware.cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo on this system")
+    cap = torch.backends.cpu.get_cpu_capability().upper()
+    if cap.startswith("AVX2"):
+        assert "avx2" in flags
+    if cap.startswith("AVX512"):
+        assert "avx512f" in flags
+
+
+def test_auto_device_is_the_cpu_without_importing_torch_when_no_gpu_device_exists(monkeypatch):
+    monkeypatch.setattr(hardware, "may_have_cuda", lambda: False)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # any torch import would now fail
+    assert hardware.resolve_device("auto") == "cpu"
+    assert hardware.resolve_device("cpu") == "cpu"
+
+
+def test_default_workers_and_batch_size_per_backend(monkeypatch):
+    from geounet.engine.settings import PredictSettings
+
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, hardware.MAX_AUTO_WORKERS)):
+        monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert hardware.default_workers("cpu", "onnx") == expected
+        assert hardware.default_workers("cpu", "torch") == 1
+        assert hardware.default_workers("cuda:0", "torch") == 1
+
+        class Worker:  # a Dask worker running ``expected`` task threads
+            class state:
+                nthreads = expected
+
+        assert hardware.threads_per_task(Worker) == max(1, cores // expected)  # the cores shared, none oversubscribed
+    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert PredictSettings(device="cpu", backend="torch").resolved(card).workers == 1
+    assert PredictSettings(device="cpu", backend="torch", workers=3).resolved(card).workers == 3
+    torch_cpu = PredictSettings(device="cpu", backend="torch").resolved(card)
+    assert (torch_cpu.batch_size, torch_cpu.chunk_pixels) == (4, 2048)
+    if hardware.resolve_backend("cpu", "fp32") == "onnx":
+        auto = PredictSettings(device="cpu", precision="fp32").resolved(card)
+        assert (auto.workers, auto.batch_size, auto.chunk_pixels) == (2, 1, 512 - 64)  # one tile per task
+        assert PredictSettings(device="cpu", precision="fp32", batch_size=8).resolved(card).batch_size == 8

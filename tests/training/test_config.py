@@ -1,0 +1,147 @@
+"""Training config: every problem at once (typos, types, values), relative paths, overrides, --set, shipped configs."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+
+from geounet.models.card import CLASS_KINDS, read_card
+from geounet.schema import ConfigError
+from geounet.training.config import ClassKind, load_config
+from tests.helpers import REPO
+
+
+def test_config_typos_are_listed(tmp_path: Path, train_raw, write_config) -> None:
+    raw = train_raw
+    raw["train"]["lerning_rate"] = 0.1
+    raw["train"]["batchsize"] = 4
+    raw["data"]["train"][0]["imag"] = "x.tif"
+    raw["colour"] = "red"
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(raw))
+    msg = str(err.value)
+    assert "\n" not in msg and len(err.value.problems) == 4
+    assert "train: unknown key 'batchsize' (did you mean 'batch_size'?)" in msg
+    assert "data.train[0]: unknown key 'imag' (did you mean 'image'?)" in msg
+    assert "train: unknown key 'lerning_rate' (known: batch_size, " in msg  # nothing close: the section's keys
+    assert "unknown key 'colour' (" in msg
+
+
+def test_config_values_are_checked(tmp_path: Path, train_raw, write_config) -> None:
+    raw = train_raw
+    raw["train"]["epochs"] = "ten"
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(raw))
+    assert err.value.problems == ["train.epochs: expected an integer, got str 'ten'"]
+    raw["train"]["epochs"] = 1
+    raw["train"]["loss"] = "hinge"  # a type problem (a choice) ...
+    raw["labels"]["value_map"] = {"roof": "house"}  # ... and a value problem: reported together
+    raw["model"]["overlap"] = 15
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(raw))
+    problems = err.value.problems
+    assert "train.loss: expected one of dice_ce, ce, bce, dice, focal, tversky, got str 'hinge'" in problems
+    assert any(p.startswith("labels.value_map.roof: class 'house' is not in classes") for p in problems)
+    assert "model.overlap: must be even, at least 0 and smaller than tile_size" in problems
+    assert len(problems) == 3
+
+
+def test_config_value_checks_cover_every_section(tmp_path: Path, train_raw, write_config) -> None:
+    raw = train_raw
+    raw["classes"][1]["color"] = [0, 0, 300]
+    raw["data"]["val"] = []
+    raw["data"]["std"] = [0.2]
+    raw["labels"] = {"unlabelled": "background"}
+    raw["train"]["chip_size"] = 30
+    raw["train"]["class_weights"] = [1.0, 1.0]
+    raw["train"]["loss"] = "dice"
+    raw["output"] = "m.pt"
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(raw))
+    assert err.value.path == str(tmp_path / "train.yaml")
+    assert err.value.problems == [
+        "classes[1].color: must be three values 0..255",
+        "data.val: no scenes (hold out a scene, or a region with window:)",
+        "data.std: needs one entry per band",
+        "labels: set class_field or default_class",
+        "train.chip_size: must be a positive multiple of 32",
+        "train.class_weights: works with loss ce, bce, dice_ce only",
+        "output: must be a .safetensors file",
+    ]
+
+
+def test_class_kinds_are_the_cards() -> None:
+    assert typing.get_args(ClassKind) == CLASS_KINDS
+
+
+def test_config_relative_paths_and_overrides(tmp_path: Path, train_raw, write_config) -> None:
+    raw = train_raw
+    raw["output"] = "models/m.safetensors"
+    cfg = load_config(write_config(raw), {"train.epochs": 7, "output": None})
+    assert cfg.output == tmp_path / "models" / "m.safetensors"
+    assert cfg.train.epochs == 7
+    assert cfg.checkpoint_path == tmp_path / "models" / "m.ckpt.pt"
+    cfg = load_config(write_config(raw), {"output": "elsewhere/m.safetensors", "train.resume": "m.ckpt.pt"})
+    assert cfg.output == Path("elsewhere/m.safetensors")  # paths given as overrides are taken as they are
+    assert cfg.train.resume == Path("m.ckpt.pt")
+    with pytest.raises(ConfigError) as err:  # overrides get the same checks as keys in the file
+        load_config(write_config(raw), {"train.precision": "bf17", "output": "m.onnx"})
+    assert err.value.problems == ["train.precision: expected one of auto, fp32, bf16, got str 'bf17'",
+                                  "output: must be a .safetensors file"]
+
+
+def test_config_settings_from_the_command_line(tmp_path: Path, train_raw, write_config) -> None:
+    path = write_config(train_raw)
+    cfg = load_config(path, settings=["train.lr=0.005", "augment.flips=false", "model.decoder_channels=[32, 8, 8]",
+                                      "train.class_weights=[0.5, 2]", "card.licence=CC0"])
+    assert cfg.train.lr == 0.005 and cfg.augment.flips is False and cfg.model.decoder_channels == [32, 8, 8]
+    assert cfg.train.class_weights == [0.5, 2.0] and cfg.card.licence == "CC0"
+    with pytest.raises(ConfigError, match=r"train: unknown key 'epoch' \(did you mean 'epochs'\?\)"):
+        load_config(path, settings=["train.epoch=3"])
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got str 'fast'"):
+        load_config(path, settings=["train.lr=fast"])
+    with pytest.raises(ConfigError, match="expects KEY=VALUE") as err:
+        load_config(path, settings=["train.lr", "train.epochs=zero"])
+    assert len(err.value.problems) == 2  # the bad --set and the bad value, together
+
+
+def test_cli_reports_errors_in_one_line(tmp_path: Path, train_raw, write_config) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from geounet.cli.train import train
+
+    app = typer.Typer()
+    app.command()(train)
+    raw = train_raw
+    raw["trian"] = {}
+    res = CliRunner().invoke(app, [str(write_config(raw))])
+    assert res.exit_code == 2
+    assert "error:" in res.output and "unknown key 'trian' (did you mean 'train'?)" in res.output
+    assert "Traceback" not in res.output
+    del raw["trian"]
+    res = CliRunner().invoke(app, [str(write_config(raw)), "--set", "train.batchsize=4", "--precision", "fp16"])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0
+    assert "train: unknown key 'batchsize' (did you mean 'batch_size'?)" in res.output
+    assert "train.precision: expected one of auto, fp32, bf16, got str 'fp16'" in res.output
+
+
+@pytest.mark.parametrize(
+    "config, model", [("roads_lasvegas.yaml", "roads"), ("landcover_brandenburg.yaml", "landcover")]
+)
+def test_shipped_configs_match_their_default_models(config: str, model: str) -> None:
+    """The config in configs/ is the one the default model's card was trained with; the file stays small."""
+    cfg = load_config(REPO / "configs" / config)
+    path = REPO / "data" / "models" / f"{model}.safetensors"
+    assert cfg.output == path
+    card = read_card(path)
+    assert card.class_names == cfg.class_names and [c.kind for c in card.classes] == [c.kind for c in cfg.classes]
+    assert card.bands == cfg.data.bands and card.resolution_m == cfg.data.resolution_m
+    assert card.scale == cfg.data.scale and card.tile_size == cfg.model.tile_size
+    assert card.training["command"] == f"geounet train configs/{config}"
+    assert card.training["val"]["mean_iou"] > 0.2
+    assert path.stat().st_size < 30e6
+    assert (REPO / "data" / "models" / f"{model}.md").is_file()

@@ -1,0 +1,69 @@
+"""Training data: scenes resampled to the ground resolution and masked, labels in another CRS, chips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from geounet.io.labels import IGNORE_INDEX
+from geounet.training.config import load_config
+from geounet.training.data import ChipSampler, Scene, load_scene
+
+CRS = "EPSG:32636"
+
+
+def test_load_scene_resamples_and_masks(train_raw, write_config) -> None:
+    cfg = load_config(write_config(train_raw))
+    scene = load_scene(cfg.data.train[0], cfg)  # 0.5 m -> 1 m, top 75 % of the rows
+    assert scene.image.shape == (3, 48, 64) and scene.label.shape == (48, 64)
+    assert (scene.label[:, :2] == IGNORE_INDEX).all()  # the masked columns
+    assert scene.transform.a == pytest.approx(1.0)
+    # Square 1 covers 16 x 16 m = 256 px at 1 m; square 2 12 m high; square 3 partly (rows 40..47).
+    assert int((scene.label == 1).sum()) == 256 + 16 * 12 + 12 * 8 + 20 * 12
+
+
+def test_labels_in_another_crs_are_reprojected(tmp_path: Path, roof_scene, train_raw, write_config,
+                                               write_geojson) -> None:
+    import shapely
+    from pyproj import Transformer
+
+    to_wgs84 = Transformer.from_crs(roof_scene.crs, "EPSG:4326", always_xy=True).transform
+    geoms = [shapely.transform(roof_scene.box(*s), lambda xy: np.column_stack(to_wgs84(xy[:, 0], xy[:, 1])))
+             for s in roof_scene.squares]
+    wgs84 = write_geojson(tmp_path / "wgs84.geojson", geoms, [{"kind": "roof"}] * len(geoms), crs_epsg=None)
+    utm = load_config(write_config(train_raw))
+    train_raw["data"]["train"][0]["labels"] = str(wgs84)
+    cfg = load_config(write_config(train_raw))
+    a, b = load_scene(utm.data.train[0], utm).label, load_scene(cfg.data.train[0], cfg).label
+    assert int((b == 1).sum()) == pytest.approx(int((a == 1).sum()), abs=8)
+    assert (a != b).mean() < 0.01
+
+
+def test_chip_sampler_bias_and_padding() -> None:
+    label = np.zeros((100, 300), np.uint8)
+    label[90:95, 290:295] = 1
+    scene = Scene("s", np.zeros((3, 100, 300), np.uint8), label, CRS, Affine.identity(), "uint8")
+    biased = ChipSampler([scene], 32, [1], 1.0, 0.0, np.random.default_rng(0))
+    assert all((biased.sample()[1] == 1).any() for _ in range(20))
+    small = ChipSampler([scene], 128, [1], 0.0, 0.0, np.random.default_rng(0))
+    img, lab = small.sample()
+    assert img.shape == (3, 128, 128) and (lab[100:] == IGNORE_INDEX).all()
+
+
+def test_chip_sampler_rare_class_bias_is_measurable() -> None:
+    """A class covering 1 % of a scene: unbiased chips rarely contain it, bias 0.5 puts it in at least half."""
+    label = np.zeros((400, 400), np.uint8)
+    label[100:116, 300:310] = 1  # 160 px of 160,000
+    scene = Scene("s", np.zeros((1, 400, 400), np.uint16), label, CRS, Affine.identity(), "uint16")
+
+    def share_with_rare(bias: float) -> float:
+        sampler = ChipSampler([scene], 32, [1], bias, 0.0, np.random.default_rng(3))
+        return float(np.mean([(sampler.sample()[1] == 1).any() for _ in range(300)]))
+
+    unbiased, biased = share_with_rare(0.0), share_with_rare(0.5)
+    assert unbiased < 0.05  # about (32 + 10) * (32 + 16) / 369^2 = 1.5 %
+    assert 0.45 < biased < 0.6  # the biased half, plus the few random chips that hit it
+    assert share_with_rare(1.0) == 1.0

@@ -1,0 +1,132 @@
+"""The training loop: a tiny end-to-end run and its resume, bad input failing before training, the default models."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from geounet.errors import GeounetError
+from geounet.models.card import read_card
+from geounet.models.network import load_model
+from geounet.training.config import load_config
+from geounet.training.loop import train_model
+from tests.helpers import REPO
+
+
+def test_train_end_to_end_and_resume(tmp_path: Path, train_raw, write_config) -> None:
+    out = tmp_path / "models" / "tiny.safetensors"
+    train_raw["output"] = str(out)
+    cfg_path = write_config(train_raw)
+    result = train_model(load_config(cfg_path), command="geounet train train.yaml", progress=False)
+    assert result.epochs == 1 and out.is_file() and result.checkpoint.is_file()
+
+    net, card = load_model(out)
+    assert card.class_names == ["background", "building"] and card.resolution_m == 1.0
+    assert card.training["command"] == "geounet train train.yaml"
+    assert card.training["licence"] == "test data" and card.training["epochs"] == 1
+    assert 0.0 <= card.training["val"]["mean_iou"] <= 1.0
+    assert next(net.parameters()).dtype == torch.float32
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:  # weights are stored as float16
+        assert f.get_tensor("encoder.conv1.weight").dtype == torch.float16
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+    cfg = load_config(cfg_path, {"train.epochs": 2, "train.resume": str(result.checkpoint)})
+    resumed = train_model(cfg, progress=False)
+    assert resumed.epochs == 2
+    rows = list(csv.DictReader(open(result.csv)))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["step"] == "4"
+    assert read_card(out).training["epochs"] == 2
+
+    other = load_config(cfg_path, {"train.resume": str(result.checkpoint)})
+    other.model.encoder = "resnet34"
+    with pytest.raises(GeounetError, match="encoder"):
+        train_model(other, progress=False)
+
+
+# --------------------------------------------------------------------------- bad input, before any training
+
+
+def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make building the network fail: errors must come before training starts."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("training started before the input was checked")
+
+    monkeypatch.setattr("geounet.training.loop.build_network", no_network)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("far", "no labels overlap the scene"),
+        ("empty", "label file has no features"),
+        ("unknown_class", "'church'"),
+        ("raster_far", "does not overlap the scene"),
+    ],
+)
+def test_bad_labels_fail_before_training(tmp_path: Path, roof_scene, train_raw, write_config, write_geojson,
+                                         monkeypatch, case: str, message: str) -> None:
+    if case == "far":  # 10 km east of the scene
+        labels = write_geojson(tmp_path / "far.geojson", [roof_scene.box(10000, 0, 10020, 20)], [{"kind": "roof"}])
+    elif case == "empty":
+        labels = write_geojson(tmp_path / "empty.geojson", [])
+    elif case == "unknown_class":
+        labels = write_geojson(tmp_path / "church.geojson", [roof_scene.box(8, 8, 24, 24)], [{"kind": "church"}])
+    else:
+        labels = tmp_path / "far.tif"
+        with rasterio.open(labels, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs=roof_scene.crs,
+                           transform=Affine(1, 0, roof_scene.origin[0] + 10000, 0, -1, roof_scene.origin[1])) as ds:
+            ds.write(np.ones((1, 8, 8), np.uint8))
+    train_raw["data"]["train"][0]["labels"] = str(labels)  # only the training labels are bad
+    cfg = load_config(write_config(train_raw))
+    _forbid_training(monkeypatch)
+    with pytest.raises(GeounetError, match=message) as err:
+        train_model(cfg, progress=False)
+    assert err.value.path == str(labels)
+    assert "\n" not in str(err.value)
+    assert not cfg.output.exists() and not cfg.checkpoint_path.exists()
+
+
+# --------------------------------------------------------------------------- the default models
+
+
+@pytest.mark.parametrize(
+    "model, scene, layers",
+    [
+        ("roads", "lasvegas_pan_east.tif", {"roads", "road_centerlines"}),  # 1 band uint16, EPSG:4326
+        ("landcover", "brandenburg_s2_east.tif", {"landcover"}),  # 4 bands uint16, UTM
+    ],
+)
+def test_default_models_map_their_demo_crops(tmp_path: Path, model: str, scene: str, layers: set[str]) -> None:
+    """Each default model runs through `geounet predict` on its held-out demo crop and finds its features."""
+    import geopandas as gpd
+    import pyogrio
+    from typer.testing import CliRunner
+
+    from geounet.cli.main import app
+
+    src = REPO / "data" / "demo" / scene
+    res = CliRunner().invoke(app, ["predict", str(src), "--out", str(tmp_path), "--quiet",
+                                   "--model", str(REPO / "data" / "models" / f"{model}.safetensors")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / src.stem
+    with rasterio.open(out / "classes.tif") as ds, rasterio.open(src) as s:
+        assert ds.crs == s.crs and ds.transform == s.transform
+        classes = ds.read(1)
+    gpkg = out / "features.gpkg"
+    assert layers <= {name for name, _ in pyogrio.list_layers(gpkg)}
+    for layer in layers:
+        assert len(gpd.read_file(gpkg, layer=layer)) > 0
+    if model == "landcover":  # no background class: every pixel is one of the seven, and several occur
+        assert classes.max() < 7 and len(np.unique(classes)) >= 5
+    else:
+        assert 0.01 < (classes == 1).mean() < 0.2
