@@ -1,1 +1,1 @@
-"""batch"""
+"""Unattended batch runs (geounet run): pipeline configs, per-scene locks, crash recovery, reruns."""

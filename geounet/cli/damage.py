@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from geounet.cli.logs import setup_logging
+from geounet.damage.settings import DamageSettings
 from geounet.errors import GeounetError
 from geounet.models.registry import DEFAULT_MODEL
+from geounet.schema import ConfigError, read_yaml
 
 # --pre and --post take several files each (``--pre a.tif b.tif``), which click options
 # cannot: they are parsed from the extra arguments, in order.
@@ -56,29 +59,29 @@ def damage(
     (VRT); post is warped onto the pre grid; only the overlap is assessed.
     Exit codes: 0 done; 2 bad input (one line, nothing written).
     """
-    from geounet.damage.run import DamageSettings, run_damage
-    from geounet.cli.logs import setup_logging
+    from geounet.damage.run import run_damage
 
     setup_logging(quiet)
     try:
         pre, post = split_epochs(list(ctx.args))
-        section = {}
-        if config is not None:
-            import yaml
-
-            try:
-                raw = yaml.safe_load(Path(config).read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise GeounetError(config, f"cannot read config ({str(exc).splitlines()[0]})") from None
-            section = raw.get("damage", raw) if isinstance(raw, dict) else None
-            if not isinstance(section, dict):
-                raise GeounetError(config, "expected a mapping with a damage: section")
-        if device is not None:
-            section = section | {"device": device}
-        if quiet:
-            section = section | {"quiet": True}
-        settings = DamageSettings.from_dict(section)
+        settings = damage_settings(config, device, quiet)
         run_damage(pre, post, out, footprints, model, settings)  # logs the counts per grade
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+
+
+def damage_settings(config: Path | None, device: str | None, quiet: bool) -> DamageSettings:
+    """The ``damage:`` section of ``config`` (or the whole file when it has none), with the command line's
+    ``--device`` and ``--quiet`` over it; every problem of the section in one :class:`ConfigError`."""
+    section: Any = {}
+    if config is not None:
+        raw = read_yaml(config)
+        section = raw.get("damage", raw)
+    if isinstance(section, dict):
+        section = section | {k: v for k, v in (("device", device), ("quiet", quiet or None)) if v is not None}
+    settings, problems = DamageSettings.check(section, "damage")
+    if problems:
+        raise ConfigError(config, problems)
+    assert settings is not None
+    return settings

@@ -24,19 +24,22 @@ def run(
     Exit codes: 0 every scene done or skipped; 1 some scene failed; 2 bad config (nothing ran).
     A summary and a log file are written to OUT/_runs/.
     """
-    from geounet.batch.run import ConfigError, load_config, run_pipeline
+    from geounet.batch.config import load_config
+    from geounet.batch.run import run_pipeline
+    from geounet.schema import ConfigError
+
     setup_logging(quiet)
     try:
         cfg = load_config(config, inputs=inputs, out=out)
     except ConfigError as exc:
         for line in exc.lines():
             typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     try:
         summary = run_pipeline(cfg, force=force, quiet=quiet)
     except (GeounetError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     for line in summary.lines(details=not quiet):
         typer.echo(line, err=True)
     if not summary.ok:

@@ -25,7 +25,7 @@ def train(
     ),
 ) -> None:
     """Train a segmentation model; write the model file, a CSV log of the epochs and a resume checkpoint."""
-    from geounet.damage.head import is_head_config, load_head_config, train_damage_head
+    from geounet.damage.head_training import is_head_config, load_head_config, train_damage_head
     from geounet.training.config import load_config
     from geounet.training.loop import train_model
 

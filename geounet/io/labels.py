@@ -78,25 +78,12 @@ def read_vector_labels(
     ``geometry`` and ``class_value`` (class index, or ``IGNORE_INDEX``).
     """
     import geopandas as gpd
-    import pyogrio
     from pyproj import CRS
     from rasterio.warp import transform_bounds
     from shapely.geometry import box
 
     path = Path(path)
-    if not path.is_file():
-        raise GeounetError(path, "label file not found")
-    if path.stat().st_size == 0:
-        raise GeounetError(path, "label file is empty (0 bytes)")
-    try:
-        info = pyogrio.read_info(path, layer=layer)
-    except Exception as exc:  # pyogrio raises DataSourceError / DataLayerError
-        raise GeounetError(path, f"cannot read the label file ({_short(exc)})") from None
-    if info.get("features") == 0:
-        raise GeounetError(path, "label file has no features")
-    if not info.get("crs"):
-        raise GeounetError(path, "label file has no CRS")
-    label_crs = CRS.from_user_input(info["crs"])
+    info, label_crs = _vector_info(path, layer)
     scene_crs = CRS.from_user_input(scene_crs)
 
     # Only read what can overlap the scene: its bounds in the label CRS (densified edges).
@@ -118,6 +105,26 @@ def read_vector_labels(
     values = _class_values(path, gdf, class_names, class_field, default_class, value_map or {})
     gdf = gdf.assign(class_value=values)[["class_value", "geometry"]]
     return _polygonize(path, gdf, line_width_m)
+
+
+def _vector_info(path: Path, layer: str | None) -> tuple[dict[str, Any], Any]:
+    """The label file's layer info and CRS (pyproj), or a one-line error naming what is wrong with it."""
+    import pyogrio
+    from pyproj import CRS
+
+    if not path.is_file():
+        raise GeounetError(path, "label file not found")
+    if path.stat().st_size == 0:
+        raise GeounetError(path, "label file is empty (0 bytes)")
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+    except Exception as exc:  # pyogrio raises DataSourceError / DataLayerError
+        raise GeounetError(path, f"cannot read the label file ({_short(exc)})") from None
+    if info.get("features") == 0:
+        raise GeounetError(path, "label file has no features")
+    if not info.get("crs"):
+        raise GeounetError(path, "label file has no CRS")
+    return info, CRS.from_user_input(info["crs"])
 
 
 def labels_to_raster(
@@ -183,20 +190,9 @@ def read_label_raster(
         raise GeounetError(path, f"cannot read the label raster ({_short(exc)})") from None
     if not valid.any():
         raise GeounetError(path, "the label raster does not overlap the scene")
-    out = np.full(out_shape, IGNORE_INDEX, dtype=np.uint8)
     if value_map:
-        index = {name: i for i, name in enumerate(class_names)}
-        index[IGNORE_CLASS] = IGNORE_INDEX
-        unknown = sorted({n for n in value_map.values() if n not in index})
-        if unknown:
-            raise GeounetError(path, f"value_map names classes not in the config's classes {list(class_names)}: {unknown}")
-        present = np.unique(values[valid])
-        unmapped = [v for v in present.tolist() if _key(v) not in value_map]
-        if unmapped:
-            raise GeounetError(path, f"label raster values {unmapped[:10]} are not in value_map {dict(value_map)}")
-        for v in present.tolist():
-            out[valid & (values == v)] = index[value_map[_key(v)]]
-        return out
+        return _mapped_raster(path, values, valid, class_names, value_map)
+    out = np.full(out_shape, IGNORE_INDEX, dtype=np.uint8)
     n_classes = len(class_names)
     bad = valid & (values != IGNORE_INDEX) & ((values < 0) | (values >= n_classes))
     if bad.any():
@@ -205,6 +201,24 @@ def read_label_raster(
             path, f"label raster has values {shown} that are not class indexes 0..{n_classes - 1} (map them with value_map)"
         )
     out[valid] = values[valid]
+    return out
+
+
+def _mapped_raster(path: Path, values: np.ndarray, valid: np.ndarray, class_names: Sequence[str],
+                   value_map: Mapping[str, str]) -> np.ndarray:
+    """Raster values -> class indexes through ``value_map``; every value present must be mapped."""
+    out = np.full(values.shape, IGNORE_INDEX, dtype=np.uint8)
+    index = {name: i for i, name in enumerate(class_names)}
+    index[IGNORE_CLASS] = IGNORE_INDEX
+    unknown = sorted({n for n in value_map.values() if n not in index})
+    if unknown:
+        raise GeounetError(path, f"value_map names classes not in the config's classes {list(class_names)}: {unknown}")
+    present = np.unique(values[valid])
+    unmapped = [v for v in present.tolist() if _key(v) not in value_map]
+    if unmapped:
+        raise GeounetError(path, f"label raster values {unmapped[:10]} are not in value_map {dict(value_map)}")
+    for v in present.tolist():
+        out[valid & (values == v)] = index[value_map[_key(v)]]
     return out
 
 

@@ -30,16 +30,26 @@ def quicklook_shape(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[
     return max(1, round(height / scale)), max(1, round(width / scale))
 
 
-def stretch(pixels: np.ndarray, valid: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-    """Per-band percentile stretch of (bands, rows, cols) to uint8 over the valid pixels; uint8 passes through."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    out = np.zeros(pixels.shape, np.uint8)
-    for i, band in enumerate(pixels):
-        values = band[valid] if valid.any() else band.ravel()
-        lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
-        scaled = (band.astype(np.float64) - lo) / max(hi - lo, 1e-12)
-        out[i] = np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+def stretch(pixels: np.ndarray, valid: np.ndarray, low: float = 2.0, high: float = 98.0, *,
+            per_band: bool = True, keep_uint8: bool = True, fill: int | None = None) -> np.ndarray:
+    """Percentile stretch of (bands, rows, cols) to uint8 over the valid pixels (``low``/``high``: percentiles).
+
+    ``per_band``: each band gets its own range; False: one range over all bands, which keeps
+    the colour balance. ``keep_uint8``: uint8 pixels pass through unstretched. ``fill``: the
+    value of the pixels outside ``valid``; None: they are stretched like the others.
+    """
+    if keep_uint8 and pixels.dtype == np.uint8:
+        out = pixels if fill is None else pixels.copy()
+    else:
+        out = np.zeros(pixels.shape, np.uint8)
+        for part in [slice(i, i + 1) for i in range(len(pixels))] if per_band else [slice(None)]:
+            group = pixels[part]
+            values = group[:, valid] if valid.any() else group.reshape(len(group), -1)
+            lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
+            scaled = (group.astype(np.float64) - lo) / max(hi - lo, 1e-12)
+            out[part] = np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+    if fill is not None:
+        out[:, ~valid] = fill
     return out
 
 

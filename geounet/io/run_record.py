@@ -121,3 +121,42 @@ class RunRecord:
 
 def _known(cls: type, raw: dict[str, Any]) -> Any:
     return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+DAMAGE_RECORD_VERSION = 1
+
+
+@dataclass(kw_only=True)
+class DamageRecord:
+    """A damage run's ``run.json`` (``geounet damage``): what made ``damage.gpkg``, ``change.tif`` and the quicklook.
+
+    ``inputs``: the pre and post tiles and the footprints file (:func:`fingerprint`, no
+    hash); ``model``: path, card name, sha256, training resolution (m/px); ``settings``: the
+    damage settings with device and precision resolved; ``method``: the analysis grid, the
+    overlap, and how scores and grades are made; ``footprints``: where the buildings came
+    from and what was repaired or skipped; ``buildings``: counts per grade.
+    """
+
+    geounet_version: str
+    created_utc: str  # ISO 8601, UTC, whole seconds
+    task: str = "damage"
+    inputs: dict[str, Any]
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    method: dict[str, Any]
+    footprints: dict[str, Any]
+    buildings: dict[str, Any]
+    timings: dict[str, float]  # seconds
+    outputs: dict[str, Any]  # file name -> what it holds
+    record_version: int = DAMAGE_RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``folder/run.json`` (temporary name, then renamed); returns its path."""
+        path = Path(folder) / RUN_JSON
+        tmp = path.with_name(f".{RUN_JSON}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        os.replace(tmp, path)
+        return path

@@ -1,1 +1,1 @@
-"""models"""
+"""Models: the card and file format, networks, torch and ONNX Runtime backends, the machine, the model cache."""

@@ -1,10 +1,14 @@
-"""Chip augmentation with plain torch ops: flips, 90-degree turns and colour changes, drawn from one generator."""
+"""Chip augmentation with plain torch ops: flips, turns, zoom, colour and blur, drawn from one generator.
+
+Options that are off draw no random numbers, so configs that do not use them get the same chips as before.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING
 
+from geounet.io.labels import IGNORE_INDEX
 from geounet.training.config import AugmentConfig
 
 if TYPE_CHECKING:
@@ -17,18 +21,24 @@ def augment(
     """Augmented copies of a batch: ``x`` (B, C, H, W) float in DN / scale, ``y`` (B, H, W) class indexes.
 
     Geometric: random horizontal/vertical flips and 90-degree rotations (square chips),
-    applied to image and labels alike. Colour (with probability ``p_color`` per chip):
+    and a zoom by up to ``scale`` (ground-resolution jitter; image bilinear, labels
+    nearest, uncovered border ignored), applied to image and labels alike. Colour (with probability ``p_color`` per chip):
     contrast change around the chip mean, brightness shift, saturation change (towards
     or away from the per-pixel band mean), hue rotation about the grey axis (3 bands),
-    conversion to grey (with probability ``grayscale``), gaussian noise.
+    conversion to grey (with probability ``grayscale``), gaussian noise. Blur (with
+    probability ``p_blur``): a gaussian of sigma up to ``blur`` pixels.
     """
     import torch
 
     xs, ys = [], []
     for i in range(x.shape[0]):
         xi, yi = _geometric(x[i], y[i], aug, generator)
+        if aug.scale:
+            xi, yi = zoom(xi, yi, 1.0 + aug.scale, generator)
         if torch.rand((), generator=generator) < aug.p_color:
             xi = _colour(xi, aug, generator)
+        if aug.blur and torch.rand((), generator=generator) < aug.p_blur:
+            xi = gaussian_blur(xi, aug.blur * float(torch.rand((), generator=generator)))
         xs.append(xi)
         ys.append(yi)
     return torch.stack(xs), torch.stack(ys)
@@ -84,3 +94,47 @@ def hue_rotation(angle: float) -> torch.Tensor:
     c, s = math.cos(angle), math.sin(angle)
     k = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)
     return c * torch.eye(3) + (1.0 - c) / 3.0 * torch.ones(3, 3) + s * k
+
+
+def zoom(xi: torch.Tensor, yi: torch.Tensor, max_factor: float, generator: torch.Generator,
+         ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chip (C, H, W) and labels (H, W) zoomed by a factor in ``[1 / max_factor, max_factor]`` (log-uniform).
+
+    The chip keeps its size: a zoom in is cropped at a random offset; a zoom out is
+    padded (image by reflection, labels with ``ignore_index``, so the border teaches nothing).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    factor = math.exp(math.log(max_factor) * (2 * float(torch.rand((), generator=generator)) - 1))
+    h, w = yi.shape
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+    if (nh, nw) == (h, w):
+        return xi, yi
+    x = F.interpolate(xi[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=factor < 1)[0]
+    y = F.interpolate(yi[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].to(yi.dtype)
+    if factor > 1:
+        r = int(torch.randint(nh - h + 1, (), generator=generator))
+        c = int(torch.randint(nw - w + 1, (), generator=generator))
+        return x[:, r : r + h, c : c + w], y[r : r + h, c : c + w]
+    top, left = (h - nh) // 2, (w - nw) // 2
+    pad = (left, w - nw - left, top, h - nh - top)
+    mode = "reflect" if min(nh, nw) > max(pad) else "replicate"
+    return F.pad(x[None], pad, mode=mode)[0], F.pad(y, pad, value=ignore_index)
+
+
+def gaussian_blur(xi: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Chip (C, H, W) blurred by a separable gaussian of ``sigma`` pixels (edges reflected)."""
+    import torch
+    import torch.nn.functional as F
+
+    if sigma < 0.1:
+        return xi
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=xi.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = xi.shape[0]
+    x = F.pad(xi[None], (radius, radius, radius, radius), mode="reflect" if min(xi.shape[1:]) > radius else "replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]

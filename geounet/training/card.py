@@ -23,7 +23,7 @@ def build_card(cfg: TrainConfig, scenes: list[Scene], mean: list[float], std: li
     d, m = cfg.data, cfg.model
     return ModelCard(
         name=cfg.name,
-        classes=[ClassInfo(c.name, tuple(int(v) for v in c.color), c.kind) for c in cfg.classes],
+        classes=[ClassInfo(c.name, (int(c.color[0]), int(c.color[1]), int(c.color[2])), c.kind) for c in cfg.classes],
         bands=list(d.bands),
         band_names=list(d.band_names) if d.band_names else _band_names(cfg),
         mean=list(mean),

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from geounet.models.card import CLASS_KINDS, ClassInfo
 from geounet.schema import ConfigError, apply_setting, check, config_fields, read_yaml, unknown_keys
@@ -91,6 +91,9 @@ class ModelConfig:
     encoder: str = "resnet18"
     encoder_depth: int = 5
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32, 16, 8])
+    # ImageNet weights shipped in a pip package (geounet.models.pretrained.SOURCES), e.g. efficientnet-lite0;
+    # None: the encoder starts from random weights
+    encoder_weights: str | None = None
     tile_size: int = 512  # px, for prediction and validation
     overlap: int = 64  # px
 
@@ -136,6 +139,9 @@ class AugmentConfig:
     grayscale: float = 0.0  # probability of replacing all bands by their mean
     noise: float = 0.02  # max gaussian noise sigma
     p_color: float = 0.8  # probability of the colour augmentations per chip
+    scale: float = 0.0  # ground-resolution jitter: chips zoomed by a factor in [1 / (1 + scale), 1 + scale]
+    blur: float = 0.0  # max gaussian blur sigma, pixels (a softer sensor or resampling)
+    p_blur: float = 0.3  # probability of blurring a chip (with blur > 0)
 
 
 @dataclass
@@ -183,7 +189,7 @@ def background_index(cfg: TrainConfig) -> int:
     return next((i for i, c in enumerate(cfg.classes) if c.kind == "background"), 0)
 
 
-def foreground_classes(classes: list[ClassConfig] | list[ClassInfo]) -> list[int]:
+def foreground_classes(classes: Sequence[ClassConfig | ClassInfo]) -> list[int]:
     """Indexes of the classes that are not of kind background (the ones IoU is averaged over)."""
     fg = [i for i, c in enumerate(classes) if c.kind != "background"]
     return fg or list(range(len(classes)))
@@ -248,7 +254,9 @@ def _is_path_key(key: str) -> bool:
     """Whether the dotted ``key`` names a ``Path`` (or ``Path | None``) field of :class:`TrainConfig`."""
     tp: Any = TrainConfig
     for part in key.split("."):
-        if not dataclasses.is_dataclass(tp) or part not in {f.name for f in config_fields(tp)}:
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            return False
+        if part not in {f.name for f in config_fields(tp)}:
             return False
         tp = typing.get_type_hints(tp)[part]
     return tp is Path or Path in typing.get_args(tp)
@@ -305,8 +313,17 @@ def _value_problems(parts: dict[str, Any]) -> list[str]:
         problems += _model_problems(parts["model"])
     if "train" in parts:
         problems += _train_problems(parts["train"], classes)
+    if "augment" in parts:
+        problems += _augment_problems(parts["augment"])
     if "output" in parts and parts["output"].suffix != ".safetensors":
         problems.append("output: must be a .safetensors file")
+    return problems
+
+
+def _augment_problems(a: AugmentConfig) -> list[str]:
+    """Shares in 0..1; zoom and blur not negative."""
+    problems = [f"augment.{k}: must be in 0..1" for k in ("grayscale", "p_color", "p_blur") if not 0 <= getattr(a, k) <= 1]
+    problems += [f"augment.{k}: must be at least 0" for k in ("scale", "blur", "noise") if getattr(a, k) < 0]
     return problems
 
 
@@ -372,13 +389,29 @@ def _label_problems(lab: LabelConfig, classes: list[ClassConfig] | None) -> list
 
 
 def _model_problems(m: ModelConfig) -> list[str]:
-    """Tile size and overlap (pixels)."""
-    problems = []
+    """Tile size and overlap (pixels); packaged encoder weights that exist, are installed and fit the encoder."""
+    problems = _weights_problems(m)
     if m.tile_size <= 0 or m.tile_size % 32:
         problems.append("model.tile_size: must be a positive multiple of 32")
     if m.overlap % 2 or not 0 <= m.overlap < m.tile_size:
         problems.append("model.overlap: must be even, at least 0 and smaller than tile_size")
     return problems
+
+
+def _weights_problems(m: ModelConfig) -> list[str]:
+    if m.encoder_weights is None:
+        return []
+    from geounet.errors import GeounetError
+    from geounet.models.pretrained import locate, weight_source
+
+    try:
+        source = weight_source(m.encoder_weights)
+        locate(source)
+    except GeounetError as exc:
+        return [f"model.{exc.problem}"]
+    if source.encoder != m.encoder:
+        return [f"model.encoder_weights: {m.encoder_weights!r} fit encoder {source.encoder!r}, not {m.encoder!r}"]
+    return []
 
 
 def _train_problems(t: TrainOptions, classes: list[ClassConfig] | None) -> list[str]:

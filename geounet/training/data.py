@@ -131,7 +131,7 @@ def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig) -> np.ndarray:
 
 def band_stats(scenes: list[Scene], scale: float) -> tuple[list[float], list[float]]:
     """Per-band mean and std of DN / scale over the labelled pixels of the scenes."""
-    total = None
+    total: np.ndarray | None = None  # per band: sum, sum of squares
     n = 0
     for s in scenes:
         keep = s.label != IGNORE_INDEX
@@ -139,6 +139,7 @@ def band_stats(scenes: list[Scene], scale: float) -> tuple[list[float], list[flo
         sums = np.stack([px.sum(axis=1), (px**2).sum(axis=1)])
         total = sums if total is None else total + sums
         n += px.shape[1]
+    assert total is not None, "no scenes"
     mean = total[0] / n
     std = np.sqrt(np.maximum(total[1] / n - mean**2, 1e-12))
     return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
@@ -189,7 +190,7 @@ class ChipSampler:
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One chip: ``(image (bands, size, size) raw dtype, label (size, size) uint8)``."""
-        best = None
+        best: tuple[float, tuple[np.ndarray, np.ndarray]] | None = None
         for _ in range(self.DRAWS):
             chip = self._draw()
             labelled = float((chip[1] != IGNORE_INDEX).mean())
@@ -197,6 +198,7 @@ class ChipSampler:
                 return chip
             if best is None or labelled > best[0]:
                 best = (labelled, chip)
+        assert best is not None
         return best[1]
 
     def _draw(self) -> tuple[np.ndarray, np.ndarray]:

@@ -117,6 +117,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
     stopped_early = _train_epochs(run, state, sampler, val_scenes, progress)
     state.seconds = run.elapsed()
     card.training = _facts(run, state)
+    assert state.best_state is not None  # the first epoch is always the best so far
     save_model_file(cfg.output, card, state.best_state, t.save_dtype)
     return TrainResult(
         model=cfg.output, checkpoint=cfg.checkpoint_path, csv=cfg.csv_path, epochs=state.epoch,
@@ -152,8 +153,8 @@ def _card(
 ) -> tuple[ModelCard, torch.nn.Module | None]:
     """The run's card (a resumed run's own), and the network to fine-tune from (``train.init_weights``), if any.
 
-    The normalisation is, in this order: the fine-tuned model's, the config's, or the
-    train scenes' band statistics.
+    The normalisation is, in this order: the fine-tuned model's, the config's, the
+    pretrained encoder weights' (3 bands), or the train scenes' band statistics.
     """
     if ckpt is not None:
         return ModelCard.from_json(ckpt["card"], cfg.train.resume), None
@@ -162,6 +163,11 @@ def _card(
         mean, std = list(init[1].mean), list(init[1].std)
     elif cfg.data.mean is not None and cfg.data.std is not None:
         mean, std = list(cfg.data.mean), list(cfg.data.std)
+    elif cfg.model.encoder_weights and len(cfg.data.bands) == 3:  # RGB: the weights' own normalisation
+        from geounet.models.pretrained import weight_source
+
+        source = weight_source(cfg.model.encoder_weights)
+        mean, std = list(source.mean), list(source.std)
     else:
         mean, std = band_stats(train_scenes, scale)
     card = build_card(cfg, train_scenes + val_scenes, mean, std, scale)
@@ -185,6 +191,10 @@ def _start(
     net = build_network(card)
     if init is not None:
         net.load_state_dict(init.state_dict())
+    elif cfg.model.encoder_weights and "encoder_weights" not in card.training:  # a new run, not a resumed one
+        from geounet.models.pretrained import load_encoder_weights
+
+        card.training["encoder_weights"] = load_encoder_weights(net, cfg.model.encoder_weights)
     net = net.to(device)
     if t.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -310,9 +320,10 @@ def _end_epoch(run: _Run, state: Progress, losses: list[float], val_scenes: list
     """Validate, keep the best weights, log the epoch (CSV, bar), save model and checkpoint; the val mean IoU."""
     val = evaluate(run.kept, val_scenes, run.card, precision=run.precision)
     improved = val["mean_iou"] > state.best_score
+    best_state = None
     if improved:
         state.best_score, state.best_epoch, state.best_val, state.bad_epochs = val["mean_iou"], state.epoch, val, 0
-        state.best_state = {k: v.detach().cpu().clone() for k, v in run.kept.state_dict().items()}
+        state.best_state = best_state = {k: v.detach().cpu().clone() for k, v in run.kept.state_dict().items()}
     else:
         state.bad_epochs += 1
     state.seconds = run.elapsed()
@@ -335,8 +346,8 @@ def _end_epoch(run: _Run, state: Progress, losses: list[float], val_scenes: list
         f"{state.seconds:.0f} s" + (" *best*" if improved else "")
     )
     run.card.training = _facts(run, state)
-    if improved:
-        save_model_file(run.cfg.output, run.card, state.best_state, run.cfg.train.save_dtype)
+    if best_state is not None:
+        save_model_file(run.cfg.output, run.card, best_state, run.cfg.train.save_dtype)
     save_checkpoint(
         run.cfg.checkpoint_path,
         checkpoint_state(run.card, run.net, run.opt, run.sched, run.ema, state, run.gen, run.rng),
@@ -346,8 +357,11 @@ def _end_epoch(run: _Run, state: Progress, losses: list[float], val_scenes: list
 
 def _facts(run: _Run, state: Progress) -> dict[str, Any]:
     """The card's ``training`` section for the run as far as it is."""
-    return training_facts(run.cfg, run.command, state.history, state.best_epoch, state.best_val, state.seconds,
-                          run.device, run.precision, state.step)
+    facts = training_facts(run.cfg, run.command, state.history, state.best_epoch, state.best_val, state.seconds,
+                           run.device, run.precision, state.step)
+    if "encoder_weights" in run.card.training:  # where the encoder started: package, version, licence, sha256
+        facts["encoder_weights"] = run.card.training["encoder_weights"]
+    return facts
 
 
 def _fmt(v: float | None) -> str:

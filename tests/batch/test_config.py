@@ -1,0 +1,133 @@
+"""Pipeline configs: every problem reported at once in the schema's words, overrides, watch folders, damage."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from geounet.batch.config import PostprocessSpec, RulesOverride, load_config
+from geounet.batch.inputs import discover_inputs
+from geounet.cli.main import app
+from geounet.compute.postprocess import DEFAULT_RULES, ClassRules
+from geounet.schema import ConfigError
+from tests.helpers import DEMO_SCENE
+
+
+def test_config_errors_are_all_reported_before_any_work(tmp_path, tiny_model, write_config):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "model: missing.safetensors\n"
+        "inputs: [nowhere.tif]\n"
+        "out: out\n"
+        "tilling: {tile_size: 256}\n"
+        "workers: two\n"
+        "vector: {enabled: true, blok: 512}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    problems = info.value.problems
+    assert "unknown key 'tilling' (did you mean 'tiling'?)" in problems
+    assert any(p.startswith("workers: expected an integer") and p.endswith("got str 'two'") for p in problems)
+    assert "vector: unknown key 'blok' (did you mean 'block'?)" in problems
+    assert any(p.startswith("model: ") and "model file not found" in p for p in problems)
+    assert any(p.startswith("inputs: ") and p.endswith("nowhere.tif: not found") for p in problems)
+    res = CliRunner().invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == len(problems) >= 5 and all(f"error: {cfg}: " in ln for ln in lines)
+    assert not (tmp_path / "out" / "_runs").exists()  # nothing ran
+
+    good = write_config(tmp_path / "good.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", tiling={"overlap": 33})
+    with pytest.raises(ConfigError) as info:
+        load_config(good)
+    assert info.value.problems == ["tiling.overlap: must be even and smaller than the tile size, got 33"]
+
+
+def test_value_problems_name_the_dotted_key(tmp_path, tiny_model, write_config):
+    cfg = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", device="gpu", precision="fp8",
+                       tiling={"tile_size": 100, "batch_size": 0}, footprints="f.gpkg")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert sorted(info.value.problems) == sorted([
+        "precision: expected one of auto, fp32, bf16, fp16, got str 'fp8'",
+        "device: expected auto, cpu, cuda or cuda:N, got str 'gpu'",
+        "tiling.tile_size: must be a multiple of 32 (the U-Net's stride), got 100",
+        "tiling.batch_size: must be at least 1, got 0",
+        "footprints: only for task: damage",
+    ])
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch"])
+def test_pickled_model_is_refused_with_one_line(tmp_path, kind, write_config):
+    import pickle
+
+    import torch
+
+    bad = tmp_path / ("m.safetensors" if kind == "pickle" else "m.pt")
+    if kind == "pickle":
+        bad.write_bytes(pickle.dumps({"w": [1, 2]}))
+    else:
+        torch.save({"w": torch.zeros(2)}, bad)
+    cfg = write_config(tmp_path / "p.yaml", bad, [DEMO_SCENE], tmp_path / "o")
+    res = CliRunner().invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 2
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert str(bad) in line and "pickle" in line and "refused" in line
+
+
+def test_inputs_and_out_override_and_watch_folder(tmp_path, tiny_model, scenes):
+    cfg = tmp_path / "p.yaml"
+    (tmp_path / "watch").mkdir()
+    shutil.copy(scenes["a"], tmp_path / "watch" / "old.tif")
+    shutil.copy(scenes["b"], tmp_path / "watch" / "fresh.tif")
+    os.utime(tmp_path / "watch" / "old.tif", (time.time() - 3600,) * 2)
+    (tmp_path / "watch" / "notes.txt").write_text("x")
+    cfg.write_text(f"model: {tiny_model}\ninputs: {{watch: {{folder: watch, settle_seconds: 600}}}}\nout: maps\n")
+    c = load_config(cfg)
+    assert [p.name for p in discover_inputs(c.globs, c.watch)] == ["old.tif"]  # fresh.tif may still be being copied
+    assert c.out == tmp_path / "maps"
+    c2 = load_config(cfg, inputs=[str(tmp_path / "watch" / "*.tif")], out="elsewhere", cwd=tmp_path)
+    found = sorted(p.name for p in discover_inputs(c2.globs, c2.watch))
+    assert found == ["fresh.tif", "old.tif"] and c2.out == tmp_path / "elsewhere"
+
+
+def test_postprocess_overrides_are_checked_and_reach_the_settings(tmp_path, tiny_model, write_config):
+    cfg = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o",
+                       postprocess={"building": {"min_area_m2": 10, "regularize": False}})
+    c = load_config(cfg)
+    assert c.settings.postprocess == c.postprocess == {"building": {"min_area_m2": 10.0, "regularize": False}}
+    bad = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o",
+                       postprocess={"buildings": {}, "road": {"spur": 3, "min_length_m": "long"}})
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    problems = info.value.problems
+    assert len(problems) == 3 and problems[:2] == [
+        "postprocess: unknown key 'buildings' (did you mean 'building'?)",
+        "postprocess.road: unknown key 'spur' (did you mean 'spur_m'?)",
+    ]
+    assert problems[2].startswith("postprocess.road.min_length_m: expected a number") and problems[2].endswith("'long'")
+
+
+def test_postprocess_schema_follows_the_class_rules():
+    assert [f.name for f in dataclasses.fields(RulesOverride)] == [f.name for f in dataclasses.fields(ClassRules)]
+    assert [f.name for f in dataclasses.fields(PostprocessSpec)] == list(DEFAULT_RULES)
+
+
+def test_damage_config_is_checked(damage_config: Path):
+    damage_config.write_text(damage_config.read_text().replace("halo: 32", "halo: 32, blok: 1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(damage_config)
+    assert info.value.problems == ["damage: unknown key 'blok' (did you mean 'block'?)"]
+    damage_config.write_text(damage_config.read_text().replace(", blok: 1", ""))
+    c = load_config(damage_config)
+    folder = damage_config.parent
+    assert c.damage["pre"] == [folder / "pre.tif"] and c.damage["post"] == [folder / "post.tif"]
+    assert c.damage["settings"].halo == 32 and c.damage["settings"].device == "cpu"  # top-level device passed on
+    with pytest.raises(ConfigError, match="--inputs: not supported for task: damage"):
+        load_config(damage_config, inputs=["x.tif"])
