@@ -179,7 +179,8 @@ def _convert(tp: Any, value: Any, name: str, base: Path | None, problems: list[s
             out = _convert(option, value, name, base, trial)
             if not trial:
                 return out
-        if len(options) == 1 or (isinstance(value, dict) and any(dataclasses.is_dataclass(o) for o in options)):
+        scalar = all(typing.get_origin(o) is None and not dataclasses.is_dataclass(o) for o in options)
+        if not scalar and (len(options) == 1 or (isinstance(value, dict) and any(dataclasses.is_dataclass(o) for o in options))):
             target = next((o for o in options if dataclasses.is_dataclass(o) and isinstance(value, dict)), options[0])
             return _convert(target, value, name, base, problems)  # its own, precise problems
         problems.append(f"{name}: expected {describe_type(tp)}, {_got(value)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Literal
 
 from geounet.batch.inputs import WatchSpec, absolute, expand, read_list_file
 from geounet.batch.state import requested_settings
-from geounet.damage.run import DamageSettings
+from geounet.damage.settings import DamageSettings
 from geounet.engine.settings import PredictSettings
 from geounet.errors import GeounetError
 from geounet.io.folders import check_output_root
@@ -191,24 +192,52 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
 
 
 def check_spec(raw: dict[str, Any], base: Path) -> tuple[SegmentSpec | DamageSpec, list[str]]:
-    """The file's keys checked one top-level key at a time: ``(spec, problems)``.
+    """The file's keys checked against the spec of its ``task``: ``(spec, problems)``.
 
-    The spec class follows ``task``. A key with problems keeps its default in the spec,
-    so the checks that follow can still run on the others (they must not take the
-    default for what the file says: look at ``raw`` for that).
+    A key with problems keeps its default in the spec (see :func:`check_leniently`); the
+    checks that follow must look at ``raw`` to tell a default from what the file says.
     """
     cls: type[SegmentSpec] | type[DamageSpec] = DamageSpec if raw.get("task") == "damage" else SegmentSpec
-    fields = config_fields(cls)
-    problems = unknown_keys(raw, [f.name for f in fields], "")
+    spec, problems = check_leniently(cls, raw, "", base)
+    return spec, problems
+
+
+def check_leniently(tp: Any, raw: Any, where: str, base: Path) -> tuple[Any, list[str]]:
+    """As :func:`geounet.schema.check`, but a mapping for a dataclass is checked one field at a time.
+
+    The fields with problems keep their defaults, so that the value checks can still run
+    on the others and every problem is reported in one go. The value is None when a
+    required field is missing or wrong. ``where``: the dotted key in messages.
+    """
+    cls = _dataclass_for(tp, raw)
+    if cls is None:
+        return check(tp, raw, where, base)
     hints = typing.get_type_hints(cls)
+    problems = unknown_keys(raw, [f.name for f in config_fields(cls)], where)
     good: dict[str, Any] = {}
-    for f in fields:
-        if f.name in raw:
-            value, found = check(hints[f.name], raw[f.name], f.name, base)
-            problems += found
-            if not found:
-                good[f.name] = value
-    return cls(**good), problems
+    for f in config_fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{key}: missing")
+            continue
+        value, found = check_leniently(hints[f.name], raw[f.name], key, base)
+        problems += found
+        if value is not None or not found:  # None with problems: wrong, the default stays
+            good[f.name] = value
+    try:
+        return cls(**good), problems
+    except TypeError:  # a required field missing or wrong (reported above)
+        return None, problems
+
+
+def _dataclass_for(tp: Any, raw: Any) -> type | None:
+    """The dataclass a mapping ``raw`` is checked against under the hint ``tp`` (itself or its one union member)."""
+    if not isinstance(raw, dict):
+        return None
+    options = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else (tp,)
+    classes = [o for o in options if dataclasses.is_dataclass(o) and isinstance(o, type)]
+    return classes[0] if len(classes) == 1 else None
 
 
 def predict_settings(spec: PipelineSpec) -> PredictSettings:
@@ -336,13 +365,9 @@ def _damage_job(spec: DamageSpec, raw: dict[str, Any], base: Path, override: lis
 def _damage_settings(spec: DamageSpec, raw: dict[str, Any], problems: list[str]) -> DamageSettings | None:
     """The ``damage:`` section as DamageSettings; top-level ``device``, ``precision``, ``tiling`` fill what it omits."""
     names = [f.name for f in config_fields(DamageSettings)]
-    problems += unknown_keys(spec.damage, names, "damage")
     shared = {"device": spec.device if "device" in raw else None,
               "precision": spec.precision if "precision" in raw else None, **dataclasses.asdict(spec.tiling)}
-    section = {k: v for k, v in shared.items() if k in names and v is not None}
-    section |= {k: v for k, v in spec.damage.items() if k in names}  # damage: wins
-    try:
-        return DamageSettings.from_dict(section)
-    except (GeounetError, TypeError, ValueError) as exc:
-        problems.append(str(exc) if str(exc).startswith("damage:") else f"damage: {exc}")
-        return None
+    section = {k: v for k, v in shared.items() if k in names and v is not None} | spec.damage  # damage: wins
+    settings, found = DamageSettings.check(section, "damage")
+    problems += found
+    return settings

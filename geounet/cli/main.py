@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run t
 
 import typer
 
-from geounet.cli import damage, evaluate, info, predict, run, train
+from geounet.cli import damage, evaluate, info, models, predict, run, train
 
 app = typer.Typer(
     add_completion=False,
@@ -24,6 +24,7 @@ app.command("damage", context_settings={"allow_extra_args": True, "ignore_unknow
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("info")(info.info)
+app.command("models")(models.models)
 
 
 def main() -> None:

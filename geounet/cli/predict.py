@@ -9,7 +9,7 @@ import typer
 
 from geounet.cli.logs import setup_logging
 from geounet.errors import GeounetError
-from geounet.models.registry import DEFAULT_MODEL
+from geounet.models.registry import DEFAULT_NAME
 from geounet.engine.executors import ClusterError, lost_cluster
 from geounet.engine.settings import PredictSettings
 from geounet.engine.predict import predict_batch
@@ -18,7 +18,9 @@ from geounet.engine.predict import predict_batch
 def predict(
     scenes: List[Path] = typer.Argument(..., help="GeoTIFF (or any GDAL raster) scenes."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; each scene gets OUT/<scene stem>/."),
-    model: Path = typer.Option(DEFAULT_MODEL, "--model", "-m", help="geounet .safetensors model file."),
+    model: str = typer.Option(
+        DEFAULT_NAME, "--model", "-m", help="A bundled model's name (the variant trained closest to each scene's "
+                                            "resolution is used; see geounet models) or a .safetensors model file."),
     tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (working grid); default: the model's."),
     overlap: Optional[int] = typer.Option(None, help="Overlap between tiles in pixels; default: the model's."),
     batch_size: Optional[int] = typer.Option(
@@ -35,13 +37,16 @@ def predict(
         None, help="Address of an existing dask.distributed scheduler, e.g. tcp://HOST:8786; the scene and model "
                    "paths must be readable by every worker (shared filesystem). Default: a local in-process cluster."),
     vector: bool = typer.Option(True, "--vector/--no-vector", help="Also write features.gpkg (polygons, centre lines)."),
+    tta: str = typer.Option(
+        "none", help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
+                     "blending. none, flip (2 views), flips (4) or d4 (all 8); costs that many model calls."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
     setup_logging(quiet)
     settings = PredictSettings(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision, backend=backend,
-        workers=workers, scheduler=scheduler, vector=vector, quiet=quiet,
+        workers=workers, scheduler=scheduler, vector=vector, quiet=quiet, tta=tta,
         vector_processes=None,  # large scenes: vector workers in processes (this console script has a __main__ guard)
     )
     try:

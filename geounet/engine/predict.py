@@ -39,6 +39,7 @@ from geounet.io.rasters import NODATA, STAGE_SCALE, write_cog
 from geounet.io.run_record import InputRecord, ModelRecord, RunRecord, fingerprint
 from geounet.io.scene import WorkingGrid, check_scene, ground_resolution, open_scene, working_grid
 from geounet.models.card import ModelCard, file_sha256, read_card
+from geounet.models.registry import is_model_name, pick_variant
 
 log = logging.getLogger("geounet")
 
@@ -99,11 +100,31 @@ def plan_scene(scene: Path, model_path: Path, settings: PredictSettings, executo
     return ScenePlan(scene, model_path, card, s, grid, crs, res, working, tiles)
 
 
-def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Path, settings: PredictSettings,
+def resolve_model(model: str | Path, scene: Path) -> tuple[Path, str | None]:
+    """The model file for ``scene``: ``model`` itself, or the variant of the bundled model it names.
+
+    Returns ``(file, name)``; ``name`` is None when ``model`` is a file. A name picks the
+    variant trained closest to the scene's ground resolution (``registry.pick_variant``).
+    """
+    if not is_model_name(model):
+        return Path(model), None
+    with open_scene(scene) as src:
+        res = ground_resolution(src.crs, src.transform, src.width, src.height) if src.crs else None
+    chosen = pick_variant(str(model), res)
+    log.info("%s: model %s: variant %s (%.3g m/px) for a %s m/px scene", scene, model, chosen.variant,
+             chosen.card.resolution_m, f"{res:.3g}" if res else "?")
+    return chosen.path, str(model)
+
+
+def predict_scene(scene: str | Path, out_root: str | Path, model: str | Path, settings: PredictSettings,
                   executor: Executor) -> SceneReport:
-    """Predict one scene into ``OUTDIR/<stem>/``: scores.tif, classes.tif, features.gpkg, quicklook, item.json, run.json."""
+    """Predict one scene into ``OUTDIR/<stem>/``: scores.tif, classes.tif, features.gpkg, quicklook, item.json, run.json.
+
+    ``model``: a model file, or the name of a bundled model (its variant closest to the scene's resolution).
+    """
     t_start = time.perf_counter()
-    plan = plan_scene(Path(scene), Path(model_path), settings, executor)
+    model_path, requested = resolve_model(model, Path(scene))
+    plan = plan_scene(Path(scene), model_path, settings, executor)
     final_dir = output_dir_for(plan.scene, out_root)
     timings: dict[str, float] = {}
     with staged_folder(final_dir) as tmp:
@@ -115,6 +136,7 @@ def predict_scene(scene: str | Path, out_root: str | Path, model_path: str | Pat
         vector = _vectorize(plan, tmp, vector_executor, timings) if vector_executor is not None else None
         timings["total_s"] = time.perf_counter() - t_start
         record = _run_record(plan, tiles, vector, timings)
+        record.model.requested = requested
         from geounet.io.stac import finish_scene_folder  # quicklook.png + item.json in tmp, listed in the record
 
         finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
@@ -157,7 +179,7 @@ def run_chunks(plan: ScenePlan, executor: Executor,
     width = len(str(max(max(i) for i in chunks)))
     tasks = [ChunkTask(f"{i:0{width}d}-{j:0{width}d}", predict_chunk,
                        (str(plan.scene), plan.working, grid, (i, j), str(plan.model_path), s.device, s.precision,
-                        s.batch_size, s.backend, executor.task_threads))
+                        s.batch_size, s.backend, executor.task_threads, s.tta))
              for i, j in chunks]
     with stitching(plan.scene, grid, s.quiet, writer) as tally:
         executor.run_chunks(tasks, tally.take, plan.scene.name)
@@ -232,6 +254,16 @@ def _write_cogs(folder: Path, rasters: tuple[tuple[str, str], ...]) -> None:
             f.result()
 
 
+def _first_model(model: str | Path, scenes: list[Path], default: Path) -> Path | None:
+    """The model file the first scene will use (loaded before it starts), or None without scenes."""
+    if not scenes:
+        return None
+    try:
+        return resolve_model(model, scenes[0])[0]
+    except GeounetError:  # the first scene is unreadable: it fails on its own, the others need a model
+        return default
+
+
 def make_executor(settings: PredictSettings, model_path: str | Path | None = None) -> Executor:
     """Where a run's tasks execute: the ``settings.scheduler`` cluster, else this process's threads.
 
@@ -259,7 +291,12 @@ def predict_batch(scenes: Iterable[str | Path], out_root: str | Path, model_path
                   settings: PredictSettings) -> list[SceneReport]:
     """Predict several scenes; a scene that fails is reported and the others still run."""
     paths = [Path(p) for p in scenes]
-    read_card(model_path)  # a bad model fails the whole batch at once, before any work
+    # a bad model file or an unknown model name fails the whole batch at once, before any work
+    if is_model_name(model_path):
+        default = pick_variant(str(model_path), None).path
+    else:
+        read_card(model_path)
+        default = Path(model_path)
     out = check_output_root(out_root)
     seen: dict[Path, Path] = {}
     for p in paths:
@@ -268,7 +305,7 @@ def predict_batch(scenes: Iterable[str | Path], out_root: str | Path, model_path
             raise GeounetError(p, f"writes to the same output folder {d} as {seen[d]}: rename one of them")
         seen[d] = p
     reports = []
-    executor = make_executor(settings, model_path)
+    executor = make_executor(settings, _first_model(model_path, paths, default))
     try:
         for p in paths:
             t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from geounet.compute.postprocess import DEFAULT_RULES
+from geounet.compute.tta import TTA_SETS
 from geounet.errors import GeounetError
 from geounet.models.card import ModelCard
 from geounet.models.hardware import (default_batch_size, default_chunk_pixels, default_workers, resolve_backend,
@@ -47,6 +48,7 @@ class PredictSettings:
     # ``if __name__ == "__main__":`` guard; the CLI, whose __main__ has it, uses None.
     vector_processes: bool | None = False
     postprocess: dict | None = None  # per kind ('building', ...) overrides of postprocess.DEFAULT_RULES fields
+    tta: str = "none"  # test-time augmentation: none, flip, flips or d4 (geounet.compute.tta.TTA_SETS)
     quiet: bool = False
 
     def resolved(self, card: ModelCard) -> "PredictSettings":
@@ -78,6 +80,8 @@ class PredictSettings:
             raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
         if any(v is not None and v < 1 for v in (s.batch_size, s.workers, s.chunk_pixels)):
             raise GeounetError(None, "--batch-size, --workers and chunk_pixels must be at least 1")
+        if s.tta not in TTA_SETS:
+            raise GeounetError(None, f"--tta must be one of {', '.join(TTA_SETS)}, got {s.tta!r}")
         return s
 
 

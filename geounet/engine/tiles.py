@@ -17,6 +17,7 @@ import numpy as np
 
 from geounet.compute.blend import blend_tiles, blend_weights
 from geounet.compute.grid import Box, TileGrid
+from geounet.compute.tta import TTA_SETS, expand, reduce
 from geounet.models.card import ModelCard, normalisation
 from geounet.io.scene import WorkingGrid, open_working, read_box
 from geounet.models.registry import cached_model
@@ -82,11 +83,15 @@ def predict_chunk(
     batch_size: int = 4,
     backend: str = "torch",
     threads: int | None = None,
+    tta: str = "none",
 ) -> ChunkResult:
     """Predict every tile of one chunk and blend them into the chunk's buffer (backend: resolved, torch or onnx).
 
-    ``threads``: ONNX Runtime's threads per call (default :func:`threads_per_task`).
+    ``threads``: ONNX Runtime's threads per call (default :func:`threads_per_task`). ``tta``:
+    a set of :data:`~geounet.compute.tta.TTA_SETS`; each tile's probabilities are then the
+    mean over its flips and turns, before blending.
     """
+    transforms = TTA_SETS[tta]
     net, card = cached_model(model_path, device, backend, threads)
     chunk = grid.chunk(*chunk_index)
     with open_working(scene_path, working) as ds:
@@ -102,10 +107,11 @@ def predict_chunk(
     parts = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     probabilities: Iterator[np.ndarray]
     if backend == "onnx":  # numpy in, numpy out: no torch in this process
-        probabilities = (net(input_array(pixels, valid, [(r, c) for _, r, c in part], card)) for part in parts)
-    else:
-        batches = (input_batch(pixels, valid, [(r, c) for _, r, c in part], card) for part in parts)  # lazily, one ahead on GPUs
-        probabilities = iter_probabilities(net, batches, device, precision)
+        probabilities = (reduce(net(expand(input_array(pixels, valid, [(r, c) for _, r, c in part], card), transforms)),
+                                transforms) for part in parts)
+    else:  # lazily, one batch ahead on GPUs
+        batches = (expand(input_batch(pixels, valid, [(r, c) for _, r, c in part], card), transforms) for part in parts)
+        probabilities = (reduce(p, transforms) for p in iter_probabilities(net, batches, device, precision))
     for part, probs in zip(parts, probabilities):
         offsets = [(r.start, c.start) for _, r, c in part]
         weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]

@@ -61,6 +61,7 @@ class ModelRecord:
     sha256: str
     classes: list[str]
     resolution_m: float
+    requested: str | None = None  # the bundled model's name when the user named one (this file: its variant)
 
 
 @dataclass

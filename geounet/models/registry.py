@@ -1,5 +1,10 @@
-"""Models by name and path: the bundled default, and each model loaded once per process.
+"""Models by name and path: the bundled models and their variants, and each model loaded once per process.
 
+Bundled models install with the package (package data ``geounet.bundled``, the repo's
+``data/models/``), one file per variant: ``<name>.safetensors`` and
+``<name>_<variant>.safetensors`` (``buildings`` at 0.15 m, ``buildings_satellite`` at
+0.5 m). A user names a model by its name and :func:`pick_variant` takes the variant
+trained closest to the scene's ground resolution (ratio on a log scale), or gives a path.
 ``cached_model`` is what every Dask task calls: the first call in a process loads the
 network (torch or ONNX Runtime) and later calls reuse it.
 """
@@ -8,13 +13,68 @@ from __future__ import annotations
 
 import os
 import threading
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from geounet.models.card import ModelCard
+from geounet.errors import ModelError
+from geounet.models.card import ModelCard, read_card
 from geounet.models.hardware import threads_per_task
 from geounet.models.network import fuse_batchnorm, load_model
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "models" / "buildings.safetensors"
+
+
+def bundled_dir() -> Path:
+    """Where the bundled model files are: the installed package data, else the source checkout's data/models."""
+    try:
+        import importlib.resources
+
+        path = Path(str(importlib.resources.files("geounet.bundled")))
+        if path.is_dir():
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "data" / "models"
+
+
+DEFAULT_NAME = "buildings"
+DEFAULT_MODEL = bundled_dir() / f"{DEFAULT_NAME}.safetensors"
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """One bundled model file: its name (shared by its variants), file and card."""
+
+    name: str
+    path: Path
+    card: ModelCard
+
+    @property
+    def variant(self) -> str:
+        return self.path.stem
+
+
+def bundled_models() -> list[Bundled]:
+    """Every bundled model file, by name then resolution."""
+    out = [Bundled(p.stem.split("_")[0], p, read_card(p)) for p in sorted(bundled_dir().glob("*.safetensors"))]
+    return sorted(out, key=lambda b: (b.name, b.card.resolution_m))
+
+
+def pick_variant(name: str, ground_resolution_m: float | None) -> Bundled:
+    """The variant of bundled model ``name`` trained closest to ``ground_resolution_m`` (m/px; None: the first)."""
+    variants = [b for b in bundled_models() if b.name == name]
+    if not variants:
+        names = sorted({b.name for b in bundled_models()})
+        raise ModelError(name, f"not a model file, nor a bundled model ({', '.join(names)})")
+    if ground_resolution_m is None or ground_resolution_m <= 0:
+        return variants[0]
+    return min(variants, key=lambda b: abs(math.log(b.card.resolution_m / ground_resolution_m)))
+
+
+def is_model_name(model: str | Path) -> bool:
+    """Whether ``model`` names a bundled model rather than a file (a bare word that is not an existing path)."""
+    text = str(model)
+    return not Path(text).exists() and "/" not in text and not text.endswith(".safetensors")
 
 
 _CACHE: dict[tuple, tuple[object, ModelCard]] = {}

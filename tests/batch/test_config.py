@@ -63,6 +63,19 @@ def test_value_problems_name_the_dotted_key(tmp_path, tiny_model, write_config):
     ])
 
 
+def test_a_section_with_a_typo_still_gets_its_other_checks(tmp_path, tiny_model, write_config):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"model: {tiny_model}\nout: o\n"
+                   "inputs: {list_file: scenes.txt, watch: {folder: incoming, patern: '*.tif'}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.problems == [
+        "inputs.watch: unknown key 'patern' (did you mean 'pattern'?)",
+        f"inputs.list_file: {tmp_path / 'scenes.txt'}: No such file or directory",
+        f"inputs.watch: {tmp_path / 'incoming'}: folder not found",
+    ]
+
+
 @pytest.mark.parametrize("kind", ["pickle", "torch"])
 def test_pickled_model_is_refused_with_one_line(tmp_path, kind, write_config):
     import pickle

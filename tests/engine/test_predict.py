@@ -10,6 +10,7 @@ import pytest
 import rasterio
 
 from geounet.engine.settings import PredictSettings
+from geounet.errors import GeounetError
 from geounet.engine.predict import predict_batch
 from tests.helpers import DEMO_SCENE, shared_file, write_scene
 
@@ -284,3 +285,20 @@ def test_workers_that_settle_differently_or_fail_are_named():
     with pytest.raises(GeounetError, match=r"^Dask worker tcp://b:1: --device cuda asked for"):
         agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": "--device cuda asked for, but torch sees no CUDA GPU"},
                           card)
+
+
+def test_test_time_augmentation_averages_views_on_both_backends(default_model, tmp_path):
+    """--tta: each tile's probabilities are the mean over its flips/turns, the same on ONNX Runtime and torch."""
+    kw = dict(tile_size=128, overlap=32, vector=False, precision="fp32")
+    [plain] = run([DEMO_SCENE], tmp_path / "plain", default_model, backend="onnx", **kw)
+    [onnx] = run([DEMO_SCENE], tmp_path / "onnx", default_model, backend="onnx", tta="d4", **kw)
+    [torch_] = run([DEMO_SCENE], tmp_path / "torch", default_model, backend="torch", tta="d4", **kw)
+    assert plain.ok and onnx.ok and torch_.ok
+    assert json.loads((tmp_path / "onnx/kampala_demo/run.json").read_text())["settings"]["tta"] == "d4"
+    p = read(tmp_path / "plain/kampala_demo/scores.tif").astype(int)
+    a = read(tmp_path / "onnx/kampala_demo/scores.tif").astype(int)
+    b = read(tmp_path / "torch/kampala_demo/scores.tif").astype(int)
+    assert np.abs(a - b).max() <= 1  # both backends average the same 8 views
+    assert np.abs(a - p).mean() > 0.5  # and the views do change the answer
+    with pytest.raises(GeounetError, match="--tta must be one of none, flip, flips, d4"):
+        run([DEMO_SCENE], tmp_path / "bad", default_model, tta="d8", **kw)
