@@ -30,7 +30,8 @@ def main() -> None:
 
     import torch
 
-    from geounet.damage.run import DamageSettings, run_damage
+    from geounet.damage.run import run_damage
+    from geounet.damage.settings import DamageSettings
 
     pre = sorted((args.data / "pre").glob("*.tif"))
     post = sorted((args.data / "post").glob("*.tif"))

@@ -119,6 +119,57 @@ def check(cls: type[T], raw: Any, where: str = "", base: Path | None = None) -> 
     return (value if not problems else None), problems
 
 
+def check_fields(cls: type, raw: Any, where: str = "", base: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """A raw mapping checked against the config dataclass ``cls`` one field at a time.
+
+    Returns ``(values, problems)``: the converted values of the fields present and right
+    (nested sections checked the same way, their wrong fields keeping their defaults), and
+    every problem (unknown keys, missing required keys, wrong types). Value rules can then
+    run on what was right, so a user sees everything wrong with a file at once.
+    """
+    if not isinstance(raw, dict):
+        return {}, [f"{where or 'config'}: expected a mapping, {_got(raw)}"]
+    hints = typing.get_type_hints(cls)
+    problems = unknown_keys(raw, [f.name for f in config_fields(cls)], where)
+    good: dict[str, Any] = {}
+    for f in config_fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{key}: missing")
+            continue
+        value, found = check_leniently(hints[f.name], raw[f.name], key, base)
+        problems += found
+        if value is not None or not found:  # None with problems: wrong, the default stays
+            good[f.name] = value
+    return good, problems
+
+
+def check_leniently(tp: Any, raw: Any, where: str = "", base: Path | None = None) -> tuple[Any, list[str]]:
+    """As :func:`check`, but a mapping for a dataclass is checked field by field (:func:`check_fields`).
+
+    The fields with problems keep their defaults; the value is None when a required field
+    is missing or wrong. ``where``: the dotted key in messages.
+    """
+    cls = _dataclass_for(tp, raw)
+    if cls is None:
+        return check(tp, raw, where, base)
+    good, problems = check_fields(cls, raw, where, base)
+    try:
+        return cls(**good), problems
+    except TypeError:  # a required field missing or wrong (reported above)
+        return None, problems
+
+
+def _dataclass_for(tp: Any, raw: Any) -> type | None:
+    """The dataclass a mapping ``raw`` is checked against under the hint ``tp`` (itself or its one union member)."""
+    if not isinstance(raw, dict):
+        return None
+    options = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else (tp,)
+    classes = [o for o in options if dataclasses.is_dataclass(o) and isinstance(o, type)]
+    return classes[0] if len(classes) == 1 else None
+
+
 def load(cls: type[T], raw: Any, path: str | Path | None = None, base: Path | None = None) -> T:
     """As :func:`check`, raising one :class:`ConfigError` (naming ``path``) that lists every problem."""
     value, problems = check(cls, raw, "", base)

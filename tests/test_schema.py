@@ -77,3 +77,13 @@ def test_apply_setting_merges_dotted_yaml_values():
     assert apply_setting(raw, "items=[{name: a}]") is None and raw["items"] == [{"name": "a"}]
     assert "KEY=VALUE" in (apply_setting(raw, "nothing") or "")
     assert "not a section" in (apply_setting(raw, "inner.size.x=1") or "")
+
+
+def test_lenient_check_keeps_defaults_for_wrong_fields_and_reports_everything():
+    from geounet.schema import check_leniently
+
+    value, problems = check_leniently(Outer, {"path": "x", "ratio": "half", "inner": {"size": "big", "name": "n"}})
+    assert value is not None and value.ratio == 0.5 and value.inner == Inner(4, "n")  # wrong fields kept defaults
+    assert problems == ["ratio: expected a number, got str 'half'", "inner.size: expected an integer, got str 'big'"]
+    value, problems = check_leniently(Outer, {"mode": "fast"})
+    assert value is None and problems == ["path: missing"]

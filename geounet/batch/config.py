@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +27,10 @@ from geounet.errors import GeounetError
 from geounet.io.folders import check_output_root
 from geounet.models.card import ModelCard, read_card
 from geounet.models.hardware import BACKENDS
-from geounet.schema import ConfigError, check, config_fields, read_yaml, unknown_keys
+from geounet.schema import ConfigError, check_leniently, config_fields, read_yaml
 
 Task = Literal["segment", "damage"]
+Tta = Literal["none", "flip", "flips", "d4"]  # geounet.compute.tta.TTA_SETS
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # auto, torch or onnx
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what ``device`` may say (checked after the types)
@@ -119,6 +118,7 @@ class PipelineSpec:
     workers: int | None = None  # chunk tasks at once; None: the machine's default
     scheduler: str | None = None  # address of a dask.distributed scheduler
     vector: bool | VectorSpec = True
+    tta: Tta = "none"  # test-time augmentation: views of each tile averaged
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
     hash_inputs: bool = False  # sha256 every input for the up-to-date check (default: size and mtime first)
     footprints: Path | None = None  # task damage: building footprints file (None: detected on pre)
@@ -194,50 +194,12 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
 def check_spec(raw: dict[str, Any], base: Path) -> tuple[SegmentSpec | DamageSpec, list[str]]:
     """The file's keys checked against the spec of its ``task``: ``(spec, problems)``.
 
-    A key with problems keeps its default in the spec (see :func:`check_leniently`); the
+    A key with problems keeps its default in the spec (see :func:`geounet.schema.check_leniently`); the
     checks that follow must look at ``raw`` to tell a default from what the file says.
     """
     cls: type[SegmentSpec] | type[DamageSpec] = DamageSpec if raw.get("task") == "damage" else SegmentSpec
     spec, problems = check_leniently(cls, raw, "", base)
     return spec, problems
-
-
-def check_leniently(tp: Any, raw: Any, where: str, base: Path) -> tuple[Any, list[str]]:
-    """As :func:`geounet.schema.check`, but a mapping for a dataclass is checked one field at a time.
-
-    The fields with problems keep their defaults, so that the value checks can still run
-    on the others and every problem is reported in one go. The value is None when a
-    required field is missing or wrong. ``where``: the dotted key in messages.
-    """
-    cls = _dataclass_for(tp, raw)
-    if cls is None:
-        return check(tp, raw, where, base)
-    hints = typing.get_type_hints(cls)
-    problems = unknown_keys(raw, [f.name for f in config_fields(cls)], where)
-    good: dict[str, Any] = {}
-    for f in config_fields(cls):
-        key = f"{where}.{f.name}" if where else f.name
-        if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{key}: missing")
-            continue
-        value, found = check_leniently(hints[f.name], raw[f.name], key, base)
-        problems += found
-        if value is not None or not found:  # None with problems: wrong, the default stays
-            good[f.name] = value
-    try:
-        return cls(**good), problems
-    except TypeError:  # a required field missing or wrong (reported above)
-        return None, problems
-
-
-def _dataclass_for(tp: Any, raw: Any) -> type | None:
-    """The dataclass a mapping ``raw`` is checked against under the hint ``tp`` (itself or its one union member)."""
-    if not isinstance(raw, dict):
-        return None
-    options = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else (tp,)
-    classes = [o for o in options if dataclasses.is_dataclass(o) and isinstance(o, type)]
-    return classes[0] if len(classes) == 1 else None
 
 
 def predict_settings(spec: PipelineSpec) -> PredictSettings:
@@ -249,7 +211,7 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
     vector = spec.vector if isinstance(spec.vector, VectorSpec) else VectorSpec(enabled=spec.vector)
     settings = PredictSettings(**dataclasses.asdict(spec.tiling), device=spec.device, precision=spec.precision,
                                backend=spec.backend, workers=spec.workers, scheduler=spec.scheduler,
-                               vector=vector.enabled, vector_processes=None,
+                               vector=vector.enabled, vector_processes=None, tta=spec.tta,
                                postprocess=spec.postprocess.overrides() or None)
     if vector.block is not None:
         settings.vector_block = vector.block

@@ -15,7 +15,9 @@ from geounet.io.run_record import RUN_JSON, RunRecord, RunRecordError
 from geounet.models.card import ModelCard, file_sha256
 
 # settings that change the outputs: a change of any of them recomputes the scene
-OUTPUT_SETTINGS = ("tile_size", "overlap", "precision", "device", "resample_tolerance", "vector", "vector_block")
+OUTPUT_SETTINGS = ("tile_size", "overlap", "precision", "device", "resample_tolerance", "vector", "vector_block",
+                   "tta")
+RECORDED_BEFORE = {"tta": "none"}  # settings that older run.json files lack, as those runs had them
 ALWAYS_WRITTEN = (RUN_JSON, "item.json", "scores.tif", "classes.tif")  # outputs of every scene
 VECTOR_OUTPUT = "features.gpkg"  # ... and of a scene run with ``vector``
 
@@ -74,7 +76,7 @@ def _settings_changed(recorded: dict[str, Any], requested: dict[str, Any]) -> li
     """``"<key> <recorded> -> <requested>"`` for each output setting that differs (``auto`` accepts any)."""
     changed = []
     for k in OUTPUT_SETTINGS:
-        a, b = recorded.get(k), requested.get(k)
+        a, b = recorded.get(k, RECORDED_BEFORE.get(k)), requested.get(k)
         if k in ("device", "precision") and b == "auto":
             continue
         if (_device_kind(a) != _device_kind(b)) if k == "device" else (a != b):

@@ -42,13 +42,14 @@ def split_epochs(args: list[str]) -> tuple[list[Path], list[Path]]:
 
 def damage(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: damage.gpkg, change.tif, quicklook.png, run.json."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Output folder: damage.gpkg, change.tif, quicklook.png, run.json."),
     footprints: Optional[Path] = typer.Option(
         None, "--footprints", "-f", help="Building footprints (GeoPackage, GeoJSON, any CRS); default: detect them "
                                          "with the model on the pre scene."),
     model: Path = typer.Option(DEFAULT_MODEL, "--model", "-m", help="geounet buildings model (.safetensors)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="YAML with a damage: section (thresholds, tiling), e.g. pipelines/damage.yaml."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML with a damage: section (thresholds, tiling), e.g. pipelines/damage.yaml."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: config, else auto)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
 ) -> None:

@@ -32,6 +32,8 @@ def evaluate(
     batch_size: Optional[int] = typer.Option(
         None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    tta: str = typer.Option("none", help="Test-time augmentation: none, flip, flips or d4 (as geounet predict)."),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
     from geounet.training.evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
@@ -47,7 +49,7 @@ def evaluate(
         opts = LabelOptions(class_field=class_field, default_class=default_class, value_map=pairs,
                             unlabelled=unlabelled, line_width_m=line_width_m)
         settings = PredictSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-                                   quiet=True)
+                                   precision=precision, tta=tta, quiet=True)
         result = evaluate_model(model, scene, labels, label_options=opts, window=parse_window(window),
                                 centerlines_path=centerlines, settings=settings, tolerance_m=tolerance_m,
                                 iou_threshold=iou_threshold)

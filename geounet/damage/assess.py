@@ -34,7 +34,8 @@ NODATA = 255  # change.tif DN outside the overlap or without data in either epoc
 SCALE = 254  # change.tif: value = DN / SCALE
 CHANGE_BANDS = ("change_score", "building_prob_pre", "building_prob_post", "feature_distance")
 # per-block timings (seconds): wall clock and CPU time of the process (all threads; exact when blocks run in-process)
-BLOCK_TIMINGS = tuple(f"{part}_{kind}" for part in ("read_pre", "warp_post", "model", "zonal") for kind in ("s", "cpu_s"))
+BLOCK_TIMINGS = tuple(f"{part}_{kind}" for part in ("read_pre", "warp_post", "model", "zonal")
+                      for kind in ("s", "cpu_s"))
 IN_FLIGHT = 4  # block tasks submitted at once to an executor
 RETRIES = 1  # a failed block task is retried this often
 
@@ -176,7 +177,7 @@ class BuildingSums:
         for k, v in res.timings.items():
             self.timings[k] += v
         if res.change is not None:
-            np.add.at(self.sums, (slice(None), res.ids), res.sums)
+            np.add.at(self.sums.T, res.ids, res.sums.T)  # rows of the transposed view: buildings
             np.add.at(self.counts, res.ids, res.counts)
             self.valid_pixels += res.valid_pixels
 

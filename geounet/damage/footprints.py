@@ -15,10 +15,10 @@ import numpy as np
 import rasterio
 import shapely
 
+from geounet.damage.settings import DamageSettings
 from geounet.engine.executors import Executor
 from geounet.engine.predict import make_executor, predict_scene
 from geounet.engine.settings import PredictSettings
-from geounet.damage.settings import DamageSettings
 from geounet.errors import InputError
 
 POLYGONAL = (3, 6)  # shapely type ids of Polygon and MultiPolygon

@@ -23,9 +23,9 @@ from geounet.compute.change import GRADES
 from geounet.compute.metrics import confusion_matrix, pixel_scores
 from geounet.damage.head import FEATURES, fit_head, save_head
 from geounet.damage.run import run_damage
-from geounet.damage.settings import DamageSettings, check_fields
+from geounet.damage.settings import DamageSettings
 from geounet.errors import GeounetError
-from geounet.schema import ConfigError, read_yaml
+from geounet.schema import ConfigError, check_fields, read_yaml
 
 TASK = "damage_head"
 
@@ -140,7 +140,8 @@ def _features(cfg: HeadConfig, pairs: list[PairConfig], work: Path) -> tuple[np.
     for i, pair in enumerate(pairs):
         labels = gpd.read_file(pair.labels)
         if cfg.damage_field not in labels.columns:
-            raise GeounetError(pair.labels, f"labels have no field {cfg.damage_field!r} (fields: {list(labels.columns)})")
+            raise GeounetError(pair.labels,
+                               f"labels have no field {cfg.damage_field!r} (fields: {list(labels.columns)})")
         raw = labels[cfg.damage_field].astype(str).map(lambda v: value_map.get(v, v))
         unknown = sorted(set(raw) - set(GRADES) - {"ignore"} - set(value_map))
         out = work / f"pair{i}"

@@ -57,7 +57,10 @@ def mosaic_vrt(tiles: list[Path], card: ModelCard, epoch: str) -> tuple[str, Geo
     lefts, rights, tops, bottoms = [], [], [], []
     for t in infos:
         (x0, y0), (x1, y1) = t.transform * (0, 0), t.transform * (t.width, t.height)
-        lefts.append(min(x0, x1)), rights.append(max(x0, x1)), tops.append(max(y0, y1)), bottoms.append(min(y0, y1))
+        lefts.append(min(x0, x1))
+        rights.append(max(x0, x1))
+        tops.append(max(y0, y1))
+        bottoms.append(min(y0, y1))
     left, top = min(lefts), max(tops)
     width = max(1, round((max(rights) - left) / xres))
     height = max(1, round((top - min(bottoms)) / yres))
@@ -89,10 +92,10 @@ def _read_tiles(tiles: list[Path], card: ModelCard, epoch: str) -> list[_Tile]:
     if not tiles:
         raise GeounetError(None, f"no {epoch} scene given")
     infos = []
-    for t in tiles:
-        with open_scene(t) as src:
+    for path in tiles:
+        with open_scene(path) as src:
             check_scene(src, card)
-            infos.append(_Tile(Path(t).resolve(), src.crs, src.transform, src.width, src.height, src.count,
+            infos.append(_Tile(Path(path).resolve(), src.crs, src.transform, src.width, src.height, src.count,
                                tuple(src.dtypes)))
     first = infos[0]
     for t in infos[1:]:

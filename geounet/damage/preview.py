@@ -62,8 +62,9 @@ def write_quicklook(pre_vrt: Path, post_vrt: Path, pre: GeoGrid, area: Box, buil
               for rgb, valid in ((pre_rgb, ok[0]), (post_rgb, ok[1]))]
     qh, qw = ok.shape[1:]
     codes = {g: i + 1 for i, g in enumerate(GRADE_COLOURS)}
+    shapes = zip(buildings.geometry.values, buildings["damage"])
     outline = rasterize(
-        ((shapely.boundary(g), codes[d]) for g, d in zip(buildings.geometry.values, buildings["damage"]) if g is not None),
+        ((shapely.boundary(g), codes[d]) for g, d in shapes if g is not None),
         out_shape=(qh, qw), transform=_small_grid(pre, area, qw, qh), fill=0, dtype="uint8", all_touched=True,
     )
     for rgb in panels:

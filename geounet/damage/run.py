@@ -52,8 +52,6 @@ from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.hardware import resolve_device, resolve_precision
 from geounet.schema import ConfigError
 
-__all__ = ["DamageSettings", "run_damage"]
-
 log = logging.getLogger("geounet")
 
 OUTPUTS = ("damage.gpkg", "change.tif", "quicklook.png")
@@ -102,21 +100,17 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
     with _output_folder(out_dir) as tmp:
         buildings, facts, radiometry = _stage(inputs, s, tmp, executor)
         timings["prepare_s"] = time.perf_counter() - t_start
-        t0 = time.perf_counter()
-        sums = _measure(inputs, s, buildings, tmp, executor, radiometry)
-        timings["blocks_s"] = time.perf_counter() - t0
+        with _timed(timings, "blocks_s"):
+            sums = _measure(inputs, s, buildings, tmp, executor, radiometry)
         timings |= {f"blocks_{k}": round(v, 3) for k, v in sums.timings.items()}
-        t0 = time.perf_counter()
-        table = grade_buildings(buildings, sums, inputs.pre_grid, s, inputs.head)
-        write_buildings(table, tmp / "damage.gpkg")
-        timings["buildings_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        publish_change_raster(tmp / TILED_CHANGE, tmp / "change.tif")
-        timings["cog_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        write_quicklook(tmp / "pre.vrt", tmp / "post.vrt", inputs.pre_grid, inputs.overlap, table,
-                        tmp / "quicklook.png", s.quicklook_width)
-        timings["quicklook_s"] = time.perf_counter() - t0
+        with _timed(timings, "buildings_s"):
+            table = grade_buildings(buildings, sums, inputs.pre_grid, s, inputs.head)
+            write_buildings(table, tmp / "damage.gpkg")
+        with _timed(timings, "cog_s"):
+            publish_change_raster(tmp / TILED_CHANGE, tmp / "change.tif")
+        with _timed(timings, "quicklook_s"):
+            write_quicklook(tmp / "pre.vrt", tmp / "post.vrt", inputs.pre_grid, inputs.overlap, table,
+                            tmp / "quicklook.png", s.quicklook_width)
         timings["total_s"] = time.perf_counter() - t_start
         record = _record(inputs, s, table, facts, sums.valid_pixels, radiometry, timings)
         record.write(tmp)
@@ -169,6 +163,14 @@ def _output_folder(out_dir: Path) -> Iterator[Path]:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """``timings[key]``: the wall-clock seconds the block took."""
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
 
 
 def _stage(inputs: _Inputs, s: DamageSettings, tmp: Path,

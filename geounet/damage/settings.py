@@ -9,35 +9,12 @@ dotted key (``damage.halo: expected an integer, got str 'x'``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from geounet.compute.change import ChangeRules, grade
-from geounet.schema import ConfigError, check, config_fields, unknown_keys
-
-
-def check_fields(cls: type, raw: Any, where: str, base: Path | None = None) -> tuple[dict[str, Any], list[str]]:
-    """A raw config mapping checked against the config dataclass ``cls`` one field at a time.
-
-    Returns the converted values of the fields whose type was right (to build ``cls`` from,
-    its defaults filling in the rest, so that value rules can still run on them) and every
-    problem: unknown keys, wrong types (``geounet.schema`` messages). ``base``: the folder
-    relative paths are resolved against.
-    """
-    if not isinstance(raw, dict):
-        return {}, [f"{where or 'config'}: expected a mapping, got {type(raw).__name__} {raw!r}"]
-    names = [f.name for f in config_fields(cls)]
-    problems = unknown_keys(raw, names, where)
-    good: dict[str, Any] = {}
-    for name in names:
-        if name in raw:
-            one, wrong = check(cls, {name: raw[name]}, where, base)
-            problems += wrong
-            if one is not None:
-                good[name] = getattr(one, name)
-    return good, problems
+from geounet.schema import ConfigError, check_fields
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from geounet.models.card import CLASS_KINDS, ClassInfo
-from geounet.schema import ConfigError, apply_setting, check, config_fields, read_yaml, unknown_keys
+from geounet.schema import ConfigError, apply_setting, check_fields, config_fields, read_yaml
 
 ClassKind = Literal[CLASS_KINDS]  # type: ignore[valid-type]  # the model card's kinds
 LossName = Literal["dice_ce", "ce", "bce", "dice", "focal", "tversky"]
@@ -278,23 +278,13 @@ def _set_path(parts: dict[str, Any], key: str, value: Path) -> None:
 def _check_sections(raw: dict[str, Any], base: Path) -> tuple[dict[str, Any], list[str]]:
     """Each top-level key of ``raw`` checked on its own: ``({key: checked value}, problems)``.
 
-    A section with problems is left out of the mapping, so that the value checks can
-    still run on the others; absent sections with a default get it.
+    A section with problems is left out (or keeps the right parts of it), so that the value
+    checks can still run on the others; absent sections with a default get it.
     """
-    fields = config_fields(TrainConfig)
-    problems = unknown_keys(raw, [f.name for f in fields], "")
-    hints = typing.get_type_hints(TrainConfig)
-    parts: dict[str, Any] = {}
-    for f in fields:
-        if f.name in raw:
-            value, found = check(hints[f.name], raw[f.name], f.name, base)
-            problems += found
-            if value is not None:
-                parts[f.name] = value
-        elif f.default_factory is not dataclasses.MISSING:
+    parts, problems = check_fields(TrainConfig, raw, "", base)
+    for f in config_fields(TrainConfig):
+        if f.name not in parts and f.default_factory is not dataclasses.MISSING:
             parts[f.name] = f.default_factory()
-        elif f.default is dataclasses.MISSING:
-            problems.append(f"{f.name}: missing")
     return parts, problems
 
 

@@ -32,6 +32,14 @@ def test_up_to_date_notices_input_model_settings_and_missing_outputs(scenes, tin
     other = "fp32" if recorded != "fp32" else "bf16"
     req3 = requested_settings(PredictSettings(precision=other), card)
     assert f"precision {recorded!r} -> {other!r}" in up_to_date(folder, scenes["a"], sha, req3)[1]
+    req4 = requested_settings(PredictSettings(tta="flip"), card)
+    assert up_to_date(folder, scenes["a"], sha, req4)[1] == "settings changed: tta 'none' -> 'flip'"
+    older = tmp_path / "older"  # a run.json written before tta existed: those runs had none
+    shutil.copytree(folder, older)
+    raw = json.loads((older / "run.json").read_text())
+    del raw["settings"]["tta"]
+    (older / "run.json").write_text(json.dumps(raw))
+    assert up_to_date(older, scenes["a"], sha, req) == (True, "")
     partial = tmp_path / "partial"
     shutil.copytree(folder, partial)
     (partial / "features.gpkg").unlink()

@@ -20,7 +20,7 @@ from tests.helpers import make_tiny_model, write_scene
 
 @dataclass(frozen=True)
 class SyntheticPair:
-    """A 256 x 256 px pre/post pair at 0.6 m (EPSG:26915): roofs of 20 x 24 px, some erased in post.
+    """A small pre/post pair on a projected grid: flat roofs with a ridge on a textured ground, some erased in post.
 
     Files in ``folder``: ``pre.tif``, ``post.tif``, ``footprints.gpkg`` (1 px inside each
     roof) and ``tiny.safetensors`` (a random-weight buildings model).

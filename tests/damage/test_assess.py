@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from geounet.compute.grid import Box
-from geounet.damage.assess import (CHANGE_BANDS, IN_FLIGHT, NODATA, BuildingSums, assess_block, assess_blocks,
-                                   plan_blocks)
+from geounet.damage.assess import (
+    CHANGE_BANDS,
+    IN_FLIGHT,
+    NODATA,
+    BuildingSums,
+    assess_block,
+    assess_blocks,
+    plan_blocks,
+)
 from geounet.damage.mosaic import mosaic_vrt
 from geounet.engine.executors import Executor
 from geounet.models.card import read_card

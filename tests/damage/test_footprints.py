@@ -5,10 +5,10 @@ from __future__ import annotations
 import geopandas as gpd
 import pytest
 import shapely
+from rasterio.crs import CRS
 
 from geounet.damage.footprints import read_footprints
 from geounet.errors import InputError
-from rasterio.crs import CRS
 
 
 def test_footprints_are_reprojected_repaired_and_counted(pair, tmp_path):

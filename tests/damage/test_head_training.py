@@ -56,10 +56,11 @@ def test_head_config_errors_are_reported_together(tmp_path):
 
 def test_head_config_paths_are_relative_to_the_file_and_types_are_checked(labelled_pair, tmp_path):
     d = labelled_pair.folder
+    pre, post, labels = str(d / "pre.tif"), str(d / "post.tif"), str(d / "labels.geojson")
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump({
         "task": "damage_head", "output": "heads/h.safetensors", "model": str(labelled_pair.model),
-        "data": {"train": [{"pre": str(d / "pre.tif"), "post": [str(d / "post.tif")], "labels": str(d / "labels.geojson")}],
-                 "val": [{"pre": [str(d / "pre.tif")], "post": str(d / "post.tif"), "labels": str(d / "labels.geojson")}]},
+        "data": {"train": [{"pre": pre, "post": [post], "labels": labels}],
+                 "val": [{"pre": [pre], "post": post, "labels": labels}]},
     }))
     assert is_head_config(tmp_path / "ok.yaml") and not is_head_config(tmp_path / "missing.yaml")
     cfg = load_head_config(tmp_path / "ok.yaml")
