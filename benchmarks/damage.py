@@ -41,8 +41,10 @@ def main() -> None:
     t = run["timings"]
     win = run["method"]["overlap_window"]
     print(f"machine: {os.cpu_count()} CPU(s), torch {torch.__version__}, {torch.get_num_threads()} torch threads")
-    print(f"overlap: {win['width']} x {win['height']} px of the pre grid (0.6 m), "
-          f"{run['method']['valid_pixels'] / 1e6:.2f} MP valid in both epochs")
+    print(
+        f"overlap: {win['width']} x {win['height']} px of the pre grid (0.6 m), "
+        f"{run['method']['valid_pixels'] / 1e6:.2f} MP valid in both epochs"
+    )
     print(f"footprints: {run['footprints']['used']} used, {run['buildings']['total']} in damage.gpkg")
     print(f"total: {wall:.1f} s wall, {cpu:.1f} s CPU (all threads); load average now {os.getloadavg()[0]:.1f}")
     parts = {
@@ -55,8 +57,12 @@ def main() -> None:
     for name, key in parts.items():
         w, c = t[f"blocks_{key}_s"], t[f"blocks_{key}_cpu_s"]
         print(f"  {name:48s} {w:7.2f}s {100 * w / wall:6.1f}% {c:7.2f}s {100 * c / cpu:6.1f}%")
-    rest = {"inputs, footprints, VRTs": "prepare_s", "buildings table + GeoPackage": "buildings_s",
-            "change.tif COG": "cog_s", "quicklook.png": "quicklook_s"}
+    rest = {
+        "inputs, footprints, VRTs": "prepare_s",
+        "buildings table + GeoPackage": "buildings_s",
+        "change.tif COG": "cog_s",
+        "quicklook.png": "quicklook_s",
+    }
     for name, key in rest.items():
         print(f"  {name:48s} {t[key]:7.2f}s {100 * t[key] / wall:6.1f}%")
     print("grades:", ", ".join(f"{k} {v}" for k, v in run["buildings"]["per_grade"].items()))

@@ -52,9 +52,10 @@ _CACHE_DIR = tempfile.mkdtemp(prefix="geounet-eff-cache-")  # exported models: m
 os.environ["GEOUNET_CACHE_DIR"] = _CACHE_DIR
 
 from _measure import write_repeated  # noqa: E402
+
 from geounet.compute.grid import TileGrid  # noqa: E402
-from geounet.models.registry import cached_model
-from geounet.models.hardware import cpu_cores, default_batch_size, default_chunk_pixels, default_workers
+from geounet.models.hardware import cpu_cores, default_batch_size, default_chunk_pixels, default_workers  # noqa: E402
+from geounet.models.registry import cached_model  # noqa: E402
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 MODEL = REPO / "data" / "models" / "buildings.safetensors"
@@ -72,8 +73,17 @@ def make_scene(path: Path, size: int, res: float = 0.15) -> Path:
     block = np.concatenate([row, row[:, ::-1, :]], axis=1)
     reps = (1, 2048 // block.shape[1] + 1, 2048 // block.shape[2] + 1)
     block = np.tile(block, reps)[:, :2048, :2048]
-    profile = dict(driver="GTiff", count=3, dtype="uint8", crs=crs, transform=Affine(res, 0, x0, 0, -res, y0),
-                   tiled=True, blockxsize=512, blockysize=512, photometric="RGB")
+    profile = dict(
+        driver="GTiff",
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=Affine(res, 0, x0, 0, -res, y0),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        photometric="RGB",
+    )
     return write_repeated(path, block, size, profile)
 
 
@@ -173,23 +183,30 @@ def floor_seconds(size: int, tile: int = 512, overlap: int = 64, backend: str = 
 def predict_cli(scenes: list[Path], out: Path, *extra: str) -> tuple[float, list[dict]]:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([str(GEOUNET), "predict", *map(str, scenes), "--out", str(out), "--quiet", *extra], check=True,
-                   env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [str(GEOUNET), "predict", *map(str, scenes), "--out", str(out), "--quiet", *extra],
+        check=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
     wall = time.perf_counter() - t0
     return wall, [json.loads((out / s.stem / "run.json").read_text()) for s in scenes]
 
 
 def _rest(t: dict, floor: float) -> str:
-    return (f"chunks beyond the floor (read, normalise, softmax, blend, stitch, schedule) "
-            f"{t['predict_and_stitch_s'] - floor:.1f} s + finalize {t['finalize_s']:.1f} s + COG {t['cog_s']:.1f} s"
-            + (f" + vectorize {t['vectorize_s']:.1f} s" if "vectorize_s" in t else ""))
+    return (
+        f"chunks beyond the floor (read, normalise, softmax, blend, stitch, schedule) "
+        f"{t['predict_and_stitch_s'] - floor:.1f} s + finalize {t['finalize_s']:.1f} s + COG {t['cog_s']:.1f} s"
+        + (f" + vectorize {t['vectorize_s']:.1f} s" if "vectorize_s" in t else "")
+    )
 
 
 def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
     """`geounet predict` as a user runs it, each measurement between two floor measurements of its backend."""
     tasks, tiles = default_workers("cpu", "onnx"), default_batch_size("cpu", "onnx")
-    print(f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64, fp32; "
-          f"ONNX Runtime as geounet predict runs it: {tasks} task(s) at once x {tiles} tile(s) per call")
+    print(
+        f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64, fp32; "
+        f"ONNX Runtime as geounet predict runs it: {tasks} task(s) at once x {tiles} tile(s) per call"
+    )
     cache = Path(os.environ["GEOUNET_CACHE_DIR"])
     shutil.rmtree(cache, ignore_errors=True)
     wall, _ = predict_cli([scene], work / "out", "--no-vector")
@@ -216,26 +233,32 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
             os.symlink(scene, copies[-1])
     measure(f"geounet predict --no-vector, {batch} scenes in one command", copies, "onnx", "--no-vector")
     for b, fl in floors.items():
-        print(f"floor ({b}): {tiles} tiles per scene; measured {', '.join(f'{f:.1f}' for f in fl)} s "
-              f"({size * size / min(fl) / 1e6:.3f} MP/s at best)")
+        print(
+            f"floor ({b}): {tiles} tiles per scene; measured {', '.join(f'{f:.1f}' for f in fl)} s "
+            f"({size * size / min(fl) / 1e6:.3f} MP/s at best)"
+        )
     print("each row uses the mean of its backend's floors before and after it")
     for label, n, wall, runs, floor in rows:
         t = runs[0]["timings"]
         per_scene = [r["timings"]["total_s"] for r in runs]
         startup = wall - sum(per_scene)
-        print(f"{label}: {wall:.1f} s wall ({n * size * size / wall / 1e6:.3f} MP/s), floor {n * floor:.1f} s, "
-              f"efficiency floor/wall = {n * floor / wall:.3f}")
-        print(f"   per scene in the process: {', '.join(f'{x:.1f}' for x in per_scene)} s -> efficiency "
-              f"{', '.join(f'{floor / x:.3f}' for x in per_scene)}; start-up outside the scenes (interpreter, imports, "
-              f"cluster, model load) {startup:.1f} s")
+        print(
+            f"{label}: {wall:.1f} s wall ({n * size * size / wall / 1e6:.3f} MP/s), floor {n * floor:.1f} s, "
+            f"efficiency floor/wall = {n * floor / wall:.3f}"
+        )
+        print(
+            f"   per scene in the process: {', '.join(f'{x:.1f}' for x in per_scene)} s -> efficiency "
+            f"{', '.join(f'{floor / x:.3f}' for x in per_scene)}; start-up outside the scenes (interpreter, imports, "
+            f"cluster, model load) {startup:.1f} s"
+        )
         print(f"   first scene: {_rest(t, floor)}")
 
 
 def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
     """Per-scene time in a process that has started (imports, cluster, model loaded): the batch steady state."""
-    from geounet.models.registry import DEFAULT_MODEL
-    from geounet.engine.settings import PredictSettings
     from geounet.engine.predict import make_executor, predict_scene
+    from geounet.engine.settings import PredictSettings
+    from geounet.models.registry import DEFAULT_MODEL
 
     print(f"\n## warm process: predict_scene on the {size}^2 scene, client and model ready (as in a batch)")
     for vector in (False, True):
@@ -251,8 +274,11 @@ def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
                 after = floor_seconds(size)[0]
                 floor = (before + after) / 2
                 t = json.loads((out / scene.stem / "run.json").read_text())["timings"]
-                print(f"{'with vectors' if vector else '--no-vector '}: scene {rep.seconds:.1f} s, floor {before:.1f}/{after:.1f} s"
-                      f" -> efficiency {floor / rep.seconds:.3f}; {_rest(t, floor)}", flush=True)
+                print(
+                    f"{'with vectors' if vector else '--no-vector '}: scene {rep.seconds:.1f} s, floor {before:.1f}/{after:.1f} s"
+                    f" -> efficiency {floor / rep.seconds:.3f}; {_rest(t, floor)}",
+                    flush=True,
+                )
         finally:
             client.close()
 
@@ -275,8 +301,10 @@ def section_variants(size: int) -> None:
         tiles = n_tiles(size, tile, overlap)
         per = time_batches(model, tile, batch, n, channels_last) / n
         rows.append((label, tiles, per * math.ceil(tiles / batch)))
-        print(f"{label:<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  ({rows[0][2] / rows[-1][2]:.2f}x baseline)",
-              flush=True)
+        print(
+            f"{label:<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  ({rows[0][2] / rows[-1][2]:.2f}x baseline)",
+            flush=True,
+        )
 
     row("torch: BN folded, channels_last, fp32, 512/64, b4", net, 512, 64, 4)
     onnx_net, _ = cached_model(MODEL, "cpu", "onnx", cpu_cores())
@@ -284,11 +312,17 @@ def section_variants(size: int) -> None:
     tiles = n_tiles(size, 512, 64)
     per = time_onnx(onnx_net, 512, 4, 3) / 3
     rows.append(("onnx", tiles, per * math.ceil(tiles / 4)))
-    print(f"{'ONNX Runtime (the CPU default), softmax incl.':<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  "
-          f"({rows[0][2] / rows[-1][2]:.2f}x baseline; diff of probabilities {d:.1e})", flush=True)
+    print(
+        f"{'ONNX Runtime (the CPU default), softmax incl.':<44} {tiles:4d} tiles  {rows[-1][2]:7.1f} s  "
+        f"({rows[0][2] / rows[-1][2]:.2f}x baseline; diff of probabilities {d:.1e})",
+        flush=True,
+    )
     per = time_onnx(onnx_net, 768, 4, 2) / 2
-    print(f"{'ONNX Runtime, tile 768 / overlap 64':<44} {n_tiles(size, 768, 64):4d} tiles  "
-          f"{per * math.ceil(n_tiles(size, 768, 64) / 4):7.1f} s", flush=True)
+    print(
+        f"{'ONNX Runtime, tile 768 / overlap 64':<44} {n_tiles(size, 768, 64):4d} tiles  "
+        f"{per * math.ceil(n_tiles(size, 768, 64) / 4):7.1f} s",
+        flush=True,
+    )
     with torch.inference_mode():
         d = (plain(x) - ref).abs().max().item()
     row(f"BN not folded, contiguous NCHW: as loaded (diff {d:.1e})", plain, 512, 64, 4, channels_last=False)
@@ -320,8 +354,8 @@ def section_schedulers(scene: Path, size: int) -> None:
     from distributed import Client, LocalCluster, wait
 
     from geounet.engine.tiles import predict_chunk
-    from geounet.models.card import read_card
     from geounet.io.scene import open_scene, working_grid
+    from geounet.models.card import read_card
 
     card = read_card(MODEL)
     with open_scene(scene) as src:
@@ -335,8 +369,10 @@ def section_schedulers(scene: Path, size: int) -> None:
     def args(i, per_call):
         return (str(scene), working, grid, i, str(MODEL), "cpu", "fp32", batch, "onnx", per_call)
 
-    print(f"\n## local schedulers (ONNX Runtime, {batch} tile(s) per call): {len(idx)} chunk tasks of the {size}^2 "
-          f"scene ({grid.n_tiles} tiles), {cores} cores")
+    print(
+        f"\n## local schedulers (ONNX Runtime, {batch} tile(s) per call): {len(idx)} chunk tasks of the {size}^2 "
+        f"scene ({grid.n_tiles} tiles), {cores} cores"
+    )
 
     def report(label, secs):
         print(f"{label:<64} {secs:7.1f} s", flush=True)
@@ -344,20 +380,31 @@ def section_schedulers(scene: Path, size: int) -> None:
     for threads in (1, 2):
         per = max(1, cores // threads)
         predict_chunk(*args(idx[0], per))  # warm: this layout's session loaded in this process
-        with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None,
-                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as lc, Client(lc) as c:
+        with (
+            LocalCluster(
+                n_workers=1,
+                threads_per_worker=threads,
+                processes=False,
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            ) as lc,
+            Client(lc) as c,
+        ):
             t0 = time.perf_counter()
             wait([c.submit(predict_chunk, *args(i, per), pure=False) for i in idx])
             report(f"in-process cluster (geounet's), {threads} thread(s) x {per} per call", time.perf_counter() - t0)
         t0 = time.perf_counter()
-        dask.compute(*[dask.delayed(predict_chunk)(*args(i, per)) for i in idx], scheduler="threads",
-                     num_workers=threads)
+        dask.compute(
+            *[dask.delayed(predict_chunk)(*args(i, per)) for i in idx], scheduler="threads", num_workers=threads
+        )
         report(f"dask threaded scheduler (no distributed), {threads} thread(s) x {per}", time.perf_counter() - t0)
     base = None
     for n in (1, 2):  # worker scaling: processes, one task thread each, the cores shared between them
         per = max(1, cores // n)
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
-                Client(lc) as c:
+        with (
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+            Client(lc) as c,
+        ):
             c.run(lambda: __import__("geounet.infer"))
             t0 = time.perf_counter()
             wait([c.submit(predict_chunk, *args(i, per), pure=False) for i in idx])
@@ -381,8 +428,10 @@ def main() -> None:
     sections = args.sections.split(",")
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     try:
         if "e2e" in sections or "warm" in sections:
             scene = make_scene(work / "scene.tif", args.size)

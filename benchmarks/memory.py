@@ -36,24 +36,35 @@ DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 def make_scene(path: Path, size: int) -> Path:
     with rasterio.open(DEMO) as src:
         tile = src.read()
-        profile = src.profile | dict(width=size, height=size, compress=None, tiled=True, blockxsize=512,
-                                     blockysize=512, BIGTIFF="YES")
+        profile = src.profile | dict(
+            width=size, height=size, compress=None, tiled=True, blockxsize=512, blockysize=512, BIGTIFF="YES"
+        )
     th, tw = tile.shape[1:]
     return write_repeated(path, np.tile(tile, (1, 2048 // th + 1, 2048 // tw + 1)), size, profile)
 
 
 def make_model(path: Path, scene: Path) -> Path:
     sys.path.insert(0, str(REPO))
+    from geounet.io.scene import ground_resolution
     from geounet.models.card import ClassInfo, ModelCard
     from geounet.models.network import build_network, save_model
-    from geounet.io.scene import ground_resolution
 
     with rasterio.open(scene) as s:
         res = ground_resolution(s.crs, s.transform, s.width, s.height)
     card = ModelCard(
-        name="bench-tiny", classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
-        bands=[1, 2, 3], band_names=["red", "green", "blue"], mean=[0.45] * 3, std=[0.25] * 3, scale=255.0,
-        input_dtypes=["uint8"], resolution_m=res, tile_size=512, overlap=64, encoder="resnet18", encoder_depth=3,
+        name="bench-tiny",
+        classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
+        bands=[1, 2, 3],
+        band_names=["red", "green", "blue"],
+        mean=[0.45] * 3,
+        std=[0.25] * 3,
+        scale=255.0,
+        input_dtypes=["uint8"],
+        resolution_m=res,
+        tile_size=512,
+        overlap=64,
+        encoder="resnet18",
+        encoder_depth=3,
         decoder_channels=[16, 8, 4],
     )
     import torch
@@ -86,8 +97,22 @@ def main() -> None:
 
                     load_onnx(model, 1)
             workers = ["--workers", str(args.workers)] if args.workers else []
-            secs, peak = run_measured(exe + ["predict", str(scene), "--out", str(work / "out"), "--model", str(model),
-                                             *workers, "--backend", args.backend, "--no-vector", "--quiet"])
+            secs, peak = run_measured(
+                exe
+                + [
+                    "predict",
+                    str(scene),
+                    "--out",
+                    str(work / "out"),
+                    "--model",
+                    str(model),
+                    *workers,
+                    "--backend",
+                    args.backend,
+                    "--no-vector",
+                    "--quiet",
+                ]
+            )
             rows.append((n, secs, n * n / secs / 1e6, peak))
             print(f"{n:>6} x {n:<6} {secs:8.1f} s {n * n / secs / 1e6:7.2f} MP/s  peak RSS {peak:8.1f} MiB", flush=True)
             scene.unlink()

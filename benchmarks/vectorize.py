@@ -42,16 +42,37 @@ def card():
     from geounet.models.card import ClassInfo, ModelCard
 
     return ModelCard(
-        name="bench", classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("crop", (200, 180, 40), "landcover"),
-                               ClassInfo("forest", (20, 120, 40), "landcover")],
-        bands=[1], band_names=["x"], mean=[0.0], std=[1.0], scale=1.0, input_dtypes=["uint8"], resolution_m=1.0,
+        name="bench",
+        classes=[
+            ClassInfo("background", (0, 0, 0), "background"),
+            ClassInfo("crop", (200, 180, 40), "landcover"),
+            ClassInfo("forest", (20, 120, 40), "landcover"),
+        ],
+        bands=[1],
+        band_names=["x"],
+        mean=[0.0],
+        std=[1.0],
+        scale=1.0,
+        input_dtypes=["uint8"],
+        resolution_m=1.0,
     )
 
 
 def generate(path: Path, size: int) -> None:
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", crs="EPSG:32633",
-                   transform=Affine(1, 0, 400000, 0, -1, 5800000), nodata=255, tiled=True, blockxsize=512,
-                   blockysize=512, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(1, 0, 400000, 0, -1, 5800000),
+        nodata=255,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+    )
     rng = np.random.default_rng(0)
     step = 1000
     with rasterio.open(path, "w", **profile) as dst:
@@ -91,8 +112,8 @@ def naive(classes: Path, out: Path) -> dict:
 def ours(classes: Path, out: Path, workers: int, block: int, processes: bool) -> dict:
     from distributed import Client, LocalCluster
 
-    from geounet.engine.vector_stage import vectorize_scene
     from geounet.compute.postprocess import ClassRules
+    from geounet.engine.vector_stage import vectorize_scene
 
     rules = {"landcover": ClassRules(**RULES)}
     spec = dict(n_workers=workers, threads_per_worker=1) if processes else dict(n_workers=1, threads_per_worker=workers)
@@ -100,8 +121,7 @@ def ours(classes: Path, out: Path, workers: int, block: int, processes: bool) ->
         import dask
 
         dask.config.set({"distributed.worker.multiprocessing-method": "fork"})
-    with LocalCluster(**spec, processes=processes, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with LocalCluster(**spec, processes=processes, dashboard_address=":0") as cluster, Client(cluster) as client:
         from geounet.engine.executors import DistributedExecutor
 
         info = vectorize_scene(classes, None, out, card(), DistributedExecutor(client), rules=rules, block=block)
@@ -124,7 +144,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.run:  # child process: one variant
         t0 = time.perf_counter()
-        result = naive(args.classes, args.out) if args.run == "naive" else ours(args.classes, args.out, args.workers, args.block, args.processes)
+        result = (
+            naive(args.classes, args.out)
+            if args.run == "naive"
+            else ours(args.classes, args.out, args.workers, args.block, args.processes)
+        )
         result["seconds_inside"] = time.perf_counter() - t0
         args.out.with_suffix(".json").write_text(json.dumps(result))
         return
@@ -134,17 +158,32 @@ def main() -> None:
         generate(classes, args.size)
         print(f"class raster: {args.size} x {args.size} = {args.size**2 / 1e6:.0f} MP, block {args.block}", flush=True)
         rows = []
-        for name, extra in (("naive whole-raster shapes", ["--run", "naive"]),
-                            ("geounet, 1 thread", ["--run", "ours", "--workers", "1"]),
-                            ("geounet, 2 threads", ["--run", "ours", "--workers", "2"]),
-                            ("geounet, 2 processes", ["--run", "ours", "--workers", "2", "--processes"])):
+        for name, extra in (
+            ("naive whole-raster shapes", ["--run", "naive"]),
+            ("geounet, 1 thread", ["--run", "ours", "--workers", "1"]),
+            ("geounet, 2 threads", ["--run", "ours", "--workers", "2"]),
+            ("geounet, 2 processes", ["--run", "ours", "--workers", "2", "--processes"]),
+        ):
             out = work / f"{len(rows)}.gpkg"
-            cmd = [sys.executable, __file__, "--classes", str(classes), "--out", str(out), "--block", str(args.block), *extra]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--classes",
+                str(classes),
+                "--out",
+                str(out),
+                "--block",
+                str(args.block),
+                *extra,
+            ]
             secs, peak = run_measured(cmd)
             res = json.loads(out.with_suffix(".json").read_text())
             rows.append((name, secs, peak, res))
-            print(f"{name:<28} {secs:7.1f} s  peak RSS {peak:7.0f} MiB  {res['features']} features, "
-                  f"{res['area_m2']:.0f} m2", flush=True)
+            print(
+                f"{name:<28} {secs:7.1f} s  peak RSS {peak:7.0f} MiB  {res['features']} features, "
+                f"{res['area_m2']:.0f} m2",
+                flush=True,
+            )
         base = rows[0]
         print("\nvariant                        seconds  peak MiB  speed vs naive  features")
         for name, secs, peak, res in rows:

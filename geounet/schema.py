@@ -25,8 +25,16 @@ from geounet.errors import GeounetError
 
 T = TypeVar("T")
 
-_TYPE_NAMES = {str: "text", int: "an integer", float: "a number", bool: "true/false", list: "a list",
-               dict: "a mapping", type(None): "null", Path: "a path"}
+_TYPE_NAMES = {
+    str: "text",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    list: "a list",
+    dict: "a mapping",
+    type(None): "null",
+    Path: "a path",
+}
 
 
 class ConfigError(GeounetError):
@@ -231,7 +239,9 @@ def _convert(tp: Any, value: Any, name: str, base: Path | None, problems: list[s
             if not trial:
                 return out
         scalar = all(typing.get_origin(o) is None and not dataclasses.is_dataclass(o) for o in options)
-        if not scalar and (len(options) == 1 or (isinstance(value, dict) and any(dataclasses.is_dataclass(o) for o in options))):
+        if not scalar and (
+            len(options) == 1 or (isinstance(value, dict) and any(dataclasses.is_dataclass(o) for o in options))
+        ):
             target = next((o for o in options if dataclasses.is_dataclass(o) and isinstance(value, dict)), options[0])
             return _convert(target, value, name, base, problems)  # its own, precise problems
         problems.append(f"{name}: expected {describe_type(tp)}, {_got(value)}")

@@ -36,23 +36,61 @@ def make_tiny_model(path: Path, resolution_m: float = 0.15) -> Path:
     card = ModelCard(
         name="tiny-test",
         classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
-        bands=[1, 2, 3], band_names=["red", "green", "blue"], mean=[0.45, 0.45, 0.45], std=[0.25, 0.25, 0.25],
-        scale=255.0, input_dtypes=["uint8"], resolution_m=resolution_m, tile_size=128, overlap=32,
-        encoder="resnet18", encoder_depth=3, decoder_channels=[32, 16, 8],
+        bands=[1, 2, 3],
+        band_names=["red", "green", "blue"],
+        mean=[0.45, 0.45, 0.45],
+        std=[0.25, 0.25, 0.25],
+        scale=255.0,
+        input_dtypes=["uint8"],
+        resolution_m=resolution_m,
+        tile_size=128,
+        overlap=32,
+        encoder="resnet18",
+        encoder_depth=3,
+        decoder_channels=[32, 16, 8],
     )
     torch.manual_seed(0)
     save_model(path, build_network(card), card)
     return path
 
 
-def write_scene(path: Path, data: np.ndarray, crs="EPSG:32633", res: float = 0.15, nodata=None, mask=None,
-                origin=(500000.0, 5800000.0)) -> Path:
+def write_scene(
+    path: Path,
+    data: np.ndarray,
+    crs="EPSG:32633",
+    res: float = 0.15,
+    nodata=None,
+    mask=None,
+    origin=(500000.0, 5800000.0),
+) -> Path:
     """Write a small GeoTIFF (bands, rows, cols) with an optional nodata value or mask."""
     count, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype.name, nodata=nodata,
-                   crs=crs, transform=Affine(res, 0, origin[0], 0, -res, origin[1]) if crs else None)
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=count,
+        dtype=data.dtype.name,
+        nodata=nodata,
+        crs=crs,
+        transform=Affine(res, 0, origin[0], 0, -res, origin[1]) if crs else None,
+    )
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         if mask is not None:
             dst.write_mask(mask.astype(np.uint8) * 255)
     return path
+
+
+def invoke(*args: object):
+    """Run the ``geounet`` command in this process (typer's test runner); returns its result."""
+    from typer.testing import CliRunner
+
+    from geounet.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def error_lines(result) -> list[str]:
+    """The ``error: ...`` lines a command wrote to stderr."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]

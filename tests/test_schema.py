@@ -29,16 +29,29 @@ class Outer:
 
 
 def test_valid_config_builds_with_paths_resolved_and_ints_as_floats(tmp_path):
-    cfg = load(Outer, {"path": "a/b.tif", "ratio": 1, "inner": {"size": 8}, "items": [{"name": "x"}],
-                       "either": {"size": 2}}, base=tmp_path)
+    cfg = load(
+        Outer,
+        {"path": "a/b.tif", "ratio": 1, "inner": {"size": 8}, "items": [{"name": "x"}], "either": {"size": 2}},
+        base=tmp_path,
+    )
     assert cfg.path == tmp_path / "a" / "b.tif" and cfg.ratio == 1.0 and isinstance(cfg.ratio, float)
     assert cfg.inner == Inner(8) and cfg.items == [Inner(4, "x")] and cfg.either == Inner(2)
     assert load(Outer, {"path": "/abs.tif", "either": False}).either is False
 
 
 def test_every_problem_is_reported_at_once_with_did_you_mean():
-    value, problems = check(Outer, {"pth": "x", "mode": "slow", "ratio": "half", "flag": 1,
-                                    "inner": {"sise": 3, "size": True}, "items": [{"nme": 1}], "either": 3})
+    value, problems = check(
+        Outer,
+        {
+            "pth": "x",
+            "mode": "slow",
+            "ratio": "half",
+            "flag": 1,
+            "inner": {"sise": 3, "size": True},
+            "items": [{"nme": 1}],
+            "either": 3,
+        },
+    )
     assert value is None
     assert "unknown key 'pth' (did you mean 'path'?)" in problems
     assert "path: missing" in problems
@@ -55,14 +68,20 @@ def test_every_problem_is_reported_at_once_with_did_you_mean():
 def test_load_raises_one_error_listing_all(tmp_path):
     with pytest.raises(ConfigError) as err:
         load(Outer, {"mode": "slow"}, path=tmp_path / "c.yaml")
-    assert err.value.lines() == [f"{tmp_path / 'c.yaml'}: path: missing",
-                                 f"{tmp_path / 'c.yaml'}: mode: expected one of fast, exact, got str 'slow'"]
+    assert err.value.lines() == [
+        f"{tmp_path / 'c.yaml'}: path: missing",
+        f"{tmp_path / 'c.yaml'}: mode: expected one of fast, exact, got str 'slow'",
+    ]
 
 
 def test_read_yaml_problems_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1,\n")
-    for path, text in ((tmp_path / "none.yaml", "config file not found"), (bad, "not valid YAML"), (tmp_path, "folder")):
+    for path, text in (
+        (tmp_path / "none.yaml", "config file not found"),
+        (bad, "not valid YAML"),
+        (tmp_path, "folder"),
+    ):
         with pytest.raises(ConfigError, match=text) as err:
             read_yaml(path)
         assert "\n" not in str(err.value)

@@ -159,8 +159,9 @@ class PipelineConfig:
 # ---------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Path | None = None,
-                cwd: Path | None = None) -> PipelineConfig:
+def load_config(
+    path: str | Path, inputs: list[str] | None = None, out: str | Path | None = None, cwd: Path | None = None
+) -> PipelineConfig:
     """Read and check a pipeline config; ``inputs`` / ``out`` (relative to ``cwd``) replace its own.
 
     Raises :class:`~geounet.schema.ConfigError` with every problem found (unknown keys
@@ -176,8 +177,15 @@ def load_config(path: str | Path, inputs: list[str] | None = None, out: str | Pa
     out_dir = _output_folder(spec, raw, out, cwd, problems)
     settings = predict_settings(spec)
     problems += _settings_problems(spec, settings, card)
-    cfg = PipelineConfig(path, spec.task, spec.model or Path(), out_dir or Path(), settings,
-                         hash_inputs=spec.hash_inputs, postprocess=settings.postprocess or {})
+    cfg = PipelineConfig(
+        path,
+        spec.task,
+        spec.model or Path(),
+        out_dir or Path(),
+        settings,
+        hash_inputs=spec.hash_inputs,
+        postprocess=settings.postprocess or {},
+    )
     if isinstance(spec, DamageSpec):
         cfg.damage = _damage_job(spec, raw, base, inputs, problems)
     else:
@@ -209,10 +217,18 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
     ``geounet run``'s ``__main__`` has the guard that needs.
     """
     vector = spec.vector if isinstance(spec.vector, VectorSpec) else VectorSpec(enabled=spec.vector)
-    settings = PredictSettings(**dataclasses.asdict(spec.tiling), device=spec.device, precision=spec.precision,
-                               backend=spec.backend, workers=spec.workers, scheduler=spec.scheduler,
-                               vector=vector.enabled, vector_processes=None, tta=spec.tta,
-                               postprocess=spec.postprocess.overrides() or None)
+    settings = PredictSettings(
+        **dataclasses.asdict(spec.tiling),
+        device=spec.device,
+        precision=spec.precision,
+        backend=spec.backend,
+        workers=spec.workers,
+        scheduler=spec.scheduler,
+        vector=vector.enabled,
+        vector_processes=None,
+        tta=spec.tta,
+        postprocess=spec.postprocess.overrides() or None,
+    )
     if vector.block is not None:
         settings.vector_block = vector.block
     return settings
@@ -231,8 +247,9 @@ def _model_card(spec: PipelineSpec, raw: dict[str, Any], problems: list[str]) ->
         return None
 
 
-def _output_folder(spec: PipelineSpec, raw: dict[str, Any], override: str | Path | None, cwd: Path,
-                   problems: list[str]) -> Path | None:
+def _output_folder(
+    spec: PipelineSpec, raw: dict[str, Any], override: str | Path | None, cwd: Path, problems: list[str]
+) -> Path | None:
     """The output folder (``--out`` first), created and proven writable; None when there is none."""
     folder = absolute(cwd, override) if override is not None else spec.out
     if folder is None:
@@ -259,8 +276,11 @@ def _settings_problems(spec: PipelineSpec, settings: PredictSettings, card: Mode
         problems.append(f"tiling.tile_size: must be a multiple of 32 (the U-Net's stride), got {req['tile_size']}")
     if req["overlap"] % 2 or not 0 <= req["overlap"] < req["tile_size"]:
         problems.append(f"tiling.overlap: must be even and smaller than the tile size, got {req['overlap']}")
-    for name, value in (("tiling.batch_size", settings.batch_size), ("workers", settings.workers),
-                        ("tiling.chunk_pixels", settings.chunk_pixels)):
+    for name, value in (
+        ("tiling.batch_size", settings.batch_size),
+        ("workers", settings.workers),
+        ("tiling.chunk_pixels", settings.chunk_pixels),
+    ):
         if value is not None and value < 1:
             problems.append(f"{name}: must be at least 1, got {value}")
     return problems
@@ -283,8 +303,9 @@ def _device_problems(device: str) -> list[str]:
 # ---------------------------------------------------------------- inputs of each task
 
 
-def _segment_inputs(spec: SegmentSpec, raw: dict[str, Any], base: Path,
-                    problems: list[str]) -> tuple[list[str], Path | None, WatchSpec | None]:
+def _segment_inputs(
+    spec: SegmentSpec, raw: dict[str, Any], base: Path, problems: list[str]
+) -> tuple[list[str], Path | None, WatchSpec | None]:
     """The file's ``inputs``: ``(scene files of the globs and the list file, list file, watch folder)``."""
     if spec.inputs is None:
         if raw.get("inputs") is None:
@@ -303,8 +324,9 @@ def _segment_inputs(spec: SegmentSpec, raw: dict[str, Any], base: Path,
     return [str(p) for p in files], given.list_file, watch
 
 
-def _damage_job(spec: DamageSpec, raw: dict[str, Any], base: Path, override: list[str] | None,
-                problems: list[str]) -> dict[str, Any]:
+def _damage_job(
+    spec: DamageSpec, raw: dict[str, Any], base: Path, override: list[str] | None, problems: list[str]
+) -> dict[str, Any]:
     """task damage: ``{pre, post, footprints, settings}`` for ``geounet.damage.run.run_damage``."""
     if override:
         problems.append("--inputs: not supported for task: damage (give inputs.pre and inputs.post in the config)")
@@ -327,8 +349,11 @@ def _damage_job(spec: DamageSpec, raw: dict[str, Any], base: Path, override: lis
 def _damage_settings(spec: DamageSpec, raw: dict[str, Any], problems: list[str]) -> DamageSettings | None:
     """The ``damage:`` section as DamageSettings; top-level ``device``, ``precision``, ``tiling`` fill what it omits."""
     names = [f.name for f in config_fields(DamageSettings)]
-    shared = {"device": spec.device if "device" in raw else None,
-              "precision": spec.precision if "precision" in raw else None, **dataclasses.asdict(spec.tiling)}
+    shared = {
+        "device": spec.device if "device" in raw else None,
+        "precision": spec.precision if "precision" in raw else None,
+        **dataclasses.asdict(spec.tiling),
+    }
     section = {k: v for k, v in shared.items() if k in names and v is not None} | spec.damage  # damage: wins
     settings, found = DamageSettings.check(section, "damage")
     problems += found

@@ -79,8 +79,11 @@ def settled_scenes(watch: WatchSpec, now: float | None = None) -> list[Path]:
         elif not entry.name.lower().endswith(SCENE_SUFFIXES):
             continue
         if now - entry.stat().st_mtime < watch.settle_seconds:
-            log.info("%s: modified less than %g s ago, may still be being copied: left for the next run",
-                     entry.path, watch.settle_seconds)
+            log.info(
+                "%s: modified less than %g s ago, may still be being copied: left for the next run",
+                entry.path,
+                watch.settle_seconds,
+            )
             continue
         scenes.append(Path(entry.path))
     return scenes

@@ -94,7 +94,7 @@ def stale_folders(out_root: Path, stem: str) -> list[tuple[str, Path]]:
     for entry in entries:
         if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
             continue
-        m = _STALE.fullmatch(entry.name[len(stem) + 1:])
+        m = _STALE.fullmatch(entry.name[len(stem) + 1 :])
         if m and not pid_alive(int(m.group(2))):
             stale.append((m.group(1), Path(entry.path)))
     return stale

@@ -94,9 +94,11 @@ class RunSummary:
             elif details and r.status != "done":
                 out.append(f"{r.status.replace('_', ' ')}: {r.scene}" + (f" ({r.reason})" if r.reason else ""))
         c = self.counts()
-        out.append(f"geounet run: {c['done']} done, {c['skipped_up_to_date']} skipped (up to date), "
-                   f"{c['skipped_locked']} skipped (locked by another run), {c['failed']} failed "
-                   f"in {self.seconds:.1f} s; summary {self.summary_file}")
+        out.append(
+            f"geounet run: {c['done']} done, {c['skipped_up_to_date']} skipped (up to date), "
+            f"{c['skipped_locked']} skipped (locked by another run), {c['failed']} failed "
+            f"in {self.seconds:.1f} s; summary {self.summary_file}"
+        )
         return out
 
 
@@ -109,8 +111,14 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, quiet: bool = False) 
     runs = cfg.out / RUNS_DIR
     runs.mkdir(parents=True, exist_ok=True)
     stamp = f"{_stamp().replace('.', '')}-{os.getpid()}"
-    summary = RunSummary(str(cfg.source) if cfg.source else None, str(cfg.out), _utc_now(), force=force,
-                         summary_file=str(runs / f"{stamp}.json"), log_file=str(runs / f"{stamp}.log"))
+    summary = RunSummary(
+        str(cfg.source) if cfg.source else None,
+        str(cfg.out),
+        _utc_now(),
+        force=force,
+        summary_file=str(runs / f"{stamp}.json"),
+        log_file=str(runs / f"{stamp}.log"),
+    )
     with _run_log(Path(summary.log_file)):
         t0 = time.perf_counter()
         try:
@@ -172,8 +180,11 @@ class _SceneRunner:
         with lock:
             for what in recover_interrupted(self.cfg.out, final.name):
                 log.warning("%s: after an interrupted run: %s", scene, what)
-            fresh, why = (False, "--force") if self.force else up_to_date(
-                final, scene, self.model_sha, self.requested, self.cfg.hash_inputs)
+            fresh, why = (
+                (False, "--force")
+                if self.force
+                else up_to_date(final, scene, self.model_sha, self.requested, self.cfg.hash_inputs)
+            )
             if fresh:
                 res.status = "skipped_up_to_date"
                 log.info("%s %s: up to date, skipped", step, scene)
@@ -221,8 +232,15 @@ def _run_damage(cfg: PipelineConfig) -> SceneResult:
         return res
     with lock:
         try:
-            damage.run_damage(cfg.damage["pre"], cfg.damage["post"], cfg.out, cfg.damage.get("footprints"),
-                              cfg.model, cfg.damage["settings"], None)
+            damage.run_damage(
+                cfg.damage["pre"],
+                cfg.damage["post"],
+                cfg.out,
+                cfg.damage.get("footprints"),
+                cfg.model,
+                cfg.damage["settings"],
+                None,
+            )
             res.status = "done"
         except GeounetError as exc:
             res.reason = str(exc)

@@ -15,8 +15,7 @@ from geounet.io.run_record import RUN_JSON, RunRecord, RunRecordError
 from geounet.models.card import ModelCard, file_sha256
 
 # settings that change the outputs: a change of any of them recomputes the scene
-OUTPUT_SETTINGS = ("tile_size", "overlap", "precision", "device", "resample_tolerance", "vector", "vector_block",
-                   "tta")
+OUTPUT_SETTINGS = ("tile_size", "overlap", "precision", "device", "resample_tolerance", "vector", "vector_block", "tta")
 RECORDED_BEFORE = {"tta": "none"}  # settings that older run.json files lack, as those runs had them
 ALWAYS_WRITTEN = (RUN_JSON, "item.json", "scores.tif", "classes.tif")  # outputs of every scene
 VECTOR_OUTPUT = "features.gpkg"  # ... and of a scene run with ``vector``
@@ -34,8 +33,9 @@ def requested_settings(settings: PredictSettings, card: ModelCard) -> dict[str, 
     return out
 
 
-def up_to_date(final_dir: Path, scene: Path, model_sha256: str, settings: dict[str, Any],
-               hash_inputs: bool = False) -> tuple[bool, str]:
+def up_to_date(
+    final_dir: Path, scene: Path, model_sha256: str, settings: dict[str, Any], hash_inputs: bool = False
+) -> tuple[bool, str]:
     """(True, "") if ``final_dir`` holds complete outputs of this scene, model and settings; else (False, why).
 
     ``settings`` come from :func:`requested_settings`. The input is the same if

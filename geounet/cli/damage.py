@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -42,15 +42,21 @@ def split_epochs(args: list[str]) -> tuple[list[Path], list[Path]]:
 
 def damage(
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", "-o",
-                             help="Output folder: damage.gpkg, change.tif, quicklook.png, run.json."),
-    footprints: Optional[Path] = typer.Option(
-        None, "--footprints", "-f", help="Building footprints (GeoPackage, GeoJSON, any CRS); default: detect them "
-                                         "with the model on the pre scene."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder: damage.gpkg, change.tif, quicklook.png, run.json."
+    ),
+    footprints: Path | None = typer.Option(
+        None,
+        "--footprints",
+        "-f",
+        help="Building footprints (GeoPackage, GeoJSON, any CRS); default: detect them "
+        "with the model on the pre scene.",
+    ),
     model: Path = typer.Option(DEFAULT_MODEL, "--model", "-m", help="geounet buildings model (.safetensors)."),
-    config: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="YAML with a damage: section (thresholds, tiling), e.g. pipelines/damage.yaml."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: config, else auto)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML with a damage: section (thresholds, tiling), e.g. pipelines/damage.yaml."
+    ),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: config, else auto)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
 ) -> None:
     """Grade every building for damage from pre- and post-event scenes.
@@ -69,7 +75,7 @@ def damage(
         run_damage(pre, post, out, footprints, model, settings)  # logs the counts per grade
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def damage_settings(config: Path | None, device: str | None, quiet: bool) -> DamageSettings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -15,29 +14,35 @@ def evaluate(
     model: Path = typer.Argument(..., help="geounet .safetensors model file."),
     scene: Path = typer.Argument(..., help="Scene to predict (GeoTIFF, VRT, ...)."),
     labels: Path = typer.Argument(..., help="Labels: vector file (GeoJSON, GeoPackage) or class raster."),
-    window: Optional[str] = typer.Option(None, help="Evaluate only this part: x0,y0,x1,y1 as fractions of the "
-                                                    "scene's width and height from its top-left corner."),
-    class_field: Optional[str] = typer.Option(None, help="Label attribute holding the class."),
-    default_class: Optional[str] = typer.Option(None, help="Class of features without a class field "
-                                                           "(default: the model's only non-background class)."),
-    value_map: List[str] = typer.Option([], "--value-map", help="VALUE=CLASS (or VALUE=ignore); repeatable."),
+    window: str | None = typer.Option(
+        None,
+        help="Evaluate only this part: x0,y0,x1,y1 as fractions of the "
+        "scene's width and height from its top-left corner.",
+    ),
+    class_field: str | None = typer.Option(None, help="Label attribute holding the class."),
+    default_class: str | None = typer.Option(
+        None, help="Class of features without a class field (default: the model's only non-background class)."
+    ),
+    value_map: list[str] = typer.Option([], "--value-map", help="VALUE=CLASS (or VALUE=ignore); repeatable."),
     unlabelled: str = typer.Option("background", help="Pixels no label covers: background or ignore."),
     line_width_m: float = typer.Option(3.0, help="Width (metres) line labels are buffered to."),
-    centerlines: Optional[Path] = typer.Option(None, help="True road centre lines (vector) for the road metric."),
+    centerlines: Path | None = typer.Option(None, help="True road centre lines (vector) for the road metric."),
     tolerance_m: float = typer.Option(3.0, help="Centre-line match distance, metres."),
     iou_threshold: float = typer.Option(0.5, help="Object match IoU threshold."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
-    tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (default: the model's)."),
-    overlap: Optional[int] = typer.Option(None, help="Tile overlap in pixels (default: the model's)."),
-    batch_size: Optional[int] = typer.Option(
-        None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
+    tile_size: int | None = typer.Option(None, help="Tile side in pixels (default: the model's)."),
+    overlap: int | None = typer.Option(None, help="Tile overlap in pixels (default: the model's)."),
+    batch_size: int | None = typer.Option(
+        None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
     tta: str = typer.Option("none", help="Test-time augmentation: none, flip, flips or d4 (as geounet predict)."),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
-    from geounet.training.evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
     from geounet.engine.settings import PredictSettings
+    from geounet.training.evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
+
     setup_logging(True)
     try:
         pairs = {}
@@ -46,16 +51,36 @@ def evaluate(
             if not sep:
                 raise GeounetError(None, f"--value-map expects VALUE=CLASS, got {item!r}")
             pairs[key] = val
-        opts = LabelOptions(class_field=class_field, default_class=default_class, value_map=pairs,
-                            unlabelled=unlabelled, line_width_m=line_width_m)
-        settings = PredictSettings(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-                                   precision=precision, tta=tta, quiet=True)
-        result = evaluate_model(model, scene, labels, label_options=opts, window=parse_window(window),
-                                centerlines_path=centerlines, settings=settings, tolerance_m=tolerance_m,
-                                iou_threshold=iou_threshold)
+        opts = LabelOptions(
+            class_field=class_field,
+            default_class=default_class,
+            value_map=pairs,
+            unlabelled=unlabelled,
+            line_width_m=line_width_m,
+        )
+        settings = PredictSettings(
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            tta=tta,
+            quiet=True,
+        )
+        result = evaluate_model(
+            model,
+            scene,
+            labels,
+            label_options=opts,
+            window=parse_window(window),
+            centerlines_path=centerlines,
+            settings=settings,
+            tolerance_m=tolerance_m,
+            iou_threshold=iou_threshold,
+        )
     except GeounetError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(format_report(result))
     if json_out is not None:
         write_json(result, json_out)

@@ -16,6 +16,6 @@ def info(model: Path = typer.Argument(..., help="A geounet .safetensors model fi
         card = read_card(model)
     except GeounetError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(f"model file:   {model}")
     typer.echo(card.describe())

@@ -3,70 +3,96 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from geounet.cli.logs import setup_logging
+from geounet.engine.executors import ClusterError, lost_cluster
+from geounet.engine.predict import predict_batch
+from geounet.engine.settings import PredictSettings
 from geounet.errors import GeounetError
 from geounet.models.registry import DEFAULT_NAME
-from geounet.engine.executors import ClusterError, lost_cluster
-from geounet.engine.settings import PredictSettings
-from geounet.engine.predict import predict_batch
 
 
 def predict(
-    scenes: List[Path] = typer.Argument(..., help="GeoTIFF (or any GDAL raster) scenes."),
+    scenes: list[Path] = typer.Argument(..., help="GeoTIFF (or any GDAL raster) scenes."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; each scene gets OUT/<scene stem>/."),
     model: str = typer.Option(
-        DEFAULT_NAME, "--model", "-m", help="A bundled model's name (the variant trained closest to each scene's "
-                                            "resolution is used; see geounet models) or a .safetensors model file."),
-    tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (working grid); default: the model's."),
-    overlap: Optional[int] = typer.Option(None, help="Overlap between tiles in pixels; default: the model's."),
-    batch_size: Optional[int] = typer.Option(
-        None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."),
+        DEFAULT_NAME,
+        "--model",
+        "-m",
+        help="A bundled model's name (the variant trained closest to each scene's "
+        "resolution is used; see geounet models) or a .safetensors model file.",
+    ),
+    tile_size: int | None = typer.Option(None, help="Tile side in pixels (working grid); default: the model's."),
+    overlap: int | None = typer.Option(None, help="Overlap between tiles in pixels; default: the model's."),
+    batch_size: int | None = typer.Option(
+        None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
     backend: str = typer.Option(
-        "auto", help="auto, torch or onnx. auto: ONNX Runtime for fp32 on the CPU (the model is exported once to "
-                     "the cache, $GEOUNET_CACHE_DIR or ~/.cache/geounet), torch otherwise."),
-    workers: Optional[int] = typer.Option(
-        None, help="Chunks processed in parallel (local threads; ignored with --scheduler). Default: one per core "
-                   "(at most 4) with ONNX Runtime, each with its share of the cores; 1 with torch."),
-    scheduler: Optional[str] = typer.Option(
-        None, help="Address of an existing dask.distributed scheduler, e.g. tcp://HOST:8786; the scene and model "
-                   "paths must be readable by every worker (shared filesystem). Default: a local in-process cluster."),
-    vector: bool = typer.Option(True, "--vector/--no-vector", help="Also write features.gpkg (polygons, centre lines)."),
+        "auto",
+        help="auto, torch or onnx. auto: ONNX Runtime for fp32 on the CPU (the model is exported once to "
+        "the cache, $GEOUNET_CACHE_DIR or ~/.cache/geounet), torch otherwise.",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        help="Chunks processed in parallel (local threads; ignored with --scheduler). Default: one per core "
+        "(at most 4) with ONNX Runtime, each with its share of the cores; 1 with torch.",
+    ),
+    scheduler: str | None = typer.Option(
+        None,
+        help="Address of an existing dask.distributed scheduler, e.g. tcp://HOST:8786; the scene and model "
+        "paths must be readable by every worker (shared filesystem). Default: a local in-process cluster.",
+    ),
+    vector: bool = typer.Option(
+        True, "--vector/--no-vector", help="Also write features.gpkg (polygons, centre lines)."
+    ),
     tta: str = typer.Option(
-        "none", help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
-                     "blending. none, flip (2 views), flips (4) or d4 (all 8); costs that many model calls."),
+        "none",
+        help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
+        "blending. none, flip (2 views), flips (4) or d4 (all 8); costs that many model calls.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
     setup_logging(quiet)
     settings = PredictSettings(
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device, precision=precision, backend=backend,
-        workers=workers, scheduler=scheduler, vector=vector, quiet=quiet, tta=tta,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        backend=backend,
+        workers=workers,
+        scheduler=scheduler,
+        vector=vector,
+        quiet=quiet,
+        tta=tta,
         vector_processes=None,  # large scenes: vector workers in processes (this console script has a __main__ guard)
     )
     try:
         reports = predict_batch(scenes, out, model, settings)
     except ClusterError as exc:  # the cluster failed under the run: the scene running has no output
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - only a lost cluster is handled here
         if not lost_cluster(exc):
             raise
-        typer.echo(f"error: {scheduler or 'local cluster'}: lost the Dask cluster ({type(exc).__name__}); "
-                   "the scene that was running has no output", err=True)
-        raise typer.Exit(1)
+        typer.echo(
+            f"error: {scheduler or 'local cluster'}: lost the Dask cluster ({type(exc).__name__}); "
+            "the scene that was running has no output",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     failed = [r for r in reports if not r.ok]
     for r in failed:
         typer.echo(f"error: {r.error}", err=True)
     if len(reports) > 1 or failed:
         typer.echo(f"geounet: {len(reports) - len(failed)} scene(s) done, {len(failed)} failed", err=True)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None

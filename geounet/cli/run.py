@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,9 +12,10 @@ from geounet.errors import GeounetError
 
 def run(
     config: Path = typer.Argument(..., help="Pipeline config (YAML), e.g. pipelines/buildings.yaml."),
-    inputs: Optional[List[str]] = typer.Option(
-        None, "--inputs", "-i", help="Scene path or glob (quote it); repeatable. Replaces the config's inputs."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder; replaces the config's out."),
+    inputs: list[str] | None = typer.Option(
+        None, "--inputs", "-i", help="Scene path or glob (quote it); repeatable. Replaces the config's inputs."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder; replaces the config's out."),
     force: bool = typer.Option(False, "--force", help="Recompute scenes even when their outputs are up to date."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, warnings and the summary only (cron)."),
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,15 +12,20 @@ from geounet.errors import GeounetError
 
 def train(
     config: Path = typer.Argument(..., help="Training config (YAML); its relative paths are relative to its folder."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs (also when resuming)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Override output: the .safetensors model file to write."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (<model stem>.ckpt.pt)."),
-    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Override train.steps_per_epoch."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Override train.seed."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="Override train.precision: auto, fp32 or bf16."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override train.epochs (also when resuming)."),
+    out: Path | None = typer.Option(None, "--out", help="Override output: the .safetensors model file to write."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue from a checkpoint (<model stem>.ckpt.pt)."),
+    steps_per_epoch: int | None = typer.Option(
+        None, "--steps-per-epoch", min=1, help="Override train.steps_per_epoch."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Override train.seed."),
+    precision: str | None = typer.Option(None, "--precision", help="Override train.precision: auto, fp32 or bf16."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    set_: List[str] = typer.Option(
-        [], "--set", metavar="KEY=VALUE", help="Any config key as KEY=VALUE (VALUE in YAML), e.g. --set train.lr=0.001; repeatable."
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Any config key as KEY=VALUE (VALUE in YAML), e.g. --set train.lr=0.001; repeatable.",
     ),
 ) -> None:
     """Train a segmentation model; write the model file, a CSV log of the epochs and a resume checkpoint."""
@@ -31,13 +35,17 @@ def train(
 
     if is_head_config(config):  # a damage head from damage-labelled pre/post pairs
         try:
-            facts = train_damage_head(load_head_config(config, out), command=shlex.join(["geounet", "train", str(config)]))
+            facts = train_damage_head(
+                load_head_config(config, out), command=shlex.join(["geounet", "train", str(config)])
+            )
         except GeounetError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         v = facts["val"]
-        typer.echo(f"wrote {facts['output']} ({facts['train']['buildings']} training buildings; validation "
-                   f"accuracy {v['accuracy']:.3f}, macro F1 {v['macro_f1'] or 0:.3f} on {v['buildings']} buildings)")
+        typer.echo(
+            f"wrote {facts['output']} ({facts['train']['buildings']} training buildings; validation "
+            f"accuracy {v['accuracy']:.3f}, macro F1 {v['macro_f1'] or 0:.3f} on {v['buildings']} buildings)"
+        )
         return
     overrides = {
         "train.epochs": epochs,
@@ -49,8 +57,12 @@ def train(
     }
     words = ["geounet", "train", str(config)]
     for flag, value in (
-        ("--epochs", epochs), ("--out", out), ("--resume", resume),
-        ("--steps-per-epoch", steps_per_epoch), ("--seed", seed), ("--precision", precision),
+        ("--epochs", epochs),
+        ("--out", out),
+        ("--resume", resume),
+        ("--steps-per-epoch", steps_per_epoch),
+        ("--seed", seed),
+        ("--precision", precision),
     ):
         if value is not None:
             words += [flag, str(value)]

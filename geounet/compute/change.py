@@ -47,8 +47,15 @@ class ChangeRules:
     prob_ref: float = 0.3
 
 
-def pair_forward(net, pre: np.ndarray, post: np.ndarray, building_class: int, device: str = "cpu",
-                 precision: str = "fp32", stages: tuple[int, ...] = (1,)) -> np.ndarray:
+def pair_forward(
+    net,
+    pre: np.ndarray,
+    post: np.ndarray,
+    building_class: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+    stages: tuple[int, ...] = (1,),
+) -> np.ndarray:
     """One U-Net pass over normalised pre and post tiles ``(n, bands, h, w)`` each.
 
     Returns ``(n, 3, h, w)`` float32: building probability pre, building probability

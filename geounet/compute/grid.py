@@ -21,9 +21,9 @@ and damage scoring work through, in raster order.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
 
 from affine import Affine
 
@@ -45,12 +45,12 @@ class Box:
     def width(self) -> int:
         return self.col1 - self.col0
 
-    def intersect(self, other: "Box") -> "Box | None":
+    def intersect(self, other: Box) -> Box | None:
         r0, c0 = max(self.row0, other.row0), max(self.col0, other.col0)
         r1, c1 = min(self.row1, other.row1), min(self.col1, other.col1)
         return Box(r0, c0, r1, c1) if r0 < r1 and c0 < c1 else None
 
-    def relative_to(self, origin: "Box") -> tuple[slice, slice]:
+    def relative_to(self, origin: Box) -> tuple[slice, slice]:
         """Slices of this box inside an array whose [0, 0] is ``origin``'s corner."""
         return (
             slice(self.row0 - origin.row0, self.row1 - origin.row0),
@@ -60,8 +60,11 @@ class Box:
 
 def blocks(area: Box, size: int) -> list[Box]:
     """``area`` cut into ``size`` x ``size`` boxes (smaller at its right and bottom edges), in raster order."""
-    return [Box(r, c, min(r + size, area.row1), min(c + size, area.col1))
-            for r in range(area.row0, area.row1, size) for c in range(area.col0, area.col1, size)]
+    return [
+        Box(r, c, min(r + size, area.row1), min(c + size, area.col1))
+        for r in range(area.row0, area.row1, size)
+        for c in range(area.col0, area.col1, size)
+    ]
 
 
 @dataclass(frozen=True)

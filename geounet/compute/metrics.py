@@ -117,12 +117,18 @@ def object_scores(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return ObjectScores(tp, fp, fn, precision, recall, f1, iou_threshold,
-                        float(np.mean([p[2] for p in pairs])) if pairs else None)
+    return ObjectScores(
+        tp, fp, fn, precision, recall, f1, iou_threshold, float(np.mean([p[2] for p in pairs])) if pairs else None
+    )
 
 
-def centerline_scores(pred: np.ndarray, truth: np.ndarray, pixel_size_m: tuple[float, float],
-                      tolerance_m: float = 3.0, valid: np.ndarray | None = None) -> dict:
+def centerline_scores(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    pixel_size_m: tuple[float, float],
+    tolerance_m: float = 3.0,
+    valid: np.ndarray | None = None,
+) -> dict:
     """Precision / recall of centre-line pixels within ``tolerance_m`` of the other set.
 
     pred, truth: boolean (rows, cols) rasters of one-pixel-wide centre lines on the same
@@ -135,10 +141,20 @@ def centerline_scores(pred: np.ndarray, truth: np.ndarray, pixel_size_m: tuple[f
         pred, truth = pred & valid, truth & valid
     sampling = (pixel_size_m[1], pixel_size_m[0])  # rows (y), cols (x)
     n_pred, n_true = int(pred.sum()), int(truth.sum())
-    near_truth = ndimage.distance_transform_edt(~truth, sampling=sampling) <= tolerance_m if n_true else np.zeros_like(pred)
-    near_pred = ndimage.distance_transform_edt(~pred, sampling=sampling) <= tolerance_m if n_pred else np.zeros_like(truth)
+    near_truth = (
+        ndimage.distance_transform_edt(~truth, sampling=sampling) <= tolerance_m if n_true else np.zeros_like(pred)
+    )
+    near_pred = (
+        ndimage.distance_transform_edt(~pred, sampling=sampling) <= tolerance_m if n_pred else np.zeros_like(truth)
+    )
     precision = float((pred & near_truth).sum() / n_pred) if n_pred else 0.0
     recall = float((truth & near_pred).sum() / n_true) if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tolerance_m": tolerance_m,
-            "pred_pixels": n_pred, "true_pixels": n_true}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tolerance_m": tolerance_m,
+        "pred_pixels": n_pred,
+        "true_pixels": n_true,
+    }

@@ -102,8 +102,13 @@ def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame
             from buildingregulariser import regularize_geodataframe
 
             gdf = regularize_geodataframe(
-                gdf, parallel_threshold=1.0, simplify=True, simplify_tolerance=max(rules.simplify_m, 0.1),
-                allow_45_degree=False, allow_circles=False, num_cores=1,
+                gdf,
+                parallel_threshold=1.0,
+                simplify=True,
+                simplify_tolerance=max(rules.simplify_m, 0.1),
+                allow_45_degree=False,
+                allow_circles=False,
+                num_cores=1,
             )
         gdf = gdf.set_geometry(valid_polygons(gdf.geometry))
         gdf = gdf[~gdf.geometry.is_empty & (gdf.geometry.area >= max(rules.min_area_m2, 1e-12))]

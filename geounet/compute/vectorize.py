@@ -38,15 +38,20 @@ class Pieces:
     def __len__(self) -> int:
         return len(self.class_id)
 
-    def take(self, idx) -> "Pieces":
+    def take(self, idx) -> Pieces:
         return Pieces(self.class_id[idx], self.geometry[idx], self.pixels[idx], self.score_sum[idx], self.on_edge[idx])
 
     @staticmethod
-    def concat(parts: list["Pieces"]) -> "Pieces":
+    def concat(parts: list[Pieces]) -> Pieces:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Pieces()
-        return Pieces(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("class_id", "geometry", "pixels", "score_sum", "on_edge")))
+        return Pieces(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("class_id", "geometry", "pixels", "score_sum", "on_edge")
+            )
+        )
 
 
 def polygonize_block(
@@ -81,14 +86,19 @@ def polygonize_block(
     pixels = np.rint(shapely.area(geoms)).astype(np.int64)
     minx, miny, maxx, maxy = shapely.bounds(geoms).T
     top, bottom, left, right = inner_edges
-    edge = ((top & (miny == r0)) | (bottom & (maxy == r0 + rows))
-            | (left & (minx == c0)) | (right & (maxx == c0 + cols)))
+    edge = (top & (miny == r0)) | (bottom & (maxy == r0 + rows)) | (left & (minx == c0)) | (right & (maxx == c0 + cols))
     ssum = np.zeros(len(geoms)) if scores is None else _score_sums(classes, scores, class_ids, geoms, cls, offset)
     return Pieces(cls, geoms, pixels, ssum, edge)
 
 
-def _score_sums(classes: np.ndarray, scores: np.ndarray, class_ids: list[int], geoms: np.ndarray,
-                cls: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+def _score_sums(
+    classes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: list[int],
+    geoms: np.ndarray,
+    cls: np.ndarray,
+    offset: tuple[int, int],
+) -> np.ndarray:
     """Sum of ``scores`` over each polygon's pixels, via 4-connected component labels.
 
     A polygon's first pixel in raster order is its top-left exterior vertex (smallest
@@ -122,7 +132,8 @@ def _polygons_from_geojson(geoms: list[dict]) -> np.ndarray:
     if not geoms:
         return np.zeros(0, object)
     return shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64),
+        shapely.GeometryType.POLYGON,
+        np.asarray(coords, dtype=np.float64),
         (np.asarray(ring_ends, np.int64), np.asarray(poly_ends, np.int64)),
     )
 
@@ -221,6 +232,13 @@ def split_touching(pieces: Pieces, pixel_size_m: tuple[float, float], min_distan
         pixels = np.rint(shapely.area(geoms)).astype(np.int64)
         mean = pieces.score_sum[i] / max(pieces.pixels[i], 1)
         kept[i] = False
-        parts.append(Pieces(np.full(len(geoms), pieces.class_id[i], np.int32), geoms, pixels, pixels * mean,
-                            np.zeros(len(geoms), bool)))
+        parts.append(
+            Pieces(
+                np.full(len(geoms), pieces.class_id[i], np.int32),
+                geoms,
+                pixels,
+                pixels * mean,
+                np.zeros(len(geoms), bool),
+            )
+        )
     return Pieces.concat([pieces.take(kept), *parts])

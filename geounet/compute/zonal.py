@@ -23,8 +23,11 @@ def zonal_sums(ids: np.ndarray, values: np.ndarray, valid: np.ndarray, n: int) -
     sel = np.asarray(valid, bool).ravel() & (ids.ravel() > 0)
     flat = ids.ravel()[sel].astype(np.int64)
     counts = np.bincount(flat, minlength=n + 1)
-    sums = np.stack([np.bincount(flat, weights=v.ravel()[sel], minlength=n + 1) for v in values]) if len(values) else \
-        np.zeros((0, n + 1))
+    sums = (
+        np.stack([np.bincount(flat, weights=v.ravel()[sel], minlength=n + 1) for v in values])
+        if len(values)
+        else np.zeros((0, n + 1))
+    )
     return sums, counts
 
 

@@ -34,8 +34,9 @@ NODATA = 255  # change.tif DN outside the overlap or without data in either epoc
 SCALE = 254  # change.tif: value = DN / SCALE
 CHANGE_BANDS = ("change_score", "building_prob_pre", "building_prob_post", "feature_distance")
 # per-block timings (seconds): wall clock and CPU time of the process (all threads; exact when blocks run in-process)
-BLOCK_TIMINGS = tuple(f"{part}_{kind}" for part in ("read_pre", "warp_post", "model", "zonal")
-                      for kind in ("s", "cpu_s"))
+BLOCK_TIMINGS = tuple(
+    f"{part}_{kind}" for part in ("read_pre", "warp_post", "model", "zonal") for kind in ("s", "cpu_s")
+)
 IN_FLIGHT = 4  # block tasks submitted at once to an executor
 RETRIES = 1  # a failed block task is retried this often
 
@@ -73,9 +74,17 @@ def plan_blocks(overlap: Box, size: int, geoms: np.ndarray, pre: GeoGrid) -> lis
     return jobs
 
 
-def assess_block(job: FootprintBlock, pre_vrt: str, post_vrt: str, pre: GeoGrid, model_path: str,
-                 s: DamageSettings, device: str, precision: str,
-                 radiometry: tuple[np.ndarray, np.ndarray] | None = None) -> BlockMeasures:
+def assess_block(
+    job: FootprintBlock,
+    pre_vrt: str,
+    post_vrt: str,
+    pre: GeoGrid,
+    model_path: str,
+    s: DamageSettings,
+    device: str,
+    precision: str,
+    radiometry: tuple[np.ndarray, np.ndarray] | None = None,
+) -> BlockMeasures:
     """Read a block (plus halo) of both epochs on the pre grid, score change, sum per building.
 
     ``radiometry``: per-band (gain, offset) that bring post to pre's radiometry, or None.
@@ -114,8 +123,17 @@ def assess_block(job: FootprintBlock, pre_vrt: str, post_vrt: str, pre: GeoGrid,
 
     tile = s.tile_size or card.tile_size
     overlap = card.overlap if s.overlap is None else s.overlap
-    p_pre, p_post, dist = predict_array(net, np.concatenate([x_pre, x_post]), tile, overlap, device, precision,
-                                        s.batch_size, valid=valid, forward=forward)[:, core[0], core[1]]
+    p_pre, p_post, dist = predict_array(
+        net,
+        np.concatenate([x_pre, x_post]),
+        tile,
+        overlap,
+        device,
+        precision,
+        s.batch_size,
+        valid=valid,
+        forward=forward,
+    )[:, core[0], core[1]]
     t3 = _clock()
     _lap(t, "model", t2, t3)
     valid = valid[core]
@@ -127,14 +145,20 @@ def assess_block(job: FootprintBlock, pre_vrt: str, post_vrt: str, pre: GeoGrid,
     return BlockMeasures(box, dn, job.ids, sums, counts, int(valid.sum()), t)
 
 
-def _sums_per_footprint(job: FootprintBlock, values: np.ndarray, valid: np.ndarray,
-                        pre: GeoGrid) -> tuple[np.ndarray, np.ndarray]:
+def _sums_per_footprint(
+    job: FootprintBlock, values: np.ndarray, valid: np.ndarray, pre: GeoGrid
+) -> tuple[np.ndarray, np.ndarray]:
     """Sums of ``values`` (bands, h, w) and valid-pixel counts over each of the block's footprints."""
     n = len(job.ids)
     if not n:
         return np.zeros((len(values), 0)), np.zeros(0, np.int64)
-    ids = rasterize(zip(job.footprints, range(1, n + 1)), out_shape=(job.box.height, job.box.width),
-                    transform=rasterio.windows.transform(as_window(job.box), pre.affine), fill=0, dtype="int32")
+    ids = rasterize(
+        zip(job.footprints, range(1, n + 1)),
+        out_shape=(job.box.height, job.box.width),
+        transform=rasterio.windows.transform(as_window(job.box), pre.affine),
+        fill=0,
+        dtype="int32",
+    )
     sums, counts = zonal_sums(ids, values, valid, n)
     return sums[:, 1:], counts[1:]
 

@@ -32,8 +32,15 @@ def read_footprints(path: Path, crs_wkt: str) -> tuple[gpd.GeoDataFrame, dict[st
     """
     path = Path(path)
     gdf = _read_vector(path)
-    counts: dict[str, Any] = {"read": len(gdf), "crs": gdf.crs.to_string(), "reprojected": False, "repaired": 0,
-                              "skipped_invalid": 0, "skipped_not_polygon": 0, "skipped_empty": 0}
+    counts: dict[str, Any] = {
+        "read": len(gdf),
+        "crs": gdf.crs.to_string(),
+        "reprojected": False,
+        "repaired": 0,
+        "skipped_invalid": 0,
+        "skipped_not_polygon": 0,
+        "skipped_empty": 0,
+    }
     gdf = gdf[[]].set_geometry(gdf.geometry).assign(footprint_id=np.arange(len(gdf)))
     geoms = np.asarray(gdf.geometry.values, dtype=object)
     keep = _repair(geoms, counts)
@@ -85,16 +92,25 @@ def _repair(geoms: np.ndarray, counts: dict[str, Any]) -> np.ndarray:
     return keep
 
 
-def detect_footprints(pre_vrt: Path, work: Path, model_path: Path, settings: DamageSettings,
-                      executor: Executor | None) -> gpd.GeoDataFrame:
+def detect_footprints(
+    pre_vrt: Path, work: Path, model_path: Path, settings: DamageSettings, executor: Executor | None
+) -> gpd.GeoDataFrame:
     """Buildings from the buildings model on the pre mosaic, at the pre grid's resolution (never resampled).
 
     ``predict_scene`` writes into ``work``. ``executor``: where the prediction runs; None:
     one made (and closed) here.
     """
     s = settings
-    ps = PredictSettings(tile_size=s.tile_size, overlap=s.overlap, batch_size=s.batch_size, device=s.device,
-                         precision=s.precision, resample_tolerance=1e9, vector=True, quiet=True)
+    ps = PredictSettings(
+        tile_size=s.tile_size,
+        overlap=s.overlap,
+        batch_size=s.batch_size,
+        device=s.device,
+        precision=s.precision,
+        resample_tolerance=1e9,
+        vector=True,
+        quiet=True,
+    )
     own = executor is None
     runner = make_executor(ps, model_path) if executor is None else executor
     try:

@@ -24,13 +24,17 @@ from geounet.damage.mosaic import as_window
 from geounet.damage.settings import DamageSettings
 
 GRADE_COLOURS = {  # quicklook / QGIS style: RGB
-    "no-damage": (40, 200, 60), "minor-damage": (250, 230, 40), "major-damage": (255, 140, 0),
-    "destroyed": (230, 20, 20), NOT_ASSESSED: (160, 160, 160),
+    "no-damage": (40, 200, 60),
+    "minor-damage": (250, 230, 40),
+    "major-damage": (255, 140, 0),
+    "destroyed": (230, 20, 20),
+    NOT_ASSESSED: (160, 160, 160),
 }
 
 
-def grade_buildings(buildings: gpd.GeoDataFrame, sums: BuildingSums, pre: GeoGrid, s: DamageSettings,
-                    head: DamageHead | None) -> gpd.GeoDataFrame:
+def grade_buildings(
+    buildings: gpd.GeoDataFrame, sums: BuildingSums, pre: GeoGrid, s: DamageSettings, head: DamageHead | None
+) -> gpd.GeoDataFrame:
     """The ``damage.gpkg`` table: one row per building, in the pre grid's CRS.
 
     Columns: ``footprint_id``, ``damage`` (grade), ``damage_score``, ``area_m2``, the mean
@@ -49,24 +53,30 @@ def grade_buildings(buildings: gpd.GeoDataFrame, sums: BuildingSums, pre: GeoGri
         grades[assessed] = np.array(GRADES, dtype=object)[idx]
         score[assessed] = head_score
     area = buildings.geometry.to_crs(metric_crs(buildings.crs, tuple(buildings.total_bounds))).area.to_numpy()
-    return gpd.GeoDataFrame({
-        "footprint_id": buildings["footprint_id"].to_numpy(),
-        "damage": grades.astype(str),
-        "damage_score": np.round(score, 4),
-        "area_m2": np.round(area, 2),
-        "building_prob_pre": np.round(np.where(assessed, means[1], np.nan), 4),
-        "building_prob_post": np.round(np.where(assessed, means[2], np.nan), 4),
-        "feature_distance": np.round(np.where(assessed, means[3], np.nan), 4),
-        "valid_fraction": np.round(frac, 4),
-    }, geometry=buildings.geometry.values, crs=pre.crs_wkt)
+    return gpd.GeoDataFrame(
+        {
+            "footprint_id": buildings["footprint_id"].to_numpy(),
+            "damage": grades.astype(str),
+            "damage_score": np.round(score, 4),
+            "area_m2": np.round(area, 2),
+            "building_prob_pre": np.round(np.where(assessed, means[1], np.nan), 4),
+            "building_prob_post": np.round(np.where(assessed, means[2], np.nan), 4),
+            "feature_distance": np.round(np.where(assessed, means[3], np.nan), 4),
+            "valid_fraction": np.round(frac, 4),
+        },
+        geometry=buildings.geometry.values,
+        crs=pre.crs_wkt,
+    )
 
 
 def grade_counts(table: gpd.GeoDataFrame, overlap: Box, pre: GeoGrid) -> dict[str, Any]:
     """run.json's ``buildings``: total, count per grade, and why the not assessed ones were not."""
     grades = table["damage"].to_numpy()
     assessed = grades != NOT_ASSESSED
-    inside = shapely.intersects(np.asarray(table.geometry.values, dtype=object),
-                                shapely.box(*rasterio.windows.bounds(as_window(overlap), pre.affine)))
+    inside = shapely.intersects(
+        np.asarray(table.geometry.values, dtype=object),
+        shapely.box(*rasterio.windows.bounds(as_window(overlap), pre.affine)),
+    )
     return {
         "total": len(table),
         "per_grade": {g: int((grades == g).sum()) for g in GRADES + (NOT_ASSESSED,)},

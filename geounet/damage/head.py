@@ -88,11 +88,19 @@ def save_head(path: str | Path, head: DamageHead) -> None:
     from safetensors.numpy import save_file
 
     path = Path(path)
-    card = {"kind": "damage_head", "features": list(FEATURES), "grades": list(GRADES),
-            "severity": SEVERITY.tolist(), **head.facts}
+    card = {
+        "kind": "damage_head",
+        "features": list(FEATURES),
+        "grades": list(GRADES),
+        "severity": SEVERITY.tolist(),
+        **head.facts,
+    }
     tmp = path.with_name(f".{path.name}.partial")
-    save_file({"weights": head.weights, "bias": head.bias, "mean": head.mean, "std": head.std}, str(tmp),
-              metadata={CARD_KEY: json.dumps(card)})
+    save_file(
+        {"weights": head.weights, "bias": head.bias, "mean": head.mean, "std": head.std},
+        str(tmp),
+        metadata={CARD_KEY: json.dumps(card)},
+    )
     tmp.replace(path)
 
 

@@ -140,8 +140,9 @@ def _features(cfg: HeadConfig, pairs: list[PairConfig], work: Path) -> tuple[np.
     for i, pair in enumerate(pairs):
         labels = gpd.read_file(pair.labels)
         if cfg.damage_field not in labels.columns:
-            raise GeounetError(pair.labels,
-                               f"labels have no field {cfg.damage_field!r} (fields: {list(labels.columns)})")
+            raise GeounetError(
+                pair.labels, f"labels have no field {cfg.damage_field!r} (fields: {list(labels.columns)})"
+            )
         raw = labels[cfg.damage_field].astype(str).map(lambda v: value_map.get(v, v))
         unknown = sorted(set(raw) - set(GRADES) - {"ignore"} - set(value_map))
         out = work / f"pair{i}"
@@ -175,12 +176,22 @@ def train_damage_head(cfg: HeadConfig, command: str | None = None) -> dict[str, 
     scores = pixel_scores(confusion_matrix(pred, yv, len(GRADES)), list(GRADES))
     f1 = [s["f1"] for s in scores["classes"].values() if s["f1"] is not None]
     head.facts = {
-        "command": command, "model": str(cfg.model), "damage_settings": cfg.damage, "l2": cfg.l2,
-        "train": {"buildings": int(len(y)), "per_grade": np.bincount(y, minlength=len(GRADES)).tolist(),
-                  "skipped": skipped_train},
-        "val": {"buildings": int(len(yv)), "accuracy": scores["pixel_accuracy"],
-                "macro_f1": float(np.mean(f1)) if f1 else None,
-                "f1": {g: s["f1"] for g, s in scores["classes"].items()}, "skipped": skipped_val},
+        "command": command,
+        "model": str(cfg.model),
+        "damage_settings": cfg.damage,
+        "l2": cfg.l2,
+        "train": {
+            "buildings": int(len(y)),
+            "per_grade": np.bincount(y, minlength=len(GRADES)).tolist(),
+            "skipped": skipped_train,
+        },
+        "val": {
+            "buildings": int(len(yv)),
+            "accuracy": scores["pixel_accuracy"],
+            "macro_f1": float(np.mean(f1)) if f1 else None,
+            "f1": {g: s["f1"] for g, s in scores["classes"].items()},
+            "skipped": skipped_val,
+        },
         "seconds": round(time.perf_counter() - t0, 1),
     }
     cfg.output.parent.mkdir(parents=True, exist_ok=True)

@@ -69,14 +69,18 @@ def mosaic_vrt(tiles: list[Path], card: ModelCard, epoch: str) -> tuple[str, Geo
     def source(t: _Tile, band: str) -> str:
         dx, dy = (t.transform.c - left) / xres, (top - t.transform.f) / yres
         dw, dh = t.width * abs(t.transform.a) / xres, t.height * abs(t.transform.e) / yres
-        return (f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(t.path))}</SourceFilename>'
-                f'<SourceBand>{band}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{t.width}" ySize="{t.height}"/>'
-                f'<DstRect xOff="{dx:.10g}" yOff="{dy:.10g}" xSize="{dw:.10g}" ySize="{dh:.10g}"/></SimpleSource>')
+        return (
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(t.path))}</SourceFilename>'
+            f'<SourceBand>{band}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{t.width}" ySize="{t.height}"/>'
+            f'<DstRect xOff="{dx:.10g}" yOff="{dy:.10g}" xSize="{dw:.10g}" ySize="{dh:.10g}"/></SimpleSource>'
+        )
 
     dtype = GDAL_TYPES.get(first.dtypes[0], "Float32")
-    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
-             f"<SRS>{escape(first.crs.to_wkt())}</SRS>",
-             "<GeoTransform>" + ", ".join(f"{v:.17g}" for v in transform.to_gdal()) + "</GeoTransform>"]
+    parts = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f"<SRS>{escape(first.crs.to_wkt())}</SRS>",
+        "<GeoTransform>" + ", ".join(f"{v:.17g}" for v in transform.to_gdal()) + "</GeoTransform>",
+    ]
     for b in range(1, first.count + 1):
         parts.append(f'<VRTRasterBand dataType="{dtype}" band="{b}">')
         parts += [source(t, str(b)) for t in infos]
@@ -95,13 +99,17 @@ def _read_tiles(tiles: list[Path], card: ModelCard, epoch: str) -> list[_Tile]:
     for path in tiles:
         with open_scene(path) as src:
             check_scene(src, card)
-            infos.append(_Tile(Path(path).resolve(), src.crs, src.transform, src.width, src.height, src.count,
-                               tuple(src.dtypes)))
+            infos.append(
+                _Tile(Path(path).resolve(), src.crs, src.transform, src.width, src.height, src.count, tuple(src.dtypes))
+            )
     first = infos[0]
     for t in infos[1:]:
         if t.crs != first.crs:
-            raise InputError(t.path, f"{epoch} tiles must share one CRS: {t.crs.to_string()} here, "
-                                     f"{first.crs.to_string()} in {first.path.name}")
+            raise InputError(
+                t.path,
+                f"{epoch} tiles must share one CRS: {t.crs.to_string()} here, "
+                f"{first.crs.to_string()} in {first.path.name}",
+            )
         if t.count != first.count or t.dtypes != first.dtypes:
             raise InputError(t.path, f"{epoch} tiles must have the same bands and data type as {first.path.name}")
     return infos
@@ -130,5 +138,12 @@ def as_window(box: Box) -> Window:
 
 def post_on_pre(post_ds: DatasetReader, pre: GeoGrid) -> WarpedVRT:
     """The post mosaic warped onto the pre grid (bilinear); band ``count`` is alpha (valid = 255)."""
-    return WarpedVRT(post_ds, crs=pre.crs_wkt, transform=pre.affine, width=pre.width, height=pre.height,
-                     resampling=Resampling.bilinear, add_alpha=True)
+    return WarpedVRT(
+        post_ds,
+        crs=pre.crs_wkt,
+        transform=pre.affine,
+        width=pre.width,
+        height=pre.height,
+        resampling=Resampling.bilinear,
+        add_alpha=True,
+    )

@@ -32,9 +32,11 @@ def change_raster(path: Path, pre: GeoGrid, model_name: str) -> Iterator[Dataset
         dst.descriptions = CHANGE_BANDS
         dst.scales = (1.0 / SCALE,) * len(CHANGE_BANDS)
         dst.offsets = (0.0,) * len(CHANGE_BANDS)
-        dst.update_tags(GEOUNET_CONTENT="damage change measures on the pre scene grid",
-                        GEOUNET_SCALE=f"value = DN / {SCALE}; {NODATA} = nodata (outside overlap or no data)",
-                        GEOUNET_MODEL=model_name)
+        dst.update_tags(
+            GEOUNET_CONTENT="damage change measures on the pre scene grid",
+            GEOUNET_SCALE=f"value = DN / {SCALE}; {NODATA} = nodata (outside overlap or no data)",
+            GEOUNET_MODEL=model_name,
+        )
         yield dst
 
 

@@ -29,8 +29,9 @@ GAP = 8  # white pixels between the two panels
 WHITE = 255
 
 
-def read_pair_preview(pre_vrt: Path, post_vrt: Path, pre: GeoGrid, area: Box, size: int,
-                      bands: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_pair_preview(
+    pre_vrt: Path, post_vrt: Path, pre: GeoGrid, area: Box, size: int, bands: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pre and post over ``area`` of the pre grid, at most ``size`` px a side: ``(pre, post, valid (2, h, w))``.
 
     ``bands`` are 1-based; one past a mosaic's band count reads its first band instead.
@@ -40,8 +41,12 @@ def read_pair_preview(pre_vrt: Path, post_vrt: Path, pre: GeoGrid, area: Box, si
     t = _small_grid(pre, area, w, h)
     out, ok = [], []
     for vrt in (pre_vrt, post_vrt):
-        with rasterio.open(vrt) as src, WarpedVRT(src, crs=pre.crs_wkt, transform=t, width=w, height=h,
-                                                  resampling=Resampling.average, add_alpha=True) as v:
+        with (
+            rasterio.open(vrt) as src,
+            WarpedVRT(
+                src, crs=pre.crs_wkt, transform=t, width=w, height=h, resampling=Resampling.average, add_alpha=True
+            ) as v,
+        ):
             out.append(v.read([b if b < v.count else 1 for b in bands]))
             ok.append(v.read(v.count) > 0)
     return out[0], out[1], np.stack(ok)
@@ -49,30 +54,38 @@ def read_pair_preview(pre_vrt: Path, post_vrt: Path, pre: GeoGrid, area: Box, si
 
 def _small_grid(pre: GeoGrid, area: Box, width: int, height: int) -> Affine:
     """The affine of ``area`` of the pre grid resampled to ``width`` x ``height`` pixels."""
-    return rasterio.windows.transform(as_window(area), pre.affine) * Affine.scale(area.width / width,
-                                                                                  area.height / height)
+    return rasterio.windows.transform(as_window(area), pre.affine) * Affine.scale(
+        area.width / width, area.height / height
+    )
 
 
-def write_quicklook(pre_vrt: Path, post_vrt: Path, pre: GeoGrid, area: Box, buildings: gpd.GeoDataFrame,
-                    path: Path, max_width: int) -> None:
+def write_quicklook(
+    pre_vrt: Path, post_vrt: Path, pre: GeoGrid, area: Box, buildings: gpd.GeoDataFrame, path: Path, max_width: int
+) -> None:
     """PNG, at most ``max_width`` px wide: pre and post over ``area``, footprint outlines coloured by ``damage``."""
     panel_w = max(32, (max_width - GAP) // 2)
     pre_rgb, post_rgb, ok = read_pair_preview(pre_vrt, post_vrt, pre, area, panel_w, [1, 2, 3])
-    panels = [stretch(rgb, valid, per_band=False, keep_uint8=False, fill=WHITE)
-              for rgb, valid in ((pre_rgb, ok[0]), (post_rgb, ok[1]))]
+    panels = [
+        stretch(rgb, valid, per_band=False, keep_uint8=False, fill=WHITE)
+        for rgb, valid in ((pre_rgb, ok[0]), (post_rgb, ok[1]))
+    ]
     qh, qw = ok.shape[1:]
     codes = {g: i + 1 for i, g in enumerate(GRADE_COLOURS)}
     shapes = zip(buildings.geometry.values, buildings["damage"])
     outline = rasterize(
         ((shapely.boundary(g), codes[d]) for g, d in shapes if g is not None),
-        out_shape=(qh, qw), transform=_small_grid(pre, area, qw, qh), fill=0, dtype="uint8", all_touched=True,
+        out_shape=(qh, qw),
+        transform=_small_grid(pre, area, qw, qh),
+        fill=0,
+        dtype="uint8",
+        all_touched=True,
     )
     for rgb in panels:
         for g, code in codes.items():
             rgb[:, outline == code] = np.array(GRADE_COLOURS[g], np.uint8)[:, None]
     img = np.full((3, qh, 2 * qw + GAP), WHITE, np.uint8)
     img[:, :, :qw] = panels[0]
-    img[:, :, qw + GAP:] = panels[1]
+    img[:, :, qw + GAP :] = panels[1]
     with warnings.catch_warnings():  # a plain picture: no georeferencing on purpose
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(path, "w", driver="PNG", width=img.shape[2], height=qh, count=3, dtype="uint8") as dst:

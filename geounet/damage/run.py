@@ -79,8 +79,15 @@ class _Inputs:
     footprint_facts: dict[str, Any]
 
 
-def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Path | None, model_path: Path,
-               settings: DamageSettings, executor: Executor | None = None) -> dict[str, Any]:
+def run_damage(
+    pre: list[Path],
+    post: list[Path],
+    out_dir: Path,
+    footprints: Path | None,
+    model_path: Path,
+    settings: DamageSettings,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
     """Grade every building for damage from pre- and post-event scenes; returns the run.json content.
 
     ``pre`` / ``post``: one or more tiles per epoch (mosaicked as VRTs). ``footprints``:
@@ -109,20 +116,33 @@ def run_damage(pre: list[Path], post: list[Path], out_dir: Path, footprints: Pat
         with _timed(timings, "cog_s"):
             publish_change_raster(tmp / TILED_CHANGE, tmp / "change.tif")
         with _timed(timings, "quicklook_s"):
-            write_quicklook(tmp / "pre.vrt", tmp / "post.vrt", inputs.pre_grid, inputs.overlap, table,
-                            tmp / "quicklook.png", s.quicklook_width)
+            write_quicklook(
+                tmp / "pre.vrt",
+                tmp / "post.vrt",
+                inputs.pre_grid,
+                inputs.overlap,
+                table,
+                tmp / "quicklook.png",
+                s.quicklook_width,
+            )
         timings["total_s"] = time.perf_counter() - t_start
         record = _record(inputs, s, table, facts, sums.valid_pixels, radiometry, timings)
         record.write(tmp)
         publish_files(tmp, out_dir, OUTPUTS, last=RUN_JSON)
     per_grade = record.buildings["per_grade"]
-    log.info("damage: %d buildings (%s) in %.1f s -> %s", len(table),
-             ", ".join(f"{k} {v}" for k, v in per_grade.items()), timings["total_s"], out_dir)
+    log.info(
+        "damage: %d buildings (%s) in %.1f s -> %s",
+        len(table),
+        ", ".join(f"{k} {v}" for k, v in per_grade.items()),
+        timings["total_s"],
+        out_dir,
+    )
     return record.to_dict()
 
 
-def _check_inputs(pre: list[Path], post: list[Path], footprints: Path | None, model_path: Path,
-                  s: DamageSettings) -> _Inputs:
+def _check_inputs(
+    pre: list[Path], post: list[Path], footprints: Path | None, model_path: Path, s: DamageSettings
+) -> _Inputs:
     """Everything a run reads, checked before anything is written; one-line errors."""
     pre, post = [Path(p) for p in pre], [Path(p) for p in post]
     model_path = Path(model_path)
@@ -136,15 +156,32 @@ def _check_inputs(pre: list[Path], post: list[Path], footprints: Path | None, mo
     post_xml, post_grid = mosaic_vrt(post, card, "post")
     overlap = overlap_box(pre_grid, post_grid)
     if overlap is None:
-        raise InputError(post[0], f"post scene(s) do not overlap the pre scene(s) ({pre[0].name}"
-                                  f"{' ...' if len(pre) > 1 else ''}): nothing to assess")
+        raise InputError(
+            post[0],
+            f"post scene(s) do not overlap the pre scene(s) ({pre[0].name}"
+            f"{' ...' if len(pre) > 1 else ''}): nothing to assess",
+        )
     facts: dict[str, Any] = {"source": "footprints file" if footprints else "buildings model on the pre scene"}
     buildings = None
     if footprints is not None:
         buildings, counts = read_footprints(Path(footprints), pre_grid.crs_wkt)
         facts |= counts
-    return _Inputs(pre, post, Path(footprints) if footprints else None, model_path, card, head, device, precision,
-                   pre_xml, pre_grid, post_xml, overlap, buildings, facts)
+    return _Inputs(
+        pre,
+        post,
+        Path(footprints) if footprints else None,
+        model_path,
+        card,
+        head,
+        device,
+        precision,
+        pre_xml,
+        pre_grid,
+        post_xml,
+        overlap,
+        buildings,
+        facts,
+    )
 
 
 @contextmanager
@@ -173,8 +210,9 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
     timings[key] = time.perf_counter() - t0
 
 
-def _stage(inputs: _Inputs, s: DamageSettings, tmp: Path,
-           executor: Executor | None) -> tuple[gpd.GeoDataFrame, dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+def _stage(
+    inputs: _Inputs, s: DamageSettings, tmp: Path, executor: Executor | None
+) -> tuple[gpd.GeoDataFrame, dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     """Write the VRT mosaics into ``tmp``; the buildings (detected now if no file was given), their facts,
     and post's radiometry gain and offset when ``match_radiometry`` asks for them."""
     (tmp / "pre.vrt").write_text(inputs.pre_xml)
@@ -187,21 +225,38 @@ def _stage(inputs: _Inputs, s: DamageSettings, tmp: Path,
             raise InputError(inputs.pre[0], "the buildings model found no building in the pre scene(s)")
     radiometry = None
     if s.match_radiometry:  # from a decimated read of the overlap
-        pre_px, post_px, ok = read_pair_preview(tmp / "pre.vrt", tmp / "post.vrt", inputs.pre_grid, inputs.overlap,
-                                                RADIOMETRY_SAMPLE, inputs.card.bands)
+        pre_px, post_px, ok = read_pair_preview(
+            tmp / "pre.vrt", tmp / "post.vrt", inputs.pre_grid, inputs.overlap, RADIOMETRY_SAMPLE, inputs.card.bands
+        )
         radiometry = match_moments(pre_px, post_px, ok[0] & ok[1])
     return buildings, facts, radiometry
 
 
-def _measure(inputs: _Inputs, s: DamageSettings, buildings: gpd.GeoDataFrame, tmp: Path, executor: Executor | None,
-             radiometry: tuple[np.ndarray, np.ndarray] | None) -> BuildingSums:
+def _measure(
+    inputs: _Inputs,
+    s: DamageSettings,
+    buildings: gpd.GeoDataFrame,
+    tmp: Path,
+    executor: Executor | None,
+    radiometry: tuple[np.ndarray, np.ndarray] | None,
+) -> BuildingSums:
     """Assess every block of the overlap: the change raster into ``tmp``, the sums per building returned."""
     jobs = plan_blocks(inputs.overlap, s.block, np.asarray(buildings.geometry.values, dtype=object), inputs.pre_grid)
     sums = BuildingSums(len(buildings))
-    args = (str(tmp / "pre.vrt"), str(tmp / "post.vrt"), inputs.pre_grid, str(inputs.model_path), s,
-            inputs.device, inputs.precision, radiometry)
-    with tqdm(total=len(jobs), unit="block", desc="damage", disable=True if s.quiet else None, leave=False) as bar, \
-            change_raster(tmp / TILED_CHANGE, inputs.pre_grid, inputs.card.name) as dst:
+    args = (
+        str(tmp / "pre.vrt"),
+        str(tmp / "post.vrt"),
+        inputs.pre_grid,
+        str(inputs.model_path),
+        s,
+        inputs.device,
+        inputs.precision,
+        radiometry,
+    )
+    with (
+        tqdm(total=len(jobs), unit="block", desc="damage", disable=True if s.quiet else None, leave=False) as bar,
+        change_raster(tmp / TILED_CHANGE, inputs.pre_grid, inputs.card.name) as dst,
+    ):
         for res in assess_blocks(jobs, executor, *args):
             bar.update(1)
             sums.add(res)
@@ -212,17 +267,30 @@ def _measure(inputs: _Inputs, s: DamageSettings, buildings: gpd.GeoDataFrame, tm
     return sums
 
 
-def _record(inputs: _Inputs, s: DamageSettings, table: gpd.GeoDataFrame, facts: dict[str, Any], valid_pixels: int,
-            radiometry: tuple[np.ndarray, np.ndarray] | None, timings: dict[str, float]) -> DamageRecord:
+def _record(
+    inputs: _Inputs,
+    s: DamageSettings,
+    table: gpd.GeoDataFrame,
+    facts: dict[str, Any],
+    valid_pixels: int,
+    radiometry: tuple[np.ndarray, np.ndarray] | None,
+    timings: dict[str, float],
+) -> DamageRecord:
     """The run.json record of a finished run."""
     return DamageRecord(
         geounet_version=__version__,
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        inputs={"pre": [fingerprint(p, sha256=False) for p in inputs.pre],
-                "post": [fingerprint(p, sha256=False) for p in inputs.post],
-                "footprints": fingerprint(inputs.footprints, sha256=False) if inputs.footprints else None},
-        model={"path": str(inputs.model_path.resolve()), "name": inputs.card.name,
-               "sha256": file_sha256(inputs.model_path), "resolution_m": inputs.card.resolution_m},
+        inputs={
+            "pre": [fingerprint(p, sha256=False) for p in inputs.pre],
+            "post": [fingerprint(p, sha256=False) for p in inputs.post],
+            "footprints": fingerprint(inputs.footprints, sha256=False) if inputs.footprints else None,
+        },
+        model={
+            "path": str(inputs.model_path.resolve()),
+            "name": inputs.card.name,
+            "sha256": file_sha256(inputs.model_path),
+            "resolution_m": inputs.card.resolution_m,
+        },
         settings=asdict(s) | {"device": inputs.device, "precision": inputs.precision},
         method=_method(inputs, s, valid_pixels, radiometry),
         footprints=facts,
@@ -236,26 +304,41 @@ def _record(inputs: _Inputs, s: DamageSettings, table: gpd.GeoDataFrame, facts: 
     )
 
 
-def _method(inputs: _Inputs, s: DamageSettings, valid_pixels: int,
-            radiometry: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+def _method(
+    inputs: _Inputs, s: DamageSettings, valid_pixels: int, radiometry: tuple[np.ndarray, np.ndarray] | None
+) -> dict[str, Any]:
     """run.json's ``method``: the grid, the overlap, and how measures, scores and grades are made."""
     grid, overlap, head = inputs.pre_grid, inputs.overlap, inputs.head
     return {
         "grid": "pre scene grid (its CRS and resolution); post warped onto it (bilinear)",
-        "pre_grid": {"crs": CRS.from_wkt(grid.crs_wkt).to_string(), "transform": list(grid.transform),
-                     "width": grid.width, "height": grid.height},
-        "overlap_window": {"col_off": overlap.col0, "row_off": overlap.row0,
-                           "width": overlap.width, "height": overlap.height},
+        "pre_grid": {
+            "crs": CRS.from_wkt(grid.crs_wkt).to_string(),
+            "transform": list(grid.transform),
+            "width": grid.width,
+            "height": grid.height,
+        },
+        "overlap_window": {
+            "col_off": overlap.col0,
+            "row_off": overlap.row0,
+            "width": overlap.width,
+            "height": overlap.height,
+        },
         "valid_pixels": valid_pixels,
-        "post_radiometry": None if radiometry is None else
-        {"gain": radiometry[0].round(4).tolist(), "offset": radiometry[1].round(3).tolist()},
+        "post_radiometry": None
+        if radiometry is None
+        else {"gain": radiometry[0].round(4).tolist(), "offset": radiometry[1].round(3).tolist()},
         "feature_distance": f"1 - cosine similarity of the U-Net encoder features of pre and post, "
-                            f"encoder stage(s) {s.feature_stages}, upsampled bilinearly to pixels",
+        f"encoder stage(s) {s.feature_stages}, upsampled bilinearly to pixels",
         "change_score": "(F + w c D) / (1 + w c); F = clip((feature_distance - feature_low) / "
-                        "(feature_high - feature_low), 0, 1); D = clip((p_pre - p_post) / p_pre, 0, 1); "
-                        "c = min(1, p_pre / prob_ref); w = prob_weight",
+        "(feature_high - feature_low), 0, 1); D = clip((p_pre - p_post) / p_pre, 0, 1); "
+        "c = min(1, p_pre / prob_ref); w = prob_weight",
         "damage_score": "mean change_score over the footprint's pixels valid in pre and post",
-        "grades": dict(zip(GRADES[1:], s.thresholds)) if head is None else
-        {"damage_head": str(s.head), "trained": head.facts.get("train"), "validation": head.facts.get("val"),
-         "damage_score": "expected severity under the head's grade probabilities (0, 1/3, 2/3, 1)"},
+        "grades": dict(zip(GRADES[1:], s.thresholds))
+        if head is None
+        else {
+            "damage_head": str(s.head),
+            "trained": head.facts.get("train"),
+            "validation": head.facts.get("val"),
+            "damage_score": "expected severity under the head's grade probabilities (0, 1/3, 2/3, 1)",
+        },
     }

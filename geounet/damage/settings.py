@@ -66,15 +66,24 @@ class DamageSettings:
             bad_thresholds = str(exc).replace("grade thresholds ", "")
         rules: list[tuple[tuple[str, ...], bool, str]] = [
             (("thresholds",), bad_thresholds is not None, str(bad_thresholds)),
-            (("feature_stages",), not self.feature_stages or min(self.feature_stages) < 1,
-             f"must list encoder stages, 1 = the first, got {self.feature_stages}"),
+            (
+                ("feature_stages",),
+                not self.feature_stages or min(self.feature_stages) < 1,
+                f"must list encoder stages, 1 = the first, got {self.feature_stages}",
+            ),
             (("feature_low",), self.feature_low < 0, f"must be >= 0, got {self.feature_low}"),
-            (("feature_low", "feature_high"), self.feature_low >= self.feature_high,
-             f"feature_low ({self.feature_low}) must be below feature_high ({self.feature_high})"),
+            (
+                ("feature_low", "feature_high"),
+                self.feature_low >= self.feature_high,
+                f"feature_low ({self.feature_low}) must be below feature_high ({self.feature_high})",
+            ),
             (("prob_weight",), self.prob_weight < 0, f"must be >= 0, got {self.prob_weight}"),
             (("prob_ref",), self.prob_ref <= 0, f"must be > 0, got {self.prob_ref}"),
-            (("min_valid_fraction",), not 0 < self.min_valid_fraction <= 1,
-             f"must be in (0, 1], got {self.min_valid_fraction}"),
+            (
+                ("min_valid_fraction",),
+                not 0 < self.min_valid_fraction <= 1,
+                f"must be in (0, 1], got {self.min_valid_fraction}",
+            ),
             (("block",), self.block < 64, f"must be >= 64, got {self.block}"),
             (("halo",), self.halo < 0, f"must be >= 0, got {self.halo}"),
             (("batch_size",), self.batch_size < 1, f"must be >= 1, got {self.batch_size}"),

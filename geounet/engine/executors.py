@@ -92,8 +92,9 @@ class Executor(ABC):
         """
 
     @abstractmethod
-    def imap_unordered(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None,
-                       retries: int = 2) -> Iterator[Any]:
+    def imap_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
+    ) -> Iterator[Any]:
         """``fn(item, *args)`` for every item, at most ``in_flight`` at once, results as they complete."""
 
     @abstractmethod
@@ -159,12 +160,18 @@ class DistributedExecutor(Executor):
     def run_chunks(self, tasks: Sequence[ChunkTask], take: Callable[[Any], None], label: str) -> None:
         in_flight = max(2, 2 * self.workers)
         with self.cluster_errors(label):
-            for result in self._bounded(tasks, in_flight, 2, lambda t: (t.fn, *t.args),
-                                        lambda t: f"chunk-{label}-{t.name}-{time.monotonic_ns()}"):
+            for result in self._bounded(
+                tasks,
+                in_flight,
+                2,
+                lambda t: (t.fn, *t.args),
+                lambda t: f"chunk-{label}-{t.name}-{time.monotonic_ns()}",
+            ):
                 take(result)
 
-    def imap_unordered(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None,
-                       retries: int = 2) -> Iterator[Any]:
+    def imap_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
+    ) -> Iterator[Any]:
         yield from self._bounded(items, in_flight or max(4, 2 * self.workers), retries, lambda i: (fn, i, *args))
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
@@ -175,8 +182,14 @@ class DistributedExecutor(Executor):
             fut.release()
         return out
 
-    def _bounded(self, items: Iterable[Any], in_flight: int, retries: int, call: Callable[[Any], tuple[Any, ...]],
-                 key: Callable[[Any], str] | None = None) -> Iterator[Any]:
+    def _bounded(
+        self,
+        items: Iterable[Any],
+        in_flight: int,
+        retries: int,
+        call: Callable[[Any], tuple[Any, ...]],
+        key: Callable[[Any], str] | None = None,
+    ) -> Iterator[Any]:
         from distributed import as_completed
 
         def submit(item: Any) -> Any:
@@ -213,14 +226,20 @@ class DistributedExecutor(Executor):
         try:
             yield
         except KilledWorker as exc:
-            raise ClusterError(self.address, f"{label}: a chunk task killed "
-                               f"{exc.args[1] if len(exc.args) > 1 else 'its'} workers several times "
-                               "(out of memory?); no output written for this scene") from None
+            raise ClusterError(
+                self.address,
+                f"{label}: a chunk task killed "
+                f"{exc.args[1] if len(exc.args) > 1 else 'its'} workers several times "
+                "(out of memory?); no output written for this scene",
+            ) from None
         except (CancelledError, CommClosedError, OSError, TimeoutError) as exc:
             if isinstance(exc, OSError) and self.client.status == "running" and not isinstance(exc, ConnectionError):
                 raise  # a file error of this scene, not the cluster
-            raise ClusterError(self.address, f"lost the Dask scheduler while predicting {label} "
-                               f"({type(exc).__name__}); no output written for this scene") from None
+            raise ClusterError(
+                self.address,
+                f"lost the Dask scheduler while predicting {label} "
+                f"({type(exc).__name__}); no output written for this scene",
+            ) from None
 
     def close(self) -> None:
         cluster = getattr(self.client, "cluster", None) if self.owns_cluster else None
@@ -283,8 +302,13 @@ def _in_process_cluster(workers: int) -> DistributedExecutor:
     # Dask's statistical profiler samples every worker thread's stack 100 times a
     # second, holding the GIL (3-15 % of a chunk phase here); no dashboard shows it.
     dask.config.set({"distributed.worker.profile.enabled": False})
-    cluster = LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None,
-                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=workers,
+        processes=False,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    )
     return DistributedExecutor(Client(cluster), "in-process threads", owns_cluster=True)
 
 
@@ -344,8 +368,9 @@ class ThreadedExecutor(Executor):
         assert self._distributed is not None
         return self._distributed.get()
 
-    def imap_unordered(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None,
-                       retries: int = 2) -> Iterator[Any]:
+    def imap_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
+    ) -> Iterator[Any]:
         yield from self.distributed().imap_unordered(fn, items, *args, in_flight=in_flight, retries=retries)
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
@@ -383,8 +408,13 @@ def _process_cluster(workers: int) -> DistributedExecutor:
     # this process's torch threads (fork) nor re-run the caller's __main__ (spawn;
     # which fails for code from stdin or a notebook).
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
     executor = DistributedExecutor(Client(cluster), "local worker processes", owns_cluster=True)
     executor.client.run(importlib.import_module, VECTOR_STAGE)  # imports paid now, not by the first block
     return executor
@@ -425,8 +455,9 @@ class VectorPool(Executor):
     def run_chunks(self, tasks: Sequence[ChunkTask], take: Callable[[Any], None], label: str) -> None:
         self._target().run_chunks(tasks, take, label)
 
-    def imap_unordered(self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None,
-                       retries: int = 2) -> Iterator[Any]:
+    def imap_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
+    ) -> Iterator[Any]:
         yield from self._target().imap_unordered(fn, items, *args, in_flight=in_flight, retries=retries)
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:

@@ -91,9 +91,17 @@ def plan_scene(scene: Path, model_path: Path, settings: PredictSettings, executo
         grid = GeoGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
         crs = src.crs
     if working.resampled:
-        log.info("%s: ground resolution %.3g m/px differs from the model's %.3g m/px: resampling to a %dx%d working "
-                 "grid on read and back to the scene's %dx%d grid on output",
-                 scene, res, card.resolution_m, working.width, working.height, grid.width, grid.height)
+        log.info(
+            "%s: ground resolution %.3g m/px differs from the model's %.3g m/px: resampling to a %dx%d working "
+            "grid on read and back to the scene's %dx%d grid on output",
+            scene,
+            res,
+            card.resolution_m,
+            working.width,
+            working.height,
+            grid.width,
+            grid.height,
+        )
     assert s.chunk_pixels is not None and s.tile_size is not None and s.overlap is not None
     chunk_tiles = max(1, s.chunk_pixels // (s.tile_size - s.overlap))
     tiles = TileGrid(working.height, working.width, s.tile_size, s.overlap, chunk_tiles)
@@ -111,13 +119,20 @@ def resolve_model(model: str | Path, scene: Path) -> tuple[Path, str | None]:
     with open_scene(scene) as src:
         res = ground_resolution(src.crs, src.transform, src.width, src.height) if src.crs else None
     chosen = pick_variant(str(model), res)
-    log.info("%s: model %s: variant %s (%.3g m/px) for a %s m/px scene", scene, model, chosen.variant,
-             chosen.card.resolution_m, f"{res:.3g}" if res else "?")
+    log.info(
+        "%s: model %s: variant %s (%.3g m/px) for a %s m/px scene",
+        scene,
+        model,
+        chosen.variant,
+        chosen.card.resolution_m,
+        f"{res:.3g}" if res else "?",
+    )
     return chosen.path, str(model)
 
 
-def predict_scene(scene: str | Path, out_root: str | Path, model: str | Path, settings: PredictSettings,
-                  executor: Executor) -> SceneReport:
+def predict_scene(
+    scene: str | Path, out_root: str | Path, model: str | Path, settings: PredictSettings, executor: Executor
+) -> SceneReport:
     """Predict one scene into ``OUTDIR/<stem>/``: scores.tif, classes.tif, features.gpkg, quicklook, item.json, run.json.
 
     ``model``: a model file, or the name of a bundled model (its variant closest to the scene's resolution).
@@ -130,7 +145,9 @@ def predict_scene(scene: str | Path, out_root: str | Path, model: str | Path, se
     with staged_folder(final_dir) as tmp:
         vector_executor = None
         if plan.settings.vector:  # worker processes start in the background while the chunks run
-            n_blocks = -(-plan.grid.width // plan.settings.vector_block) * -(-plan.grid.height // plan.settings.vector_block)
+            n_blocks = -(-plan.grid.width // plan.settings.vector_block) * -(
+                -plan.grid.height // plan.settings.vector_block
+            )
             vector_executor = executor.vector_executor(n_blocks, plan.settings.vector_processes)
         tiles = _predict_rasters(plan, tmp, executor, timings)
         vector = _vectorize(plan, tmp, vector_executor, timings) if vector_executor is not None else None
@@ -142,8 +159,14 @@ def predict_scene(scene: str | Path, out_root: str | Path, model: str | Path, se
         finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
         record.write(tmp)
         replace_dir(tmp, final_dir)
-    log.info("%s: done in %.1f s (%d tiles run, %d nodata tiles skipped) -> %s", plan.scene, timings["total_s"],
-             tiles["run"], tiles["skipped"], final_dir)
+    log.info(
+        "%s: done in %.1f s (%d tiles run, %d nodata tiles skipped) -> %s",
+        plan.scene,
+        timings["total_s"],
+        tiles["run"],
+        tiles["skipped"],
+        final_dir,
+    )
     return SceneReport(str(plan.scene), str(final_dir), True, None, timings["total_s"], tiles)
 
 
@@ -168,8 +191,9 @@ def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: di
     return tiles
 
 
-def run_chunks(plan: ScenePlan, executor: Executor,
-               writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink]) -> dict[str, int]:
+def run_chunks(
+    plan: ScenePlan, executor: Executor, writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink]
+) -> dict[str, int]:
     """Run one ``predict_chunk`` task per chunk and stitch each result into ``writer``'s sink as it arrives.
 
     Returns the tile counts for run.json.
@@ -177,10 +201,26 @@ def run_chunks(plan: ScenePlan, executor: Executor,
     s, grid = plan.settings, plan.tiles
     chunks = [c.index for c in grid.chunks()]
     width = len(str(max(max(i) for i in chunks)))
-    tasks = [ChunkTask(f"{i:0{width}d}-{j:0{width}d}", predict_chunk,
-                       (str(plan.scene), plan.working, grid, (i, j), str(plan.model_path), s.device, s.precision,
-                        s.batch_size, s.backend, executor.task_threads, s.tta))
-             for i, j in chunks]
+    tasks = [
+        ChunkTask(
+            f"{i:0{width}d}-{j:0{width}d}",
+            predict_chunk,
+            (
+                str(plan.scene),
+                plan.working,
+                grid,
+                (i, j),
+                str(plan.model_path),
+                s.device,
+                s.precision,
+                s.batch_size,
+                s.backend,
+                executor.task_threads,
+                s.tta,
+            ),
+        )
+        for i, j in chunks
+    ]
     with stitching(plan.scene, grid, s.quiet, writer) as tally:
         executor.run_chunks(tasks, tally.take, plan.scene.name)
     return tally.report(grid, len(chunks))
@@ -190,43 +230,77 @@ def _vectorize(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str
     from geounet.engine.vector_stage import vectorize_scene
 
     t0 = time.perf_counter()
-    vector = vectorize_scene(tmp / "classes.tif", tmp / "scores.tif", tmp / "features.gpkg", plan.card, executor,
-                             rules=rules_with_overrides(plan.settings.postprocess), block=plan.settings.vector_block)
+    vector = vectorize_scene(
+        tmp / "classes.tif",
+        tmp / "scores.tif",
+        tmp / "features.gpkg",
+        plan.card,
+        executor,
+        rules=rules_with_overrides(plan.settings.postprocess),
+        block=plan.settings.vector_block,
+    )
     vector["ran_on"] = executor.description
     timings["vectorize_s"] = time.perf_counter() - t0
     return vector
 
 
-def _run_record(plan: ScenePlan, tiles: dict[str, int], vector: dict[str, Any] | None,
-                timings: dict[str, float]) -> RunRecord:
+def _run_record(
+    plan: ScenePlan, tiles: dict[str, int], vector: dict[str, Any] | None, timings: dict[str, float]
+) -> RunRecord:
     card, grid, working = plan.card, plan.grid, plan.working
     return RunRecord(
         geounet_version=__version__,
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        input=InputRecord(**fingerprint(plan.scene), crs=plan.crs.to_string(), transform=list(grid.transform),
-                          width=grid.width, height=grid.height, ground_resolution_m=plan.ground_resolution_m,
-                          mtime_ns=plan.scene.stat().st_mtime_ns),
-        model=ModelRecord(path=str(plan.model_path.resolve()), name=card.name, sha256=file_sha256(plan.model_path),
-                          classes=card.class_names, resolution_m=card.resolution_m),
+        input=InputRecord(
+            **fingerprint(plan.scene),
+            crs=plan.crs.to_string(),
+            transform=list(grid.transform),
+            width=grid.width,
+            height=grid.height,
+            ground_resolution_m=plan.ground_resolution_m,
+            mtime_ns=plan.scene.stat().st_mtime_ns,
+        ),
+        model=ModelRecord(
+            path=str(plan.model_path.resolve()),
+            name=card.name,
+            sha256=file_sha256(plan.model_path),
+            classes=card.class_names,
+            resolution_m=card.resolution_m,
+        ),
         settings=asdict(plan.settings) | {"chunk_tiles": plan.chunk_tiles},
-        working_grid={"resampled": working.resampled, "width": working.width, "height": working.height,
-                      "resolution_m": card.resolution_m if working.resampled else plan.ground_resolution_m},
+        working_grid={
+            "resampled": working.resampled,
+            "width": working.width,
+            "height": working.height,
+            "resolution_m": card.resolution_m if working.resampled else plan.ground_resolution_m,
+        },
         tiles=tiles,
         vector=vector,
         timings=timings,
         outputs={
             "scores.tif": {"dtype": "uint8", "probability": "DN / 254", "nodata": NODATA, "bands": card.class_names},
             "classes.tif": {"dtype": "uint8", "values": dict(enumerate(card.class_names)), "nodata": NODATA},
-        } | ({"features.gpkg": vector["layers"]} if vector else {}),
+        }
+        | ({"features.gpkg": vector["layers"]} if vector else {}),
     )
 
 
 def _finalize(plan: ScenePlan, stage1: Path, tmp: Path) -> None:
     """Stage 2: stage-1 probabilities warped onto the scene grid -> tiled uint8 scores and classes."""
     g = plan.grid
-    with open_scene(plan.scene) as src, rasterio.open(stage1) as st1, WarpedVRT(
-        st1, crs=g.crs_wkt, transform=g.affine, width=g.width, height=g.height, resampling=Resampling.bilinear,
-    ) as view, final_writer(tmp, plan.card, plan.scene_grid) as sink:
+    with (
+        open_scene(plan.scene) as src,
+        rasterio.open(stage1) as st1,
+        WarpedVRT(
+            st1,
+            crs=g.crs_wkt,
+            transform=g.affine,
+            width=g.width,
+            height=g.height,
+            resampling=Resampling.bilinear,
+        ) as view,
+        final_writer(tmp, plan.card, plan.scene_grid) as sink,
+    ):
         for box in blocks(g.extent, 1024):
             window = rasterio.windows.Window(box.col0, box.row0, box.width, box.height)
             probs = view.read(window=window).astype(np.float32) / STAGE_SCALE
@@ -287,8 +361,9 @@ def make_executor(settings: PredictSettings, model_path: str | Path | None = Non
     return local
 
 
-def predict_batch(scenes: Iterable[str | Path], out_root: str | Path, model_path: str | Path,
-                  settings: PredictSettings) -> list[SceneReport]:
+def predict_batch(
+    scenes: Iterable[str | Path], out_root: str | Path, model_path: str | Path, settings: PredictSettings
+) -> list[SceneReport]:
     """Predict several scenes; a scene that fails is reported and the others still run."""
     paths = [Path(p) for p in scenes]
     # a bad model file or an unknown model name fails the whole batch at once, before any work

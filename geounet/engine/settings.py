@@ -17,8 +17,14 @@ from geounet.compute.postprocess import DEFAULT_RULES
 from geounet.compute.tta import TTA_SETS
 from geounet.errors import GeounetError
 from geounet.models.card import ModelCard
-from geounet.models.hardware import (default_batch_size, default_chunk_pixels, default_workers, resolve_backend,
-                                     resolve_device, resolve_precision)
+from geounet.models.hardware import (
+    default_batch_size,
+    default_chunk_pixels,
+    default_workers,
+    resolve_backend,
+    resolve_device,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:
     from geounet.engine.executors import Executor
@@ -51,7 +57,7 @@ class PredictSettings:
     tta: str = "none"  # test-time augmentation: none, flip, flips or d4 (geounet.compute.tta.TTA_SETS)
     quiet: bool = False
 
-    def resolved(self, card: ModelCard) -> "PredictSettings":
+    def resolved(self, card: ModelCard) -> PredictSettings:
         """Every ``auto``/``None`` settled for this machine: tiling, device, precision, backend, their defaults."""
         s = self.tiling_resolved(card)
         s.device = resolve_device(s.device)
@@ -66,7 +72,7 @@ class PredictSettings:
         s.chunk_pixels = s.chunk_pixels or default_chunk_pixels(s.device, s.backend, s.tile_size - s.overlap)
         return s
 
-    def tiling_resolved(self, card: ModelCard) -> "PredictSettings":
+    def tiling_resolved(self, card: ModelCard) -> PredictSettings:
         """A copy with tile size and overlap settled from the model card, and the sizes checked.
 
         Nothing here asks the hardware: a cluster's client uses it alone (``agree_on_settings``).
@@ -119,8 +125,11 @@ def agree_on_settings(settings: PredictSettings, answers: dict, card: ModelCard)
     views = {tuple(a[k] for k in WORKER_RESOLVED) for a in answers.values()}
     if len(views) > 1:
         seen = "; ".join(f"{w}: {'/'.join(str(a[k]) for k in WORKER_RESOLVED[:3])}" for w, a in sorted(answers.items()))
-        raise GeounetError(None, f"the cluster's workers settle device/precision/backend differently ({seen}); "
-                                 "give --device, --precision and --backend explicitly")
+        raise GeounetError(
+            None,
+            f"the cluster's workers settle device/precision/backend differently ({seen}); "
+            "give --device, --precision and --backend explicitly",
+        )
     s = replace(settings.tiling_resolved(card), **dict(zip(WORKER_RESOLVED, views.pop())))
     s.workers = s.workers or default_workers(s.device, s.backend)  # not used on a cluster; recorded in run.json
     return s

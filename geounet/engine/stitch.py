@@ -29,7 +29,7 @@ from geounet.models.card import ModelCard
 class Stitcher:
     """Collects chunk buffers and hands each region of the grid to ``sink`` once all its chunks are in."""
 
-    def __init__(self, grid: TileGrid, sink: "Stage1Sink | FinalSink") -> None:
+    def __init__(self, grid: TileGrid, sink: Stage1Sink | FinalSink) -> None:
         self.sink = sink
         self.by_chunk: dict[tuple[int, int], list] = defaultdict(list)
         for region in grid.regions():
@@ -103,25 +103,39 @@ def final_writer(tmp: Path, card: ModelCard, scene_grid: tuple[Any, Any, int, in
     """Tiled ``scores`` and ``classes`` in ``tmp`` on ``scene_grid`` (CRS, affine, width, height)."""
     crs, transform, width, height = scene_grid
     n = len(card.classes)
-    with rasterio.open(
-        tmp / "scores.tiled.tif", "w", **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
-    ) as scores_ds, rasterio.open(
-        tmp / "classes.tiled.tif", "w", **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
-    ) as classes_ds:
+    with (
+        rasterio.open(
+            tmp / "scores.tiled.tif", "w", **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
+        ) as scores_ds,
+        rasterio.open(
+            tmp / "classes.tiled.tif", "w", **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
+        ) as classes_ds,
+    ):
         describe_scores(scores_ds, card)
         describe_classes(classes_ds, card)
         yield FinalSink(scores_ds, classes_ds)
 
 
 @contextmanager
-def stitching(scene: str | Path, grid: TileGrid, quiet: bool,
-              writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink]) -> Iterator[Tally]:
+def stitching(
+    scene: str | Path,
+    grid: TileGrid,
+    quiet: bool,
+    writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink],
+) -> Iterator[Tally]:
     """Open the writer and a progress bar (unless ``quiet``); yield the :class:`Tally` chunk results go to."""
     from tqdm import tqdm
 
-    with writer as sink, tqdm(
-        total=grid.n_tiles, unit="tile", desc=Path(scene).name, disable=True if quiet else None, leave=False,
-    ) as bar:
+    with (
+        writer as sink,
+        tqdm(
+            total=grid.n_tiles,
+            unit="tile",
+            desc=Path(scene).name,
+            disable=True if quiet else None,
+            leave=False,
+        ) as bar,
+    ):
         tally = Tally(Stitcher(grid, sink), bar)
         yield tally
         if tally.stitcher.pending:
@@ -144,5 +158,11 @@ class Tally:
             self.bar.update(result.tiles_run + result.tiles_skipped)
 
     def report(self, grid: TileGrid, n_chunks: int) -> dict:
-        return {"total": grid.n_tiles, "run": self.run, "skipped": self.skipped, "chunks": n_chunks,
-                "tile_size": grid.tile_size, "overlap": grid.overlap}
+        return {
+            "total": grid.n_tiles,
+            "run": self.run,
+            "skipped": self.skipped,
+            "chunks": n_chunks,
+            "tile_size": grid.tile_size,
+            "overlap": grid.overlap,
+        }

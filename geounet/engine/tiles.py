@@ -18,8 +18,8 @@ import numpy as np
 from geounet.compute.blend import blend_tiles, blend_weights
 from geounet.compute.grid import Box, TileGrid
 from geounet.compute.tta import TTA_SETS, expand, reduce
-from geounet.models.card import ModelCard, normalisation
 from geounet.io.scene import WorkingGrid, open_working, read_box
+from geounet.models.card import ModelCard, normalisation
 from geounet.models.registry import cached_model
 from geounet.models.torch_backend import forward_probabilities, iter_probabilities
 
@@ -48,7 +48,9 @@ def input_batch(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice
     return x
 
 
-def input_array(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard) -> np.ndarray:
+def input_array(
+    pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard
+) -> np.ndarray:
     """As :func:`input_batch`, as a C-ordered numpy array (what ONNX Runtime takes)."""
     x = np.stack([pixels[:, r, c] for r, c in windows]).astype(np.float32)
     gain, offset = normalisation(card)
@@ -107,8 +109,10 @@ def predict_chunk(
     parts = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     probabilities: Iterator[np.ndarray]
     if backend == "onnx":  # numpy in, numpy out: no torch in this process
-        probabilities = (reduce(net(expand(input_array(pixels, valid, [(r, c) for _, r, c in part], card), transforms)),
-                                transforms) for part in parts)
+        probabilities = (
+            reduce(net(expand(input_array(pixels, valid, [(r, c) for _, r, c in part], card), transforms)), transforms)
+            for part in parts
+        )
     else:  # lazily, one batch ahead on GPUs
         batches = (expand(input_batch(pixels, valid, [(r, c) for _, r, c in part], card), transforms) for part in parts)
         probabilities = (reduce(p, transforms) for p in iter_probabilities(net, batches, device, precision))
@@ -158,8 +162,13 @@ def predict_array(
         probs = forward(net, np.stack([padded[:, r, c] for _, r, c in part]), device, precision)
         if out is None:
             out = np.zeros((probs.shape[1], chunk.box.height, chunk.box.width), np.float32)
-        blend_tiles(probs, [(r.start, c.start) for _, r, c in part],
-                    [blend_weights(tile_size, overlap, t.taper) for t, _, _ in part], out.shape[1:], out=out)
+        blend_tiles(
+            probs,
+            [(r.start, c.start) for _, r, c in part],
+            [blend_weights(tile_size, overlap, t.taper) for t, _, _ in part],
+            out.shape[1:],
+            out=out,
+        )
     if out is None:
         raise ValueError("no valid pixel to predict")
     return out[:, -chunk.box.row0 : -chunk.box.row0 + h, -chunk.box.col0 : -chunk.box.col0 + w]

@@ -28,12 +28,19 @@ from rasterio.windows import Window
 
 from geounet.compute.centerlines import centerlines_block, merge_centerlines
 from geounet.compute.grid import Box, blocks
-from geounet.io.vectors import LayerWriter
-from geounet.errors import InputError
-from geounet.models.card import ModelCard
-from geounet.compute.postprocess import DEFAULT_RULES, ClassRules, clean_geometries, clean_polygons, metric_crs, repair_polygons
-from geounet.io.scene import ground_pixel_size, ground_resolution
+from geounet.compute.postprocess import (
+    DEFAULT_RULES,
+    ClassRules,
+    clean_geometries,
+    clean_polygons,
+    metric_crs,
+    repair_polygons,
+)
 from geounet.compute.vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block, split_touching
+from geounet.errors import InputError
+from geounet.io.scene import ground_pixel_size, ground_resolution
+from geounet.io.vectors import LayerWriter
+from geounet.models.card import ModelCard
 
 if TYPE_CHECKING:
     from geounet.engine.executors import Executor
@@ -55,9 +62,14 @@ class VectorBlock:
 
 def vector_blocks(height: int, width: int, block: int) -> list[VectorBlock]:
     """The raster's blocks of ``block`` pixels, in raster order."""
-    return [VectorBlock((b.row0 // block, b.col0 // block), (b.row0, b.col0, b.row1, b.col1),
-                        (b.row0 > 0, b.row1 < height, b.col0 > 0, b.col1 < width))
-            for b in blocks(Box(0, 0, height, width), block)]
+    return [
+        VectorBlock(
+            (b.row0 // block, b.col0 // block),
+            (b.row0, b.col0, b.row1, b.col1),
+            (b.row0 > 0, b.row1 < height, b.col0 > 0, b.col1 < width),
+        )
+        for b in blocks(Box(0, 0, height, width), block)
+    ]
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,10 @@ def polygonize_task(
     n = len(ctx.card.classes)
     unknown = np.unique(classes[(classes >= n) & (classes != NODATA)])
     if unknown.size:
-        raise InputError(classes_path, f"class index {int(unknown[0])} is not one of the model's {n} classes "
-                                       f"({', '.join(ctx.card.class_names)})")
+        raise InputError(
+            classes_path,
+            f"class index {int(unknown[0])} is not one of the model's {n} classes ({', '.join(ctx.card.class_names)})",
+        )
     scores = None
     if scores_path is not None:
         with rasterio.open(scores_path) as s:
@@ -133,9 +147,13 @@ def pieces_to_layers(pieces: Pieces, ctx: LayerContext) -> dict[str, gpd.GeoData
         geoms = repair_polygons(_reproject(geoms_m, from_metric))  # repair anything reprojection broke
         gdf = gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=ctx.crs_wkt))
         if layer == "landcover":
-            layers[layer] = gdf.rename(columns={"class_id": "class"})[["class", "class_name", "area_m2", "score", "geometry"]]
+            layers[layer] = gdf.rename(columns={"class_id": "class"})[
+                ["class", "class_name", "area_m2", "score", "geometry"]
+            ]
         else:
-            layers[layer] = gdf.rename(columns={"class_name": "class"})[["class", "score", "area_m2", "perimeter_m", "geometry"]]
+            layers[layer] = gdf.rename(columns={"class_name": "class"})[
+                ["class", "score", "area_m2", "perimeter_m", "geometry"]
+            ]
     return layers
 
 
@@ -185,8 +203,14 @@ def vectorize_scene(
     kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
     poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
     jobs = vector_blocks(height, width, block)
-    ctx = LayerContext(card, crs.to_wkt(), tuple(transform)[:6], metric.to_wkt(), rules,
-                       ground_pixel_size(crs, transform, width, height))
+    ctx = LayerContext(
+        card,
+        crs.to_wkt(),
+        tuple(transform)[:6],
+        metric.to_wkt(),
+        rules,
+        ground_pixel_size(crs, transform, width, height),
+    )
     writer = LayerWriter(gpkg_path, crs, metric, card)
     for kind, ids in kinds.items():
         if ids:
@@ -196,9 +220,15 @@ def vectorize_scene(
 
     edge_pieces: list[Pieces] = []
     # bounded in flight: memory follows the block size, not the raster
-    for layers, seam in executor.imap_unordered(polygonize_task, jobs, str(classes_path),
-                                                str(scores_path) if scores_path else None, poly_ids, ctx,
-                                                in_flight=max(4, 2 * executor.workers)):
+    for layers, seam in executor.imap_unordered(
+        polygonize_task,
+        jobs,
+        str(classes_path),
+        str(scores_path) if scores_path else None,
+        poly_ids,
+        ctx,
+        in_flight=max(4, 2 * executor.workers),
+    ):
         edge_pieces.append(seam)
         writer.write(layers)
     # Pieces that touched a block edge, joined, then cleaned as tasks too (regularising
@@ -213,11 +243,16 @@ def vectorize_scene(
         r = rules["road"]
         spur_px = r.spur_m / res_m
         halo = int(max(64, 2 * spur_px))
-        pieces = [line for part in executor.map(centerline_task, jobs, str(classes_path), kinds["road"], halo, spur_px)
-                  for line in part]
+        pieces = [
+            line
+            for part in executor.map(centerline_task, jobs, str(classes_path), kinds["road"], halo, spur_px)
+            for line in part
+        ]
         lines = merge_centerlines(pieces, r.min_length_m / res_m)
         writer.add_centerlines(list(apply_affine(np.asarray(lines, dtype=object), transform)))
-    return {"layers": writer.counts, "rules": {k: v.to_dict() for k, v in rules.items()},
-            "block_pixels": block, "metric_crs": metric.srs}
-
-
+    return {
+        "layers": writer.counts,
+        "rules": {k: v.to_dict() for k, v in rules.items()},
+        "block_pixels": block,
+        "metric_crs": metric.srs,
+    }

@@ -12,8 +12,8 @@ Errors about the label file are ``GeounetError(label_path, problem)``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -198,14 +198,16 @@ def read_label_raster(
     if bad.any():
         shown = sorted(np.unique(values[bad]).tolist())[:10]
         raise GeounetError(
-            path, f"label raster has values {shown} that are not class indexes 0..{n_classes - 1} (map them with value_map)"
+            path,
+            f"label raster has values {shown} that are not class indexes 0..{n_classes - 1} (map them with value_map)",
         )
     out[valid] = values[valid]
     return out
 
 
-def _mapped_raster(path: Path, values: np.ndarray, valid: np.ndarray, class_names: Sequence[str],
-                   value_map: Mapping[str, str]) -> np.ndarray:
+def _mapped_raster(
+    path: Path, values: np.ndarray, valid: np.ndarray, class_names: Sequence[str], value_map: Mapping[str, str]
+) -> np.ndarray:
     """Raster values -> class indexes through ``value_map``; every value present must be mapped."""
     out = np.full(values.shape, IGNORE_INDEX, dtype=np.uint8)
     index = {name: i for i, name in enumerate(class_names)}

@@ -30,8 +30,16 @@ def quicklook_shape(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[
     return max(1, round(height / scale)), max(1, round(width / scale))
 
 
-def stretch(pixels: np.ndarray, valid: np.ndarray, low: float = 2.0, high: float = 98.0, *,
-            per_band: bool = True, keep_uint8: bool = True, fill: int | None = None) -> np.ndarray:
+def stretch(
+    pixels: np.ndarray,
+    valid: np.ndarray,
+    low: float = 2.0,
+    high: float = 98.0,
+    *,
+    per_band: bool = True,
+    keep_uint8: bool = True,
+    fill: int | None = None,
+) -> np.ndarray:
     """Percentile stretch of (bands, rows, cols) to uint8 over the valid pixels (``low``/``high``: percentiles).
 
     ``per_band``: each band gets its own range; False: one range over all bands, which keeps
@@ -53,8 +61,9 @@ def stretch(pixels: np.ndarray, valid: np.ndarray, low: float = 2.0, high: float
     return out
 
 
-def overlay(rgb: np.ndarray, valid: np.ndarray, classes: np.ndarray, colors: np.ndarray,
-            shown: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, valid: np.ndarray, classes: np.ndarray, colors: np.ndarray, shown: np.ndarray, alpha: float = ALPHA
+) -> np.ndarray:
     """RGBA (rows, cols, 4) uint8: ``rgb`` (3, rows, cols) uint8 with class colours blended in.
 
     ``classes`` holds class indexes (255 = nodata); ``colors`` is (n_classes, 3) uint8;
@@ -82,8 +91,9 @@ def display_bands(card: ModelCard) -> list[int]:
     return [card.bands[0]] * 3
 
 
-def write_quicklook(scene: str | Path, classes_tif: str | Path, card: ModelCard, png: str | Path,
-                    max_side: int = MAX_SIDE) -> tuple[int, int]:
+def write_quicklook(
+    scene: str | Path, classes_tif: str | Path, card: ModelCard, png: str | Path, max_side: int = MAX_SIDE
+) -> tuple[int, int]:
     """Write ``png`` (RGBA, long side <= ``max_side``); returns its (rows, cols)."""
     with rasterio.open(scene) as src:
         rows, cols = quicklook_shape(src.width, src.height, max_side)
@@ -99,9 +109,18 @@ def write_quicklook(scene: str | Path, classes_tif: str | Path, card: ModelCard,
     tmp = png.with_name(f".{png.name}.tmp-{os.getpid()}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture, not a map
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(
-            tmp, "w", driver="PNG", width=cols, height=rows, count=4, dtype="uint8",
-        ) as dst:
+        with (
+            rasterio.Env(GDAL_PAM_ENABLED="NO"),
+            rasterio.open(
+                tmp,
+                "w",
+                driver="PNG",
+                width=cols,
+                height=rows,
+                count=4,
+                dtype="uint8",
+            ) as dst,
+        ):
             dst.write(np.moveaxis(rgba, -1, 0))
     os.replace(tmp, png)
     return rows, cols

@@ -27,8 +27,19 @@ BLOCK = 512
 def tiled_profile(crs, transform: Affine, width: int, height: int, count: int, dtype: str, nodata=None) -> dict:
     """An uncompressed tiled GTiff profile for block-by-block writing (in any order)."""
     return dict(
-        driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs, transform=transform,
-        nodata=nodata, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, interleave="pixel", BIGTIFF="IF_SAFER",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=BLOCK,
+        blockysize=BLOCK,
+        interleave="pixel",
+        BIGTIFF="IF_SAFER",
         SPARSE_OK=True,
     )
 
@@ -113,6 +124,15 @@ def write_cog(src: str | Path, dst: str | Path, resampling: str, threads: int = 
         if factors:
             ds.build_overviews(factors, Resampling[resampling.lower()])
     gdal_copy(
-        str(src), str(dst), driver="COG", COMPRESS="DEFLATE", LEVEL="1", PREDICTOR="2", BLOCKSIZE=str(BLOCK),
-        OVERVIEW_RESAMPLING=resampling, RESAMPLING=resampling, NUM_THREADS=str(threads), BIGTIFF="IF_SAFER",
+        str(src),
+        str(dst),
+        driver="COG",
+        COMPRESS="DEFLATE",
+        LEVEL="1",
+        PREDICTOR="2",
+        BLOCKSIZE=str(BLOCK),
+        OVERVIEW_RESAMPLING=resampling,
+        RESAMPLING=resampling,
+        NUM_THREADS=str(threads),
+        BIGTIFF="IF_SAFER",
     )

@@ -92,11 +92,13 @@ class RunRecord:
         return path
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str | Path | None = None) -> "RunRecord":
+    def from_dict(cls, raw: dict[str, Any], source: str | Path | None = None) -> RunRecord:
         """A record from parsed JSON; unknown keys of a newer geounet are ignored, a newer layout is refused."""
         version = raw.get("record_version", 1)
         if not isinstance(version, int) or version > RECORD_VERSION:
-            raise RunRecordError(source, f"record_version {version!r} is newer than this geounet reads ({RECORD_VERSION})")
+            raise RunRecordError(
+                source, f"record_version {version!r} is newer than this geounet reads ({RECORD_VERSION})"
+            )
         try:
             kwargs = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
             kwargs["input"] = _known(InputRecord, raw["input"])
@@ -106,7 +108,7 @@ class RunRecord:
             raise RunRecordError(source, f"not a geounet run record ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def read(cls, folder: str | Path) -> "RunRecord":
+    def read(cls, folder: str | Path) -> RunRecord:
         """``folder/run.json`` as a record; :class:`RunRecordError` when missing or unreadable."""
         path = Path(folder) / RUN_JSON
         try:

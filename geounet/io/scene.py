@@ -9,10 +9,11 @@ the needed window is ever read).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -22,8 +23,8 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geounet.errors import InputError
 from geounet.compute.grid import Box, GeoGrid
+from geounet.errors import InputError
 from geounet.models.card import ModelCard
 
 _GEOD = Geod(ellps="WGS84")
@@ -86,7 +87,8 @@ def check_scene(src: rasterio.io.DatasetReader, card: ModelCard) -> None:
     need = max(card.bands)
     if src.count < need:
         raise InputError(
-            path, f"has {src.count} band(s) but model {card.name!r} needs bands {card.bands} ({', '.join(card.band_names)})"
+            path,
+            f"has {src.count} band(s) but model {card.name!r} needs bands {card.bands} ({', '.join(card.band_names)})",
         )
     for b in card.bands:
         dtype = src.dtypes[b - 1]
@@ -136,7 +138,9 @@ def open_working(path: str | Path, grid: WorkingGrid) -> Iterator[rasterio.io.Da
             yield vrt
 
 
-def read_box(ds: rasterio.io.DatasetReaderBase, bands: list[int], box: Box, grid_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def read_box(
+    ds: rasterio.io.DatasetReaderBase, bands: list[int], box: Box, grid_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Read ``box`` (may reach past the grid) as ``(pixels (bands, h, w), valid mask (h, w) bool)``.
 
     Pixels outside the grid are filled by mirror reflection of the edge, so the
@@ -151,7 +155,9 @@ def read_box(ds: rasterio.io.DatasetReaderBase, bands: list[int], box: Box, grid
         data = ds.read(bands, window=window)
         mask = ds.dataset_mask(window=window) > 0
     except rasterio.errors.RasterioIOError as exc:
-        raise InputError(ds.name, f"cannot read window {window!r}: file truncated or corrupt ({_gdal_message(exc)})") from None
+        raise InputError(
+            ds.name, f"cannot read window {window!r}: file truncated or corrupt ({_gdal_message(exc)})"
+        ) from None
     pad = (
         (inside.row0 - box.row0, box.row1 - inside.row1),
         (inside.col0 - box.col0, box.col1 - inside.col1),

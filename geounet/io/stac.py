@@ -59,7 +59,10 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunReco
     bbox = list(transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
     created = _dt.datetime.fromisoformat(record.created_utc)
     item = pystac.Item(
-        id=item_id, geometry=footprint, bbox=bbox, datetime=acquired or created,
+        id=item_id,
+        geometry=footprint,
+        bbox=bbox,
+        datetime=acquired or created,
         properties={
             "created": created.isoformat(),
             "geounet:datetime_source": "acquisition" if acquired else "processing",
@@ -78,9 +81,12 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunReco
     proj.shape = [height, width]
     proj.transform = list(transform)[:6]
     proj.bbox = list(bounds)
-    classes = [Classification.create(value=i, name=c.name, description=c.kind,
-                                     color_hint=f"{c.color[0]:02X}{c.color[1]:02X}{c.color[2]:02X}")
-               for i, c in enumerate(card.classes)]
+    classes = [
+        Classification.create(
+            value=i, name=c.name, description=c.kind, color_hint=f"{c.color[0]:02X}{c.color[1]:02X}{c.color[2]:02X}"
+        )
+        for i, c in enumerate(card.classes)
+    ]
     for name in files:
         if name not in ASSETS:
             continue
@@ -89,8 +95,11 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunReco
         item.add_asset(name.split(".")[0], asset)
         if name == "classes.tif":
             ClassificationExtension.ext(asset, add_if_missing=True).classes = classes
-    item.add_link(pystac.Link("derived_from", Path(scene).resolve().as_uri(), media_type=pystac.MediaType.GEOTIFF,
-                              title="input scene"))
+    item.add_link(
+        pystac.Link(
+            "derived_from", Path(scene).resolve().as_uri(), media_type=pystac.MediaType.GEOTIFF, title="input scene"
+        )
+    )
     return item
 
 

@@ -40,12 +40,16 @@ class LayerWriter:
             "road_centerlines": {"length_m": float},
         }
         columns = schemas[layer]
-        empty = gpd.GeoDataFrame({k: np.array([], dtype=object if v == "str" else v) for k, v in columns.items()},
-                                 geometry=gpd.GeoSeries([], crs=self.crs))
+        empty = gpd.GeoDataFrame(
+            {k: np.array([], dtype=object if v == "str" else v) for k, v in columns.items()},
+            geometry=gpd.GeoSeries([], crs=self.crs),
+        )
         geom_type = "MultiLineString" if layer == "road_centerlines" else "MultiPolygon"
         pyogrio.write_dataframe(empty, self.path, layer=layer, driver="GPKG", geometry_type=geom_type)
         self.counts[layer] = 0
-        write_layer_style(self.path, layer, class_style_qml(self.card, kind), f"geounet {self.card.name}: classes in model colours")
+        write_layer_style(
+            self.path, layer, class_style_qml(self.card, kind), f"geounet {self.card.name}: classes in model colours"
+        )
 
     def write(self, layers: dict[str, gpd.GeoDataFrame]) -> None:
         for layer, gdf in layers.items():
@@ -68,45 +72,60 @@ class LayerWriter:
         gdf = gpd.GeoDataFrame(geometry=gpd.GeoSeries(lines, crs=self.crs))
         length = gdf.to_crs(self.metric).length.round(3).to_numpy()
         gdf = gdf.assign(length_m=length)[["length_m", "geometry"]]
-        pyogrio.write_dataframe(gdf, self.path, layer="road_centerlines", driver="GPKG", append=True, promote_to_multi=True)
+        pyogrio.write_dataframe(
+            gdf, self.path, layer="road_centerlines", driver="GPKG", append=True, promote_to_multi=True
+        )
         self.counts["road_centerlines"] += len(gdf)
 
 
 def _symbol(n: int, rgb: tuple[int, int, int], geometry: Literal["fill", "line"]) -> str:
     colour = ",".join(map(str, rgb))
     if geometry == "line":
-        layer = (f'<layer class="SimpleLine" enabled="1" pass="0" locked="0"><Option type="Map">'
-                 f'<Option name="line_color" type="QString" value="{colour},255"/>'
-                 f'<Option name="line_width" type="QString" value="0.8"/></Option></layer>')
+        layer = (
+            f'<layer class="SimpleLine" enabled="1" pass="0" locked="0"><Option type="Map">'
+            f'<Option name="line_color" type="QString" value="{colour},255"/>'
+            f'<Option name="line_width" type="QString" value="0.8"/></Option></layer>'
+        )
         return f'<symbol type="line" name="{n}" alpha="1" clip_to_extent="1" force_rhr="0">{layer}</symbol>'
-    layer = (f'<layer class="SimpleFill" enabled="1" pass="0" locked="0"><Option type="Map">'
-             f'<Option name="color" type="QString" value="{colour},150"/>'
-             f'<Option name="outline_color" type="QString" value="{colour},255"/>'
-             f'<Option name="outline_width" type="QString" value="0.3"/>'
-             f'<Option name="style" type="QString" value="solid"/></Option></layer>')
+    layer = (
+        f'<layer class="SimpleFill" enabled="1" pass="0" locked="0"><Option type="Map">'
+        f'<Option name="color" type="QString" value="{colour},150"/>'
+        f'<Option name="outline_color" type="QString" value="{colour},255"/>'
+        f'<Option name="outline_width" type="QString" value="0.3"/>'
+        f'<Option name="style" type="QString" value="solid"/></Option></layer>'
+    )
     return f'<symbol type="fill" name="{n}" alpha="1" clip_to_extent="1" force_rhr="0">{layer}</symbol>'
 
 
 def _qgis(renderer: str) -> str:
-    return ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-            f'<qgis version="3.28.0" styleCategories="Symbology">{renderer}</qgis>')
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        f'<qgis version="3.28.0" styleCategories="Symbology">{renderer}</qgis>'
+    )
 
 
-def categorized_qml(attr: str, categories: Sequence[tuple[str, str, tuple[int, int, int]]],
-                    geometry: Literal["fill", "line"] = "fill") -> str:
+def categorized_qml(
+    attr: str, categories: Sequence[tuple[str, str, tuple[int, int, int]]], geometry: Literal["fill", "line"] = "fill"
+) -> str:
     """A QGIS style: features coloured by ``attr``; ``categories`` are (value, label, RGB)."""
-    cats = [f'<category value={quoteattr(value)} symbol="{n}" label={quoteattr(label)} render="true"/>'
-            for n, (value, label, _) in enumerate(categories)]
+    cats = [
+        f'<category value={quoteattr(value)} symbol="{n}" label={quoteattr(label)} render="true"/>'
+        for n, (value, label, _) in enumerate(categories)
+    ]
     syms = [_symbol(n, rgb, geometry) for n, (_, _, rgb) in enumerate(categories)]
-    return _qgis(f'<renderer-v2 type="categorizedSymbol" attr="{attr}" enableorderby="0" symbollevels="0" '
-                 f'forceraster="0"><categories>{"".join(cats)}</categories><symbols>{"".join(syms)}</symbols>'
-                 '</renderer-v2>')
+    return _qgis(
+        f'<renderer-v2 type="categorizedSymbol" attr="{attr}" enableorderby="0" symbollevels="0" '
+        f'forceraster="0"><categories>{"".join(cats)}</categories><symbols>{"".join(syms)}</symbols>'
+        "</renderer-v2>"
+    )
 
 
 def single_line_qml(rgb: tuple[int, int, int]) -> str:
     """A QGIS style: every line in one colour."""
-    return _qgis('<renderer-v2 type="singleSymbol" enableorderby="0" symbollevels="0" forceraster="0"><symbols>'
-                 f'{_symbol(0, rgb, "line")}</symbols></renderer-v2>')
+    return _qgis(
+        '<renderer-v2 type="singleSymbol" enableorderby="0" symbollevels="0" forceraster="0"><symbols>'
+        f"{_symbol(0, rgb, 'line')}</symbols></renderer-v2>"
+    )
 
 
 def class_style_qml(card: ModelCard, kind: str) -> str:
@@ -118,8 +137,14 @@ def class_style_qml(card: ModelCard, kind: str) -> str:
     if kind == "road_centerline":
         road = next(c for c in card.classes if c.kind == "road")
         return single_line_qml(road.color)
-    return categorized_qml("class", [(str(card.class_names.index(c.name)) if kind == "landcover" else c.name, c.name,
-                                      c.color) for c in card.classes if c.kind == kind])
+    return categorized_qml(
+        "class",
+        [
+            (str(card.class_names.index(c.name)) if kind == "landcover" else c.name, c.name, c.color)
+            for c in card.classes
+            if c.kind == kind
+        ],
+    )
 
 
 def write_layer_style(gpkg: Path, layer: str, qml: str, description: str) -> None:

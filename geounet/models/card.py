@@ -67,10 +67,12 @@ class ModelCard:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str | Path | None = None) -> "ModelCard":
+    def from_json(cls, text: str, source: str | Path | None = None) -> ModelCard:
         try:
             raw = json.loads(text)
-            raw["classes"] = [ClassInfo(c["name"], tuple(c["color"]), c.get("kind", "landcover")) for c in raw["classes"]]
+            raw["classes"] = [
+                ClassInfo(c["name"], tuple(c["color"]), c.get("kind", "landcover")) for c in raw["classes"]
+            ]
             known = set(cls.__dataclass_fields__)
             unknown = set(raw) - known
             if unknown:
@@ -120,7 +122,9 @@ class ModelCard:
             "classes:",
         ]
         for i, c in enumerate(self.classes):
-            lines.append(f"  {i}: {c.name:<14} kind={c.kind:<10} colour=#{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}")
+            lines.append(
+                f"  {i}: {c.name:<14} kind={c.kind:<10} colour=#{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}"
+            )
         if self.training:
             lines.append("training:")
             for k, v in self.training.items():
@@ -142,8 +146,11 @@ def read_card(path: str | Path) -> ModelCard:
         with open(path, "rb") as f:  # name pickles plainly (only sniffed, never unpickled)
             head = f.read(4)
         if head[:1] == b"\x80" or head == b"PK\x03\x04":  # pickle protocol >= 2, or torch.save's zip
-            raise ModelError(path, "not a valid geounet model: a pickle (PyTorch checkpoint), not a safetensors "
-                                   "file; refused, loading pickles can run arbitrary code") from None
+            raise ModelError(
+                path,
+                "not a valid geounet model: a pickle (PyTorch checkpoint), not a safetensors "
+                "file; refused, loading pickles can run arbitrary code",
+            ) from None
         raise ModelError(path, f"not a valid geounet model: not a safetensors file ({short_message(exc)})") from None
     if CARD_KEY not in meta:
         raise ModelError(path, "not a valid geounet model: safetensors file has no geounet card")

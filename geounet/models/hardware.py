@@ -86,7 +86,9 @@ def resolve_backend(device: str, precision: str, backend: str = "auto") -> str:
     fits = device == "cpu" and precision == "fp32"
     if backend == "onnx":
         if not fits:
-            raise ValueError(f"--backend onnx runs fp32 on the CPU only (asked: device {device}, precision {precision})")
+            raise ValueError(
+                f"--backend onnx runs fp32 on the CPU only (asked: device {device}, precision {precision})"
+            )
         if not onnxrt.available():
             raise ValueError("--backend onnx needs onnxruntime (pip install onnxruntime)")
         return backend

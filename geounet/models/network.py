@@ -15,7 +15,9 @@ log = logging.getLogger("geounet")
 
 def build_network(card: ModelCard):
     """Build the (untrained) smp network the card describes; never downloads weights."""
-    from geounet import _torchvision_compat  # noqa: F401  (before smp imports torchvision)
+    from geounet._torchvision_compat import ensure_torchvision
+
+    ensure_torchvision()  # before smp or timm import torchvision
     import segmentation_models_pytorch as smp
 
     try:
@@ -87,9 +89,14 @@ def fuse_batchnorm(net) -> int:
     pairs: list[tuple[str, str]] = []
     for node in graph.nodes:
         src = node.args[0] if node.args else None
-        if (node.op == "call_module" and isinstance(modules.get(node.target), torch.nn.BatchNorm2d)
-                and isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(modules.get(src.target), torch.nn.Conv2d)):
+        if (
+            node.op == "call_module"
+            and isinstance(modules.get(node.target), torch.nn.BatchNorm2d)
+            and isinstance(src, torch.fx.Node)
+            and src.op == "call_module"
+            and len(src.users) == 1
+            and isinstance(modules.get(src.target), torch.nn.Conv2d)
+        ):
             pairs.append((str(src.target), str(node.target)))
     for conv, norm in pairs:
         _set_module(net, conv, fuse_conv_bn_eval(modules[conv], modules[norm]))

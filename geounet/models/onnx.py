@@ -85,9 +85,19 @@ def export_onnx(model_path: str | Path, dst: str | Path) -> None:
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
-            torch.onnx.export(_WithSoftmax(net).eval(), (example,), str(tmp), dynamo=True, opset_version=OPSET,
-                              input_names=["x"], output_names=["probabilities"], dynamic_shapes=(dims,),
-                              optimize=True, verbose=False, external_data=False)
+            torch.onnx.export(
+                _WithSoftmax(net).eval(),
+                (example,),
+                str(tmp),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=["x"],
+                output_names=["probabilities"],
+                dynamic_shapes=(dims,),
+                optimize=True,
+                verbose=False,
+                external_data=False,
+            )
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -131,8 +141,9 @@ def _lock(path: Path):
 def load_onnx(model_path: str | Path, threads: int) -> OnnxNetwork:
     """The model's ONNX Runtime session with ``threads`` intra-op threads, exporting it first if not cached."""
     if not available():
-        raise ModelError(model_path, "the ONNX backend needs onnxruntime (pip install onnxruntime), "
-                                     "or use --backend torch")
+        raise ModelError(
+            model_path, "the ONNX backend needs onnxruntime (pip install onnxruntime), or use --backend torch"
+        )
     model_path = Path(model_path)
     path = exported_path(model_path)
     try:
@@ -142,13 +153,19 @@ def load_onnx(model_path: str | Path, threads: int) -> OnnxNetwork:
                 try:
                     return OnnxNetwork(_session(path, threads), str(path))
                 except Exception as exc:  # noqa: BLE001 - a damaged cache file: export it again
-                    log.warning("%s: cached ONNX model unreadable (%s); exporting again", path, str(exc).splitlines()[0])
+                    log.warning(
+                        "%s: cached ONNX model unreadable (%s); exporting again", path, str(exc).splitlines()[0]
+                    )
             log.info("%s: exporting the model to ONNX once (cached as %s)", model_path, path)
             export_onnx(model_path, path)
             return OnnxNetwork(_session(path, threads), str(path))
     except OSError as exc:  # the cache cannot be written: a private temporary export
-        log.warning("%s: cannot write the ONNX cache %s (%s); exporting to a temporary file",
-                    model_path, path.parent, exc.strerror or exc)
+        log.warning(
+            "%s: cannot write the ONNX cache %s (%s); exporting to a temporary file",
+            model_path,
+            path.parent,
+            exc.strerror or exc,
+        )
     with tempfile.TemporaryDirectory(prefix="geounet-onnx-") as tmp:
         tmp_path = Path(tmp) / path.name
         export_onnx(model_path, tmp_path)

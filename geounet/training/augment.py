@@ -96,8 +96,9 @@ def hue_rotation(angle: float) -> torch.Tensor:
     return c * torch.eye(3) + (1.0 - c) / 3.0 * torch.ones(3, 3) + s * k
 
 
-def zoom(xi: torch.Tensor, yi: torch.Tensor, max_factor: float, generator: torch.Generator,
-         ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def zoom(
+    xi: torch.Tensor, yi: torch.Tensor, max_factor: float, generator: torch.Generator, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chip (C, H, W) and labels (H, W) zoomed by a factor in ``[1 / max_factor, max_factor]`` (log-uniform).
 
     The chip keeps its size: a zoom in is cropped at a random offset; a zoom out is

@@ -132,8 +132,14 @@ def load_init_weights(path: Path, cfg: TrainConfig) -> tuple[torch.nn.Module, Mo
     net, card = load_model(path)
     m = cfg.model
     mine = (cfg.class_names, m.architecture, m.encoder, m.encoder_depth, list(m.decoder_channels), len(cfg.data.bands))
-    theirs = (card.class_names, card.architecture, card.encoder, card.encoder_depth, list(card.decoder_channels),
-              len(card.bands))
+    theirs = (
+        card.class_names,
+        card.architecture,
+        card.encoder,
+        card.encoder_depth,
+        list(card.decoder_channels),
+        len(card.bands),
+    )
     if mine != theirs:
         raise GeounetError(
             path, f"train.init_weights: the model's classes/network {theirs} differ from the config's {mine}"

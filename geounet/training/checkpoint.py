@@ -53,10 +53,15 @@ def checkpoint_state(
     import torch
 
     return dict(
-        card=card.to_json(), network=net.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+        card=card.to_json(),
+        network=net.state_dict(),
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
         ema=ema.state_dict() if ema is not None else None,
         **{f.name: getattr(progress, f.name) for f in dataclasses.fields(progress)},
-        torch_rng=torch.get_rng_state(), aug_rng=gen.get_state(), numpy_rng=rng.bit_generator.state,
+        torch_rng=torch.get_rng_state(),
+        aug_rng=gen.get_state(),
+        numpy_rng=rng.bit_generator.state,
     )
 
 

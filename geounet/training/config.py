@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from geounet.models.card import CLASS_KINDS, ClassInfo
 from geounet.schema import ConfigError, apply_setting, check_fields, config_fields, read_yaml
@@ -312,7 +313,9 @@ def _value_problems(parts: dict[str, Any]) -> list[str]:
 
 def _augment_problems(a: AugmentConfig) -> list[str]:
     """Shares in 0..1; zoom and blur not negative."""
-    problems = [f"augment.{k}: must be in 0..1" for k in ("grayscale", "p_color", "p_blur") if not 0 <= getattr(a, k) <= 1]
+    problems = [
+        f"augment.{k}: must be in 0..1" for k in ("grayscale", "p_color", "p_blur") if not 0 <= getattr(a, k) <= 1
+    ]
     problems += [f"augment.{k}: must be at least 0" for k in ("scale", "blur", "noise") if getattr(a, k) < 0]
     return problems
 

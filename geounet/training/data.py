@@ -72,8 +72,9 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
         transform = transform @ Affine.translation(c0, r0)
     if not (label != IGNORE_INDEX).any():
         raise GeounetError(path, "no labelled pixels in the scene (or its window)")
-    return Scene(path.name, np.ascontiguousarray(image), np.ascontiguousarray(label), grid.crs, transform, dtype,
-                 scene.weight)
+    return Scene(
+        path.name, np.ascontiguousarray(image), np.ascontiguousarray(label), grid.crs, transform, dtype, scene.weight
+    )
 
 
 def _read_image(path: Path, d: DataConfig) -> tuple[np.ndarray, np.ndarray, str, _Grid]:

@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import rasterio
@@ -33,6 +34,7 @@ from geounet.io.labels import (
     read_label_raster,
     read_vector_labels,
 )
+from geounet.io.run_record import RunRecord
 from geounet.io.scene import check_scene, ground_pixel_size, open_scene
 from geounet.models.card import ModelCard, file_sha256, read_card
 
@@ -63,8 +65,9 @@ def parse_window(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         raise GeounetError(None, f"--window must be four fractions x0,y0,x1,y1, got {text!r}") from None
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-        raise GeounetError(None, "--window fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "
-                                 f"got {text!r}")
+        raise GeounetError(
+            None, f"--window fractions must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {text!r}"
+        )
     return x0, y0, x1, y1
 
 
@@ -97,9 +100,10 @@ def evaluate_model(
         [report] = predict_batch([scene], work / "out", model_path, settings)
         if not report.ok:
             raise GeounetError(scene_path, f"prediction failed: {report.error}")
+        assert report.out_dir is not None  # an ok report names its folder
         out = Path(report.out_dir)
         result = _score(out, card, labels_path, opts, centerlines_path, tolerance_m, iou_threshold)
-        run = json.loads((out / "run.json").read_text())
+        record = RunRecord.read(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -109,7 +113,7 @@ def evaluate_model(
         "centerlines_file": str(centerlines_path) if centerlines_path else None,
         "window": list(window) if window else None,
         "label_options": asdict(opts),
-        "settings": run["settings"],
+        "settings": record.settings,
         **result,
     }
 
@@ -122,8 +126,14 @@ def _crop(scene: Path, window: tuple[float, float, float, float], dst: Path) -> 
         c1, r1 = int(round(x1 * src.width)), int(round(y1 * src.height))
         win = Window(c0, r0, c1 - c0, r1 - r0)
         profile = src.profile | {
-            "driver": "GTiff", "width": win.width, "height": win.height, "transform": src.window_transform(win),
-            "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+            "driver": "GTiff",
+            "width": win.width,
+            "height": win.height,
+            "transform": src.window_transform(win),
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
         }
         has_mask = src.nodata is None and any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dst, "w", **profile) as out:
@@ -147,8 +157,15 @@ class _Prediction(NamedTuple):
     bounds: Any
 
 
-def _score(out: Path, card: ModelCard, labels_path: Path, opts: LabelOptions, centerlines_path: str | Path | None,
-           tolerance_m: float, iou_threshold: float) -> dict:
+def _score(
+    out: Path,
+    card: ModelCard,
+    labels_path: Path,
+    opts: LabelOptions,
+    centerlines_path: str | Path | None,
+    tolerance_m: float,
+    iou_threshold: float,
+) -> dict:
     """Pixel, object (buildings) and centre-line (roads) scores of the prediction in ``out`` against the labels."""
     with rasterio.open(out / "classes.tif") as ds:
         pred = _Prediction(ds.read(1), ds.crs, ds.transform, (ds.height, ds.width), ds.bounds)
@@ -187,8 +204,9 @@ def _unlabelled_fill(card: ModelCard, opts: LabelOptions) -> int:
     raise GeounetError(None, f"--unlabelled must be 'background' or 'ignore', got {opts.unlabelled!r}")
 
 
-def _truth(labels_path: Path, card: ModelCard, opts: LabelOptions, pred: _Prediction,
-           fill: int) -> tuple[np.ndarray, gpd.GeoDataFrame | None]:
+def _truth(
+    labels_path: Path, card: ModelCard, opts: LabelOptions, pred: _Prediction, fill: int
+) -> tuple[np.ndarray, gpd.GeoDataFrame | None]:
     """``(true class indexes on the prediction's grid, the label polygons for vector labels else None)``."""
     names = card.class_names
     if labels_path.suffix.lower() in RASTER_LABEL_SUFFIXES:
@@ -198,15 +216,28 @@ def _truth(labels_path: Path, card: ModelCard, opts: LabelOptions, pred: _Predic
     if opts.class_field is None and default_class is None and len(foreground) == 1:
         default_class = foreground[0]  # e.g. every OSM outline is a building
     label_gdf = read_vector_labels(
-        labels_path, pred.crs, tuple(pred.bounds), names, class_field=opts.class_field, default_class=default_class,
-        value_map=opts.value_map, line_width_m=opts.line_width_m, layer=opts.layer,
+        labels_path,
+        pred.crs,
+        tuple(pred.bounds),
+        names,
+        class_field=opts.class_field,
+        default_class=default_class,
+        value_map=opts.value_map,
+        line_width_m=opts.line_width_m,
+        layer=opts.layer,
     )
     truth = labels_to_raster(label_gdf, pred.shape, pred.transform, all_touched=opts.all_touched, unlabelled=fill)
     return truth, label_gdf
 
 
-def _object_result(out: Path, pred: _Prediction, truth: np.ndarray, label_gdf: gpd.GeoDataFrame | None,
-                   building_ids: list[int], iou_threshold: float) -> dict:
+def _object_result(
+    out: Path,
+    pred: _Prediction,
+    truth: np.ndarray,
+    label_gdf: gpd.GeoDataFrame | None,
+    building_ids: list[int],
+    iou_threshold: float,
+) -> dict:
     """Object scores of the ``buildings`` layer against the true buildings, matched in a metric CRS."""
     import geopandas as gpd
     import pyogrio
@@ -271,28 +302,38 @@ def _burn(geoms: Iterable[BaseGeometry | None], shape: tuple[int, int], transfor
 
 def format_report(result: dict) -> str:
     """A short plain-text table of the scores."""
-    lines = [f"model {result['model']['name']} on {Path(result['scene']).name}"
-             + (f" window {result['window']}" if result["window"] else "")]
+    lines = [
+        f"model {result['model']['name']} on {Path(result['scene']).name}"
+        + (f" window {result['window']}" if result["window"] else "")
+    ]
     lines.append(f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}{'pixels':>11}")
     for name, s in result["pixel"]["classes"].items():
         if s["iou"] is None:
             lines.append(f"{name:<16}{'-':>8}{'-':>8}{'-':>8}{'-':>8}{0:>11}")
         else:
-            lines.append(f"{name:<16}{s['iou']:8.3f}{s['f1']:8.3f}{s['precision']:8.3f}{s['recall']:8.3f}{s['pixels']:>11}")
+            lines.append(
+                f"{name:<16}{s['iou']:8.3f}{s['f1']:8.3f}{s['precision']:8.3f}{s['recall']:8.3f}{s['pixels']:>11}"
+            )
     p = result["pixel"]
     fg = p.get("mean_iou_foreground")
-    lines.append(f"mean IoU {p['mean_iou']:.3f} (all classes), "
-                 + (f"{fg:.3f} (non-background)   " if fg is not None else "  ")
-                 + f"pixel accuracy {p['pixel_accuracy']:.3f}   ({p['pixels_scored']} pixels)")
+    lines.append(
+        f"mean IoU {p['mean_iou']:.3f} (all classes), "
+        + (f"{fg:.3f} (non-background)   " if fg is not None else "  ")
+        + f"pixel accuracy {p['pixel_accuracy']:.3f}   ({p['pixels_scored']} pixels)"
+    )
     if "objects" in result:
         o = result["objects"]
-        lines.append(f"buildings, objects at IoU >= {o['iou_threshold']}: F1 {o['f1']:.3f} "
-                     f"precision {o['precision']:.3f} recall {o['recall']:.3f} "
-                     f"({o['true_positives']} matched of {o['predicted']} predicted, {o['true']} true)")
+        lines.append(
+            f"buildings, objects at IoU >= {o['iou_threshold']}: F1 {o['f1']:.3f} "
+            f"precision {o['precision']:.3f} recall {o['recall']:.3f} "
+            f"({o['true_positives']} matched of {o['predicted']} predicted, {o['true']} true)"
+        )
     if "centerlines" in result:
         c = result["centerlines"]
-        lines.append(f"road centre lines within {c['tolerance_m']:g} m: precision {c['precision']:.3f} "
-                     f"recall {c['recall']:.3f} F1 {c['f1']:.3f}")
+        lines.append(
+            f"road centre lines within {c['tolerance_m']:g} m: precision {c['precision']:.3f} "
+            f"recall {c['recall']:.3f} F1 {c['f1']:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -16,9 +16,10 @@ import csv
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -120,9 +121,14 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
     assert state.best_state is not None  # the first epoch is always the best so far
     save_model_file(cfg.output, card, state.best_state, t.save_dtype)
     return TrainResult(
-        model=cfg.output, checkpoint=cfg.checkpoint_path, csv=cfg.csv_path, epochs=state.epoch,
-        best_epoch=state.best_epoch, best_val=state.best_val,
-        seconds=round(time.perf_counter() - t_start + run.seconds_before, 1), stopped_early=stopped_early,
+        model=cfg.output,
+        checkpoint=cfg.checkpoint_path,
+        csv=cfg.csv_path,
+        epochs=state.epoch,
+        best_epoch=state.best_epoch,
+        best_val=state.best_val,
+        seconds=round(time.perf_counter() - t_start + run.seconds_before, 1),
+        stopped_early=stopped_early,
     )
 
 
@@ -206,8 +212,18 @@ def _start(
 
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
     return _Run(
-        cfg=cfg, command=command, card=card, device=device, precision=precision, net=net, opt=opt, sched=sched,
-        ema=ema, loss_fn=loss_fn, gen=gen, rng=rng,
+        cfg=cfg,
+        command=command,
+        card=card,
+        device=device,
+        precision=precision,
+        net=net,
+        opt=opt,
+        sched=sched,
+        ema=ema,
+        loss_fn=loss_fn,
+        gen=gen,
+        rng=rng,
         mean=torch.tensor(card.mean, dtype=torch.float32)[:, None, None],
         std=torch.tensor(card.std, dtype=torch.float32)[:, None, None],
     )
@@ -246,8 +262,12 @@ def _train_epochs(run: _Run, state: Progress, sampler: ChipSampler, val_scenes: 
     t = run.cfg.train
     total_steps = t.epochs * t.steps_per_epoch
     bar = tqdm(
-        total=total_steps, initial=min(state.step, total_steps), disable=not progress, unit="step",
-        dynamic_ncols=True, mininterval=2.0,
+        total=total_steps,
+        initial=min(state.step, total_steps),
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=2.0,
     )
     last_iou = state.best_val.get("mean_iou") if state.best_val else None
     run.seconds_before, run.started = state.seconds, time.perf_counter()
@@ -357,8 +377,17 @@ def _end_epoch(run: _Run, state: Progress, losses: list[float], val_scenes: list
 
 def _facts(run: _Run, state: Progress) -> dict[str, Any]:
     """The card's ``training`` section for the run as far as it is."""
-    facts = training_facts(run.cfg, run.command, state.history, state.best_epoch, state.best_val, state.seconds,
-                           run.device, run.precision, state.step)
+    facts = training_facts(
+        run.cfg,
+        run.command,
+        state.history,
+        state.best_epoch,
+        state.best_val,
+        state.seconds,
+        run.device,
+        run.precision,
+        state.step,
+    )
     if "encoder_weights" in run.card.training:  # where the encoder started: package, version, licence, sha256
         facts["encoder_weights"] = run.card.training["encoder_weights"]
     return facts

@@ -30,8 +30,13 @@ def _crop(src_path: Path, dst: Path, row: int, col: int, size: int = 256) -> Pat
     with rasterio.open(src_path) as src:
         win = Window(col, row, size, size)
         data, mask = src.read(window=win), src.dataset_mask(window=win)
-        prof = src.profile | {"width": size, "height": size, "transform": src.window_transform(win),
-                              "driver": "GTiff", "tiled": False}
+        prof = src.profile | {
+            "width": size,
+            "height": size,
+            "transform": src.window_transform(win),
+            "driver": "GTiff",
+            "tiled": False,
+        }
         prof.pop("blockxsize", None), prof.pop("blockysize", None)
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dst, "w", **prof) as out:
         out.write(data)
@@ -40,8 +45,14 @@ def _crop(src_path: Path, dst: Path, row: int, col: int, size: int = 256) -> Pat
 
 
 def _write_config(path: Path, model: Path, inputs: list, out: Path, **extra: Any) -> Path:
-    cfg = {"model": str(model), "inputs": [str(p) for p in inputs], "out": str(out),
-           "tiling": {"batch_size": 8}, "workers": 1, **extra}
+    cfg = {
+        "model": str(model),
+        "inputs": [str(p) for p in inputs],
+        "out": str(out),
+        "tiling": {"batch_size": 8},
+        "workers": 1,
+        **extra,
+    }
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
 
@@ -89,8 +100,10 @@ def assert_complete() -> Callable[[Path], None]:
 def scenes(tmp_path_factory) -> dict[str, Path]:
     """Crops ``a``, ``b`` of the demo scene, ``c`` of kampala_b (with shared data), a truncated ``corrupt``."""
     d = tmp_path_factory.mktemp("scenes")
-    out = {"a": _crop(DEMO_SCENE, d / "kampala_a256.tif", 0, 0),
-           "b": _crop(DEMO_SCENE, d / "kampala_b256.tif", 400, 300)}
+    out = {
+        "a": _crop(DEMO_SCENE, d / "kampala_a256.tif", 0, 0),
+        "b": _crop(DEMO_SCENE, d / "kampala_b256.tif", 400, 300),
+    }
     kb = SHARED / "kampala" / "kampala_b.tif"
     if kb.exists():
         out["c"] = _crop(kb, d / "kampala_shared256.tif", 300, 300)
@@ -116,6 +129,8 @@ def damage_config(tmp_path: Path, default_model: Path) -> Path:
     shutil.copy(DEMO_SCENE, tmp_path / "pre.tif")
     shutil.copy(DEMO_SCENE, tmp_path / "post.tif")
     cfg = tmp_path / "d.yaml"
-    cfg.write_text(f"task: damage\nmodel: {default_model}\n"
-                   f"inputs: {{pre: pre.tif, post: [post.tif]}}\nout: o\ndevice: cpu\ndamage: {{halo: 32}}\n")
+    cfg.write_text(
+        f"task: damage\nmodel: {default_model}\n"
+        f"inputs: {{pre: pre.tif, post: [post.tif]}}\nout: o\ndevice: cpu\ndamage: {{halo: 32}}\n"
+    )
     return cfg

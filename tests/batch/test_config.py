@@ -50,23 +50,35 @@ def test_config_errors_are_all_reported_before_any_work(tmp_path, tiny_model, wr
 
 
 def test_value_problems_name_the_dotted_key(tmp_path, tiny_model, write_config):
-    cfg = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", device="gpu", precision="fp8",
-                       tiling={"tile_size": 100, "batch_size": 0}, footprints="f.gpkg")
+    cfg = write_config(
+        tmp_path / "p.yaml",
+        tiny_model,
+        [DEMO_SCENE],
+        tmp_path / "o",
+        device="gpu",
+        precision="fp8",
+        tiling={"tile_size": 100, "batch_size": 0},
+        footprints="f.gpkg",
+    )
     with pytest.raises(ConfigError) as info:
         load_config(cfg)
-    assert sorted(info.value.problems) == sorted([
-        "precision: expected one of auto, fp32, bf16, fp16, got str 'fp8'",
-        "device: expected auto, cpu, cuda or cuda:N, got str 'gpu'",
-        "tiling.tile_size: must be a multiple of 32 (the U-Net's stride), got 100",
-        "tiling.batch_size: must be at least 1, got 0",
-        "footprints: only for task: damage",
-    ])
+    assert sorted(info.value.problems) == sorted(
+        [
+            "precision: expected one of auto, fp32, bf16, fp16, got str 'fp8'",
+            "device: expected auto, cpu, cuda or cuda:N, got str 'gpu'",
+            "tiling.tile_size: must be a multiple of 32 (the U-Net's stride), got 100",
+            "tiling.batch_size: must be at least 1, got 0",
+            "footprints: only for task: damage",
+        ]
+    )
 
 
 def test_a_section_with_a_typo_still_gets_its_other_checks(tmp_path, tiny_model, write_config):
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"model: {tiny_model}\nout: o\n"
-                   "inputs: {list_file: scenes.txt, watch: {folder: incoming, patern: '*.tif'}}\n")
+    cfg.write_text(
+        f"model: {tiny_model}\nout: o\n"
+        "inputs: {list_file: scenes.txt, watch: {folder: incoming, patern: '*.tif'}}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(cfg)
     assert info.value.problems == [
@@ -111,12 +123,22 @@ def test_inputs_and_out_override_and_watch_folder(tmp_path, tiny_model, scenes):
 
 
 def test_postprocess_overrides_are_checked_and_reach_the_settings(tmp_path, tiny_model, write_config):
-    cfg = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o",
-                       postprocess={"building": {"min_area_m2": 10, "regularize": False}})
+    cfg = write_config(
+        tmp_path / "p.yaml",
+        tiny_model,
+        [DEMO_SCENE],
+        tmp_path / "o",
+        postprocess={"building": {"min_area_m2": 10, "regularize": False}},
+    )
     c = load_config(cfg)
     assert c.settings.postprocess == c.postprocess == {"building": {"min_area_m2": 10.0, "regularize": False}}
-    bad = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o",
-                       postprocess={"buildings": {}, "road": {"spur": 3, "min_length_m": "long"}})
+    bad = write_config(
+        tmp_path / "p.yaml",
+        tiny_model,
+        [DEMO_SCENE],
+        tmp_path / "o",
+        postprocess={"buildings": {}, "road": {"spur": 3, "min_length_m": "long"}},
+    )
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     problems = info.value.problems

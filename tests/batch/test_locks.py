@@ -23,7 +23,7 @@ from tests.helpers import REPO
 
 # Imports geounet (and torch) once, then forks one real child process per job, each running
 # geounet's CLI, with a SIGKILL planted at one point of the pipeline (job's kill_at).
-DRIVER = r'''
+DRIVER = r"""
 import json, os, shutil, signal, sys
 from geounet.cli.main import main
 from geounet.engine.stitch import Stitcher
@@ -66,7 +66,7 @@ with open(pid_file + ".tmp", "w") as f:
     json.dump(pids, f)
 os.replace(pid_file + ".tmp", pid_file)
 print(json.dumps({name: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for name, pid in pids.items()}))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,9 @@ def killed_runs(scenes, tiny_model, clean, tmp_path_factory, write_config) -> di
     jobs += [(f"concurrent{i}", None, [str(conc_cfg), "--quiet"]) for i in range(2)]
     jobs = [(name, point, ["run", *args]) for name, point, args in jobs]
     pid_file = d / "pids.json"
-    zygote = subprocess.Popen([sys.executable, str(driver), json.dumps(jobs), str(pid_file)], env=env,
-                              stdout=subprocess.PIPE, text=True)
+    zygote = subprocess.Popen(
+        [sys.executable, str(driver), json.dumps(jobs), str(pid_file)], env=env, stdout=subprocess.PIPE, text=True
+    )
 
     # the outside kill: SIGKILL as soon as the scene's partial folder exists (mid-scene)
     out = outs["outside"][0]
@@ -134,7 +135,10 @@ def test_recovery_restores_previous_outputs_and_removes_only_dead_runs_leftovers
     assert done == [f"restored previous outputs from .a.old-{dead.pid}", f"removed .a.partial-{dead.pid}"]
     assert (tmp_path / "a" / "run.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".a")) == [
-        ".a.lock", f".a.partial-{os.getpid()}", f".ab.partial-{dead.pid}"]
+        ".a.lock",
+        f".a.partial-{os.getpid()}",
+        f".ab.partial-{dead.pid}",
+    ]
 
 
 @pytest.mark.parametrize("point", ["stitch", "gpkg", "swap", "cleanup", "outside"])

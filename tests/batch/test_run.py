@@ -18,8 +18,9 @@ from tests.helpers import DEMO_SCENE
 OUTPUTS = ("scores.tif", "classes.tif", "features.gpkg", "run.json", "item.json", "quicklook.png")
 
 
-def test_batch_twice_second_run_skips_all_and_corrupt_scene_is_isolated(scenes, tiny_model, clean, tmp_path,
-                                                                        write_config, assert_complete):
+def test_batch_twice_second_run_skips_all_and_corrupt_scene_is_isolated(
+    scenes, tiny_model, clean, tmp_path, write_config, assert_complete
+):
     cfg = write_config(tmp_path / "p.yaml", tiny_model, list(scenes.values()), clean)  # reuse clean's outputs
     runner = CliRunner()
     res = runner.invoke(app, ["run", str(cfg)])

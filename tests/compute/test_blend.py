@@ -32,6 +32,8 @@ def test_blend_tiles_of_a_constant_prediction_is_that_constant():
     chunk = g.chunk(0, 0)
     preds = np.full((len(chunk.tiles), 2, 128, 128), 0.3, np.float32)
     offs = [(t.box.row0 - chunk.box.row0, t.box.col0 - chunk.box.col0) for t in chunk.tiles]
-    out = blend_tiles(preds, offs, [blend_weights(128, 32, t.taper) for t in chunk.tiles], (chunk.box.height, chunk.box.width))
+    out = blend_tiles(
+        preds, offs, [blend_weights(128, 32, t.taper) for t in chunk.tiles], (chunk.box.height, chunk.box.width)
+    )
     inner = out[:, 16 : 16 + 300, 16 : 16 + 300]
     np.testing.assert_allclose(inner, 0.3, atol=1e-6)

@@ -10,8 +10,12 @@ def blockwise(road, block, halo, spur_px):
     for r in range(0, h, block):
         for c in range(0, w, block):
             r0, c0 = max(0, r - halo), max(0, c - halo)
-            pieces += centerlines_block(road[r0 : r + block + halo, c0 : c + block + halo], (r0, c0),
-                                        (r, c, min(h, r + block), min(w, c + block)), spur_px)
+            pieces += centerlines_block(
+                road[r0 : r + block + halo, c0 : c + block + halo],
+                (r0, c0),
+                (r, c, min(h, r + block), min(w, c + block)),
+                spur_px,
+            )
     return merge_centerlines(pieces)
 
 
@@ -28,11 +32,11 @@ def test_crossing_roads_are_joined_at_the_junction_and_independent_of_blocks():
     road[290:311, 100:1300] = True
     road[100:500, 700:716] = True
     whole = merge_centerlines(centerlines_block(road, (0, 0), (0, 0, 600, 1400), spur_px=30))
-    assert sum(l.length for l in whole) == pytest.approx(1600, rel=0.02)
+    assert sum(line.length for line in whole) == pytest.approx(1600, rel=0.02)
     assert len(whole) == 4  # four arms meeting at the junction
     blocks = blockwise(road, 256, 48, 30)
     assert len(blocks) == len(whole)
-    assert sum(l.length for l in blocks) == pytest.approx(sum(l.length for l in whole), rel=1e-6)
+    assert sum(line.length for line in blocks) == pytest.approx(sum(line.length for line in whole), rel=1e-6)
 
 
 def test_short_spurs_are_pruned():

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from geounet.compute.change import (
-    GRADES, NOT_ASSESSED, ChangeRules, change_score, feature_change, grade, match_moments, pair_forward,
+    GRADES,
+    NOT_ASSESSED,
+    ChangeRules,
+    change_score,
+    feature_change,
+    grade,
+    match_moments,
+    pair_forward,
     probability_drop,
 )
 
@@ -32,7 +39,15 @@ def test_change_score_weights_the_drop_by_pre_confidence():
 
 def test_grade_thresholds_and_not_assessed():
     out = grade(np.array([0.0, 0.29, 0.3, 0.55, 0.7, 1.0, np.nan]), (0.3, 0.5, 0.7))
-    assert list(out) == ["no-damage", "no-damage", "minor-damage", "major-damage", "destroyed", "destroyed", NOT_ASSESSED]
+    assert list(out) == [
+        "no-damage",
+        "no-damage",
+        "minor-damage",
+        "major-damage",
+        "destroyed",
+        "destroyed",
+        NOT_ASSESSED,
+    ]
     assert set(GRADES) == {"no-damage", "minor-damage", "major-damage", "destroyed"}
     with pytest.raises(ValueError):
         grade(np.zeros(1), (0.5, 0.3, 0.7))

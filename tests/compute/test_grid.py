@@ -13,7 +13,7 @@ def test_cores_cover_every_pixel_once(shape, tile, overlap, k):
         assert t.box.height == tile and t.box.width == tile
         h = overlap // 2
         core = Box(t.box.row0 + h, t.box.col0 + h, t.box.row1 - h, t.box.col1 - h).intersect(g.scene)
-        cover[core.row0:core.row1, core.col0:core.col1] += 1
+        cover[core.row0 : core.row1, core.col0 : core.col1] += 1
     assert cover.min() == 1 and cover.max() == 1
 
 
@@ -23,7 +23,7 @@ def test_regions_partition_the_scene_and_name_the_chunks_that_cover_them(shape):
     cover = np.zeros(shape, int)
     for region in g.regions():
         b = region.box
-        cover[b.row0:b.row1, b.col0:b.col1] += 1
+        cover[b.row0 : b.row1, b.col0 : b.col1] += 1
         # every tile that overlaps the region lies in one of the region's chunks
         for chunk in g.chunks():
             touches = any(t.box.intersect(b) for t in chunk.tiles)

@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
-import shapely
-from shapely.geometry import LineString, box
+from shapely.geometry import box
 
 from geounet.compute.metrics import (
-    centerline_scores, confusion_matrix, match_polygons, object_scores, pixel_scores,
+    centerline_scores,
+    confusion_matrix,
+    match_polygons,
+    object_scores,
+    pixel_scores,
 )
 
 
@@ -34,12 +37,14 @@ def test_absent_class_is_not_averaged():
 
 def test_object_f1_with_a_known_matching():
     truth = np.array([box(0, 0, 10, 10), box(20, 0, 30, 10), box(40, 0, 50, 10), box(60, 0, 70, 10)])
-    pred = np.array([
-        box(0, 0, 10, 10),     # exact: IoU 1
-        box(22, 0, 32, 10),    # shifted 2 m: IoU 80/120 = 0.67, a match
-        box(40, 0, 70, 10),    # merges truths 3 and 4: IoU 1/3 with each, no match
-        box(100, 0, 110, 10),  # nothing there
-    ])
+    pred = np.array(
+        [
+            box(0, 0, 10, 10),  # exact: IoU 1
+            box(22, 0, 32, 10),  # shifted 2 m: IoU 80/120 = 0.67, a match
+            box(40, 0, 70, 10),  # merges truths 3 and 4: IoU 1/3 with each, no match
+            box(100, 0, 110, 10),  # nothing there
+        ]
+    )
     pairs = match_polygons(pred, truth)
     assert sorted((a, b) for a, b, _ in pairs) == [(0, 0), (1, 1)]
     s = object_scores(pred, truth)

@@ -4,9 +4,7 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
-from geounet.compute.vectorize import Pieces, merge_across_blocks, polygonize_block
-
-from geounet.compute.vectorize import apply_affine
+from geounet.compute.vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block
 
 T = Affine(0.0746455354, 0, 3627854.2364710346, 0, -0.0746455354, 38830.0103688)  # inexact, like real scenes
 
@@ -17,9 +15,15 @@ def blockwise(classes, block, class_ids, scores=None):
     for r in range(0, h, block):
         for c in range(0, w, block):
             sl = np.s_[r : r + block, c : c + block]
-            parts.append(polygonize_block(classes[sl], (r, c), class_ids,
-                                          None if scores is None else scores[sl],
-                                          (r > 0, r + block < h, c > 0, c + block < w)))
+            parts.append(
+                polygonize_block(
+                    classes[sl],
+                    (r, c),
+                    class_ids,
+                    None if scores is None else scores[sl],
+                    (r > 0, r + block < h, c > 0, c + block < w),
+                )
+            )
     return merge_across_blocks(Pieces.concat(parts))
 
 
@@ -41,7 +45,8 @@ def test_shapes_straddling_block_corners_merge_exactly():
     classes[15:25, 5:35] = 1  # a plus sign centred on the block corner
     classes[18:22, 18:22] = 2  # a different class right on the corner (a hole in class 1)
     classes[0:20, 0:3] = 1  # touches edge only at a corner with nothing
-    classes[19, 36] = 1; classes[20, 37] = 1  # two pixels touching diagonally across the edge: stay apart
+    classes[19, 36] = 1
+    classes[20, 37] = 1  # two pixels touching diagonally across the edge: stay apart
     whole = polygonize_block(classes, (0, 0), [1, 2])
     merged = blockwise(classes, 20, [1, 2])
     assert_same(whole, merged, [1, 2])

@@ -58,12 +58,12 @@ class SyntheticPair:
         bg = np.clip((bg - bg.mean()) * 3 + np.array([90, 120, 70])[:, None, None], 0, 255).astype(np.uint8)
         pre = bg.copy()
         for r, c in self.boxes:
-            pre[:, r:r + 20, c:c + 24] = np.array([200, 190, 180])[:, None, None]
-            pre[:, r + 9:r + 11, c:c + 24] = 120  # ridge
+            pre[:, r : r + 20, c : c + 24] = np.array([200, 190, 180])[:, None, None]
+            pre[:, r + 9 : r + 11, c : c + 24] = 120  # ridge
         post = pre.copy()
         for k in self.erased:
             r, c = self.boxes[k]
-            post[:, r:r + 20, c:c + 24] = bg[:, r:r + 20, c:c + 24]
+            post[:, r : r + 20, c : c + 24] = bg[:, r : r + 20, c : c + 24]
         return bg, pre, post
 
     def footprints(self, crs: str | None = None) -> gpd.GeoDataFrame:
@@ -85,11 +85,23 @@ class SyntheticPair:
         """A GeoTIFF of ``pixels`` on the pair's grid (``kw``: ``write_scene``'s, e.g. mask, crs, origin)."""
         return write_scene(path, pixels, **({"crs": self.crs, "res": self.res, "origin": self.origin} | kw))
 
-    def run(self, out: Path, post: list[Path] | None = None, footprints: Path | None = None,
-            pre: list[Path] | None = None, **overrides: Any) -> dict[str, Any]:
+    def run(
+        self,
+        out: Path,
+        post: list[Path] | None = None,
+        footprints: Path | None = None,
+        pre: list[Path] | None = None,
+        **overrides: Any,
+    ) -> dict[str, Any]:
         """``run_damage`` on the pair (or on other pre/post/footprints files) with the tiny model."""
-        return run_damage(pre or [self.folder / "pre.tif"], post or [self.folder / "post.tif"], out,
-                          footprints or self.folder / "footprints.gpkg", self.model, self.settings(**overrides))
+        return run_damage(
+            pre or [self.folder / "pre.tif"],
+            post or [self.folder / "post.tif"],
+            out,
+            footprints or self.folder / "footprints.gpkg",
+            self.model,
+            self.settings(**overrides),
+        )
 
     @staticmethod
     def grades(out: Path) -> list[str]:

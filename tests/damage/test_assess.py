@@ -43,8 +43,12 @@ def _args(pair, d, grid, **settings) -> tuple:
 def test_blocks_in_raster_order_each_with_the_footprints_it_touches(mosaics):
     _, grid, geoms = mosaics
     jobs = plan_blocks(grid.extent, 128, geoms, grid)
-    assert [j.box for j in jobs] == [Box(0, 0, 128, 128), Box(0, 128, 128, 256), Box(128, 0, 256, 128),
-                                     Box(128, 128, 256, 256)]
+    assert [j.box for j in jobs] == [
+        Box(0, 0, 128, 128),
+        Box(0, 128, 128, 256),
+        Box(128, 0, 256, 128),
+        Box(128, 128, 256, 256),
+    ]
     assert [list(j.ids) for j in jobs] == [[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]]  # 4: the centre
     assert all(len(j.footprints) == len(j.ids) for j in jobs)
 
@@ -118,4 +122,3 @@ def test_sums_add_up_over_blocks_in_any_order_and_on_an_executor(pair, mosaics):
     assert four.valid_pixels == one.valid_pixels == 256 * 256
     assert np.allclose(four.means()[0], one.means()[0], atol=0.05)  # context differs a little at block edges
     assert four.timings["model_s"] > 0
-

@@ -33,10 +33,20 @@ def _sums(scores: list[float], counts: list[int]) -> BuildingSums:
 
 def test_scores_grades_and_not_assessed_buildings():
     """Each score's grade; a building with data on under half its area, and one outside, not assessed."""
-    table = grade_buildings(_buildings(), _sums([0.1, 0.6, 0.9, 0.9, 0.0], [100, 100, 100, 40, 0]), GRID,
-                            DamageSettings(), None)
-    assert list(table.columns) == ["footprint_id", "damage", "damage_score", "area_m2", "building_prob_pre",
-                                   "building_prob_post", "feature_distance", "valid_fraction", "geometry"]
+    table = grade_buildings(
+        _buildings(), _sums([0.1, 0.6, 0.9, 0.9, 0.0], [100, 100, 100, 40, 0]), GRID, DamageSettings(), None
+    )
+    assert list(table.columns) == [
+        "footprint_id",
+        "damage",
+        "damage_score",
+        "area_m2",
+        "building_prob_pre",
+        "building_prob_post",
+        "feature_distance",
+        "valid_fraction",
+        "geometry",
+    ]
     assert list(table["damage"]) == ["no-damage", "major-damage", "destroyed", "not_assessed", "not_assessed"]
     assert table["damage_score"].tolist()[:3] == pytest.approx([0.1, 0.6, 0.9])
     assert table["damage_score"].isna().tolist() == [False, False, False, True, True]
@@ -45,15 +55,22 @@ def test_scores_grades_and_not_assessed_buildings():
     assert table["building_prob_pre"].tolist()[:3] == pytest.approx([0.8] * 3)
     assert table.crs == GRID.crs_wkt
     counts = grade_counts(table, Box(0, 0, 100, 100), GRID)
-    assert counts == {"total": 5, "per_grade": {"no-damage": 1, "minor-damage": 0, "major-damage": 1, "destroyed": 1,
-                                                "not_assessed": 2},
-                      "not_assessed": {"outside_overlap": 1, "too_little_valid_data": 1}}
+    assert counts == {
+        "total": 5,
+        "per_grade": {"no-damage": 1, "minor-damage": 0, "major-damage": 1, "destroyed": 1, "not_assessed": 2},
+        "not_assessed": {"outside_overlap": 1, "too_little_valid_data": 1},
+    }
 
 
 def test_a_head_replaces_the_thresholds_and_gives_the_score():
     """A head that calls everything destroyed, with thresholds that would say no damage."""
     head = DamageHead(np.zeros((4, 4)), np.array([0.0, 0.0, 0.0, 50.0]), np.zeros(4), np.ones(4))
-    table = grade_buildings(_buildings(), _sums([0.1, 0.1, 0.1, 0.1, 0.0], [100, 100, 100, 100, 0]), GRID,
-                            DamageSettings(thresholds=[0.5, 0.6, 0.7]), head)
+    table = grade_buildings(
+        _buildings(),
+        _sums([0.1, 0.1, 0.1, 0.1, 0.0], [100, 100, 100, 100, 0]),
+        GRID,
+        DamageSettings(thresholds=[0.5, 0.6, 0.7]),
+        head,
+    )
     assert list(table["damage"]) == ["destroyed"] * 4 + ["not_assessed"]
     assert table["damage_score"].tolist()[:4] == pytest.approx([1.0] * 4)

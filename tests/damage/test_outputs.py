@@ -33,13 +33,16 @@ def test_change_raster_is_described_and_becomes_a_cog(tmp_path):
 
 
 def test_buildings_layer_carries_its_grade_style(tmp_path):
-    table = gpd.GeoDataFrame({"footprint_id": [0, 1], "damage": ["no-damage", "destroyed"]},
-                             geometry=[shapely.box(0, 0, 1, 1), shapely.box(2, 2, 3, 3)], crs="EPSG:26915")
+    table = gpd.GeoDataFrame(
+        {"footprint_id": [0, 1], "damage": ["no-damage", "destroyed"]},
+        geometry=[shapely.box(0, 0, 1, 1), shapely.box(2, 2, 3, 3)],
+        crs="EPSG:26915",
+    )
     write_buildings(table, tmp_path / "damage.gpkg")
     back = gpd.read_file(tmp_path / "damage.gpkg", layer="buildings")
     assert list(back["damage"]) == ["no-damage", "destroyed"]
     with sqlite3.connect(tmp_path / "damage.gpkg") as db:
-        (name, qml), = db.execute("SELECT f_table_name, styleQML FROM layer_styles").fetchall()
+        ((name, qml),) = db.execute("SELECT f_table_name, styleQML FROM layer_styles").fetchall()
     assert name == "buildings" and 'attr="damage"' in qml
     for grade in ("no-damage", "minor-damage", "major-damage", "destroyed", "not_assessed"):
         assert f'value="{grade}"' in qml

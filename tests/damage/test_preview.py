@@ -43,7 +43,7 @@ def test_quicklook_shows_both_epochs_and_outlines_in_grade_colours(pair, vrts, t
             img = png.read()
     panel = (200 - GAP) // 2
     assert img.shape == (3, panel, 2 * panel + GAP)
-    assert (img[:, :, panel:panel + GAP] == 255).all()  # the gap
+    assert (img[:, :, panel : panel + GAP] == 255).all()  # the gap
     colours = {tuple(int(v) for v in img[:, r, c]) for r in range(panel) for c in range(img.shape[2])}
     assert GRADE_COLOURS["destroyed"] in colours and GRADE_COLOURS["no-damage"] in colours
     assert not list(tmp_path.glob("*.aux.xml"))

@@ -50,15 +50,29 @@ def test_run_json_is_the_damage_record(pair, tmp_path):
     run = pair.run(tmp_path / "out", block=256)
     written = json.loads((tmp_path / "out" / "run.json").read_text())
     assert written == run
-    assert list(written) == ["geounet_version", "created_utc", "task", "inputs", "model", "settings", "method",
-                             "footprints", "buildings", "timings", "outputs", "record_version"]
+    assert list(written) == [
+        "geounet_version",
+        "created_utc",
+        "task",
+        "inputs",
+        "model",
+        "settings",
+        "method",
+        "footprints",
+        "buildings",
+        "timings",
+        "outputs",
+        "record_version",
+    ]
     assert written["task"] == "damage" and written["record_version"] == DAMAGE_RECORD_VERSION
-    assert written["inputs"]["pre"] == [{"path": str((pair.folder / "pre.tif").resolve()),
-                                         "bytes": (pair.folder / "pre.tif").stat().st_size}]
+    assert written["inputs"]["pre"] == [
+        {"path": str((pair.folder / "pre.tif").resolve()), "bytes": (pair.folder / "pre.tif").stat().st_size}
+    ]
     assert written["method"]["overlap_window"] == {"col_off": 0, "row_off": 0, "width": 256, "height": 256}
     assert written["settings"]["device"] == "cpu" and written["settings"]["block"] == 256
-    assert {"prepare_s", "blocks_s", "blocks_model_s", "buildings_s", "cog_s", "quicklook_s",
-            "total_s"} <= set(written["timings"])
+    assert {"prepare_s", "blocks_s", "blocks_model_s", "buildings_s", "cog_s", "quicklook_s", "total_s"} <= set(
+        written["timings"]
+    )
     assert not list((tmp_path / "out").glob(".*"))  # no staging folder left
 
 
@@ -70,10 +84,27 @@ def test_post_warped_from_epsg4326_grades_like_the_original(pair, tmp_path):
     with rasterio.open(pair.folder / "post.tif") as src:
         tr, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height, *src.bounds)
         geo = np.zeros((3, h, w), np.uint8)
-        reproject(src.read(), geo, src_transform=src.transform, src_crs=src.crs, dst_transform=tr,
-                  dst_crs="EPSG:4326", resampling=Resampling.cubic)
-    with rasterio.open(tmp_path / "post4326.tif", "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
-                       crs="EPSG:4326", transform=tr, nodata=0) as dst:
+        reproject(
+            src.read(),
+            geo,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=tr,
+            dst_crs="EPSG:4326",
+            resampling=Resampling.cubic,
+        )
+    with rasterio.open(
+        tmp_path / "post4326.tif",
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=tr,
+        nodata=0,
+    ) as dst:
         dst.write(geo)
     pair.run(tmp_path / "out", post=[tmp_path / "post4326.tif"], block=256)
     gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg").sort_values("footprint_id")
@@ -87,7 +118,7 @@ def test_nodata_outside_overlap_and_invalid_footprints(pair, tmp_path):
     _, _, post = pair.arrays()
     mask = np.ones((pair.size, pair.size), bool)
     r, c = pair.boxes[2]
-    mask[: r + 40, c - 10:] = False  # no post data over building 2 (untouched) and its corner
+    mask[: r + 40, c - 10 :] = False  # no post data over building 2 (untouched) and its corner
     pair.write(tmp_path / "post.tif", post, mask=mask)
     x, y = pair.origin
     far = shapely.box(x - 500, y - 20, x - 480, y)  # west of the scenes
@@ -113,8 +144,9 @@ def test_nodata_outside_overlap_and_invalid_footprints(pair, tmp_path):
         assert (ds.read(1)[r + 5, c + 5]) == 255  # nodata
 
 
-@pytest.mark.parametrize("case", ["no_overlap", "empty_footprints", "footprints_without_crs", "missing_post",
-                                  "post_all_nodata"])
+@pytest.mark.parametrize(
+    "case", ["no_overlap", "empty_footprints", "footprints_without_crs", "missing_post", "post_all_nodata"]
+)
 def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     out = tmp_path / "out"
     kw = {}
@@ -172,10 +204,27 @@ def test_cli_mosaics_reprojects_and_reports_errors_on_one_line(pair, tmp_path):
     cfg.write_text("damage:\n" + "".join(f"  {k}: {v}\n" for k, v in (pair.settings_dict | {"block": 256}).items()))
     runner = CliRunner()
     out = tmp_path / "out"
-    ok = runner.invoke(app, ["damage", "--pre", str(tmp_path / "pre_n.tif"), str(tmp_path / "pre_s.tif"),
-                             "--post", str(tmp_path / "post_w.tif"), str(tmp_path / "post_e.tif"),
-                             "--footprints", str(tmp_path / "fp.geojson"), "--model", str(model),
-                             "--config", str(cfg), "--out", str(out), "--quiet"])
+    ok = runner.invoke(
+        app,
+        [
+            "damage",
+            "--pre",
+            str(tmp_path / "pre_n.tif"),
+            str(tmp_path / "pre_s.tif"),
+            "--post",
+            str(tmp_path / "post_w.tif"),
+            str(tmp_path / "post_e.tif"),
+            "--footprints",
+            str(tmp_path / "fp.geojson"),
+            "--model",
+            str(model),
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert not ok.stderr.strip()  # --quiet: nothing on success
     counts = json.loads((out / "run.json").read_text())["buildings"]["per_grade"]
@@ -184,8 +233,20 @@ def test_cli_mosaics_reprojects_and_reports_errors_on_one_line(pair, tmp_path):
     assert json.loads((out / "run.json").read_text())["footprints"]["reprojected"] is True
     with rasterio.open(out / "change.tif") as ds:
         assert ds.shape == (pair.size, pair.size) and ds.crs == pair.crs and ds.transform.c == pair.origin[0]
-    bad = runner.invoke(app, ["damage", "--pre", str(pair.folder / "pre.tif"), "--post", str(tmp_path / "missing.tif"),
-                              "--model", str(model), "--out", str(tmp_path / "out2")])
+    bad = runner.invoke(
+        app,
+        [
+            "damage",
+            "--pre",
+            str(pair.folder / "pre.tif"),
+            "--post",
+            str(tmp_path / "missing.tif"),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "out2"),
+        ],
+    )
     assert bad.exit_code == 2
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {tmp_path / 'missing.tif'}: file not found"]
@@ -195,13 +256,28 @@ def test_cli_mosaics_reprojects_and_reports_errors_on_one_line(pair, tmp_path):
 def test_cli_reports_every_config_problem_on_one_line(pair, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("damage:\n  blok: 1\n  halo: x\n  thresholds: [0.7, 0.5, 0.3]\n")
-    res = CliRunner().invoke(app, ["damage", "--pre", str(pair.folder / "pre.tif"), "--post",
-                                   str(pair.folder / "post.tif"), "--model", str(pair.model), "--config", str(cfg),
-                                   "--out", str(tmp_path / "out")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "damage",
+            "--pre",
+            str(pair.folder / "pre.tif"),
+            "--post",
+            str(pair.folder / "post.tif"),
+            "--model",
+            str(pair.model),
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert res.exit_code == 2
-    assert res.stderr.strip() == (f"error: {cfg}: damage: unknown key 'blok' (did you mean 'block'?); "
-                                  "damage.halo: expected an integer, got str 'x'; "
-                                  "damage.thresholds: must be 3 increasing values in [0, 1], got [0.7, 0.5, 0.3]")
+    assert res.stderr.strip() == (
+        f"error: {cfg}: damage: unknown key 'blok' (did you mean 'block'?); "
+        "damage.halo: expected an integer, got str 'x'; "
+        "damage.thresholds: must be 3 increasing values in [0, 1], got [0.7, 0.5, 0.3]"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -213,8 +289,15 @@ def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path,
 
     executor = make_executor(PredictSettings())
     try:
-        run = run_damage([pair.folder / "pre.tif"], [pair.folder / "post.tif"], tmp_path / "out", None, default_model,
-                         pair.settings(block=128), executor)
+        run = run_damage(
+            [pair.folder / "pre.tif"],
+            [pair.folder / "post.tif"],
+            tmp_path / "out",
+            None,
+            default_model,
+            pair.settings(block=128),
+            executor,
+        )
     finally:
         executor.close()
     assert run["footprints"]["source"] == "buildings model on the pre scene"

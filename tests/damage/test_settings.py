@@ -25,8 +25,16 @@ def test_no_section_is_the_defaults_and_numbers_become_floats():
 
 
 def test_unknown_keys_types_and_values_are_reported_together():
-    settings, problems = DamageSettings.check({"blok": 1, "halo": "x", "thresholds": [0.7, 0.5, 0.3],
-                                               "match_radiometry": "yes", "feature_low": 0.6, "batch_size": 0})
+    settings, problems = DamageSettings.check(
+        {
+            "blok": 1,
+            "halo": "x",
+            "thresholds": [0.7, 0.5, 0.3],
+            "match_radiometry": "yes",
+            "feature_low": 0.6,
+            "batch_size": 0,
+        }
+    )
     assert settings is None
     assert problems == [  # unknown keys, then wrong types, then broken value rules
         "damage: unknown key 'blok' (did you mean 'block'?)",
@@ -38,8 +46,10 @@ def test_unknown_keys_types_and_values_are_reported_together():
     ]
     with pytest.raises(ConfigError) as info:
         DamageSettings.from_dict({"blok": 1, "halo": "x"})
-    assert info.value.problems == ["damage: unknown key 'blok' (did you mean 'block'?)",
-                                   "damage.halo: expected an integer, got str 'x'"]
+    assert info.value.problems == [
+        "damage: unknown key 'blok' (did you mean 'block'?)",
+        "damage.halo: expected an integer, got str 'x'",
+    ]
     assert "\n" not in str(info.value)
 
 
@@ -55,7 +65,9 @@ def test_not_a_mapping_and_another_section_name():
 
 def test_constructed_settings_check_nothing_until_asked():
     s = DamageSettings(block=8, min_valid_fraction=0.0, feature_stages=[0])
-    assert s.problems() == ["damage.feature_stages: must list encoder stages, 1 = the first, got [0]",
-                            "damage.min_valid_fraction: must be in (0, 1], got 0.0",
-                            "damage.block: must be >= 64, got 8"]
+    assert s.problems() == [
+        "damage.feature_stages: must list encoder stages, 1 = the first, got [0]",
+        "damage.min_valid_fraction: must be in (0, 1], got 0.0",
+        "damage.block: must be >= 64, got 8",
+    ]
     assert DamageSettings().problems() == []

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.helpers import write_scene
-from geounet.engine import executors, settings as engine_settings
-from geounet.engine.stitch import Stitcher
+from geounet.engine import executors
+from geounet.engine import settings as engine_settings
 from geounet.engine.executors import ClusterError
-from geounet.engine.settings import PredictSettings
 from geounet.engine.predict import make_executor, predict_scene
+from geounet.engine.settings import PredictSettings
+from geounet.engine.stitch import Stitcher
+from tests.helpers import write_scene
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 90.0  # workers import torch: several seconds each on a busy 2-core machine
@@ -40,12 +41,43 @@ class LoopbackCluster:
         self.procs: list[subprocess.Popen] = []
         env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         self.scheduler = self._spawn(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-             "--scheduler-file", str(self.file)], env, "scheduler")
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(self.file),
+            ],
+            env,
+            "scheduler",
+        )
         self.workers = [
-            self._spawn([str(BIN / "dask"), "worker", "--scheduler-file", str(self.file), "--host", "127.0.0.1",
-                         "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--death-timeout", "60",
-                         "--local-directory", str(tmp / f"w{i}")], env, f"worker{i}")
+            self._spawn(
+                [
+                    str(BIN / "dask"),
+                    "worker",
+                    "--scheduler-file",
+                    str(self.file),
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    "1",
+                    "--nworkers",
+                    "1",
+                    "--no-dashboard",
+                    "--death-timeout",
+                    "60",
+                    "--local-directory",
+                    str(tmp / f"w{i}"),
+                ],
+                env,
+                f"worker{i}",
+            )
             for i in range(n_workers)
         ]
         try:
@@ -92,8 +124,9 @@ _LIVE: list[LoopbackCluster] = []
 
 def _live_cluster(factory, min_workers: int) -> LoopbackCluster:
     """One cluster for the module (start-up costs seconds); a new one once a test broke it."""
-    if _LIVE and (_LIVE[0].scheduler.poll() is not None
-                  or sum(p.poll() is None for p in _LIVE[0].workers) < min_workers):
+    if _LIVE and (
+        _LIVE[0].scheduler.poll() is not None or sum(p.poll() is None for p in _LIVE[0].workers) < min_workers
+    ):
         _LIVE.pop().close()
     if not _LIVE:
         _LIVE.append(LoopbackCluster(factory.mktemp("cluster")))
@@ -133,7 +166,9 @@ def test_workers_settle_auto_settings_for_themselves(cluster, tiny_model, tmp_pa
     must send GPU work to GPU workers): here the client's own view is made to differ from the workers'."""
     monkeypatch.setattr(engine_settings, "resolve_backend", lambda device, precision, backend="auto": "torch")
     scene = _scene(tmp_path / "scene.tif", 480)
-    settings = PredictSettings(precision="fp32", scheduler=cluster.address, vector=False, quiet=True)  # auto: bf16 where the CPU has it
+    settings = PredictSettings(
+        precision="fp32", scheduler=cluster.address, vector=False, quiet=True
+    )  # auto: bf16 where the CPU has it
     client = make_executor(settings)
     try:
         rep = predict_scene(scene, tmp_path / "out", tiny_model, settings, client)
@@ -180,10 +215,28 @@ def test_scheduler_killed_mid_run_fails_cleanly(cluster_any, tiny_model, tmp_pat
     cluster = cluster_any
     scene = _scene(tmp_path / "big.tif", 1536)  # 256 tiles: long enough to be caught mid-run
     out = tmp_path / "out"
-    cmd = [str(BIN / "geounet"), "predict", str(scene), "--out", str(out), "--model", str(tiny_model),
-           "--scheduler", cluster.address, "--no-vector", "--batch-size", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1"}, start_new_session=True)
+    cmd = [
+        str(BIN / "geounet"),
+        "predict",
+        str(scene),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--scheduler",
+        cluster.address,
+        "--no-vector",
+        "--batch-size",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(out.glob(".big.partial-*")):  # the run has started writing

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 
+from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
 from geounet.errors import GeounetError
-from geounet.engine.predict import predict_batch
 from tests.helpers import DEMO_SCENE, shared_file, write_scene
 
 
@@ -41,7 +41,14 @@ def test_demo_scene_outputs_are_cogs_on_the_scene_grid_with_nodata(tiny_model, t
     [rep] = run([DEMO_SCENE], tmp_path, tiny_model)
     assert rep.ok, rep.error
     out = tmp_path / "kampala_demo"
-    assert sorted(p.name for p in out.iterdir()) == ["classes.tif", "features.gpkg", "item.json", "quicklook.png", "run.json", "scores.tif"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "classes.tif",
+        "features.gpkg",
+        "item.json",
+        "quicklook.png",
+        "run.json",
+        "scores.tif",
+    ]
     assert_same_grid(DEMO_SCENE, out)
     with rasterio.open(DEMO_SCENE) as src:
         invalid = src.dataset_mask() == 0
@@ -67,8 +74,12 @@ def test_workers_1_and_2_give_identical_classes(tiny_model, tmp_path):
     a = run([DEMO_SCENE], tmp_path / "w1", tiny_model, workers=1, tile_size=96, overlap=32, chunk_pixels=128)
     b = run([DEMO_SCENE], tmp_path / "w2", tiny_model, workers=2, tile_size=96, overlap=32, chunk_pixels=128)
     assert a[0].ok and b[0].ok and a[0].tiles["chunks"] > 4
-    np.testing.assert_array_equal(read(tmp_path / "w1/kampala_demo/classes.tif"), read(tmp_path / "w2/kampala_demo/classes.tif"))
-    np.testing.assert_array_equal(read(tmp_path / "w1/kampala_demo/scores.tif"), read(tmp_path / "w2/kampala_demo/scores.tif"))
+    np.testing.assert_array_equal(
+        read(tmp_path / "w1/kampala_demo/classes.tif"), read(tmp_path / "w2/kampala_demo/classes.tif")
+    )
+    np.testing.assert_array_equal(
+        read(tmp_path / "w1/kampala_demo/scores.tif"), read(tmp_path / "w2/kampala_demo/scores.tif")
+    )
 
 
 def test_chunking_does_not_change_the_result(tiny_model, tmp_path):
@@ -166,21 +177,6 @@ def test_georeferencing_on_real_scenes(rel, tiny_model_03, tmp_path):
     assert_same_grid(scene, tmp_path / scene.stem)
 
 
-def test_postprocess_overrides_replace_only_the_given_fields():
-    from geounet.errors import GeounetError
-    from geounet.engine.settings import rules_with_overrides
-    from geounet.compute.postprocess import DEFAULT_RULES
-
-    rules = rules_with_overrides({"building": {"split_m": 3.0, "min_area_m2": 10}})
-    assert rules["building"].split_m == 3.0 and rules["building"].min_area_m2 == 10
-    assert rules["building"].regularize is DEFAULT_RULES["building"].regularize
-    assert rules["road"] == DEFAULT_RULES["road"]
-    with pytest.raises(GeounetError, match="unknown class kind 'roof'"):
-        rules_with_overrides({"roof": {}})
-    with pytest.raises(GeounetError, match="postprocess.building"):
-        rules_with_overrides({"building": {"min_area": 1}})
-
-
 def test_onnx_and_torch_backends_give_the_same_rasters(default_model, tmp_path):
     """The CPU default (ONNX Runtime, exported from the same weights) and torch: same maps up to rounding."""
     kw = dict(tile_size=128, overlap=32, vector=False, precision="fp32")  # ONNX Runtime runs fp32 only
@@ -189,7 +185,10 @@ def test_onnx_and_torch_backends_give_the_same_rasters(default_model, tmp_path):
     assert a.ok and b.ok and a.tiles["run"] > 4
     for name, backend in (("onnx", "onnx"), ("torch", "torch")):
         assert json.loads((tmp_path / name / "kampala_demo/run.json").read_text())["settings"]["backend"] == backend
-    sa, sb = read(tmp_path / "onnx/kampala_demo/scores.tif").astype(int), read(tmp_path / "torch/kampala_demo/scores.tif").astype(int)
+    sa, sb = (
+        read(tmp_path / "onnx/kampala_demo/scores.tif").astype(int),
+        read(tmp_path / "torch/kampala_demo/scores.tif").astype(int),
+    )
     assert np.abs(sa - sb).max() <= 1
     ca, cb = read(tmp_path / "onnx/kampala_demo/classes.tif", 1), read(tmp_path / "torch/kampala_demo/classes.tif", 1)
     assert (ca != cb).mean() < 1e-3  # only exact ties may flip
@@ -243,48 +242,6 @@ def test_a_local_raster_run_never_imports_dask_distributed(tiny_model, tmp_path)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == [True, False]
-
-
-def test_local_chunks_are_stitched_as_they_finish_in_raster_order(tiny_model, tmp_path, monkeypatch):
-    """Memory follows the chunk, not the scene: dask runs each chunk's stitch task right after it,
-    and the chunks row by row, so regions waiting for a neighbour stay within about one row of chunks."""
-    from geounet.engine.stitch import Stitcher
-
-    seen = {"pending": 0, "added": 0}
-    add = Stitcher.add
-
-    def watched(self, result):
-        add(self, result)
-        seen["added"] += 1
-        seen["pending"] = max(seen["pending"], len(self.pending))
-
-    monkeypatch.setattr(Stitcher, "add", watched)
-    [r] = run([DEMO_SCENE], tmp_path / "out", tiny_model, vector=False, workers=2, tile_size=64, overlap=16,
-              chunk_pixels=48)  # one 64 px tile per chunk
-    assert r.ok, r.error
-    n_chunks = r.tiles["chunks"]
-    per_row = int(round(n_chunks ** 0.5))
-    assert n_chunks >= 49 and seen["added"] == n_chunks
-    # a row of chunks leaves its lower seams and corners waiting for the next row: ~2 regions per chunk
-    assert seen["pending"] <= 3 * per_row + 8, (seen["pending"], n_chunks)
-
-
-def test_workers_that_settle_differently_or_fail_are_named():
-    from geounet.errors import GeounetError
-    from geounet.engine.settings import agree_on_settings
-
-    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
-    gpu = {"device": "cuda", "precision": "bf16", "backend": "torch", "batch_size": 4, "chunk_pixels": 2048}
-    cpu = {"device": "cpu", "precision": "fp32", "backend": "onnx", "batch_size": 1, "chunk_pixels": 448}
-    s = PredictSettings(scheduler="tcp://h:8786")
-    agreed = agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": dict(gpu)}, card)
-    assert (agreed.device, agreed.precision, agreed.backend, agreed.batch_size, agreed.chunk_pixels) == \
-        ("cuda", "bf16", "torch", 4, 2048)
-    with pytest.raises(GeounetError, match=r"workers settle .*tcp://a:1: cuda/bf16/torch; tcp://b:1: cpu/fp32/onnx"):
-        agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": cpu}, card)
-    with pytest.raises(GeounetError, match=r"^Dask worker tcp://b:1: --device cuda asked for"):
-        agree_on_settings(s, {"tcp://a:1": gpu, "tcp://b:1": "--device cuda asked for, but torch sees no CUDA GPU"},
-                          card)
 
 
 def test_test_time_augmentation_averages_views_on_both_backends(default_model, tmp_path):

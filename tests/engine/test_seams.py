@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import rasterio
 
-from geounet.models.card import read_card
-from geounet.engine.settings import PredictSettings
 from geounet.engine.predict import predict_batch
+from geounet.engine.settings import PredictSettings
 from geounet.io.scene import open_scene, working_grid
+from geounet.models.card import read_card
 from tests.helpers import DEMO_SCENE, shared_file
 
 

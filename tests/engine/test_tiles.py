@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from geounet.models.torch_backend import forward_probabilities
 from geounet.engine.tiles import predict_array
-from geounet.models.hardware import resolve_precision
+from geounet.models.torch_backend import forward_probabilities
 
 
 class Pointwise(torch.nn.Module):
@@ -19,7 +18,9 @@ class Pointwise(torch.nn.Module):
         return self.conv(x)
 
 
-@pytest.mark.parametrize("shape,tile,overlap", [((3, 300, 200), 64, 16), ((3, 50, 70), 128, 32), ((3, 129, 97), 96, 32)])
+@pytest.mark.parametrize(
+    "shape,tile,overlap", [((3, 300, 200), 64, 16), ((3, 50, 70), 128, 32), ((3, 129, 97), 96, 32)]
+)
 def test_tiled_prediction_of_a_pointwise_model_equals_the_whole_image(shape, tile, overlap):
     net = Pointwise().eval()
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
@@ -55,5 +56,3 @@ def test_input_batch_equals_normalise_with_nodata_at_the_mean(tiny_model, dtype)
     ref[:, ~valid] = 0.0
     np.testing.assert_allclose(batch.numpy(), np.stack([ref[:, r, c] for r, c in windows]), atol=1e-5)
     assert (batch[1, :, :0, :] == 0).all() and (batch[0, :, :7, 40:] == 0).all()
-
-

@@ -15,12 +15,12 @@ from affine import Affine
 from pyproj import Geod
 from rasterio.features import rasterize
 
-from geounet.errors import InputError
-from geounet.engine.vector_stage import vectorize_scene
-from geounet.models.card import ClassInfo, ModelCard
-from geounet.engine.settings import PredictSettings
-from geounet.engine.predict import predict_batch
 from geounet.compute.postprocess import ClassRules
+from geounet.engine.predict import predict_batch
+from geounet.engine.settings import PredictSettings
+from geounet.engine.vector_stage import vectorize_scene
+from geounet.errors import InputError
+from geounet.models.card import ClassInfo, ModelCard
 from tests.helpers import DEMO_SCENE, shared_file
 
 GEOD = Geod(ellps="WGS84")
@@ -34,19 +34,41 @@ def client():
 
     from geounet.engine.executors import DistributedExecutor
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
         yield DistributedExecutor(c, "in-process threads")
 
 
 def card(*kinds: tuple[str, str, tuple]) -> ModelCard:
     classes = [ClassInfo("background", (0, 0, 0), "background")] + [ClassInfo(n, col, k) for n, k, col in kinds]
-    return ModelCard(name="test", classes=classes, bands=[1], band_names=["x"], mean=[0.0], std=[1.0], scale=1.0,
-                     input_dtypes=["uint8"], resolution_m=1.0)
+    return ModelCard(
+        name="test",
+        classes=classes,
+        bands=[1],
+        band_names=["x"],
+        mean=[0.0],
+        std=[1.0],
+        scale=1.0,
+        input_dtypes=["uint8"],
+        resolution_m=1.0,
+    )
 
 
 def write_classes(path: Path, classes: np.ndarray, crs, transform) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=classes.shape[1], height=classes.shape[0], count=1,
-                       dtype="uint8", crs=crs, transform=transform, nodata=255) as d:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=classes.shape[1],
+        height=classes.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=255,
+    ) as d:
         d.write(classes, 1)
     return path
 
@@ -63,7 +85,9 @@ def test_layers_attributes_styles_and_centerline_length(client, tmp_path):
     classes[300:400, 300:600] = 3  # forest
     t = Affine(0.5, 0, 400000, 0, -0.5, 4100000)
     path = write_classes(tmp_path / "classes.tif", classes, "EPSG:32615", t)
-    c = card(("building", "building", (230, 60, 60)), ("road", "road", (250, 200, 0)), ("forest", "landcover", (20, 120, 40)))
+    c = card(
+        ("building", "building", (230, 60, 60)), ("road", "road", (250, 200, 0)), ("forest", "landcover", (20, 120, 40))
+    )
     gpkg = tmp_path / "features.gpkg"
     info = vectorize_scene(path, None, gpkg, c, client, rules=RAW, block=128)
     layers = dict(pyogrio.list_layers(gpkg))
@@ -86,7 +110,9 @@ def test_layers_attributes_styles_and_centerline_length(client, tmp_path):
 
 
 def test_empty_result_still_has_the_layer(client, tmp_path):
-    path = write_classes(tmp_path / "c.tif", np.zeros((50, 50), np.uint8), "EPSG:32615", Affine(1, 0, 4e5, 0, -1, 4.1e6))
+    path = write_classes(
+        tmp_path / "c.tif", np.zeros((50, 50), np.uint8), "EPSG:32615", Affine(1, 0, 4e5, 0, -1, 4.1e6)
+    )
     gpkg = tmp_path / "f.gpkg"
     vectorize_scene(path, None, gpkg, card(("building", "building", (230, 60, 60))), client)
     assert dict(pyogrio.list_layers(gpkg))["buildings"] == "MultiPolygon"
@@ -106,7 +132,7 @@ def test_joplin_post_in_degrees_gets_areas_in_square_metres(client, tmp_path):
     scene = shared_file("joplin/post/tile_31500-5137.tif")
     footprints = gpd.read_file(shared_file("joplin/footprints_2020.geojson"))
     with rasterio.open(scene) as src:
-        fp = footprints.to_crs(src.crs).cx[src.bounds.left:src.bounds.right, src.bounds.bottom:src.bounds.top]
+        fp = footprints.to_crs(src.crs).cx[src.bounds.left : src.bounds.right, src.bounds.bottom : src.bounds.top]
         classes = rasterize(((g, 1) for g in fp.geometry), out_shape=src.shape, transform=src.transform, dtype="uint8")
         path = write_classes(tmp_path / "c.tif", classes, src.crs, src.transform)
     gpkg = tmp_path / "f.gpkg"

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from pyproj import Transformer
 from shapely.geometry import LineString, box, mapping
-import shapely
 
 from geounet.errors import GeounetError
-from geounet.io.labels import IGNORE_INDEX, labels_to_raster, read_label_raster, read_vector_labels, rasterize_labels
+from geounet.io.labels import IGNORE_INDEX, labels_to_raster, rasterize_labels, read_label_raster, read_vector_labels
 
 # A 100 x 100 m scene at 1 m / px in UTM zone 36N (Kampala), top-left at (450000, 40100).
 CRS = "EPSG:32636"
@@ -28,7 +28,11 @@ def write_geojson(path: Path, geoms, crs: str = CRS, props: list[dict] | None = 
     """GeoJSON with an explicit CRS member (RFC 7946 files are WGS84; GDAL reads the member)."""
     to = Transformer.from_crs(CRS, crs, always_xy=True).transform
     features = [
-        {"type": "Feature", "properties": (props[i] if props else {}), "geometry": mapping(shapely.transform(g, lambda xy: np.column_stack(to(xy[:, 0], xy[:, 1]))))}
+        {
+            "type": "Feature",
+            "properties": (props[i] if props else {}),
+            "geometry": mapping(shapely.transform(g, lambda xy: np.column_stack(to(xy[:, 0], xy[:, 1])))),
+        }
         for i, g in enumerate(geoms)
     ]
     doc = {"type": "FeatureCollection", "features": features}
@@ -105,8 +109,11 @@ def test_zero_byte_and_geometry_less_label_files(tmp_path: Path) -> None:
     with pytest.raises(GeounetError, match=r"label file is empty \(0 bytes\)"):
         read_vector_labels(zero, CRS, BOUNDS, CLASSES, default_class="building")
     nulls = tmp_path / "nulls.geojson"
-    nulls.write_text(json.dumps({"type": "FeatureCollection",
-                                 "features": [{"type": "Feature", "properties": {}, "geometry": None}] * 2}))
+    nulls.write_text(
+        json.dumps(
+            {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": None}] * 2}
+        )
+    )
     with pytest.raises(GeounetError, match="2 feature.* none has a geometry"):
         read_vector_labels(nulls, CRS, BOUNDS, CLASSES, default_class="building")
 
@@ -134,8 +141,15 @@ def test_label_raster_value_map_and_reprojection(tmp_path: Path) -> None:
     path = tmp_path / "mask.tif"
     data = np.zeros((200, 200), np.uint8)
     data[:, :100] = 200
-    profile = dict(driver="GTiff", width=200, height=200, count=1, dtype="uint8", crs=CRS,
-                   transform=Affine(0.5, 0, 450000.0, 0, -0.5, 40100.0))
+    profile = dict(
+        driver="GTiff",
+        width=200,
+        height=200,
+        count=1,
+        dtype="uint8",
+        crs=CRS,
+        transform=Affine(0.5, 0, 450000.0, 0, -0.5, 40100.0),
+    )
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data, 1)
     out = read_label_raster(path, CRS, TRANSFORM, SHAPE, CLASSES, {"0": "background", "200": "road"})

@@ -6,16 +6,24 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.helpers import write_scene
-from geounet.models.card import ClassInfo, ModelCard
 from geounet.io.quicklook import display_bands, overlay, quicklook_shape, stretch, write_quicklook
+from geounet.models.card import ClassInfo, ModelCard
+from tests.helpers import write_scene
 
 
 def _card(bands=(1, 2, 3), names=("red", "green", "blue")) -> ModelCard:
     return ModelCard(
-        name="t", classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (255, 0, 0), "building")],
-        bands=list(bands), band_names=list(names), mean=[0.5] * len(bands), std=[0.25] * len(bands), scale=255.0,
-        input_dtypes=["uint8"], resolution_m=0.15, tile_size=128, overlap=32,
+        name="t",
+        classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (255, 0, 0), "building")],
+        bands=list(bands),
+        band_names=list(names),
+        mean=[0.5] * len(bands),
+        std=[0.25] * len(bands),
+        scale=255.0,
+        input_dtypes=["uint8"],
+        resolution_m=0.15,
+        tile_size=128,
+        overlap=32,
     )
 
 
@@ -58,10 +66,11 @@ def test_write_quicklook_small_png_with_mask(tmp_path):
     mask[:, : w // 4] = False
     scene = write_scene(tmp_path / "s.tif", data, mask=mask)
     classes = np.zeros((h, w), np.uint8)
-    classes[:, w // 2:] = 1
+    classes[:, w // 2 :] = 1
     with rasterio.open(scene) as src:
-        prof = dict(driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs=src.crs, transform=src.transform,
-                    nodata=255)
+        prof = dict(
+            driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs=src.crs, transform=src.transform, nodata=255
+        )
     with rasterio.open(tmp_path / "classes.tif", "w", **prof) as dst:
         dst.write(classes, 1)
     rows, cols = write_quicklook(scene, tmp_path / "classes.tif", _card(), tmp_path / "q.png", max_side=1024)

@@ -31,8 +31,9 @@ def test_finalize_block_all_valid_leaves_no_nodata():
     assert np.all(classes == 0) and np.all(scores[0] == 178) and np.all(scores[1] == 76)
 
 
-@pytest.mark.parametrize("size, factors", [((512, 300), []), ((513, 10), [2]), ((4096, 4096), [2, 4, 8]),
-                                           ((1000, 5000), [2, 4, 8, 16])])
+@pytest.mark.parametrize(
+    "size, factors", [((512, 300), []), ((513, 10), [2]), ((4096, 4096), [2, 4, 8]), ((1000, 5000), [2, 4, 8, 16])]
+)
 def test_overview_factors_stop_when_a_level_fits_one_block(size, factors):
     from geounet.io.rasters import overview_factors
 

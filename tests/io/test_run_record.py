@@ -12,11 +12,16 @@ from geounet.io.run_record import RECORD_VERSION, InputRecord, ModelRecord, RunR
 
 def _record(path: str = "/data/a.tif") -> RunRecord:
     return RunRecord(
-        geounet_version="0.1.0", created_utc="2026-01-01T00:00:00+00:00",
+        geounet_version="0.1.0",
+        created_utc="2026-01-01T00:00:00+00:00",
         input=InputRecord(path, 10, "ab", "EPSG:32633", [0.5, 0.0, 1.0, 0.0, -0.5, 2.0], 4, 3, 0.5, 123),
         model=ModelRecord("/m.safetensors", "m", "cd", ["background", "building"], 0.3),
-        settings={"tile_size": 128}, working_grid={"resampled": False}, tiles={"run": 1},
-        vector=None, timings={"total_s": 1.0}, outputs={"scores.tif": {}},
+        settings={"tile_size": 128},
+        working_grid={"resampled": False},
+        tiles={"run": 1},
+        vector=None,
+        timings={"total_s": 1.0},
+        outputs={"scores.tif": {}},
     )
 
 
@@ -42,8 +47,15 @@ def test_records_before_the_version_field_read_as_version_1_and_newer_are_refuse
         RunRecord.read(tmp_path)
 
 
-@pytest.mark.parametrize("text,problem", [(None, "not found"), ("{", "unreadable"), ("[]", "not a JSON object"),
-                                          ('{"created_utc": "x"}', "not a geounet run record")])
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        (None, "not found"),
+        ("{", "unreadable"),
+        ("[]", "not a JSON object"),
+        ('{"created_utc": "x"}', "not a geounet run record"),
+    ],
+)
 def test_bad_records_are_one_line_errors(tmp_path, text, problem):
     if text is not None:
         (tmp_path / "run.json").write_text(text)
@@ -56,6 +68,5 @@ def test_fingerprint_names_size_and_hash(tmp_path):
     f = tmp_path / "x.bin"
     f.write_bytes(b"abc")
     fp = fingerprint(f)
-    assert fp == {"path": str(f.resolve()), "bytes": 3,
-                  "sha256": hashlib.sha256(b"abc").hexdigest()}
+    assert fp == {"path": str(f.resolve()), "bytes": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}
     assert fingerprint(f, sha256=False) == {"path": str(f.resolve()), "bytes": 3}

@@ -5,10 +5,18 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geounet.errors import InputError
 from geounet.compute.grid import Box
+from geounet.errors import InputError
+from geounet.io.scene import (
+    check_scene,
+    ground_pixel_size,
+    ground_resolution,
+    open_scene,
+    open_working,
+    read_box,
+    working_grid,
+)
 from geounet.models.card import read_card
-from geounet.io.scene import check_scene, ground_pixel_size, ground_resolution, open_scene, open_working, read_box, working_grid
 from tests.helpers import DEMO_SCENE, write_scene
 
 
@@ -27,7 +35,9 @@ def test_ground_resolution_of_degrees_is_in_metres():
 
 
 def test_ground_resolution_utm_is_the_pixel_size():
-    assert ground_resolution("EPSG:32633", Affine(10, 0, 500000, 0, -10, 5800000), 50, 50) == pytest.approx(10, rel=1e-3)
+    assert ground_resolution("EPSG:32633", Affine(10, 0, 500000, 0, -10, 5800000), 50, 50) == pytest.approx(
+        10, rel=1e-3
+    )
 
 
 def test_working_grid_resamples_only_when_resolutions_differ(tiny_model, tmp_path):
@@ -78,5 +88,3 @@ def test_ground_pixel_size_in_x_and_y() -> None:
     y60 = 8399737.89
     dx, dy = ground_pixel_size("EPSG:3857", Affine(1, 0, 0, 0, -1, y60 + 50), 100, 100)
     assert dx == pytest.approx(0.5, rel=0.01) and dy == pytest.approx(0.5, rel=0.01)
-
-

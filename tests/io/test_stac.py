@@ -8,23 +8,36 @@ import numpy as np
 import pystac
 import rasterio
 
-from tests.helpers import write_scene
-from geounet.models.card import ClassInfo, ModelCard
 from geounet.io.run_record import InputRecord, ModelRecord, RunRecord
 from geounet.io.stac import finish_scene_folder
+from geounet.models.card import ClassInfo, ModelCard
+from tests.helpers import write_scene
 
 
 def _card() -> ModelCard:
     return ModelCard(
-        name="t", classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
-        bands=[1, 2, 3], band_names=["red", "green", "blue"], mean=[0.5] * 3, std=[0.25] * 3, scale=255.0,
-        input_dtypes=["uint8"], resolution_m=0.15, tile_size=128, overlap=32,
+        name="t",
+        classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
+        bands=[1, 2, 3],
+        band_names=["red", "green", "blue"],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        scale=255.0,
+        input_dtypes=["uint8"],
+        resolution_m=0.15,
+        tile_size=128,
+        overlap=32,
     )
 
 
 def test_item_lists_outputs_with_roles_and_georeference(tmp_path):
-    scene = write_scene(tmp_path / "scene.tif", np.full((3, 64, 96), 90, np.uint8), crs="EPSG:32633", res=0.5,
-                        origin=(500000.0, 5800000.0))
+    scene = write_scene(
+        tmp_path / "scene.tif",
+        np.full((3, 64, 96), 90, np.uint8),
+        crs="EPSG:32633",
+        res=0.5,
+        origin=(500000.0, 5800000.0),
+    )
     folder = tmp_path / ".scene.partial-1"
     folder.mkdir()
     with rasterio.open(scene) as src:
@@ -34,10 +47,15 @@ def test_item_lists_outputs_with_roles_and_georeference(tmp_path):
     (folder / "scores.tif").write_bytes(b"x")
     (folder / "features.gpkg").write_bytes(b"x")
     record = RunRecord(
-        geounet_version="0", created_utc="2025-01-02T03:04:05+00:00",
+        geounet_version="0",
+        created_utc="2025-01-02T03:04:05+00:00",
         input=InputRecord(str(scene), 1, "cd", "EPSG:32633", [0.5, 0, 500000, 0, -0.5, 5800000], 96, 64, 0.5),
         model=ModelRecord("m", "t", "ab", ["background", "building"], 0.15),
-        settings={}, working_grid={}, tiles={}, vector=None, timings={},
+        settings={},
+        working_grid={},
+        tiles={},
+        vector=None,
+        timings={},
     )
     finish_scene_folder(folder, "scene", scene, _card(), record)
 
@@ -47,8 +65,10 @@ def test_item_lists_outputs_with_roles_and_georeference(tmp_path):
     assert item.id == "scene"
     roles = {k: (a.href, a.roles) for k, a in item.assets.items()}
     assert roles == {
-        "scores": ("./scores.tif", ["data"]), "classes": ("./classes.tif", ["data"]),
-        "features": ("./features.gpkg", ["data"]), "quicklook": ("./quicklook.png", ["overview"]),
+        "scores": ("./scores.tif", ["data"]),
+        "classes": ("./classes.tif", ["data"]),
+        "features": ("./features.gpkg", ["data"]),
+        "quicklook": ("./quicklook.png", ["overview"]),
         "run": ("./run.json", ["metadata"]),
     }
     # UTM 33N, E 500000 is the zone's central meridian (15 E); N 5.8e6 is about 52.3 N

@@ -40,29 +40,3 @@ def test_auto_device_is_the_cpu_without_importing_torch_when_no_gpu_device_exist
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # any torch import would now fail
     assert hardware.resolve_device("auto") == "cpu"
     assert hardware.resolve_device("cpu") == "cpu"
-
-
-def test_default_workers_and_batch_size_per_backend(monkeypatch):
-    from geounet.engine.settings import PredictSettings
-
-    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, hardware.MAX_AUTO_WORKERS)):
-        monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
-        assert hardware.default_workers("cpu", "onnx") == expected
-        assert hardware.default_workers("cpu", "torch") == 1
-        assert hardware.default_workers("cuda:0", "torch") == 1
-
-        class Worker:  # a Dask worker running ``expected`` task threads
-            class state:
-                nthreads = expected
-
-        assert hardware.threads_per_task(Worker) == max(1, cores // expected)  # the cores shared, none oversubscribed
-    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
-    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert PredictSettings(device="cpu", backend="torch").resolved(card).workers == 1
-    assert PredictSettings(device="cpu", backend="torch", workers=3).resolved(card).workers == 3
-    torch_cpu = PredictSettings(device="cpu", backend="torch").resolved(card)
-    assert (torch_cpu.batch_size, torch_cpu.chunk_pixels) == (4, 2048)
-    if hardware.resolve_backend("cpu", "fp32") == "onnx":
-        auto = PredictSettings(device="cpu", precision="fp32").resolved(card)
-        assert (auto.workers, auto.batch_size, auto.chunk_pixels) == (2, 1, 512 - 64)  # one tile per task
-        assert PredictSettings(device="cpu", precision="fp32", batch_size=8).resolved(card).batch_size == 8

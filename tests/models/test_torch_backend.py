@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from geounet.models.torch_backend import forward_probabilities, iter_probabilities
@@ -22,7 +21,6 @@ class Pointwise(torch.nn.Module):
 
 
 def test_batches_are_computed_in_order_and_pulled_lazily():
-    from geounet.models.torch_backend import iter_probabilities
 
     net = Pointwise().eval()
     rng = np.random.default_rng(1)

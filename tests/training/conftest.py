@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -28,7 +28,10 @@ class RoofScene:
     crs: str = "EPSG:32636"
     origin: tuple[float, float] = (450000.0, 40064.0)
     squares: tuple[tuple[int, int, int, int], ...] = (
-        (8, 8, 24, 24), (40, 8, 56, 20), (8, 40, 20, 60), (36, 36, 56, 56)
+        (8, 8, 24, 24),
+        (40, 8, 56, 20),
+        (8, 40, 20, 60),
+        (36, 36, 56, 56),
     )
 
     def box(self, x0: float, y0: float, x1: float, y1: float) -> Polygon:
@@ -41,8 +44,10 @@ def write_geojson() -> Callable[..., Path]:
     """``write(path, geoms, props=None, crs_epsg=32636) -> path``: a GeoJSON file (``crs_epsg=None``: no crs member)."""
 
     def write(path: Path, geoms: list, props: list[dict] | None = None, crs_epsg: int | None = 32636) -> Path:
-        features = [{"type": "Feature", "properties": (props or [{}] * len(geoms))[i], "geometry": mapping(g)}
-                    for i, g in enumerate(geoms)]
+        features = [
+            {"type": "Feature", "properties": (props or [{}] * len(geoms))[i], "geometry": mapping(g)}
+            for i, g in enumerate(geoms)
+        ]
         doc: dict = {"type": "FeatureCollection", "features": features}
         if crs_epsg:
             doc["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{crs_epsg}"}}
@@ -61,8 +66,15 @@ def roof_scene(tmp_path: Path, write_geojson) -> RoofScene:
         img[0, int(y0 * 2) : int(y1 * 2), int(x0 * 2) : int(x1 * 2)] = 220
     mask = np.full((128, 128), 255, np.uint8)
     mask[:, :4] = 0  # outside the footprint: must be ignored
-    profile = dict(driver="GTiff", width=128, height=128, count=3, dtype="uint8", crs=scene.crs,
-                   transform=Affine(0.5, 0, scene.origin[0], 0, -0.5, scene.origin[1]))
+    profile = dict(
+        driver="GTiff",
+        width=128,
+        height=128,
+        count=3,
+        dtype="uint8",
+        crs=scene.crs,
+        transform=Affine(0.5, 0, scene.origin[0], 0, -0.5, scene.origin[1]),
+    )
     with rasterio.open(scene.image, "w", **profile) as ds:
         ds.write(img)
         ds.write_mask(mask)
@@ -90,10 +102,23 @@ def train_raw(roof_scene: RoofScene, tmp_path: Path) -> dict:
             "resolution_m": 1.0,
         },
         "labels": {"class_field": "kind", "value_map": {"roof": "building"}},
-        "model": {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8], "tile_size": 64,
-                  "overlap": 16},
-        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "chip_size": 32, "warmup_steps": 1,
-                  "lr": 0.01, "threads": 2, "ema_decay": 0.5},
+        "model": {
+            "encoder": "resnet18",
+            "encoder_depth": 3,
+            "decoder_channels": [16, 8, 8],
+            "tile_size": 64,
+            "overlap": 16,
+        },
+        "train": {
+            "epochs": 1,
+            "steps_per_epoch": 2,
+            "batch_size": 2,
+            "chip_size": 32,
+            "warmup_steps": 1,
+            "lr": 0.01,
+            "threads": 2,
+            "ema_decay": 0.5,
+        },
         "augment": {"saturation": 0.3, "hue": 0.05, "grayscale": 0.2},
         "card": {"licence": "test data", "data": "synthetic"},
     }

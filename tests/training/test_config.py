@@ -88,14 +88,24 @@ def test_config_relative_paths_and_overrides(tmp_path: Path, train_raw, write_co
     assert cfg.train.resume == Path("m.ckpt.pt")
     with pytest.raises(ConfigError) as err:  # overrides get the same checks as keys in the file
         load_config(write_config(raw), {"train.precision": "bf17", "output": "m.onnx"})
-    assert err.value.problems == ["train.precision: expected one of auto, fp32, bf16, got str 'bf17'",
-                                  "output: must be a .safetensors file"]
+    assert err.value.problems == [
+        "train.precision: expected one of auto, fp32, bf16, got str 'bf17'",
+        "output: must be a .safetensors file",
+    ]
 
 
 def test_config_settings_from_the_command_line(tmp_path: Path, train_raw, write_config) -> None:
     path = write_config(train_raw)
-    cfg = load_config(path, settings=["train.lr=0.005", "augment.flips=false", "model.decoder_channels=[32, 8, 8]",
-                                      "train.class_weights=[0.5, 2]", "card.licence=CC0"])
+    cfg = load_config(
+        path,
+        settings=[
+            "train.lr=0.005",
+            "augment.flips=false",
+            "model.decoder_channels=[32, 8, 8]",
+            "train.class_weights=[0.5, 2]",
+            "card.licence=CC0",
+        ],
+    )
     assert cfg.train.lr == 0.005 and cfg.augment.flips is False and cfg.model.decoder_channels == [32, 8, 8]
     assert cfg.train.class_weights == [0.5, 2.0] and cfg.card.licence == "CC0"
     with pytest.raises(ConfigError, match=r"train: unknown key 'epoch' \(did you mean 'epochs'\?\)"):

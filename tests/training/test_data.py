@@ -25,14 +25,17 @@ def test_load_scene_resamples_and_masks(train_raw, write_config) -> None:
     assert int((scene.label == 1).sum()) == 256 + 16 * 12 + 12 * 8 + 20 * 12
 
 
-def test_labels_in_another_crs_are_reprojected(tmp_path: Path, roof_scene, train_raw, write_config,
-                                               write_geojson) -> None:
+def test_labels_in_another_crs_are_reprojected(
+    tmp_path: Path, roof_scene, train_raw, write_config, write_geojson
+) -> None:
     import shapely
     from pyproj import Transformer
 
     to_wgs84 = Transformer.from_crs(roof_scene.crs, "EPSG:4326", always_xy=True).transform
-    geoms = [shapely.transform(roof_scene.box(*s), lambda xy: np.column_stack(to_wgs84(xy[:, 0], xy[:, 1])))
-             for s in roof_scene.squares]
+    geoms = [
+        shapely.transform(roof_scene.box(*s), lambda xy: np.column_stack(to_wgs84(xy[:, 0], xy[:, 1])))
+        for s in roof_scene.squares
+    ]
     wgs84 = write_geojson(tmp_path / "wgs84.geojson", geoms, [{"kind": "roof"}] * len(geoms), crs_epsg=None)
     utm = load_config(write_config(train_raw))
     train_raw["data"]["train"][0]["labels"] = str(wgs84)

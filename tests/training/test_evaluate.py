@@ -46,8 +46,9 @@ def test_polygons_equal_to_the_prediction_give_object_f1_one(scene_and_predictio
     assert len(buildings) >= 1  # a random model: often one large polygon
     labels = tmp_path / "labels.geojson"
     buildings[["geometry"]].to_file(labels)
-    result = evaluate_model(tiny_model, scene, labels, label_options=LabelOptions(default_class="building"),
-                            settings=SETTINGS)
+    result = evaluate_model(
+        tiny_model, scene, labels, label_options=LabelOptions(default_class="building"), settings=SETTINGS
+    )
     o = result["objects"]
     assert (o["true_positives"], o["false_positives"], o["false_negatives"]) == (len(buildings), 0, 0)
     assert o["f1"] == 1.0

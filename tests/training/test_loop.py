@@ -73,8 +73,9 @@ def _forbid_training(monkeypatch: pytest.MonkeyPatch) -> None:
         ("raster_far", "does not overlap the scene"),
     ],
 )
-def test_bad_labels_fail_before_training(tmp_path: Path, roof_scene, train_raw, write_config, write_geojson,
-                                         monkeypatch, case: str, message: str) -> None:
+def test_bad_labels_fail_before_training(
+    tmp_path: Path, roof_scene, train_raw, write_config, write_geojson, monkeypatch, case: str, message: str
+) -> None:
     if case == "far":  # 10 km east of the scene
         labels = write_geojson(tmp_path / "far.geojson", [roof_scene.box(10000, 0, 10020, 20)], [{"kind": "roof"}])
     elif case == "empty":
@@ -83,8 +84,17 @@ def test_bad_labels_fail_before_training(tmp_path: Path, roof_scene, train_raw, 
         labels = write_geojson(tmp_path / "church.geojson", [roof_scene.box(8, 8, 24, 24)], [{"kind": "church"}])
     else:
         labels = tmp_path / "far.tif"
-        with rasterio.open(labels, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs=roof_scene.crs,
-                           transform=Affine(1, 0, roof_scene.origin[0] + 10000, 0, -1, roof_scene.origin[1])) as ds:
+        with rasterio.open(
+            labels,
+            "w",
+            driver="GTiff",
+            width=8,
+            height=8,
+            count=1,
+            dtype="uint8",
+            crs=roof_scene.crs,
+            transform=Affine(1, 0, roof_scene.origin[0] + 10000, 0, -1, roof_scene.origin[1]),
+        ) as ds:
             ds.write(np.ones((1, 8, 8), np.uint8))
     train_raw["data"]["train"][0]["labels"] = str(labels)  # only the training labels are bad
     cfg = load_config(write_config(train_raw))
@@ -115,8 +125,18 @@ def test_default_models_map_their_demo_crops(tmp_path: Path, model: str, scene: 
     from geounet.cli.main import app
 
     src = REPO / "data" / "demo" / scene
-    res = CliRunner().invoke(app, ["predict", str(src), "--out", str(tmp_path), "--quiet",
-                                   "--model", str(REPO / "data" / "models" / f"{model}.safetensors")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(src),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--model",
+            str(REPO / "data" / "models" / f"{model}.safetensors"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = tmp_path / src.stem
     with rasterio.open(out / "classes.tif") as ds, rasterio.open(src) as s:
@@ -136,8 +156,14 @@ def test_training_starts_from_packaged_imagenet_weights(tmp_path: Path, train_ra
     """encoder_weights: the encoder starts from the packaged weights, in their normalisation, and the card says so."""
     from geounet.models.pretrained import pretrained_encoder
 
-    train_raw["model"] = {"encoder": "timm-tf_efficientnet_lite0", "encoder_depth": 3, "decoder_channels": [16, 8, 8],
-                          "encoder_weights": "efficientnet-lite0", "tile_size": 64, "overlap": 16}
+    train_raw["model"] = {
+        "encoder": "timm-tf_efficientnet_lite0",
+        "encoder_depth": 3,
+        "decoder_channels": [16, 8, 8],
+        "encoder_weights": "efficientnet-lite0",
+        "tile_size": 64,
+        "overlap": 16,
+    }
     train_raw["train"] |= {"lr": 1e-9, "warmup_steps": 1, "ema_decay": 0.0, "save_dtype": "float32"}
     result = train_model(load_config(write_config(train_raw)), progress=False)
     net, card = load_model(result.model)
