@@ -44,7 +44,7 @@ def predict(
     scheduler: str | None = typer.Option(
         None,
         help="Address of an existing dask.distributed scheduler, e.g. tcp://HOST:8786; the scene and model "
-        "paths must be readable by every worker (shared filesystem). Default: a local in-process cluster.",
+        "paths must be readable by every worker (shared filesystem). Default: this process (dask's threaded scheduler).",
     ),
     vector: bool = typer.Option(
         True, "--vector/--no-vector", help="Also write features.gpkg (polygons, centre lines)."

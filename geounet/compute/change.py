@@ -24,6 +24,13 @@ import numpy as np
 
 GRADES = ("no-damage", "minor-damage", "major-damage", "destroyed")
 NOT_ASSESSED = "not_assessed"
+GRADE_COLOURS = {  # each grade's colour in quicklooks and QGIS styles: RGB
+    "no-damage": (40, 200, 60),
+    "minor-damage": (250, 230, 40),
+    "major-damage": (255, 140, 0),
+    "destroyed": (230, 20, 20),
+    NOT_ASSESSED: (160, 160, 160),
+}
 MEASURES = ("p_pre", "p_post", "feature_distance")  # channels of ``pair_forward``
 
 

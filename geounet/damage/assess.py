@@ -96,17 +96,8 @@ def assess_block(
     halo = Box(box.row0 - s.halo, box.col0 - s.halo, box.row1 + s.halo, box.col1 + s.halo).intersect(pre.extent)
     assert halo is not None  # the block lies inside the grid
     core = box.relative_to(halo)
-    t0 = _clock()
-    with rasterio.open(pre_vrt) as src:
-        pre_px = src.read(card.bands, window=as_window(halo))
-        pre_ok = src.dataset_mask(window=as_window(halo)) > 0
-    t1 = _clock()
-    with rasterio.open(post_vrt) as src, post_on_pre(src, pre) as vrt:
-        post_px = vrt.read(card.bands, window=as_window(halo))
-        post_ok = vrt.read(vrt.count, window=as_window(halo)) > 0
+    (pre_px, pre_ok), (post_px, post_ok) = _read_pair(pre_vrt, post_vrt, pre, halo, card.bands, t)
     t2 = _clock()
-    _lap(t, "read_pre", t0, t1)
-    _lap(t, "warp_post", t1, t2)
     valid = pre_ok & post_ok
     n = len(job.ids)
     if not valid[core].any():
@@ -143,6 +134,26 @@ def assess_block(
     sums, counts = _sums_per_footprint(job, values, valid, pre)
     _lap(t, "zonal", t3, _clock())
     return BlockMeasures(box, dn, job.ids, sums, counts, int(valid.sum()), t)
+
+
+def _read_pair(
+    pre_vrt: str, post_vrt: str, pre: GeoGrid, box: Box, bands: list[int], timings: dict[str, float]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``box`` of both epochs on the pre grid: ``((pre pixels, pre valid), (post pixels, post valid))``.
+
+    Post is warped onto the pre grid as it is read; read and warp times go to ``timings``.
+    """
+    t0 = _clock()
+    with rasterio.open(pre_vrt) as src:
+        pre_px = src.read(bands, window=as_window(box))
+        pre_ok = src.dataset_mask(window=as_window(box)) > 0
+    t1 = _clock()
+    with rasterio.open(post_vrt) as src, post_on_pre(src, pre) as vrt:
+        post_px = vrt.read(bands, window=as_window(box))
+        post_ok = vrt.read(vrt.count, window=as_window(box)) > 0
+    _lap(timings, "read_pre", t0, t1)
+    _lap(timings, "warp_post", t1, _clock())
+    return (pre_px, pre_ok), (post_px, post_ok)
 
 
 def _sums_per_footprint(

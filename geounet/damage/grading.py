@@ -23,14 +23,6 @@ from geounet.damage.head import DamageHead
 from geounet.damage.mosaic import as_window
 from geounet.damage.settings import DamageSettings
 
-GRADE_COLOURS = {  # quicklook / QGIS style: RGB
-    "no-damage": (40, 200, 60),
-    "minor-damage": (250, 230, 40),
-    "major-damage": (255, 140, 0),
-    "destroyed": (230, 20, 20),
-    NOT_ASSESSED: (160, 160, 160),
-}
-
 
 def grade_buildings(
     buildings: gpd.GeoDataFrame, sums: BuildingSums, pre: GeoGrid, s: DamageSettings, head: DamageHead | None

@@ -15,9 +15,9 @@ import geopandas as gpd
 import rasterio
 from rasterio.io import DatasetWriter
 
+from geounet.compute.change import GRADE_COLOURS
 from geounet.compute.grid import GeoGrid
 from geounet.damage.assess import CHANGE_BANDS, NODATA, SCALE
-from geounet.damage.grading import GRADE_COLOURS
 from geounet.io.rasters import tiled_profile, write_cog
 from geounet.io.vectors import categorized_qml, write_layer_style
 

@@ -20,8 +20,8 @@ from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.vrt import WarpedVRT
 
+from geounet.compute.change import GRADE_COLOURS
 from geounet.compute.grid import Box, GeoGrid
-from geounet.damage.grading import GRADE_COLOURS
 from geounet.damage.mosaic import as_window
 from geounet.io.quicklook import stretch
 

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
@@ -193,62 +193,30 @@ def vectorize_scene(
     executor: Executor,
     rules: dict[str, ClassRules] | None = None,
     block: int = 1024,
-) -> dict:
-    """Write ``gpkg_path`` from a class raster; returns counts per layer and the rules used."""
+) -> dict[str, Any]:
+    """Write ``gpkg_path`` from a class raster; returns counts per layer and the rules used.
+
+    ``block``: the side of the polygonize blocks, pixels of the class raster.
+    """
     rules = {**DEFAULT_RULES, **(rules or {})}
     with rasterio.open(classes_path) as src:
         crs, transform, height, width, bounds = src.crs, src.transform, src.height, src.width, src.bounds
-    res_m = ground_resolution(crs, transform, width, height)
     metric = metric_crs(crs, tuple(bounds))
     kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
-    poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
-    jobs = vector_blocks(height, width, block)
-    ctx = LayerContext(
-        card,
-        crs.to_wkt(),
-        tuple(transform)[:6],
-        metric.to_wkt(),
-        rules,
-        ground_pixel_size(crs, transform, width, height),
-    )
+    pixel = ground_pixel_size(crs, transform, width, height)
+    ctx = LayerContext(card, crs.to_wkt(), tuple(transform)[:6], metric.to_wkt(), rules, pixel)
     writer = LayerWriter(gpkg_path, crs, metric, card)
     for kind, ids in kinds.items():
         if ids:
             writer.create(LAYER_FOR_KIND[kind], kind)
     if kinds["road"]:
         writer.create("road_centerlines", "road_centerline")
-
-    edge_pieces: list[Pieces] = []
-    # bounded in flight: memory follows the block size, not the raster
-    for layers, seam in executor.imap_unordered(
-        polygonize_task,
-        jobs,
-        str(classes_path),
-        str(scores_path) if scores_path else None,
-        poly_ids,
-        ctx,
-        in_flight=max(4, 2 * executor.workers),
-    ):
-        edge_pieces.append(seam)
-        writer.write(layers)
-    # Pieces that touched a block edge, joined, then cleaned as tasks too (regularising
-    # buildings is the costly part), in groups, one per worker thread.
-    merged = merge_across_blocks(Pieces.concat(edge_pieces))
-    groups = np.array_split(np.arange(len(merged)), max(1, min(executor.workers, len(merged) // 50)))
-    for layers in executor.map(pieces_to_layers, [merged.take(g) for g in groups], ctx):
-        writer.write(layers)
-    writer.flush()
-
+    jobs = vector_blocks(height, width, block)
+    poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
+    _polygons(executor, jobs, classes_path, scores_path, poly_ids, ctx, writer)
     if kinds["road"]:
-        r = rules["road"]
-        spur_px = r.spur_m / res_m
-        halo = int(max(64, 2 * spur_px))
-        pieces = [
-            line
-            for part in executor.map(centerline_task, jobs, str(classes_path), kinds["road"], halo, spur_px)
-            for line in part
-        ]
-        lines = merge_centerlines(pieces, r.min_length_m / res_m)
+        res_m = ground_resolution(crs, transform, width, height)
+        lines = _centerlines(executor, jobs, classes_path, kinds["road"], rules["road"], res_m)
         writer.add_centerlines(list(apply_affine(np.asarray(lines, dtype=object), transform)))
     return {
         "layers": writer.counts,
@@ -256,3 +224,48 @@ def vectorize_scene(
         "block_pixels": block,
         "metric_crs": metric.srs,
     }
+
+
+def _polygons(
+    executor: Executor,
+    jobs: list[VectorBlock],
+    classes_path: Path,
+    scores_path: Path | None,
+    class_ids: list[int],
+    ctx: LayerContext,
+    writer: LayerWriter,
+) -> None:
+    """Polygonize every block (bounded in flight: memory follows the block, not the raster) into ``writer``.
+
+    Polygons inside a block are written as their block arrives; pieces that touch a block
+    edge are joined at the end, then cleaned as tasks too (regularising buildings is the
+    costly part), in groups, one per worker thread.
+    """
+    edge_pieces: list[Pieces] = []
+    scores = str(scores_path) if scores_path else None
+    in_flight = max(4, 2 * executor.workers)
+    for layers, seam in executor.imap_unordered(
+        polygonize_task, jobs, str(classes_path), scores, class_ids, ctx, in_flight=in_flight
+    ):
+        edge_pieces.append(seam)
+        writer.write(layers)
+    merged = merge_across_blocks(Pieces.concat(edge_pieces))
+    groups = np.array_split(np.arange(len(merged)), max(1, min(executor.workers, len(merged) // 50)))
+    for layers in executor.map(pieces_to_layers, [merged.take(g) for g in groups], ctx):
+        writer.write(layers)
+    writer.flush()
+
+
+def _centerlines(
+    executor: Executor,
+    jobs: list[VectorBlock],
+    classes_path: Path,
+    road_ids: list[int],
+    rules: ClassRules,
+    res_m: float,
+) -> list[Any]:
+    """Road centre lines of the whole raster (pixel coordinates): pieces per block, merged; ``res_m`` m/px."""
+    spur_px = rules.spur_m / res_m
+    halo = int(max(64, 2 * spur_px))
+    parts = executor.map(centerline_task, jobs, str(classes_path), road_ids, halo, spur_px)
+    return merge_centerlines([line for part in parts for line in part], rules.min_length_m / res_m)

@@ -6,6 +6,7 @@ through ONNX Runtime settles every ``auto`` without it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 
@@ -71,14 +72,17 @@ def resolve_precision(device: str, precision: str = "auto") -> str:
 BACKENDS = ("auto", "torch", "onnx")
 
 
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime can be imported here (without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def resolve_backend(device: str, precision: str, backend: str = "auto") -> str:
     """'auto' -> 'onnx' (ONNX Runtime) for fp32 on the CPU when onnxruntime is installed, else 'torch'.
 
     ``device`` and ``precision`` are resolved ones. ONNX Runtime runs here in fp32 on
     the CPU only; GPUs and autocast (bf16, fp16) use torch.
     """
-    from geounet.models import onnx as onnxrt
-
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
@@ -89,10 +93,10 @@ def resolve_backend(device: str, precision: str, backend: str = "auto") -> str:
             raise ValueError(
                 f"--backend onnx runs fp32 on the CPU only (asked: device {device}, precision {precision})"
             )
-        if not onnxrt.available():
+        if not onnxruntime_available():
             raise ValueError("--backend onnx needs onnxruntime (pip install onnxruntime)")
         return backend
-    return "onnx" if fits and onnxrt.available() else "torch"
+    return "onnx" if fits and onnxruntime_available() else "torch"
 
 
 MAX_AUTO_WORKERS = 4  # chunk tasks at once on one CPU machine: each holds a batch's activations

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import logging
 import os
 import tempfile
@@ -30,16 +29,12 @@ import numpy as np
 
 from geounet.errors import ModelError
 from geounet.models.card import file_sha256
+from geounet.models.hardware import onnxruntime_available
 
 log = logging.getLogger("geounet")
 
 EXPORT_VERSION = 1  # bump when the exported graph changes (name of the cached file)
 OPSET = 18
-
-
-def available() -> bool:
-    """Whether onnxruntime can be imported here (without importing it)."""
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def cache_dir() -> Path:
@@ -140,7 +135,7 @@ def _lock(path: Path):
 
 def load_onnx(model_path: str | Path, threads: int) -> OnnxNetwork:
     """The model's ONNX Runtime session with ``threads`` intra-op threads, exporting it first if not cached."""
-    if not available():
+    if not onnxruntime_available():
         raise ModelError(
             model_path, "the ONNX backend needs onnxruntime (pip install onnxruntime), or use --backend torch"
         )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 
+from geounet.compute.change import GRADE_COLOURS
 from geounet.compute.grid import Box
-from geounet.damage.grading import GRADE_COLOURS
 from geounet.damage.mosaic import mosaic_vrt
 from geounet.damage.preview import GAP, read_pair_preview, write_quicklook
 from geounet.io.quicklook import stretch

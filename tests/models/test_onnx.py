@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from geounet.errors import ModelError
+from geounet.models import hardware
 from geounet.models import onnx as onnxrt
 from geounet.models.hardware import resolve_backend
 from geounet.models.registry import cached_model
@@ -95,7 +96,7 @@ def test_backend_choice(monkeypatch):
         resolve_backend("cuda", "fp32", "onnx")
     with pytest.raises(ValueError, match="must be one of"):
         resolve_backend("cpu", "fp32", "tensorrt")
-    monkeypatch.setattr(onnxrt, "available", lambda: False)
+    monkeypatch.setattr(hardware, "onnxruntime_available", lambda: False)
     assert resolve_backend("cpu", "fp32") == "torch"  # onnxruntime not installed: torch, silently
     with pytest.raises(ValueError, match="needs onnxruntime"):
         resolve_backend("cpu", "fp32", "onnx")
