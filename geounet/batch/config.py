@@ -14,7 +14,6 @@ working directory.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from typing import Any, Literal
 from geounet.batch.inputs import WatchSpec, absolute, expand, read_list_file
 from geounet.batch.state import requested_settings
 from geounet.damage.settings import DamageSettings
-from geounet.engine.settings import PredictSettings
+from geounet.engine.settings import DEVICE, PredictSettings
 from geounet.errors import GeounetError
 from geounet.io.folders import check_output_root
 from geounet.models.card import ModelCard, read_card
@@ -33,7 +32,6 @@ Task = Literal["segment", "damage"]
 Tta = Literal["none", "flip", "flips", "d4"]  # geounet.compute.tta.TTA_SETS
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # auto, torch or onnx
-DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what ``device`` may say (checked after the types)
 
 
 @dataclass
@@ -112,7 +110,7 @@ class PipelineSpec:
     model: Path | None = None  # a geounet .safetensors model (required)
     out: Path | None = None  # output folder (required here or as --out)
     tiling: TilingSpec = field(default_factory=TilingSpec)
-    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps (DEVICE)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (geounet.engine.settings.DEVICE)
     precision: Precision = "auto"
     backend: Backend = "auto"
     workers: int | None = None  # chunk tasks at once; None: the machine's default

@@ -10,6 +10,7 @@ on a cluster, the workers decide).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from geounet.engine.executors import Executor
 
 log = logging.getLogger("geounet")
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -88,6 +92,10 @@ class PredictSettings:
             raise GeounetError(None, "--batch-size, --workers and chunk_pixels must be at least 1")
         if s.tta not in TTA_SETS:
             raise GeounetError(None, f"--tta must be one of {', '.join(TTA_SETS)}, got {s.tta!r}")
+        if s.precision not in PRECISIONS:
+            raise GeounetError(None, f"--precision must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
+        if not DEVICE.fullmatch(s.device):
+            raise GeounetError(None, f"--device must be auto, cpu, cuda or cuda:N, got {s.device!r}")
         return s
 
 
