@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geounet.batch.inputs import WatchSpec, absolute, expand, read_list_file
-from geounet.batch.state import requested_settings
 from geounet.damage.settings import DamageSettings
 from geounet.engine.settings import DEVICE, PredictSettings
 from geounet.errors import GeounetError
@@ -28,6 +27,7 @@ from geounet.models.card import ModelCard, read_card
 from geounet.models.hardware import BACKENDS
 from geounet.schema import ConfigError, check_leniently, config_fields, read_yaml
 
+TILING_NAMES = {k: f"tiling.{k}" for k in ("tile_size", "overlap", "batch_size", "chunk_pixels")}  # in messages
 Task = Literal["segment", "damage"]
 Tta = Literal["none", "flip", "flips", "d4"]  # geounet.compute.tta.TTA_SETS
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -269,19 +269,7 @@ def _settings_problems(spec: PipelineSpec, settings: PredictSettings, card: Mode
     problems = _device_problems(spec.device)
     if card is None or spec.task != "segment":
         return problems
-    req = requested_settings(settings, card)
-    if req["tile_size"] % 32:
-        problems.append(f"tiling.tile_size: must be a multiple of 32 (the U-Net's stride), got {req['tile_size']}")
-    if req["overlap"] % 2 or not 0 <= req["overlap"] < req["tile_size"]:
-        problems.append(f"tiling.overlap: must be even and smaller than the tile size, got {req['overlap']}")
-    for name, value in (
-        ("tiling.batch_size", settings.batch_size),
-        ("workers", settings.workers),
-        ("tiling.chunk_pixels", settings.chunk_pixels),
-    ):
-        if value is not None and value < 1:
-            problems.append(f"{name}: must be at least 1, got {value}")
-    return problems
+    return problems + settings.tiling_problems(card, TILING_NAMES)
 
 
 def _device_problems(device: str) -> list[str]:

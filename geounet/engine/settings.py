@@ -19,6 +19,7 @@ from geounet.compute.tta import TTA_SETS
 from geounet.errors import GeounetError
 from geounet.models.card import ModelCard
 from geounet.models.hardware import (
+    BACKENDS,
     default_batch_size,
     default_chunk_pixels,
     default_workers,
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("geounet")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CLI_NAMES = {
+    k: "--" + k.replace("_", "-")
+    for k in ("tile_size", "overlap", "batch_size", "workers", "device", "precision", "backend", "tta")
+}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -81,22 +86,46 @@ class PredictSettings:
 
         Nothing here asks the hardware: a cluster's client uses it alone (``agree_on_settings``).
         """
+        problems = self.tiling_problems(card, CLI_NAMES) + self.choice_problems(CLI_NAMES)
+        if problems:
+            raise GeounetError(None, "; ".join(problems))
         s = PredictSettings(**asdict(self))
         s.tile_size = s.tile_size or card.tile_size
         s.overlap = card.overlap if s.overlap is None else s.overlap
-        if s.tile_size % 32:
-            raise GeounetError(None, f"--tile-size must be a multiple of 32 (the U-Net's stride), got {s.tile_size}")
-        if s.overlap % 2 or not 0 <= s.overlap < s.tile_size:
-            raise GeounetError(None, f"--overlap must be even and smaller than the tile size, got {s.overlap}")
-        if any(v is not None and v < 1 for v in (s.batch_size, s.workers, s.chunk_pixels)):
-            raise GeounetError(None, "--batch-size, --workers and chunk_pixels must be at least 1")
-        if s.tta not in TTA_SETS:
-            raise GeounetError(None, f"--tta must be one of {', '.join(TTA_SETS)}, got {s.tta!r}")
-        if s.precision not in PRECISIONS:
-            raise GeounetError(None, f"--precision must be one of {', '.join(PRECISIONS)}, got {s.precision!r}")
-        if not DEVICE.fullmatch(s.device):
-            raise GeounetError(None, f"--device must be auto, cpu, cuda or cuda:N, got {s.device!r}")
         return s
+
+    def tiling_problems(self, card: ModelCard, names: dict[str, str] | None = None) -> list[str]:
+        """Tile geometry (pixels, the card filling what is unset) and work sizes that cannot work, one line each.
+
+        ``names``: what each setting is called where the user wrote it (``--tile-size``,
+        ``tiling.tile_size``); the field name otherwise.
+        """
+        name = (names or {}).get
+        tile = self.tile_size or card.tile_size
+        overlap = card.overlap if self.overlap is None else self.overlap
+        problems = []
+        if tile % 32:
+            problems.append(
+                f"{name('tile_size', 'tile_size')}: must be a multiple of 32 (the U-Net's stride), got {tile}"
+            )
+        if overlap % 2 or not 0 <= overlap < tile:
+            problems.append(f"{name('overlap', 'overlap')}: must be even and smaller than the tile size, got {overlap}")
+        for key in ("batch_size", "workers", "chunk_pixels"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                problems.append(f"{name(key, key)}: must be at least 1, got {value}")
+        return problems
+
+    def choice_problems(self, names: dict[str, str] | None = None) -> list[str]:
+        """Device, precision, backend and test-time augmentation values this geounet does not know."""
+        name = (names or {}).get
+        problems = []
+        for key, choices in (("precision", PRECISIONS), ("backend", BACKENDS), ("tta", tuple(TTA_SETS))):
+            if getattr(self, key) not in choices:
+                problems.append(f"{name(key, key)}: must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
+        if not DEVICE.fullmatch(self.device):
+            problems.append(f"{name('device', 'device')}: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        return problems
 
 
 # settings each worker of a cluster settles for itself (its GPUs, its CPU, its onnxruntime)

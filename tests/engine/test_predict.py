@@ -257,5 +257,5 @@ def test_test_time_augmentation_averages_views_on_both_backends(default_model, t
     b = read(tmp_path / "torch/kampala_demo/scores.tif").astype(int)
     assert np.abs(a - b).max() <= 1  # both backends average the same 8 views
     assert np.abs(a - p).mean() > 0.5  # and the views do change the answer
-    with pytest.raises(GeounetError, match="--tta must be one of none, flip, flips, d4"):
+    with pytest.raises(GeounetError, match="--tta: must be one of none, flip, flips, d4"):
         run([DEMO_SCENE], tmp_path / "bad", default_model, tta="d8", **kw)

@@ -70,3 +70,21 @@ def test_default_workers_and_batch_size_per_backend(monkeypatch):
         auto = PredictSettings(device="cpu", precision="fp32").resolved(card)
         assert (auto.workers, auto.batch_size, auto.chunk_pixels) == (2, 1, 512 - 64)  # one tile per task
         assert PredictSettings(device="cpu", precision="fp32", batch_size=8).resolved(card).batch_size == 8
+
+
+def test_every_bad_setting_is_named_at_once_as_the_user_wrote_it():
+    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    bad = PredictSettings(tile_size=100, batch_size=0, precision="int8", backend="tensorrt", tta="d8", device="tpu")
+    with pytest.raises(GeounetError) as err:
+        bad.tiling_resolved(card)
+    assert str(err.value).split("; ") == [
+        "--tile-size: must be a multiple of 32 (the U-Net's stride), got 100",
+        "--batch-size: must be at least 1, got 0",
+        "--precision: must be one of auto, fp32, bf16, fp16, got 'int8'",
+        "--backend: must be one of auto, torch, onnx, got 'tensorrt'",
+        "--tta: must be one of none, flip, flips, d4, got 'd8'",
+        "--device: must be auto, cpu, cuda or cuda:N, got 'tpu'",
+    ]
+    assert bad.tiling_problems(card, {"tile_size": "tiling.tile_size"})[0].startswith("tiling.tile_size: ")
+    ok = PredictSettings(overlap=0).tiling_resolved(card)
+    assert (ok.tile_size, ok.overlap) == (512, 0)
