@@ -25,6 +25,7 @@ from geounet.errors import GeounetError
 from geounet.io.folders import check_output_root
 from geounet.models.card import ModelCard, read_card
 from geounet.models.hardware import BACKENDS
+from geounet.models.registry import is_model_name, pick_variant
 from geounet.schema import ConfigError, check_leniently, config_fields, read_yaml
 
 TILING_NAMES = {k: f"tiling.{k}" for k in ("tile_size", "overlap", "batch_size", "chunk_pixels")}  # in messages
@@ -107,7 +108,7 @@ class PipelineSpec:
     """The keys both tasks accept, as written in the file (paths resolved against its folder)."""
 
     task: Task = "segment"
-    model: Path | None = None  # a geounet .safetensors model (required)
+    model: Path | None = None  # a geounet .safetensors model, or a bundled model's name (required)
     out: Path | None = None  # output folder (required here or as --out)
     tiling: TilingSpec = field(default_factory=TilingSpec)
     device: str = "auto"  # auto, cpu, cuda or cuda:N (geounet.engine.settings.DEVICE)
@@ -143,7 +144,7 @@ class PipelineConfig:
 
     source: Path | None  # the config file
     task: str
-    model: Path
+    model: Path | str  # a model file, or a bundled model's name (its variant picked per scene)
     out: Path
     settings: PredictSettings
     globs: list[str] = field(default_factory=list)  # the scene files the globs and the list file found
@@ -171,14 +172,14 @@ def load_config(
     raw = read_yaml(path)
     base = path.resolve().parent
     spec, problems = check_spec(raw, base)
-    card = _model_card(spec, raw, problems)
+    model, card = _model(spec, raw, base, problems)
     out_dir = _output_folder(spec, raw, out, cwd, problems)
     settings = predict_settings(spec)
     problems += _settings_problems(spec, settings, card)
     cfg = PipelineConfig(
         path,
         spec.task,
-        spec.model or Path(),
+        model,
         out_dir or Path(),
         settings,
         hash_inputs=spec.hash_inputs,
@@ -232,17 +233,26 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
     return settings
 
 
-def _model_card(spec: PipelineSpec, raw: dict[str, Any], problems: list[str]) -> ModelCard | None:
-    """The model file's card, or None (the problem added)."""
+def _model(
+    spec: PipelineSpec, raw: dict[str, Any], base: Path, problems: list[str]
+) -> tuple[Path | str, ModelCard | None]:
+    """The model (a file, or a bundled model's name) and its card (a name: its first variant's), or the problem."""
+    name = raw.get("model")
+    if isinstance(name, str) and not (base / name).exists() and is_model_name(name):
+        try:
+            return name, pick_variant(name, None).card
+        except GeounetError as exc:
+            problems.append(f"model: {exc}")
+            return name, None
     if spec.model is None:
         if raw.get("model") is None:
-            problems.append("model: missing (path of a .safetensors model file)")
-        return None
+            problems.append("model: missing (a bundled model's name, or the path of a .safetensors model file)")
+        return Path(), None
     try:
-        return read_card(spec.model)
+        return spec.model, read_card(spec.model)
     except GeounetError as exc:
         problems.append(f"model: {exc}")
-        return None
+        return spec.model, None
 
 
 def _output_folder(

@@ -36,7 +36,7 @@ from geounet.batch.inputs import discover_inputs
 from geounet.batch.locks import SceneLock, recover_interrupted, scene_lock
 from geounet.batch.state import requested_settings, up_to_date
 from geounet.engine.executors import ClusterError, Executor
-from geounet.engine.predict import make_executor, predict_scene
+from geounet.engine.predict import make_executor, predict_scene, resolve_model
 from geounet.errors import GeounetError
 from geounet.io.folders import output_dir_for
 from geounet.models.card import file_sha256, read_card
@@ -139,7 +139,7 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
     """task segment: each scene of the config in turn, its result added to ``summary`` before it starts."""
     scenes = discover_inputs(cfg.globs, cfg.watch)
     runner = _SceneRunner(cfg, force, quiet)
-    log.info("run: %d scene(s), model %s (sha256 %s...)", len(scenes), cfg.model, runner.model_sha[:12])
+    log.info("run: %d scene(s), model %s", len(scenes), cfg.model)
     try:
         for i, scene in enumerate(scenes, 1):
             t0 = time.perf_counter()
@@ -160,8 +160,7 @@ class _SceneRunner:
     def __init__(self, cfg: PipelineConfig, force: bool, quiet: bool) -> None:
         self.cfg, self.force = cfg, force
         self.settings = dataclasses.replace(cfg.settings, quiet=quiet or cfg.settings.quiet)
-        self.requested = requested_settings(self.settings, read_card(cfg.model))
-        self.model_sha = file_sha256(cfg.model)
+        self.models: dict[Path, tuple[str, dict[str, Any]]] = {}  # model file -> (sha256, requested settings)
         self.executor: Executor | None = None
         self.cluster_error: str | None = None  # set: the rest of the batch is not run
         self.owners: dict[str, Path] = {}  # output folder name -> the scene that writes it
@@ -180,10 +179,15 @@ class _SceneRunner:
         with lock:
             for what in recover_interrupted(self.cfg.out, final.name):
                 log.warning("%s: after an interrupted run: %s", scene, what)
+            try:
+                model_sha, requested = self.model_for(scene)
+            except GeounetError as exc:  # the scene cannot be read: it fails alone
+                res.reason = str(exc)
+                return
             fresh, why = (
                 (False, "--force")
                 if self.force
-                else up_to_date(final, scene, self.model_sha, self.requested, self.cfg.hash_inputs)
+                else up_to_date(final, scene, model_sha, requested, self.cfg.hash_inputs)
             )
             if fresh:
                 res.status = "skipped_up_to_date"
@@ -191,6 +195,13 @@ class _SceneRunner:
             else:
                 log.info("%s %s: computing (%s)", step, scene, why)
                 self._predict(scene, res, why)
+
+    def model_for(self, scene: Path) -> tuple[str, dict[str, Any]]:
+        """The sha256 and requested output settings of the model file this scene uses (a name: its variant)."""
+        path, _ = resolve_model(self.cfg.model, scene)
+        if path not in self.models:
+            self.models[path] = (file_sha256(path), requested_settings(self.settings, read_card(path)))
+        return self.models[path]
 
     def _refusal(self, scene: Path, final: Path) -> str:
         """Why this scene cannot run in this batch at all ("" when it can)."""
@@ -206,7 +217,7 @@ class _SceneRunner:
         """Predict the scene (the lock held); an error is recorded in ``res``, not raised."""
         try:
             if self.executor is None:
-                self.executor = make_executor(self.settings, self.cfg.model)
+                self.executor = make_executor(self.settings, resolve_model(self.cfg.model, scene)[0])
             predict_scene(scene, self.cfg.out, self.cfg.model, self.settings, self.executor)
             res.status, res.reason = "done", why
         except GeounetError as exc:
@@ -237,7 +248,7 @@ def _run_damage(cfg: PipelineConfig) -> SceneResult:
                 cfg.damage["post"],
                 cfg.out,
                 cfg.damage.get("footprints"),
-                cfg.model,
+                resolve_model(cfg.model, cfg.damage["pre"][0])[0],  # a name: the variant for the pre scene
                 cfg.damage["settings"],
                 None,
             )

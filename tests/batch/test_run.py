@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import geounet.damage.run as damage
@@ -13,6 +14,7 @@ from geounet.batch.config import load_config
 from geounet.batch.run import run_pipeline
 from geounet.cli.main import app
 from geounet.io.folders import output_dir_for
+from geounet.schema import ConfigError
 from tests.helpers import DEMO_SCENE
 
 OUTPUTS = ("scores.tif", "classes.tif", "features.gpkg", "run.json", "item.json", "quicklook.png")
@@ -68,3 +70,32 @@ def test_damage_config_is_dispatched(damage_config: Path, monkeypatch):
     folder = damage_config.parent
     assert seen["args"][:3] == ([folder / "pre.tif"], [folder / "post.tif"], folder / "o")
     assert seen["args"][5].device == "cpu"
+
+
+def test_a_model_name_picks_each_scenes_variant_and_reruns_skip(tmp_path, monkeypatch, write_config):
+    """model: NAME in a pipeline config: each scene gets the variant closest to its resolution, then reruns skip it."""
+    import numpy as np
+
+    from geounet.models import registry
+    from tests.helpers import make_tiny_model, write_scene
+
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    make_tiny_model(bundled / "huts.safetensors", 0.15)
+    make_tiny_model(bundled / "huts_satellite.safetensors", 0.5)
+    monkeypatch.setattr(registry, "bundled_dir", lambda: bundled)
+    fine = write_scene(tmp_path / "fine.tif", np.full((3, 96, 96), 90, np.uint8), res=0.15)
+    coarse = write_scene(tmp_path / "coarse.tif", np.full((3, 96, 96), 90, np.uint8), res=0.6)
+    cfg_path = write_config(tmp_path / "p.yaml", "huts", [fine, coarse], tmp_path / "out", vector=False)
+    cfg = load_config(cfg_path)
+    assert cfg.model == "huts"
+    first = run_pipeline(cfg, quiet=True)
+    assert [r.status for r in first.scenes] == ["done", "done"], first.scenes
+    for stem, variant in (("fine", "huts"), ("coarse", "huts_satellite")):
+        model = json.loads((tmp_path / "out" / stem / "run.json").read_text())["model"]
+        assert Path(model["path"]).stem == variant and model["requested"] == "huts"
+    second = run_pipeline(cfg, quiet=True)
+    assert [r.status for r in second.scenes] == ["skipped_up_to_date"] * 2
+    (tmp_path / "bad.yaml").write_text(cfg_path.read_text().replace('"huts"', '"hutz"'))
+    with pytest.raises(ConfigError, match=r"model: hutz: not a model file, nor a bundled model \(huts\)"):
+        load_config(tmp_path / "bad.yaml")
