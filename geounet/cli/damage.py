@@ -10,7 +10,7 @@ import typer
 from geounet.cli.logs import setup_logging
 from geounet.damage.settings import DamageSettings
 from geounet.errors import GeounetError
-from geounet.models.registry import DEFAULT_MODEL
+from geounet.models.registry import DEFAULT_NAME
 from geounet.schema import ConfigError, read_yaml
 
 # --pre and --post take several files each (``--pre a.tif b.tif``), which click options
@@ -52,7 +52,13 @@ def damage(
         help="Building footprints (GeoPackage, GeoJSON, any CRS); default: detect them "
         "with the model on the pre scene.",
     ),
-    model: Path = typer.Option(DEFAULT_MODEL, "--model", "-m", help="geounet buildings model (.safetensors)."),
+    model: str = typer.Option(
+        DEFAULT_NAME,
+        "--model",
+        "-m",
+        help="A bundled buildings model's name (its variant closest to the pre scene's resolution) "
+        "or a .safetensors file.",
+    ),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML with a damage: section (thresholds, tiling), e.g. pipelines/damage.yaml."
     ),
@@ -67,12 +73,14 @@ def damage(
     Exit codes: 0 done; 2 bad input (one line, nothing written).
     """
     from geounet.damage.run import run_damage
+    from geounet.engine.predict import resolve_model
 
     setup_logging(quiet)
     try:
         pre, post = split_epochs(list(ctx.args))
         settings = damage_settings(config, device, quiet)
-        run_damage(pre, post, out, footprints, model, settings)  # logs the counts per grade
+        model_path = resolve_model(model, pre[0])[0] if pre else Path(model)  # a name: the pre scene's variant
+        run_damage(pre, post, out, footprints, model_path, settings)  # logs the counts per grade
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
