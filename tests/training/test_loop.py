@@ -113,7 +113,7 @@ def test_bad_labels_fail_before_training(
     "model, scene, layers",
     [
         ("roads", "lasvegas_pan_east.tif", {"roads", "road_centerlines"}),  # 1 band uint16, EPSG:4326
-        ("landcover", "brandenburg_s2_east.tif", {"landcover"}),  # 4 bands uint16, UTM
+        ("landcover", "brandenburg_s2_east.tif", {"landcover"}),  # 10 bands uint16, UTM
     ],
 )
 def test_default_models_map_their_demo_crops(tmp_path: Path, model: str, scene: str, layers: set[str]) -> None:
