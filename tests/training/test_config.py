@@ -140,7 +140,12 @@ def test_cli_reports_errors_in_one_line(tmp_path: Path, train_raw, write_config)
 
 
 @pytest.mark.parametrize(
-    "config, model", [("roads_lasvegas_pretrained.yaml", "roads"), ("landcover_brandenburg_s2_10bands.yaml", "landcover")]
+    "config, model",
+    [
+        ("roads_lasvegas_pretrained.yaml", "roads"),
+        ("landcover_brandenburg_s2_10bands.yaml", "landcover"),
+        ("buildings_satellite.yaml", "buildings_satellite"),
+    ],
 )
 def test_shipped_configs_match_their_default_models(config: str, model: str) -> None:
     """The config in configs/ is the one the default model's card was trained with; the file stays small."""
