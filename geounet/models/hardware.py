@@ -49,10 +49,11 @@ def cpu_flags() -> set[str]:
 
 
 def resolve_precision(device: str, precision: str = "auto") -> str:
-    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs bf16 only with native support.
+    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs bf16 only with AMX tiles, else fp32.
 
-    On CPUs without AVX-512 BF16 or AMX, bf16 autocast is emulated and several times
-    slower than fp32 (measured: 8x slower on an AVX2 machine), so auto picks fp32 there.
+    Without native bf16 (AVX2) torch emulates it, several times slower than fp32. With
+    AVX-512 BF16 but no AMX, bf16 runs on torch while fp32 runs on ONNX Runtime, which was
+    faster end to end on such a CPU (an AMD EPYC; the session notes hold the numbers).
     """
     if precision != "auto":
         return precision
@@ -65,8 +66,8 @@ def resolve_precision(device: str, precision: str = "auto") -> str:
         import torch
 
         cap = torch.backends.cpu.get_cpu_capability().upper()
-        return "bf16" if ("AMX" in cap or "AVX512_BF16" in cap) else "fp32"
-    return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
+        return "bf16" if "AMX" in cap else "fp32"
+    return "bf16" if "amx_bf16" in flags else "fp32"
 
 
 BACKENDS = ("auto", "torch", "onnx")
