@@ -52,6 +52,7 @@ def test_polygons_equal_to_the_prediction_give_object_f1_one(scene_and_predictio
     o = result["objects"]
     assert (o["true_positives"], o["false_positives"], o["false_negatives"]) == (len(buildings), 0, 0)
     assert o["f1"] == 1.0
+    assert o["polygon_iou"] == 1.0  # the delivered polygons, burnt as the labels are: the same pixels
     assert result["pixel"]["classes"]["building"]["iou"] > 0.8  # polygons vs pixels
 
 
@@ -81,3 +82,5 @@ def test_default_buildings_model_on_held_out_kampala_b(default_model, tmp_path):
     print(res.output)
     assert result["pixel"]["classes"]["building"]["iou"] >= 0.70
     assert 0 < result["objects"]["f1"] <= 1
+    # features.gpkg keeps most of classes.tif's pixels (cleaning and regularising cost a few)
+    assert 0.6 <= result["objects"]["polygon_iou"] <= result["pixel"]["classes"]["building"]["iou"]
