@@ -127,6 +127,19 @@ def _vector_info(path: Path, layer: str | None) -> tuple[dict[str, Any], Any]:
     return info, CRS.from_user_input(info["crs"])
 
 
+def instance_ids(gdf: Any, out_shape: tuple[int, int], transform: Affine, all_touched: bool = False) -> np.ndarray:
+    """Each feature of ``gdf`` burnt with its own id (1, 2, ...) on a grid (rows, cols); 0 where none is.
+
+    Where features overlap, the later one wins.
+    """
+    from rasterio.features import rasterize
+
+    shapes = [(g, i) for i, g in enumerate(gdf.geometry, 1) if g is not None and not g.is_empty]
+    if not shapes:
+        return np.zeros(out_shape, np.int32)
+    return rasterize(shapes, out_shape=out_shape, transform=transform, fill=0, dtype="int32", all_touched=all_touched)
+
+
 def labels_to_raster(
     gdf,
     out_shape: tuple[int, int],

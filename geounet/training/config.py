@@ -82,6 +82,10 @@ class LabelConfig:
     all_touched: bool = False
     unlabelled: Unlabelled = "background"  # pixels no label covers
     layer: str | None = None
+    # instance contacts: building pixels within contact_m of another building become this class
+    # (kind background), so the model learns to cut touching roofs apart; None: no contact class
+    contact_class: str | None = None
+    contact_m: float = 0.5
 
 
 @dataclass
@@ -378,6 +382,15 @@ def _label_problems(lab: LabelConfig, classes: list[ClassConfig] | None) -> list
     for key, name in targets:
         if name is not None and name not in names and name != "ignore":
             problems.append(f"{key}: class {name!r} is not in classes {names} (nor 'ignore')")
+    if lab.contact_class is not None:
+        kinds = {c.name: c.kind for c in classes}
+        if kinds.get(lab.contact_class) != "background" or lab.contact_class == names[0]:
+            problems.append(
+                f"labels.contact_class: {lab.contact_class!r} must be a class of kind background "
+                "other than the first (the first is what unlabelled pixels get)"
+            )
+        if lab.contact_m <= 0:
+            problems.append("labels.contact_m: must be positive")
     return problems
 
 

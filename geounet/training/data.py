@@ -16,10 +16,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from geounet.compute.instances import contact_pixels
 from geounet.errors import GeounetError
 from geounet.io.labels import (
     IGNORE_INDEX,
     RASTER_LABEL_SUFFIXES,
+    instance_ids,
     labels_to_raster,
     read_label_raster,
     read_vector_labels,
@@ -127,7 +129,13 @@ def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig) -> np.ndarray:
         layer=lab.layer,
     )
     fill = background_index(cfg) if lab.unlabelled == "background" else IGNORE_INDEX
-    return labels_to_raster(gdf, grid.shape, grid.transform, all_touched=lab.all_touched, unlabelled=fill)
+    y = labels_to_raster(gdf, grid.shape, grid.transform, all_touched=lab.all_touched, unlabelled=fill)
+    if lab.contact_class is not None:
+        buildings = [i for i, c in enumerate(cfg.classes) if c.kind == "building"]
+        ids = instance_ids(gdf[gdf.class_value.isin(buildings)], grid.shape, grid.transform, lab.all_touched)
+        radius = max(1, round(lab.contact_m / cfg.data.resolution_m))
+        y[contact_pixels(ids, radius) & np.isin(y, buildings)] = names.index(lab.contact_class)
+    return y
 
 
 def band_stats(scenes: list[Scene], scale: float) -> tuple[list[float], list[float]]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
+from geounet.errors import GeounetError
 from geounet.io.labels import IGNORE_INDEX
 from geounet.training.config import load_config
 from geounet.training.data import ChipSampler, Scene, load_scene
@@ -70,3 +71,26 @@ def test_chip_sampler_rare_class_bias_is_measurable() -> None:
     assert unbiased < 0.05  # about (32 + 10) * (32 + 16) / 369^2 = 1.5 %
     assert 0.45 < biased < 0.6  # the biased half, plus the few random chips that hit it
     assert share_with_rare(1.0) == 1.0
+
+
+def test_contact_class_marks_where_two_roofs_meet(
+    tmp_path: Path, roof_scene, train_raw, write_config, write_geojson
+) -> None:
+    """labels.contact_class: building pixels near another building become the contact class, free edges stay."""
+    # square 1 (8..24 m) split into two roofs touching along x = 16 m; the other squares stand alone
+    squares = [(8, 8, 16, 24), (16, 8, 24, 24), *roof_scene.squares[1:]]
+    labels = write_geojson(
+        tmp_path / "split.geojson", [roof_scene.box(*s) for s in squares], [{"kind": "roof"}] * len(squares)
+    )
+    train_raw["data"]["train"][0]["labels"] = str(labels)
+    train_raw["classes"].append({"name": "contact", "kind": "background", "color": [0, 0, 255]})
+    train_raw["labels"] |= {"contact_class": "contact", "contact_m": 1.0}
+    cfg = load_config(write_config(train_raw))
+    label = load_scene(cfg.data.train[0], cfg).label  # 1 m pixels, origin at the scene's corner
+    contact = label == 2
+    assert contact.sum() == 2 * 16  # one pixel column each side of x = 16 m, rows 8..24 m
+    assert contact[8:24, 15].all() and contact[8:24, 16].all()
+    assert int((label == 1).sum()) + int(contact.sum()) == 256 + 16 * 12 + 12 * 8 + 20 * 12  # the same roofs
+    train_raw["labels"]["contact_class"] = "background"
+    with pytest.raises(GeounetError, match="labels.contact_class: 'background' must be a class of kind background"):
+        load_config(write_config(train_raw))
