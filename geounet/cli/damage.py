@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,9 @@ def damage(
     try:
         pre, post = split_epochs(list(ctx.args))
         settings = damage_settings(config, device, quiet)
-        model_path = resolve_model(model, pre[0])[0] if pre else Path(model)  # a name: the pre scene's variant
+        model_path, requested = resolve_model(model, pre[0]) if pre else (Path(model), None)
+        if requested is not None:  # a name: the variant for the pre scene's resolution
+            logging.getLogger("geounet").info("model %s: variant %s for the pre scene", requested, model_path.stem)
         run_damage(pre, post, out, footprints, model_path, settings)  # logs the counts per grade
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)

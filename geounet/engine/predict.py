@@ -113,20 +113,13 @@ def resolve_model(model: str | Path, scene: Path) -> tuple[Path, str | None]:
 
     Returns ``(file, name)``; ``name`` is None when ``model`` is a file. A name picks the
     variant trained closest to the scene's ground resolution (``registry.pick_variant``).
+    Reads the scene's header only; says nothing (``predict_scene`` logs the choice).
     """
     if not is_model_name(model):
         return Path(model), None
     with open_scene(scene) as src:
         res = ground_resolution(src.crs, src.transform, src.width, src.height) if src.crs else None
     chosen = pick_variant(str(model), res)
-    log.info(
-        "%s: model %s: variant %s (%.3g m/px) for a %s m/px scene",
-        scene,
-        model,
-        chosen.variant,
-        chosen.card.resolution_m,
-        f"{res:.3g}" if res else "?",
-    )
     return chosen.path, str(model)
 
 
@@ -140,6 +133,15 @@ def predict_scene(
     t_start = time.perf_counter()
     model_path, requested = resolve_model(model, Path(scene))
     plan = plan_scene(Path(scene), model_path, settings, executor)
+    if requested is not None:  # said once, where the variant is used
+        log.info(
+            "%s: model %s: variant %s (%.3g m/px) for a %.3g m/px scene",
+            plan.scene,
+            requested,
+            model_path.stem,
+            plan.card.resolution_m,
+            plan.ground_resolution_m,
+        )
     final_dir = output_dir_for(plan.scene, out_root)
     timings: dict[str, float] = {}
     with staged_folder(final_dir) as tmp:
