@@ -94,3 +94,21 @@ def invoke(*args: object):
 def error_lines(result) -> list[str]:
     """The ``error: ...`` lines a command wrote to stderr."""
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def make_card(*kinds: tuple[str, str, tuple[int, int, int]]):
+    """A one-band model card: ``background`` plus one class per ``(name, kind, colour)`` (no weights)."""
+    from geounet.models.card import ClassInfo, ModelCard
+
+    classes = [ClassInfo("background", (0, 0, 0), "background")] + [ClassInfo(n, col, k) for n, k, col in kinds]
+    return ModelCard(
+        name="test",
+        classes=classes,
+        bands=[1],
+        band_names=["x"],
+        mean=[0.0],
+        std=[1.0],
+        scale=1.0,
+        input_dtypes=["uint8"],
+        resolution_m=1.0,
+    )

@@ -20,8 +20,7 @@ from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
 from geounet.engine.vector_stage import vectorize_scene
 from geounet.errors import InputError
-from geounet.models.card import ClassInfo, ModelCard
-from tests.helpers import DEMO_SCENE, shared_file
+from tests.helpers import DEMO_SCENE, make_card, shared_file
 
 GEOD = Geod(ellps="WGS84")
 RAW = {"building": ClassRules(), "road": ClassRules(spur_m=5.0), "landcover": ClassRules()}  # no cleaning: exact shapes
@@ -41,19 +40,7 @@ def client():
         yield DistributedExecutor(c, "in-process threads")
 
 
-def card(*kinds: tuple[str, str, tuple]) -> ModelCard:
-    classes = [ClassInfo("background", (0, 0, 0), "background")] + [ClassInfo(n, col, k) for n, k, col in kinds]
-    return ModelCard(
-        name="test",
-        classes=classes,
-        bands=[1],
-        band_names=["x"],
-        mean=[0.0],
-        std=[1.0],
-        scale=1.0,
-        input_dtypes=["uint8"],
-        resolution_m=1.0,
-    )
+card = make_card
 
 
 def write_classes(path: Path, classes: np.ndarray, crs, transform) -> Path:

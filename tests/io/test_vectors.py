@@ -9,25 +9,12 @@ import pyogrio
 import shapely
 
 from geounet.io.vectors import LayerWriter, categorized_qml, class_style_qml, write_layer_style
-from geounet.models.card import ClassInfo, ModelCard
+from geounet.models.card import ModelCard
+from tests.helpers import make_card
 
 
 def _card() -> ModelCard:
-    return ModelCard(
-        name="m",
-        classes=[
-            ClassInfo("background", (0, 0, 0), "background"),
-            ClassInfo("building", (230, 60, 60), "building"),
-            ClassInfo("road", (250, 250, 20), "road"),
-        ],
-        bands=[1],
-        band_names=["x"],
-        mean=[0.0],
-        std=[1.0],
-        scale=1.0,
-        input_dtypes=["uint8"],
-        resolution_m=0.5,
-    )
+    return make_card(("building", "building", (230, 60, 60)), ("road", "road", (250, 250, 20)))
 
 
 def test_categorized_style_names_each_value_with_its_colour():
