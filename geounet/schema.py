@@ -18,6 +18,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -108,6 +109,19 @@ def unknown_keys(raw: dict[str, Any], known: list[str], where: str) -> list[str]
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
         problems.append(f"{where}: unknown key {key!r} ({hint})" if where else f"unknown key {key!r} ({hint})")
     return problems
+
+
+def choice_problem(where: str, value: Any, choices: Sequence[str], more: str = "") -> str | None:
+    """The problem of ``value`` where it must be one of ``choices`` (None: it is one), worded as a ``Literal``'s.
+
+    ``where``: the dotted key (or option) in the message; ``more``: other values that are
+    also accepted, in words (``" or tu-<timm model>"``). A close match is offered.
+    """
+    if isinstance(value, str) and value in choices:
+        return None
+    close = difflib.get_close_matches(value, list(choices), n=1) if isinstance(value, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{where}: expected one of {', '.join(choices)}{more}, {_got(value)}{hint}"
 
 
 def config_fields(cls: type) -> list[dataclasses.Field[Any]]:

@@ -28,7 +28,10 @@ from geounet.models.hardware import BACKENDS
 from geounet.models.registry import is_model_name, pick_variant
 from geounet.schema import ConfigError, check_leniently, config_fields, read_yaml
 
-TILING_NAMES = {k: f"tiling.{k}" for k in ("tile_size", "overlap", "batch_size", "chunk_pixels")}  # in messages
+TILING_NAMES = {
+    k: f"tiling.{k}"
+    for k in ("tile_size", "overlap", "batch_size", "chunk_pixels", "max_upsample", "max_working_pixels")
+}  # in messages
 Task = Literal["segment", "damage"]
 Tta = Literal["none", "flip", "flips", "d4"]  # geounet.compute.tta.TTA_SETS
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -43,6 +46,8 @@ class TilingSpec:
     overlap: int | None = None  # pixels of the working grid
     batch_size: int | None = None  # tiles per model call
     chunk_pixels: int | None = None  # target chunk side, pixels of the working grid
+    max_upsample: float = 8.0  # refuse a working grid more than this many times finer (linear) than the scene
+    max_working_pixels: int = 10**11  # refuse a working grid of more pixels
 
 
 @dataclass

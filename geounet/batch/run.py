@@ -3,9 +3,9 @@
 :func:`run_pipeline` takes a checked config (:mod:`geounet.batch.config`) and handles
 each scene on its own:
 
-1. take the scene's lock (:mod:`geounet.batch.locks`): a scene locked by another run
-   is skipped and reported as such;
-2. clean what a killed run left for this scene (``recover_interrupted``);
+1. take the scene's lock (``OUTDIR/.<stem>.lock``, :mod:`geounet.io.locks`): a scene
+   locked by another run is skipped and reported as such;
+2. clean what a killed run left for this scene (:func:`geounet.io.folders.recover_interrupted`);
 3. skip the scene if its ``run.json`` says its outputs are up to date
    (:mod:`geounet.batch.state`);
 4. else run :func:`geounet.engine.predict.predict_scene`; any error is recorded and
@@ -13,6 +13,12 @@ each scene on its own:
 
 A ``task: damage`` config is one call of ``geounet.damage.run.run_damage`` under one
 lock. A summary (JSON) and a log file per run are written to ``OUTDIR/_runs/``.
+
+SIGTERM (as :class:`geounet.errors.Interrupted`, when the caller turns it into one: the
+CLI does) and Ctrl-C stop the batch: the running scene's partial outputs are removed by
+the staging folder's clean-up, the scene is recorded as ``interrupted (SIGTERM)`` /
+``interrupted (Ctrl-C)``, the rest as not run, the summary is written, and the exception
+goes on to the caller.
 """
 
 from __future__ import annotations
@@ -33,12 +39,12 @@ from typing import Any
 import geounet.damage.run as damage
 from geounet.batch.config import PipelineConfig
 from geounet.batch.inputs import discover_inputs
-from geounet.batch.locks import SceneLock, recover_interrupted, scene_lock
 from geounet.batch.state import requested_settings, up_to_date
 from geounet.engine.executors import ClusterError, Executor
 from geounet.engine.predict import make_executor, predict_scene, resolve_model
-from geounet.errors import GeounetError
-from geounet.io.folders import output_dir_for
+from geounet.errors import GeounetError, Interrupted, scene_failure
+from geounet.io.folders import output_dir_for, recover_interrupted
+from geounet.io.locks import SceneLock, locked_reason, scene_lock
 from geounet.models.card import file_sha256, read_card
 
 log = logging.getLogger("geounet")
@@ -72,6 +78,7 @@ class RunSummary:
     scenes: list[SceneResult] = field(default_factory=list)
     summary_file: str = ""
     log_file: str = ""
+    interrupted: str = ""  # "interrupted (SIGTERM)" / "interrupted (Ctrl-C)": the run was stopped there
 
     def counts(self) -> dict[str, int]:
         """Scenes per status."""
@@ -97,7 +104,7 @@ class RunSummary:
         out.append(
             f"geounet run: {c['done']} done, {c['skipped_up_to_date']} skipped (up to date), "
             f"{c['skipped_locked']} skipped (locked by another run), {c['failed']} failed "
-            f"in {self.seconds:.1f} s; summary {self.summary_file}"
+            f"in {self.seconds:.1f} s; summary {self.summary_file or 'not written'}"
         )
         return out
 
@@ -124,22 +131,38 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, quiet: bool = False) 
         try:
             log.info("run: config %s, out %s, pid %d%s", cfg.source, cfg.out, os.getpid(), ", --force" if force else "")
             if cfg.task == "damage":
-                summary.scenes.append(_run_damage(cfg))
+                _run_damage(cfg, summary)
             else:
                 _run_scenes(cfg, force, quiet, summary)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            summary.interrupted = str(Interrupted.of(exc))
+            for r in summary.scenes:  # the one it was doing (the damage job; a scene is recorded as it stops)
+                if r.status == "failed" and not r.reason:
+                    r.reason = summary.interrupted
+            log.info("run %s: summary %s", summary.interrupted, summary.summary_file)
+            raise
         finally:
             summary.seconds = round(time.perf_counter() - t0, 3)
             summary.finished_utc = _utc_now()
             log.info("run finished: %s", ", ".join(f"{k} {v}" for k, v in summary.counts().items()))
-            _write_json_atomic(Path(summary.summary_file), summary.to_dict())
+            try:
+                _write_json_atomic(Path(summary.summary_file), summary.to_dict())
+            except OSError as exc:  # a full disk: the summary still reaches the console
+                log.warning("%s", scene_failure(summary.summary_file, exc, cfg.out))
+                summary.summary_file = ""
     return summary
 
 
 def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSummary) -> None:
-    """task segment: each scene of the config in turn, its result added to ``summary`` before it starts."""
+    """task segment: each scene of the config in turn, its result added to ``summary`` before it starts.
+
+    Interrupted (SIGTERM, Ctrl-C): the running scene is recorded as such, the rest as not run.
+    """
     scenes = discover_inputs(cfg.globs, cfg.watch)
     runner = _SceneRunner(cfg, force, quiet)
     log.info("run: %d scene(s), model %s", len(scenes), cfg.model)
+    first, finished = len(summary.scenes), 0  # results of this segment; scenes whose result is final
+    t0 = time.perf_counter()
     try:
         for i, scene in enumerate(scenes, 1):
             t0 = time.perf_counter()
@@ -147,9 +170,21 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
             res = SceneResult(str(scene), "failed", out_dir=str(final))
             summary.scenes.append(res)
             runner.run(scene, final, res, f"[{i}/{len(scenes)}]")
+            finished = i
             if res.status == "failed":  # console: the CLI's summary says it; the log file gets it now
                 log.info("%s", res.reason if res.reason.startswith(str(scene)) else f"{scene}: {res.reason}")
             res.seconds = round(time.perf_counter() - t0, 3)
+    except (Interrupted, KeyboardInterrupt) as exc:  # asked to stop: the scene running and the rest are not done
+        stop = Interrupted.of(exc)
+        if len(summary.scenes) - first > finished:
+            res = summary.scenes[-1]
+            res.status, res.reason, res.seconds = "failed", str(stop), round(time.perf_counter() - t0, 3)
+            log.info("%s: %s", res.scene, res.reason)
+        for rest in scenes[len(summary.scenes) - first :]:
+            summary.scenes.append(
+                SceneResult(str(rest), "failed", f"not run: {stop}", str(output_dir_for(rest, cfg.out)))
+            )
+        raise
     finally:
         runner.close()
 
@@ -223,7 +258,9 @@ class _SceneRunner:
         except GeounetError as exc:
             res.reason = str(exc)
         except Exception as exc:  # noqa: BLE001  one bad scene never sinks the batch
-            res.reason = _one_line(exc)
+            res.reason = (
+                _one_line(exc) if isinstance(exc, ClusterError) else str(scene_failure(scene, exc, self.cfg.out))
+            )
             log.info("%s: traceback:\n%s", scene, traceback.format_exc())
             if isinstance(exc, ClusterError):  # not about one scene: the rest of the batch is not run
                 self.cluster_error = res.reason
@@ -233,16 +270,19 @@ class _SceneRunner:
             self.executor.close()
 
 
-def _run_damage(cfg: PipelineConfig) -> SceneResult:
+def _run_damage(cfg: PipelineConfig, summary: RunSummary) -> None:
     """task damage: one call of ``geounet.damage.run.run_damage`` under an output-folder lock."""
     t0 = time.perf_counter()
     res = SceneResult("damage", "failed", out_dir=str(cfg.out))
+    summary.scenes.append(res)
     lock = SceneLock(cfg.out / ".damage.lock")
     if not lock.acquire():
         _locked_out(lock, res)
-        return res
+        return
     with lock:
         try:
+            for what in recover_interrupted(cfg.out, "damage"):  # a killed damage run's .damage.partial-* folder
+                log.warning("damage: after an interrupted run: %s", what)
             damage.run_damage(
                 cfg.damage["pre"],
                 cfg.damage["post"],
@@ -256,14 +296,14 @@ def _run_damage(cfg: PipelineConfig) -> SceneResult:
         except GeounetError as exc:
             res.reason = str(exc)
         except Exception as exc:  # noqa: BLE001
-            res.reason = _one_line(exc)
-            log.error("damage: %s\n%s", res.reason, traceback.format_exc())
-    res.seconds = round(time.perf_counter() - t0, 3)
-    return res
+            res.reason = str(scene_failure("damage", exc, cfg.out))
+            log.info("damage: traceback:\n%s", traceback.format_exc())
+        finally:
+            res.seconds = round(time.perf_counter() - t0, 3)
 
 
 def _locked_out(lock: SceneLock, res: SceneResult) -> None:
-    res.status, res.reason = "skipped_locked", f"locked by another run (pid {lock.holder()})"
+    res.status, res.reason = "skipped_locked", locked_reason(lock)
 
 
 def _one_line(exc: Exception) -> str:
@@ -306,5 +346,8 @@ def _utc_now() -> str:
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

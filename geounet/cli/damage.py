@@ -99,6 +99,8 @@ def damage_settings(config: Path | None, device: str | None, quiet: bool) -> Dam
     if isinstance(section, dict):
         section = section | {k: v for k, v in (("device", device), ("quiet", quiet or None)) if v is not None}
     settings, problems = DamageSettings.check(section, "damage")
+    if device is not None:  # the command line's value: named as the user gave it
+        problems = [p.replace("damage.device:", "--device:", 1) for p in problems]
     if problems:
         raise ConfigError(config, problems)
     assert settings is not None

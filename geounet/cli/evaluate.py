@@ -9,6 +9,8 @@ import typer
 from geounet.cli.logs import setup_logging
 from geounet.errors import GeounetError
 
+UNLABELLED = ("background", "ignore")  # what pixels no label covers count as (training.evaluate.LabelOptions)
+
 
 def evaluate(
     model: Path = typer.Argument(..., help="geounet .safetensors model file."),
@@ -40,7 +42,8 @@ def evaluate(
     tta: str = typer.Option("none", help="Test-time augmentation: none, flip, flips or d4 (as geounet predict)."),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
-    from geounet.engine.settings import PredictSettings
+    from geounet.engine.settings import CLI_NAMES, PredictSettings
+    from geounet.schema import choice_problem
     from geounet.training.evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
 
     setup_logging(True)
@@ -67,6 +70,11 @@ def evaluate(
             tta=tta,
             quiet=True,
         )
+        unknown = settings.choice_problems(CLI_NAMES) + [
+            p for p in [choice_problem("--unlabelled", unlabelled, UNLABELLED)] if p
+        ]
+        if unknown:  # before minutes of prediction, not after
+            raise GeounetError(None, "; ".join(unknown))
         result = evaluate_model(
             model,
             scene,

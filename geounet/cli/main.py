@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 
 import typer
 
 from geounet.cli import damage, evaluate, info, models, predict, run, train
+from geounet.cli.logs import DEBUG, enable_debug
+from geounet.errors import scene_failure
 
 app = typer.Typer(
     add_completion=False,
@@ -18,6 +21,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="geounet: GeoTIFF scenes -> U-Net -> seamless georeferenced rasters.",
 )
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Log at debug level, with the traceback of every error (before the subcommand)."
+    ),
+) -> None:
+    """geounet: GeoTIFF scenes -> U-Net -> seamless georeferenced rasters."""
+    if debug:
+        enable_debug()
+
+
 app.command("predict")(predict.predict)
 app.command("run")(run.run)
 app.command("damage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(damage.damage)
@@ -35,9 +51,19 @@ def main() -> None:
     only costs time (measured 0.9-1.1 s per run, benchmarks/README.md). Logging and
     the standard streams are flushed, and the exit code is the command's.
     """
+    # a log file that cannot be written (a full disk) must not print logging's own tracebacks
+    logging.raiseExceptions = "--debug" in sys.argv[1:2]
     try:
         app()  # click ends every command with sys.exit
         code = 0
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug: the traceback then
+        if DEBUG["on"]:
+            traceback.print_exc()
+        print(f"error: {scene_failure('geounet', exc)}", file=sys.stderr)
+        code = 1
     except SystemExit as exc:
         if isinstance(exc.code, int) or exc.code is None:
             code = exc.code or 0

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
+from geounet.cli.interrupts import interrupted_exit, stop_on_sigterm
 from geounet.cli.logs import setup_logging
 from geounet.engine.executors import ClusterError, lost_cluster
 from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
-from geounet.errors import GeounetError
+from geounet.errors import GeounetError, Interrupted
 from geounet.models.registry import DEFAULT_NAME
 
 
@@ -54,6 +55,14 @@ def predict(
         help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
         "blending. none, flip (2 views), flips (4) or d4 (all 8); costs that many model calls.",
     ),
+    max_upsample: float = typer.Option(
+        8.0,
+        help="Refuse a scene whose working grid (at the model's resolution) would be more than this many times "
+        "finer than the scene: a coarse scene needs a coarser model, not days of upsampled tiles.",
+    ),
+    max_working_pixels: float = typer.Option(
+        1e11, help="Refuse a scene whose working grid would have more pixels than this."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
@@ -70,10 +79,15 @@ def predict(
         vector=vector,
         quiet=quiet,
         tta=tta,
+        max_upsample=max_upsample,
+        max_working_pixels=int(max_working_pixels),
         vector_processes=None,  # large scenes: vector workers in processes (this console script has a __main__ guard)
     )
     try:
-        reports = predict_batch(scenes, out, model, settings)
+        with stop_on_sigterm():  # SIGTERM, like Ctrl-C: the running scene's partial outputs are removed
+            reports = predict_batch(scenes, out, model, settings)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        raise interrupted_exit(exc) from None
     except ClusterError as exc:  # the cluster failed under the run: the scene running has no output
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -49,8 +49,8 @@ class ChangeRules:
     """
 
     feature_low: float = 0.2
-    feature_high: float = 0.5
-    prob_weight: float = 0.25
+    feature_high: float = 0.4
+    prob_weight: float = 1.0
     prob_ref: float = 0.3
 
 
@@ -122,6 +122,42 @@ def change_score(p_pre: np.ndarray, p_post: np.ndarray, distance: np.ndarray, ru
     c = np.clip(np.asarray(p_pre, np.float32) / max(rules.prob_ref, 1e-6), 0.0, 1.0)
     wc = np.float32(rules.prob_weight) * c
     return ((f + wc * d) / (1.0 + wc)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BuildingScore:
+    """Per building (arrays of one value each): its damage score and the terms that drove it, all in [0, 1]."""
+
+    score: np.ndarray  # the damage score graded by the thresholds
+    presence_drop: np.ndarray  # D: how much of the pre-event building probability is gone after
+    confidence: np.ndarray  # c: how sure the model was that pre shows a building (weight of D)
+    change_term: np.ndarray  # F: image change inside the footprint (encoder features)
+
+
+def building_score(p_pre: np.ndarray, p_post: np.ndarray, distance: np.ndarray, rules: ChangeRules) -> BuildingScore:
+    """Damage score per building from its footprint means of ``p_pre``, ``p_post`` and feature distance.
+
+    ``D = clip(1 - p_post / min(p_pre, prob_ref), 0, 1)``: a roof that was a building before
+    and is rubble or bare ground after has lost its building probability (D near 1); a roof
+    still seen as a building after (at least as sure as before, or as ``prob_ref``) has not
+    (D = 0), so the model's lower confidence on another sensor's image is no damage.
+    ``c = min(1, p_pre / prob_ref)``: D counts only as far as the model saw a building
+    before. ``F = feature_change(distance)``: the image changed. The score combines the two
+    pieces of evidence like independent probabilities, ``1 - (1 - c D)(1 - F)``: either alone
+    can make a building destroyed, both together reinforce. Means over the footprint (not
+    per-pixel ratios) make D robust to the model's pixel noise at roof edges. NaN in, NaN out.
+    """
+    p0 = np.asarray(p_pre, np.float64)
+    p1 = np.asarray(p_post, np.float64)
+    ref = np.minimum(p0, max(rules.prob_ref, 1e-6))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drop = np.where(ref > 0, np.clip(1.0 - p1 / ref, 0.0, 1.0), 0.0)
+    drop = np.where(np.isnan(p0) | np.isnan(p1), np.nan, drop)
+    conf = np.clip(p0 / max(rules.prob_ref, 1e-6), 0.0, 1.0)
+    f = np.where(np.isnan(distance), np.nan, feature_change(np.nan_to_num(distance), rules))
+    evidence = np.clip(rules.prob_weight * conf * drop, 0.0, 1.0)
+    score = 1.0 - (1.0 - evidence) * (1.0 - f)
+    return BuildingScore(score, drop, conf, f)
 
 
 def grade(scores: np.ndarray, thresholds: tuple[float, float, float]) -> np.ndarray:

@@ -197,11 +197,30 @@ class TileGrid:
     def _col_segments(self) -> list[tuple[int, int, tuple[int, ...]]]:
         return _segments(self.width, self.shape_chunks[1], self.chunk_tiles * self.stride, self.halo)
 
+    @cached_property
+    def _segments_by_chunk(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        """Chunk row -> its row segments' indexes, chunk column -> its column segments' indexes."""
+        index: tuple[dict[int, list[int]], dict[int, list[int]]] = ({}, {})
+        for axis, segments in enumerate((self._row_segments, self._col_segments)):
+            for k, (_, _, chunks) in enumerate(segments):
+                for c in chunks:
+                    index[axis].setdefault(c, []).append(k)
+        return index
+
     def regions(self) -> Iterator[Region]:
         """Partition of the scene into rectangles, each with its contributing chunks."""
         for r0, r1, crows in self._row_segments:
             for c0, c1, ccols in self._col_segments:
                 yield Region(Box(r0, c0, r1, c1), tuple((a, b) for a in crows for b in ccols))
+
+    def chunk_regions(self, ci: int, cj: int) -> list[Region]:
+        """The regions of :meth:`regions` that chunk ``(ci, cj)`` contributes to, in the same order."""
+        by_row, by_col = self._segments_by_chunk
+        return [
+            Region(Box(r0, c0, r1, c1), tuple((a, b) for a in crows for b in ccols))
+            for r0, r1, crows in (self._row_segments[k] for k in by_row[ci])
+            for c0, c1, ccols in (self._col_segments[k] for k in by_col[cj])
+        ]
 
 
 def _segments(size: int, n_chunks: int, chunk_px: int, halo: int) -> list[tuple[int, int, tuple[int, ...]]]:

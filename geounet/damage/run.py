@@ -332,7 +332,10 @@ def _method(
         "change_score": "(F + w c D) / (1 + w c); F = clip((feature_distance - feature_low) / "
         "(feature_high - feature_low), 0, 1); D = clip((p_pre - p_post) / p_pre, 0, 1); "
         "c = min(1, p_pre / prob_ref); w = prob_weight",
-        "damage_score": "mean change_score over the footprint's pixels valid in pre and post",
+        "damage_score": "1 - (1 - w c D) (1 - F) from the footprint's means over its pixels valid in pre "
+        "and post: D = clip(1 - p_post / min(p_pre, prob_ref), 0, 1) (presence_drop), c = min(1, p_pre / "
+        "prob_ref) (confidence), F = clip((feature_distance - feature_low) / (feature_high - feature_low), 0, 1) "
+        "(change_term); w = prob_weight",
         "grades": dict(zip(GRADES[1:], s.thresholds))
         if head is None
         else {

@@ -9,12 +9,15 @@ dotted key (``damage.halo: expected an integer, got str 'x'``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from geounet.compute.change import ChangeRules, grade
+from geounet.engine.settings import DEVICE, PRECISIONS
 from geounet.schema import ConfigError, check_fields
+
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]  # auto, fp32, bf16, fp16 (as geounet predict)
 
 
 @dataclass
@@ -27,11 +30,11 @@ class DamageSettings:
     (before anything is written) report what :meth:`problems` finds.
     """
 
-    thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])  # minor, major, destroyed from
+    thresholds: list[float] = field(default_factory=lambda: [0.35, 0.6, 0.85])  # minor, major, destroyed from
     feature_low: float = 0.2  # encoder feature distance that still counts as "no change"
-    feature_high: float = 0.5  # ... and from which a place counts as fully changed
+    feature_high: float = 0.4  # ... and from which a place counts as fully changed
     feature_stages: list[int] = field(default_factory=lambda: [1])  # encoder stages compared (1 = first)
-    prob_weight: float = 0.25  # weight of the building-probability drop (feature term: 1)
+    prob_weight: float = 1.0  # weight of the building-presence evidence c D (0: the image change alone)
     prob_ref: float = 0.3  # pre building probability that gives the drop full weight
     match_radiometry: bool = False  # first give post the per-band mean and std of pre over the overlap
     min_valid_fraction: float = 0.5  # share of a footprint that needs pre and post data to be assessed
@@ -40,8 +43,8 @@ class DamageSettings:
     tile_size: int | None = None  # model tiles; None: the model card's
     overlap: int | None = None
     batch_size: int = 2  # tile pairs per model call
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    precision: Precision = "auto"
     quicklook_width: int = 1600  # pixels, both panels
     quiet: bool = False  # no progress bar
     head: str | None = None  # a trained damage head (geounet train, task: damage_head): grades from it, not thresholds
@@ -87,6 +90,11 @@ class DamageSettings:
             (("block",), self.block < 64, f"must be >= 64, got {self.block}"),
             (("halo",), self.halo < 0, f"must be >= 0, got {self.halo}"),
             (("batch_size",), self.batch_size < 1, f"must be >= 1, got {self.batch_size}"),
+            (
+                ("device",),
+                not DEVICE.fullmatch(str(self.device)),
+                f"expected auto, cpu, cuda or cuda:N, got str {self.device!r}",
+            ),
             (("quicklook_width",), self.quicklook_width < 64, f"must be >= 64, got {self.quicklook_width}"),
         ]
         out = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -29,15 +30,32 @@ from rasterio.vrt import WarpedVRT
 
 from geounet import __version__
 from geounet.compute.grid import GeoGrid, TileGrid, blocks
-from geounet.engine.executors import ChunkTask, DistributedExecutor, Executor, ThreadedExecutor
+from geounet.engine.executors import (
+    ChunkTask,
+    ClusterError,
+    DistributedExecutor,
+    Executor,
+    ThreadedExecutor,
+    lost_cluster,
+)
 from geounet.engine.settings import PredictSettings, resolve_settings, rules_with_overrides
 from geounet.engine.stitch import FinalSink, Stage1Sink, final_writer, stage1_writer, stitching
 from geounet.engine.tiles import predict_chunk
-from geounet.errors import GeounetError
-from geounet.io.folders import check_output_root, output_dir_for, replace_dir, staged_folder
-from geounet.io.rasters import NODATA, STAGE_SCALE, write_cog
+from geounet.errors import GeounetError, scene_failure
+from geounet.io.coverage import Coverage, scene_coverage
+from geounet.io.folders import check_output_root, output_dir_for, recover_interrupted, replace_dir, staged_folder
+from geounet.io.locks import locked_reason, scene_lock
+from geounet.io.rasters import BLOCK, NODATA, STAGE_SCALE, write_cog
 from geounet.io.run_record import InputRecord, ModelRecord, RunRecord, fingerprint
-from geounet.io.scene import WorkingGrid, check_scene, ground_resolution, open_scene, working_grid
+from geounet.io.scene import (
+    MIN_FIELD_OF_VIEW,
+    WorkingGrid,
+    check_scene,
+    ground_resolution,
+    open_scene,
+    scene_ground_size,
+    working_grid,
+)
 from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.registry import is_model_name, pick_variant
 
@@ -86,8 +104,18 @@ def plan_scene(scene: Path, model_path: Path, settings: PredictSettings, executo
     s = resolve_settings(settings, card, executor)
     with open_scene(scene) as src:
         check_scene(src, card)
-        working = working_grid(src, card, s.resample_tolerance)
+        working = working_grid(src, card, s.resample_tolerance, s.budget)
         res = ground_resolution(src.crs, src.transform, src.width, src.height)
+        if min(working.width, working.height) < MIN_FIELD_OF_VIEW:
+            log.warning(
+                "%s: only %dx%d px at the model's %.3g m/px, less than the %d px a U-Net needs to see context: "
+                "results will be unreliable",
+                scene,
+                working.width,
+                working.height,
+                card.resolution_m if working.resampled else res,
+                MIN_FIELD_OF_VIEW,
+            )
         grid = GeoGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
         crs = src.crs
     if working.resampled:
@@ -118,8 +146,8 @@ def resolve_model(model: str | Path, scene: Path) -> tuple[Path, str | None]:
     if not is_model_name(model):
         return Path(model), None
     with open_scene(scene) as src:
-        res = ground_resolution(src.crs, src.transform, src.width, src.height) if src.crs else None
-    chosen = pick_variant(str(model), res)
+        dx, dy = scene_ground_size(src)
+    chosen = pick_variant(str(model), math.sqrt(dx * dy))
     return chosen.path, str(model)
 
 
@@ -152,6 +180,8 @@ def predict_scene(
             )
             vector_executor = executor.vector_executor(n_blocks, plan.settings.vector_processes)
         tiles = _predict_rasters(plan, tmp, executor, timings)
+        if tiles["run"] == 0:  # kept (a mosaic's empty tile is no error) but said: a failed download looks like this
+            log.warning("%s: every pixel is nodata (its mask or nodata value): the outputs are all nodata", plan.scene)
         vector = _vectorize(plan, tmp, vector_executor, timings) if vector_executor is not None else None
         timings["total_s"] = time.perf_counter() - t_start
         record = _run_record(plan, tiles, vector, timings)
@@ -173,36 +203,61 @@ def predict_scene(
 
 
 def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str, float]) -> dict[str, int]:
-    """Chunks -> stitched regions -> tiled ``scores``/``classes`` (via stage 1 when resampled) -> COGs."""
+    """Coverage -> chunks with data -> stitched regions -> tiled ``scores``/``classes`` (via stage 1 when resampled) -> COGs.
+
+    The scene's mask, read at low resolution first (``geounet.io.coverage``), says which
+    chunks hold data: only those run, and stage 2 and the COGs skip the blocks none of
+    them reaches, so a mostly empty scene costs what its data costs.
+    """
+    t0 = time.perf_counter()
+    coverage = scene_coverage(plan.scene, plan.working, plan.tiles)
+    timings["coverage_s"] = time.perf_counter() - t0
+    if not coverage.complete:
+        log.debug(
+            "%s: %d of %d chunks hold data (%d of %d tiles)",
+            plan.scene,
+            int(coverage.chunks.sum()),
+            coverage.chunks.size,
+            int(coverage.tiles.sum()),
+            coverage.tiles.size,
+        )
     t0 = time.perf_counter()
     if plan.working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
         stage1 = tmp / "stage1_probabilities.tif"
-        tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card))
+        tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _finalize(plan, stage1, tmp)
+        _finalize(plan, stage1, tmp, coverage)
         stage1.unlink()
         timings["finalize_s"] = time.perf_counter() - t0
     else:  # the stitched regions are final: straight to uint8 scores and classes
-        tiles = run_chunks(plan, executor, final_writer(tmp, plan.card, plan.scene_grid))
+        tiles = run_chunks(plan, executor, final_writer(tmp, plan.card, plan.scene_grid), coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
         timings["finalize_s"] = 0.0
     t0 = time.perf_counter()
-    _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")))
+    blocks = None if coverage.complete else coverage.scene_blocks(BLOCK)
+    _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")), blocks)
     timings["cog_s"] = time.perf_counter() - t0
     return tiles
 
 
 def run_chunks(
-    plan: ScenePlan, executor: Executor, writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink]
+    plan: ScenePlan,
+    executor: Executor,
+    writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink],
+    coverage: Coverage | None = None,
 ) -> dict[str, int]:
-    """Run one ``predict_chunk`` task per chunk and stitch each result into ``writer``'s sink as it arrives.
+    """Run one ``predict_chunk`` task per chunk with data and stitch each result into ``writer``'s sink as it arrives.
 
-    Returns the tile counts for run.json.
+    ``coverage``: the tiles that may hold data (default: every tile). A chunk with none
+    is never scheduled: its tiles count as skipped and its part of the rasters stays
+    unwritten (nodata). Returns the tile counts for run.json.
     """
     s, grid = plan.settings, plan.tiles
-    chunks = [c.index for c in grid.chunks()]
-    width = len(str(max(max(i) for i in chunks)))
+    coverage = coverage if coverage is not None else Coverage.everything(grid)
+    chunks = coverage.chunk_indices()
+    n_chunks = grid.shape_chunks[0] * grid.shape_chunks[1]
+    width = len(str(max(grid.shape_chunks) - 1))  # zero-padded names sort in raster order
     tasks = [
         ChunkTask(
             f"{i:0{width}d}-{j:0{width}d}",
@@ -223,9 +278,10 @@ def run_chunks(
         )
         for i, j in chunks
     ]
-    with stitching(plan.scene, grid, s.quiet, writer) as tally:
+    runs = None if len(chunks) == n_chunks else coverage.chunks
+    with stitching(plan.scene, grid, s.quiet, writer, runs, grid.n_tiles - coverage.tiles_in_data_chunks) as tally:
         executor.run_chunks(tasks, tally.take, plan.scene.name)
-    return tally.report(grid, len(chunks))
+    return tally.report(grid, n_chunks, len(chunks))
 
 
 def _vectorize(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str, float]) -> dict[str, Any]:
@@ -287,9 +343,15 @@ def _run_record(
     )
 
 
-def _finalize(plan: ScenePlan, stage1: Path, tmp: Path) -> None:
-    """Stage 2: stage-1 probabilities warped onto the scene grid -> tiled uint8 scores and classes."""
+def _finalize(plan: ScenePlan, stage1: Path, tmp: Path, coverage: Coverage | None = None) -> None:
+    """Stage 2: stage-1 probabilities warped onto the scene grid -> tiled uint8 scores and classes.
+
+    Works through 1024-pixel blocks of the scene grid; with ``coverage``, a block that no
+    tile with data reaches is skipped (left unwritten: nodata).
+    """
     g = plan.grid
+    size = 1024
+    keep = None if coverage is None or coverage.complete else coverage.scene_blocks(size)
     with (
         open_scene(plan.scene) as src,
         rasterio.open(stage1) as st1,
@@ -303,24 +365,28 @@ def _finalize(plan: ScenePlan, stage1: Path, tmp: Path) -> None:
         ) as view,
         final_writer(tmp, plan.card, plan.scene_grid) as sink,
     ):
-        for box in blocks(g.extent, 1024):
+        for box in blocks(g.extent, size):
+            if keep is not None and not keep[box.row0 // size, box.col0 // size]:
+                continue
             window = rasterio.windows.Window(box.col0, box.row0, box.width, box.height)
             probs = view.read(window=window).astype(np.float32) / STAGE_SCALE
             valid = src.dataset_mask(window=window) > 0
             sink.write(box, probs, valid)
 
 
-def _write_cogs(folder: Path, rasters: tuple[tuple[str, str], ...]) -> None:
+def _write_cogs(folder: Path, rasters: tuple[tuple[str, str], ...], blocks: np.ndarray | None = None) -> None:
     """``NAME.tiled.tif`` -> ``NAME.tif`` COGs, one thread each (GDAL releases the GIL).
 
     Building overviews is single-threaded in GDAL, so the rasters run side by side.
     Measured on a 4096^2 scene's scores and classes (4 runs, same files): 0.58-0.83 s
     one after the other with the COG driver's own overviews, 0.38-0.61 s like this.
+    ``blocks``: which ``BLOCK``-pixel blocks of the scene grid may hold data, for a sparse
+    scene (``write_cog``); None: all.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     def one(name: str, resampling: str) -> None:
-        write_cog(folder / f"{name}.tiled.tif", folder / f"{name}.tif", resampling)
+        write_cog(folder / f"{name}.tiled.tif", folder / f"{name}.tif", resampling, blocks=blocks)
         (folder / f"{name}.tiled.tif").unlink()
 
     with ThreadPoolExecutor(max(1, len(rasters) - 1), thread_name_prefix="geounet-cog") as pool:
@@ -386,10 +452,22 @@ def predict_batch(
     try:
         for p in paths:
             t0 = time.perf_counter()
+            stem = output_dir_for(p, out).name
+            lock = scene_lock(out, stem)  # as geounet run: one process per scene at a time
             try:
-                reports.append(predict_scene(p, out, model_path, settings, executor))
-            except GeounetError as exc:
-                reports.append(SceneReport(str(p), None, False, str(exc), time.perf_counter() - t0))
+                if not lock.acquire():
+                    reports.append(SceneReport(str(p), None, False, str(GeounetError(p, locked_reason(lock))), 0.0))
+                    continue
+                with lock:
+                    for what in recover_interrupted(out, stem):
+                        log.warning("%s: after an interrupted run: %s", p, what)
+                    reports.append(predict_scene(p, out, model_path, settings, executor))
+            except Exception as exc:  # noqa: BLE001  one bad scene never sinks the batch
+                if isinstance(exc, ClusterError) or lost_cluster(exc):
+                    raise  # not about this scene: the caller stops the batch
+                log.debug("%s: traceback", p, exc_info=True)
+                error = str(scene_failure(p, exc, out))
+                reports.append(SceneReport(str(p), None, False, error, time.perf_counter() - t0))
     finally:
         executor.close()
     return reports

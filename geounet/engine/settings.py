@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from geounet.compute.postprocess import DEFAULT_RULES
 from geounet.compute.tta import TTA_SETS
 from geounet.errors import GeounetError
+from geounet.io.scene import WorkBudget
 from geounet.models.card import ModelCard
 from geounet.models.hardware import (
     BACKENDS,
@@ -36,7 +37,18 @@ log = logging.getLogger("geounet")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLI_NAMES = {
     k: "--" + k.replace("_", "-")
-    for k in ("tile_size", "overlap", "batch_size", "workers", "device", "precision", "backend", "tta")
+    for k in (
+        "tile_size",
+        "overlap",
+        "batch_size",
+        "workers",
+        "device",
+        "precision",
+        "backend",
+        "tta",
+        "max_upsample",
+        "max_working_pixels",
+    )
 }
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -54,6 +66,8 @@ class PredictSettings:
     workers: int | None = None  # chunk tasks at once in a local run; None: infer.default_workers
     chunk_pixels: int | None = None  # target chunk side; a chunk is whole tiles; None: infer.default_chunk_pixels
     resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
+    max_upsample: float = 8.0  # refuse a working grid more than this many times finer (linear) than the scene
+    max_working_pixels: int = 10**11  # refuse a working grid of more pixels
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
     vector: bool = True  # also write features.gpkg
     vector_block: int = 1024  # polygonize block side, pixels of the scene grid
@@ -80,6 +94,11 @@ class PredictSettings:
         assert s.tile_size is not None and s.overlap is not None  # settled by tiling_resolved
         s.chunk_pixels = s.chunk_pixels or default_chunk_pixels(s.device, s.backend, s.tile_size - s.overlap)
         return s
+
+    @property
+    def budget(self) -> WorkBudget:
+        """The limits on a scene's working grid (``geounet.io.scene.working_grid``)."""
+        return WorkBudget(self.max_upsample, self.max_working_pixels)
 
     def tiling_resolved(self, card: ModelCard) -> PredictSettings:
         """A copy with tile size and overlap settled from the model card, and the sizes checked.
@@ -110,7 +129,9 @@ class PredictSettings:
             )
         if overlap % 2 or not 0 <= overlap < tile:
             problems.append(f"{name('overlap', 'overlap')}: must be even and smaller than the tile size, got {overlap}")
-        for key in ("batch_size", "workers", "chunk_pixels"):
+        if self.max_upsample < 1:
+            problems.append(f"{name('max_upsample', 'max_upsample')}: must be at least 1, got {self.max_upsample}")
+        for key in ("batch_size", "workers", "chunk_pixels", "max_working_pixels"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 problems.append(f"{name(key, key)}: must be at least 1, got {value}")

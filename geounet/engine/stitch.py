@@ -4,12 +4,16 @@ No full-scene array is ever held: memory is the chunks in flight plus the pendin
 strips. A :class:`FinalSink` writes uint8 scores and classes on the scene's grid; a
 :class:`Stage1Sink` writes uint16 probabilities on a resampled working grid, which
 stage 2 (``geounet.engine.predict``) warps back onto the scene's grid.
+
+Chunks without data (``geounet.io.coverage``) never run and contribute nothing: a region
+waits only for the chunks that run, and a region none of them covers is never written.
+The rasters are sparse tiled GeoTIFFs, so a block never written reads back as nodata
+(255 for scores and classes) and takes no space.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -19,7 +23,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geounet.compute.grid import Box, TileGrid
+from geounet.compute.grid import Box, Region, TileGrid
 from geounet.engine.tiles import ChunkResult
 from geounet.io.rasters import NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile
 from geounet.io.scene import WorkingGrid
@@ -27,20 +31,27 @@ from geounet.models.card import ModelCard
 
 
 class Stitcher:
-    """Collects chunk buffers and hands each region of the grid to ``sink`` once all its chunks are in."""
+    """Collects chunk buffers and hands each region of the grid to ``sink`` once all its chunks are in.
 
-    def __init__(self, grid: TileGrid, sink: Stage1Sink | FinalSink) -> None:
-        self.sink = sink
-        self.by_chunk: dict[tuple[int, int], list] = defaultdict(list)
-        for region in grid.regions():
-            for c in region.chunks:
-                self.by_chunk[c].append(region)
+    ``runs``: (chunk rows, chunk columns) bool, the chunks whose results will come (None:
+    all); a region waits for those only. Regions are looked up per chunk as results
+    arrive, so nothing here grows with the chunks that never run.
+    """
+
+    def __init__(self, grid: TileGrid, sink: Stage1Sink | FinalSink, runs: np.ndarray | None = None) -> None:
+        self.grid, self.sink, self.runs = grid, sink, runs
         self.pending: dict = {}  # region -> {chunk index: (probabilities, valid) cut to the region}
 
+    def _contributors(self, region: Region) -> tuple[tuple[int, int], ...]:
+        if self.runs is None:
+            return region.chunks
+        return tuple(c for c in region.chunks if self.runs[c])
+
     def add(self, result: ChunkResult) -> None:
-        for region in self.by_chunk.pop(result.index):
+        for region in self.grid.chunk_regions(*result.index):
+            contributors = self._contributors(region)
             rows, cols = region.box.relative_to(result.box)
-            if len(region.chunks) == 1:  # only this chunk covers it: final now, no copy
+            if len(contributors) == 1:  # only this chunk covers it: final now, no copy
                 probs = None if result.probabilities is None else result.probabilities[:, rows, cols]
                 self.sink.write(region.box, probs, None if result.valid is None else result.valid[rows, cols])
                 continue
@@ -48,7 +59,7 @@ class Stitcher:
             valid = None if result.valid is None else result.valid[rows, cols].copy()
             parts = self.pending.setdefault(region, {})
             parts[result.index] = (probs, valid)
-            if len(parts) == len(region.chunks):
+            if len(parts) == len(contributors):
                 del self.pending[region]
                 total, valid = None, None
                 for key in sorted(parts):  # fixed order: identical sums whatever order chunks finished in
@@ -79,11 +90,9 @@ class FinalSink:
         self.scores, self.classes = scores, classes
 
     def write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
-        window = Window(box.col0, box.row0, box.width, box.height)
-        if probabilities is None:  # every tile here was nodata
-            self.scores.write(np.full((self.scores.count, box.height, box.width), NODATA, np.uint8), window=window)
-            self.classes.write(np.full((box.height, box.width), NODATA, np.uint8), 1, window=window)
+        if probabilities is None:  # every tile here was nodata: left unwritten, it reads back as NODATA
             return
+        window = Window(box.col0, box.row0, box.width, box.height)
         assert valid is not None  # every chunk reads the scene mask with its pixels
         scores, classes = finalize_block(probabilities, valid)
         self.scores.write(scores, window=window)
@@ -122,8 +131,14 @@ def stitching(
     grid: TileGrid,
     quiet: bool,
     writer: AbstractContextManager[FinalSink] | AbstractContextManager[Stage1Sink],
+    runs: np.ndarray | None = None,
+    tiles_not_run: int = 0,
 ) -> Iterator[Tally]:
-    """Open the writer and a progress bar (unless ``quiet``); yield the :class:`Tally` chunk results go to."""
+    """Open the writer and a progress bar (unless ``quiet``); yield the :class:`Tally` chunk results go to.
+
+    ``runs``: the chunks that will run (see :class:`Stitcher`); ``tiles_not_run``: the tiles
+    of the others, counted done at once.
+    """
     from tqdm import tqdm
 
     with (
@@ -136,7 +151,8 @@ def stitching(
             leave=False,
         ) as bar,
     ):
-        tally = Tally(Stitcher(grid, sink), bar)
+        bar.update(tiles_not_run)
+        tally = Tally(Stitcher(grid, sink, runs), bar)
         yield tally
         if tally.stitcher.pending:
             raise RuntimeError(f"internal error: {len(tally.stitcher.pending)} regions never completed")
@@ -147,22 +163,23 @@ class Tally:
 
     def __init__(self, stitcher: Stitcher, bar: Any) -> None:
         self.stitcher, self.bar = stitcher, bar
-        self.run = self.skipped = 0
+        self.run = 0
         self._lock = threading.Lock()  # the output files take one writer at a time
 
     def take(self, result: ChunkResult) -> None:
         with self._lock:
             self.stitcher.add(result)
             self.run += result.tiles_run
-            self.skipped += result.tiles_skipped
             self.bar.update(result.tiles_run + result.tiles_skipped)
 
-    def report(self, grid: TileGrid, n_chunks: int) -> dict:
+    def report(self, grid: TileGrid, n_chunks: int, chunks_run: int | None = None) -> dict:
+        """Tile counts for run.json: every tile not run is a skipped one (no valid pixel), run or not its chunk."""
         return {
             "total": grid.n_tiles,
             "run": self.run,
-            "skipped": self.skipped,
+            "skipped": grid.n_tiles - self.run,
             "chunks": n_chunks,
+            "chunks_run": n_chunks if chunks_run is None else chunks_run,
             "tile_size": grid.tile_size,
             "overlap": grid.overlap,
         }

@@ -5,7 +5,9 @@ polygons (``vectorize.polygonize_block``) or road centre-line pieces
 (``centerlines.centerlines_block``, read with a halo). Polygons wholly inside their
 block are final: they are cleaned (``postprocess``) and appended to the GeoPackage as
 results arrive. Pieces that touch a block edge wait, and are joined at the end
-(``vectorize.merge_across_blocks``). Layers follow the model's class kinds:
+(``vectorize.merge_across_blocks``). Blocks the class raster does not store (a sparse
+COG leaves out blocks of nodata: a mostly empty scene) hold nothing and are not visited.
+Layers follow the model's class kinds:
 ``buildings``, ``roads`` + ``road_centerlines``, ``landcover``; each carries the
 scene's CRS, metric attributes, and a QGIS style in the ``layer_styles`` table.
 """
@@ -38,6 +40,7 @@ from geounet.compute.postprocess import (
 )
 from geounet.compute.vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block, split_touching
 from geounet.errors import InputError
+from geounet.io.rasters import written_blocks
 from geounet.io.scene import ground_pixel_size, ground_resolution
 from geounet.io.vectors import LayerWriter
 from geounet.models.card import ModelCard
@@ -201,6 +204,8 @@ def vectorize_scene(
     rules = {**DEFAULT_RULES, **(rules or {})}
     with rasterio.open(classes_path) as src:
         crs, transform, height, width, bounds = src.crs, src.transform, src.height, src.width, src.bounds
+        internal = src.block_shapes[0]
+    present = written_blocks(classes_path)
     metric = metric_crs(crs, tuple(bounds))
     kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
     pixel = ground_pixel_size(crs, transform, width, height)
@@ -211,7 +216,7 @@ def vectorize_scene(
             writer.create(LAYER_FOR_KIND[kind], kind)
     if kinds["road"]:
         writer.create("road_centerlines", "road_centerline")
-    jobs = vector_blocks(height, width, block)
+    jobs = [j for j in vector_blocks(height, width, block) if _stored(present, internal, j.window)]
     poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
     _polygons(executor, jobs, classes_path, scores_path, poly_ids, ctx, writer)
     if kinds["road"]:
@@ -224,6 +229,13 @@ def vectorize_scene(
         "block_pixels": block,
         "metric_crs": metric.srs,
     }
+
+
+def _stored(present: np.ndarray, internal: tuple[int, int], window: tuple[int, int, int, int]) -> bool:
+    """Whether any internal block (``internal``: rows, columns) of the class raster under ``window`` is stored."""
+    bh, bw = internal
+    r0, c0, r1, c1 = window
+    return bool(present[r0 // bh : -(-r1 // bh), c0 // bw : -(-c1 // bw)].any())
 
 
 def _polygons(

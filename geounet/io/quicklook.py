@@ -98,7 +98,9 @@ def write_quicklook(
     with rasterio.open(scene) as src:
         rows, cols = quicklook_shape(src.width, src.height, max_side)
         bands = display_bands(card)
-        pixels = src.read(bands, out_shape=(len(bands), rows, cols), resampling=Resampling.average)
+        # a VRT (a mosaic): nearest, which GDAL reads from the sources only; its average reads it all, however empty
+        resampling = Resampling.nearest if src.driver == "VRT" else Resampling.average
+        pixels = src.read(bands, out_shape=(len(bands), rows, cols), resampling=resampling)
         valid = src.dataset_mask(out_shape=(rows, cols), resampling=Resampling.nearest) > 0
     with rasterio.open(classes_tif) as cls:
         classes = cls.read(1, out_shape=(rows, cols), resampling=Resampling.nearest)

@@ -9,6 +9,7 @@ the needed window is ever read).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,18 +49,85 @@ def ground_pixel_size(crs, transform: Affine, width: int, height: int) -> tuple[
 
     Correct for projected CRSs with any unit and for Web Mercator's scale error and
     geographic (degree) CRSs alike: it measures one pixel step on the ellipsoid.
+    Raises ``ValueError`` (one line) when the CRS cannot be related to longitude and
+    latitude (an engineering or local CRS) or the centre lies outside the CRS's valid area.
     """
     from pyproj import Transformer
+    from pyproj.exceptions import ProjError
 
-    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    try:
+        to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    except (ProjError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"its CRS ({_crs_name(crs)}) cannot be related to longitude and latitude (an engineering or local CRS?): "
+            "outputs could not be placed on a map; assign the scene's real CRS (gdal_edit.py -a_srs EPSG:...)"
+        ) from exc
     cr, cc = height / 2.0, width / 2.0
     x0, y0 = transform @ (cc, cr)
     x1, y1 = transform @ (cc + 1, cr)
     x2, y2 = transform @ (cc, cr + 1)
-    (lon0, lon1, lon2), (lat0, lat1, lat2) = to_lonlat.transform([x0, x1, x2], [y0, y1, y2])
-    dx = _GEOD.inv(lon0, lat0, lon1, lat1)[2]
-    dy = _GEOD.inv(lon0, lat0, lon2, lat2)[2]
+    try:
+        (lon0, lon1, lon2), (lat0, lat1, lat2) = to_lonlat.transform([x0, x1, x2], [y0, y1, y2], errcheck=True)
+        dx = _GEOD.inv(lon0, lat0, lon1, lat1)[2]
+        dy = _GEOD.inv(lon0, lat0, lon2, lat2)[2]
+    except ProjError:
+        dx = dy = math.nan
+    if not (math.isfinite(dx) and math.isfinite(dy)) or abs(lat0) > 90:
+        raise ValueError(
+            f"its centre ({x0:.6g}, {y0:.6g}) lies outside the valid area of its CRS ({_crs_name(crs)}): "
+            "wrong CRS or wrong geotransform?"
+        )
     return abs(dx), abs(dy)
+
+
+def _crs_name(crs) -> str:
+    try:
+        from pyproj import CRS as ProjCRS
+
+        c = ProjCRS.from_user_input(crs if isinstance(crs, str) else crs.to_wkt())
+        auth = c.to_authority()
+        return f"{auth[0]}:{auth[1]}" if auth else c.name
+    except Exception:  # noqa: BLE001 - only for a message
+        return str(crs)[:80]
+
+
+MAX_ANISOTROPY = 4.0  # ground pixel width / height (or the inverse) beyond which a scene is refused
+
+
+def scene_ground_size(src: rasterio.io.DatasetReaderBase) -> tuple[float, float]:
+    """:func:`ground_pixel_size` of an open scene (m per pixel in x and y); one-line InputError when it has none.
+
+    Also refuses pixels far from square on the ground (a geographic CRS near a pole):
+    a model cannot make sense of them.
+    """
+    if src.crs is None:  # GCPs or RPCs only, or nothing: said as check_scene says it
+        raise InputError(src.name, georeferencing_problem(src) or "raster has no CRS")
+    try:
+        dx, dy = ground_pixel_size(src.crs, src.transform, src.width, src.height)
+    except ValueError as exc:
+        raise InputError(src.name, str(exc)) from None
+    if min(dx, dy) <= 0 or max(dx, dy) / min(dx, dy) > MAX_ANISOTROPY:
+        raise InputError(
+            src.name,
+            f"its pixels measure {dx:.3g} m x {dy:.3g} m on the ground (x, y), far from square "
+            "(degrees near a pole?): reproject it first (e.g. polar stereographic, EPSG:3413 or EPSG:3031)",
+        )
+    return dx, dy
+
+
+@dataclass(frozen=True)
+class WorkBudget:
+    """Limits on a scene's working grid, checked before anything runs.
+
+    ``max_upsample``: how many times finer (linear) than the scene the working grid may be;
+    ``max_pixels``: the most pixels it may have.
+    """
+
+    max_upsample: float = 8.0
+    max_pixels: int = 10**11
+
+
+MIN_FIELD_OF_VIEW = 64  # working-grid side (pixels) below which a scene is too small for a U-Net to see context
 
 
 def open_scene(path: str | Path) -> rasterio.io.DatasetReader:
@@ -72,18 +140,18 @@ def open_scene(path: str | Path) -> rasterio.io.DatasetReader:
     try:
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
+        missing = _missing_file(exc)
+        if missing is not None and Path(missing).resolve() != path.resolve():
+            raise InputError(path, _vrt_source_problem(missing)) from None
         raise InputError(path, f"not a readable raster ({_gdal_message(exc)})") from None
 
 
 def check_scene(src: rasterio.io.DatasetReader, card: ModelCard) -> None:
     """Raise InputError if the model cannot use this scene (CRS, transform, bands, dtype, bytes)."""
     path = src.name
-    if src.crs is None:
-        raise InputError(path, "raster has no CRS: cannot georeference outputs (set one with gdal_edit.py -a_srs)")
-    if src.transform.is_identity or src.transform.determinant == 0:
-        raise InputError(path, "raster has no geotransform: cannot georeference outputs")
-    if abs(src.transform.b) > 1e-12 or abs(src.transform.d) > 1e-12:
-        raise InputError(path, "rotated geotransforms are not supported: warp the scene to a north-up grid first")
+    problem = georeferencing_problem(src)
+    if problem is not None:
+        raise InputError(path, problem)
     need = max(card.bands)
     if src.count < need:
         raise InputError(
@@ -96,6 +164,9 @@ def check_scene(src: rasterio.io.DatasetReader, card: ModelCard) -> None:
             raise InputError(
                 path, f"band {b} is {dtype} but model {card.name!r} expects {' or '.join(card.input_dtypes)} input"
             )
+    missing = vrt_missing_source(src)
+    if missing is not None:
+        raise InputError(path, _vrt_source_problem(missing))
     # A truncated or corrupt file usually opens fine and fails on its last blocks:
     # read one pixel from each corner block so that fails now, not mid-run.
     h, w = src.height, src.width
@@ -104,19 +175,46 @@ def check_scene(src: rasterio.io.DatasetReader, card: ModelCard) -> None:
             src.read(card.bands, window=Window(c, r, 1, 1))
             src.read_masks(card.bands[0], window=Window(c, r, 1, 1))
         except rasterio.errors.RasterioIOError as exc:
+            missing = _missing_file(exc)  # a source of a VRT the VRT's own source names (nested VRTs)
+            if missing is not None:
+                raise InputError(path, _vrt_source_problem(missing)) from None
             raise InputError(path, f"cannot read pixels, file truncated or corrupt ({_gdal_message(exc)})") from None
 
 
-def working_grid(src: rasterio.io.DatasetReader, card: ModelCard, tolerance: float = 0.25) -> WorkingGrid:
-    """The scene's grid, or the same extent at the model's resolution if they differ by > ``tolerance``."""
-    res = ground_resolution(src.crs, src.transform, src.width, src.height)
+def working_grid(
+    src: rasterio.io.DatasetReader, card: ModelCard, tolerance: float = 0.25, budget: WorkBudget | None = None
+) -> WorkingGrid:
+    """The scene's grid, or the same extent at the model's resolution if they differ by > ``tolerance``.
+
+    Raises a one-line InputError when the scene has no usable ground resolution
+    (:func:`scene_ground_size`) or the working grid would break ``budget`` (default limits).
+    """
+    budget = budget or WorkBudget()
+    dx, dy = scene_ground_size(src)
+    res = math.sqrt(dx * dy)
     factor = card.resolution_m / res  # > 1: scene finer than model, so we downsample
     if abs(math.log(factor)) <= math.log1p(tolerance):
-        return WorkingGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height, False)
-    width = max(1, round(src.width / factor))
-    height = max(1, round(src.height / factor))
-    t = src.transform @ Affine.scale(src.width / width, src.height / height)
-    return WorkingGrid(src.crs.to_wkt(), tuple(t)[:6], width, height, True)
+        grid = WorkingGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height, False)
+    else:
+        width = max(1, round(src.width / factor))
+        height = max(1, round(src.height / factor))
+        if 1 / factor > budget.max_upsample:
+            raise InputError(
+                src.name,
+                f"the scene is {res:.3g} m/px and model {card.name!r} works at {card.resolution_m:.3g} m/px: "
+                f"its working grid would be {1 / factor:.3g} times finer ({width}x{height} px), more than the "
+                f"limit of {budget.max_upsample:g} (max_upsample): use a model trained near {res:.3g} m/px",
+            )
+        t = src.transform @ Affine.scale(src.width / width, src.height / height)
+        grid = WorkingGrid(src.crs.to_wkt(), tuple(t)[:6], width, height, True)
+    if grid.width * grid.height > budget.max_pixels:
+        raise InputError(
+            src.name,
+            f"its working grid at {card.resolution_m if grid.resampled else res:.3g} m/px would be "
+            f"{grid.width}x{grid.height} px, more than the limit of {budget.max_pixels:.3g} pixels "
+            "(max_working_pixels): cut the scene into parts or raise the limit",
+        )
+    return grid
 
 
 @contextmanager
@@ -171,5 +269,85 @@ def read_box(
 
 
 def _gdal_message(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:200] if text else type(exc).__name__
+    """GDAL's own words for ``exc``: the last line of the first message in its chain that says something.
+
+    (rasterio raises "Read failed. See previous exception for details." with GDAL's
+    message as its cause.)
+    """
+    texts = [t for t in _chain_texts(exc) if "see previous exception" not in t.lower()] or _chain_texts(exc)
+    lines = texts[0].splitlines() if texts else []
+    return lines[-1][:200] if lines else type(exc).__name__
+
+
+def _chain_texts(exc: BaseException) -> list[str]:
+    """The messages of ``exc`` and of the exceptions it was raised from (at most 8), outermost first."""
+    texts: list[str] = []
+    e: BaseException | None = exc
+    while e is not None and len(texts) < 8:
+        if str(e).strip():
+            texts.append(str(e).strip())
+        e = e.__cause__ or e.__context__
+    return texts
+
+
+_NO_FILE = (
+    re.compile(r"^(?P<path>.+?): No such file or directory", re.M),
+    re.compile(r"'(?P<path>.+?)' does not exist in the file system", re.M),
+)
+
+
+def _missing_file(exc: BaseException) -> str | None:
+    """The file GDAL says does not exist in ``exc`` (or the errors it was raised from), if it says so."""
+    for text in _chain_texts(exc):
+        for pattern in _NO_FILE:
+            m = pattern.search(text)
+            if m:
+                return m["path"]
+    return None
+
+
+def _vrt_source_problem(missing: str) -> str:
+    return f"VRT source {missing} not found: restore that file, or rebuild the VRT from files that exist (gdalbuildvrt)"
+
+
+def vrt_missing_source(src: rasterio.io.DatasetReaderBase) -> str | None:
+    """The first source file of a VRT scene that does not exist on disk (None: all there, or not a VRT).
+
+    GDAL opens a VRT without opening its sources, so a missing one would only fail
+    the first read of its pixels. Sources that are not plain files (``/vsi...``, URLs,
+    ``DRIVER:...`` names) are not checked.
+    """
+    if src.driver != "VRT":
+        return None
+    for name in src.files[1:]:  # the first is the VRT itself
+        plain = not name.startswith("/vsi") and "://" not in name and not re.match(r"^[A-Za-z][A-Za-z0-9_]+:", name)
+        if plain and not Path(name).exists():
+            return name
+    return None
+
+
+def georeferencing_problem(src: rasterio.io.DatasetReaderBase) -> str | None:
+    """Why the scene's pixels cannot be placed on a map by a north-up grid (None: they can).
+
+    Ground control points or RPCs alone, no CRS, no geotransform, a rotated or sheared one:
+    each with what to do about it.
+    """
+    gridless = src.crs is None or src.transform.is_identity
+    gcps, _ = src.gcps
+    if gridless and gcps:
+        return (
+            f"georeferenced by {len(gcps)} ground control points only, not by a grid: warp it onto one first "
+            "(gdalwarp -r bilinear IN OUT.tif)"
+        )
+    if gridless and src.rpcs is not None:
+        return (
+            "georeferenced by RPCs only (a raw satellite image): orthorectify it first "
+            "(gdalwarp -rpc -r bilinear -t_srs EPSG:<utm zone> IN OUT.tif)"
+        )
+    if src.crs is None:
+        return "raster has no CRS: cannot georeference outputs (set one with gdal_edit.py -a_srs)"
+    if src.transform.is_identity or src.transform.determinant == 0:
+        return "raster has no geotransform: cannot georeference outputs"
+    if abs(src.transform.b) > 1e-12 or abs(src.transform.d) > 1e-12:
+        return "rotated geotransforms are not supported: warp the scene to a north-up grid first"
+    return None

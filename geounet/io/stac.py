@@ -1,7 +1,9 @@
 """``item.json``: a STAC Item (pystac) describing one scene's output folder.
 
-The Item's footprint and bbox are the scene's extent in WGS84 (EPSG:4326, lon/lat); the
-projection extension gives the outputs' own CRS, shape and transform. Assets are the
+The Item's footprint and bbox are the scene's extent in WGS84 (EPSG:4326, lon/lat), with
+longitudes in [-180, 180]: a scene across the antimeridian gets a MultiPolygon cut at 180
+degrees and a bbox whose west is greater than its east (RFC 7946 3.1.9 and 5.2, as the STAC
+Item spec asks); the projection extension gives the outputs' own CRS, shape and transform. Assets are the
 folder's files with relative hrefs (``./scores.tif`` ...), so the folder can be moved or
 served as is: ``scores.tif`` and ``classes.tif`` (role ``data``, the class list in the
 classification extension), ``features.gpkg`` (``data``), ``quicklook.png`` (``overview``)
@@ -15,14 +17,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import pystac
 import rasterio
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
-from rasterio.warp import transform_bounds, transform_geom
+from rasterio.warp import transform, transform_bounds, transform_geom
 
 from geounet.io.run_record import RunRecord
 from geounet.models.card import ModelCard
@@ -48,15 +52,73 @@ def _acquired(tags: dict) -> _dt.datetime | None:
     return None
 
 
+def footprint_and_bbox(crs, bounds, densify: int = 21) -> tuple[dict[str, Any], list[float]]:
+    """The footprint (GeoJSON geometry) and bbox ``[west, south, east, north]`` in WGS84 degrees of ``bounds``.
+
+    ``bounds``: ``(left, bottom, right, top)`` in ``crs`` units. Longitudes are in
+    [-180, 180]. A footprint that crosses the antimeridian is cut there into a
+    MultiPolygon and its bbox has west > east (e.g. ``[179.9, -17.1, -179.9, -16.9]``);
+    one that goes all around the globe gets west -180 and east 180. The bbox follows the
+    edges (``densify`` points each), the footprint joins the corners.
+    """
+    left, bottom, right, top = bounds
+    corners = [(left, bottom), (right, bottom), (right, top), (left, top)]
+    xs: list[float] = []
+    ys: list[float] = []
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
+        xs += [x0 + (x1 - x0) * i / densify for i in range(densify)]
+        ys += [y0 + (y1 - y0) * i / densify for i in range(densify)]
+    lons, lats = transform(crs, "EPSG:4326", xs, ys)
+    unwrapped = [lons[0]]  # each step the short way round: a ring that crosses 180 goes past it
+    for lon in lons[1:]:
+        unwrapped.append(unwrapped[-1] + (lon - unwrapped[-1] + 180.0) % 360.0 - 180.0)
+    shift = -360.0 * math.floor((min(unwrapped) + 180.0) / 360.0)  # the westmost point into [-180, 180)
+    west, east = min(unwrapped) + shift, max(unwrapped) + shift
+    south, north = min(lats), max(lats)
+    if shift == 0 and east <= 180.0:  # the usual case: GDAL's own transforms (poles, curved edges)
+        ring = [list(c) for c in corners + corners[:1]]
+        footprint = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7)
+        return footprint, list(transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
+    if east - west >= 360.0:
+        box = [[-180.0, south], [180.0, south], [180.0, north], [-180.0, north], [-180.0, south]]
+        return {"type": "Polygon", "coordinates": [box]}, [-180.0, south, 180.0, north]
+    from shapely import affinity
+    from shapely.geometry import Polygon, mapping
+    from shapely.geometry import box as make_box
+    from shapely.geometry.polygon import orient
+
+    outline = orient(Polygon([(unwrapped[i * densify] + shift, lats[i * densify]) for i in range(4)]))  # CCW
+    if east <= 180.0:
+        return _rounded(mapping(outline)), _rounded_bbox(west, south, east, north)
+    parts = [
+        outline.intersection(make_box(-180.0, -90.0, 180.0, 90.0)),
+        affinity.translate(outline.intersection(make_box(180.0, -90.0, 540.0, 90.0)), xoff=-360.0),
+    ]
+    pieces = [orient(p) for part in parts for p in getattr(part, "geoms", [part]) if p.area > 0]
+    polygons = [[list(p.exterior.coords)] for p in pieces]
+    footprint = _rounded({"type": "MultiPolygon", "coordinates": polygons})
+    return footprint, _rounded_bbox(west, south, east - 360.0, north)
+
+
+def _rounded_bbox(*values: float) -> list[float]:
+    return [round(v, 7) for v in values]
+
+
+def _rounded(geometry: dict[str, Any]) -> dict[str, Any]:
+    """A GeoJSON geometry with its coordinates as lists of degrees rounded to 7 decimals (about 1 cm)."""
+
+    def walk(c: Any) -> Any:
+        return round(float(c), 7) if isinstance(c, (int, float)) else [walk(v) for v in c]
+
+    return {"type": geometry["type"], "coordinates": walk(geometry["coordinates"])}
+
+
 def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunRecord, files: list[str]) -> pystac.Item:
     """A STAC Item for one output folder holding ``files`` (names relative to the folder)."""
     with rasterio.open(scene) as src:
         crs, transform, width, height, bounds = src.crs, src.transform, src.width, src.height, src.bounds
         acquired = _acquired(src.tags())
-    left, bottom, right, top = bounds
-    ring = [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
-    footprint = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7)
-    bbox = list(transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21))
+    footprint, bbox = footprint_and_bbox(crs, bounds)
     created = _dt.datetime.fromisoformat(record.created_utc)
     item = pystac.Item(
         id=item_id,

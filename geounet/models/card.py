@@ -18,10 +18,52 @@ from typing import Any
 import numpy as np
 
 from geounet.errors import ModelError
+from geounet.schema import choice_problem
 
 CARD_KEY = "geounet"
 FORMAT_VERSION = 1
 CLASS_KINDS = ("background", "building", "road", "landcover")
+# The smp architectures and encoders a card may name (segmentation_models_pytorch 0.6; DPT is left
+# out: it takes ``tu-`` encoders only and no encoder_depth). tests/models/test_card.py checks
+# these against smp's own lists, so that an smp upgrade cannot leave them behind unnoticed.
+ARCHITECTURES = (
+    "Unet",
+    "UnetPlusPlus",
+    "FPN",
+    "PSPNet",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "Linknet",
+    "MAnet",
+    "PAN",
+    "UPerNet",
+    "Segformer",
+)
+ENCODERS = (
+    *(f"resnet{n}" for n in (18, 34, 50, 101, 152)),
+    *(f"resnext{n}" for n in ("50_32x4d", "101_32x4d", "101_32x8d", "101_32x16d", "101_32x32d", "101_32x48d")),
+    *(f"dpn{n}" for n in ("68", "68b", "92", "98", "107", "131")),
+    *(f"vgg{n}{bn}" for n in (11, 13, 16, 19) for bn in ("", "_bn")),
+    "senet154",
+    *(f"se_resnet{n}" for n in (50, 101, 152)),
+    "se_resnext50_32x4d",
+    "se_resnext101_32x4d",
+    *(f"densenet{n}" for n in (121, 169, 201, 161)),
+    "inceptionresnetv2",
+    "inceptionv4",
+    *(f"efficientnet-b{n}" for n in range(8)),
+    "mobilenet_v2",
+    "xception",
+    *(f"timm-efficientnet-b{n}" for n in range(9)),
+    "timm-efficientnet-l2",
+    *(f"timm-tf_efficientnet_lite{n}" for n in range(5)),
+    "timm-skresnet18",
+    "timm-skresnet34",
+    "timm-skresnext50_32x4d",
+    *(f"mit_b{n}" for n in range(6)),
+    *(f"mobileone_s{n}" for n in range(5)),
+)
+TIMM_PREFIX = "tu-"  # smp's "timm universal" encoders: tu-<any timm model>, checked by timm when built
 
 
 @dataclass
@@ -104,7 +146,8 @@ class ModelCard:
             problems.append("tile_size must be a multiple of 32 and overlap even and smaller")
         for c in self.classes:
             if c.kind not in CLASS_KINDS:
-                problems.append(f"class {c.name!r} has unknown kind {c.kind!r}")
+                problems.append(f"class {c.name!r} has unknown kind {c.kind!r} (one of {', '.join(CLASS_KINDS)})")
+        problems += [p for p in network_problems(self.architecture, self.encoder, "") if p]
         if problems:
             raise ModelError(source, "invalid model card: " + "; ".join(problems))
 
@@ -132,29 +175,165 @@ class ModelCard:
         return "\n".join(lines)
 
 
-def read_card(path: str | Path) -> ModelCard:
-    """Read only the card from a model file's header (no tensors, no pickle)."""
-    from safetensors import safe_open
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger JSON headers
+# The network's first convolution (its weight is (out, in_channels, kh, kw)) as smp names it,
+# per encoder family: resnet*/resnext*/xception/timm-skresnet*, timm-efficientnet*/lite*,
+# efficientnet-b*, mobilenet_v2, vgg*, densenet*, dpn*, inceptionv4, se*net*, inceptionresnetv2,
+# mobileone*, mit_b*; ``tu-`` (timm universal) encoders have them under ``encoder.model.``.
+STEM_TENSORS = (
+    "encoder.conv1.weight",
+    "encoder.conv_stem.weight",
+    "encoder._conv_stem.weight",
+    "encoder.features.0.0.weight",
+    "encoder.features.0.weight",
+    "encoder.features.conv0.weight",
+    "encoder.features.conv1_1.conv.weight",
+    "encoder.features.0.conv.weight",
+    "encoder.layer0.conv1.weight",
+    "encoder.conv2d_1a.conv.weight",
+    "encoder.stage0.rbr_conv.0.conv.weight",
+    "encoder.patch_embed1.proj.weight",
+    "encoder.model.conv1.weight",
+    "encoder.model.conv1.0.weight",
+    "encoder.model.conv_stem.weight",
+    "encoder.model.stem.0.weight",
+    "encoder.model.stem_0.weight",
+    "encoder.model.stem.conv.weight",
+)
+HEAD_TENSOR = (
+    "segmentation_head.0.weight"  # the last convolution: (classes, channels, kh, kw) in every smp architecture
+)
 
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors file's JSON header: its metadata strings and each tensor's shape (nothing loaded)."""
+
+    metadata: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]
+
+
+def network_problems(architecture: str, encoder: str, where: str = "") -> list[str]:
+    """An smp architecture or encoder name this geounet cannot build, one line each listing the valid ones.
+
+    ``where``: the section of the keys in the messages (``"model."``; ``""``: none).
+    """
+    problems = [choice_problem(f"{where}architecture", architecture, ARCHITECTURES)]
+    if not (isinstance(encoder, str) and encoder.startswith(TIMM_PREFIX) and len(encoder) > len(TIMM_PREFIX)):
+        problems.append(choice_problem(f"{where}encoder", encoder, ENCODERS, f" or {TIMM_PREFIX}<timm model>"))
+    return [p for p in problems if p]
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read only the card from a model file's header (no tensors, no pickle).
+
+    The card is checked against the tensor shapes the header declares: the first
+    convolution takes one input channel per card band, the segmentation head gives one
+    output channel per card class.
+    """
+    path = Path(path)
+    header = read_header(path)
+    if CARD_KEY not in header.metadata:
+        raise ModelError(
+            path,
+            "not a valid geounet model: safetensors file has no geounet card "
+            "(a geounet model is written by geounet train)",
+        )
+    card = ModelCard.from_json(header.metadata[CARD_KEY], path)
+    problem = shape_problem(card, header.shapes)
+    if problem:
+        raise ModelError(path, problem)
+    return card
+
+
+def read_header(path: str | Path) -> Header:
+    """The header of a safetensors file, its structure checked; one-line :class:`ModelError` otherwise.
+
+    The layout: 8 bytes little-endian header length N, N bytes of JSON starting with ``{``
+    (tensor name -> dtype, shape, data_offsets relative to the data; ``__metadata__``),
+    then the data, whose size must be the largest ``data_offsets`` end. A file that is not
+    one is told apart from a pickle (PyTorch checkpoint) by that structure, never by
+    unpickling it; the JSON is the only thing parsed.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(path, "model file not found")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+        n = int.from_bytes(head[:8], "little")
+        if len(head) < 9 or n > MAX_HEADER_BYTES or head[8:9] != b"{":
+            raise ModelError(path, _not_safetensors(head, size))
+        text = head[8:] + f.read(n - 1)
+    if len(text) < n:
+        raise ModelError(path, _truncated(size, 8 + n, "at least "))
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        with open(path, "rb") as f:  # name pickles plainly (only sniffed, never unpickled)
-            head = f.read(4)
-        if head[:1] == b"\x80" or head == b"PK\x03\x04":  # pickle protocol >= 2, or torch.save's zip
-            raise ModelError(
-                path,
-                "not a valid geounet model: a pickle (PyTorch checkpoint), not a safetensors "
-                "file; refused, loading pickles can run arbitrary code",
-            ) from None
-        raise ModelError(path, f"not a valid geounet model: not a safetensors file ({short_message(exc)})") from None
-    if CARD_KEY not in meta:
-        raise ModelError(path, "not a valid geounet model: safetensors file has no geounet card")
-    return ModelCard.from_json(meta[CARD_KEY], path)
+        raw = json.loads(text)
+        shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in raw.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for k, v in raw.items() if k != "__metadata__"), default=0)
+        metadata = raw.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("__metadata__ is not a mapping")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ModelError(
+            path, f"not a valid safetensors file: its header is not JSON tensor entries ({short_message(exc)})"
+        ) from None
+    if size < 8 + n + end:
+        raise ModelError(path, _truncated(size, 8 + n + end))
+    if size > 8 + n + end:
+        raise ModelError(
+            path,
+            f"not a valid safetensors file: {size} bytes, the header says {8 + n + end} "
+            "(data after the last tensor); copy or download the model file again",
+        )
+    return Header({str(k): str(v) for k, v in metadata.items()}, shapes)
+
+
+def _truncated(size: int, expected: int, at_least: str = "") -> str:
+    return (
+        f"truncated safetensors file: {size} bytes, the header says {at_least}{expected}; "
+        "copy or download the model file again"
+    )
+
+
+def _not_safetensors(head: bytes, size: int) -> str:
+    """What a file that does not start like a safetensors file is: a pickle, a zip, or neither."""
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        kind = "a PyTorch checkpoint (torch.save zip)" if head[:1] == b"P" else "a pickle (PyTorch checkpoint)"
+        return (
+            f"not a valid geounet model: {kind}, not a safetensors file; refused, loading pickles can run "
+            "arbitrary code (give a .safetensors model written by geounet train)"
+        )
+    if size < 9:
+        return f"not a valid geounet model: not a safetensors file (only {size} bytes)"
+    return (
+        "not a valid geounet model: not a safetensors file (it does not start with an 8-byte header "
+        "length and a JSON header); give a .safetensors model written by geounet train"
+    )
+
+
+def stem_tensor(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The name of the network's first convolution weight among ``shapes`` (None: not a known encoder's)."""
+    return next((k for k in STEM_TENSORS if len(shapes.get(k, ())) == 4), None)
+
+
+def shape_problem(card: ModelCard, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Where the card's bands or classes disagree with the weights' shapes (from the header alone), if anywhere."""
+    stem = stem_tensor(shapes)
+    if stem is not None and shapes[stem][1] != len(card.bands):
+        return (
+            f"card does not fit the weights: bands {card.bands} are {len(card.bands)} input channel(s), "
+            f"but the first convolution {stem} {list(shapes[stem])} takes {shapes[stem][1]}; "
+            "fix the card's bands (and mean, std, band_names) or use the weights it was written for"
+        )
+    head = shapes.get(HEAD_TENSOR)
+    if head and head[0] != len(card.classes):
+        return (
+            f"card does not fit the weights: classes {card.class_names} are {len(card.classes)}, "
+            f"but the segmentation head {HEAD_TENSOR} {list(head)} gives {head[0]}; "
+            "fix the card's classes or use the weights it was written for"
+        )
+    return None
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geounet.errors import ModelError
-from geounet.models.card import CARD_KEY, ModelCard, read_card, short_message
+from geounet.models.card import CARD_KEY, ModelCard, read_card, read_header, short_message
 
 log = logging.getLogger("geounet")
 
@@ -52,17 +52,44 @@ def save_model(path: str | Path, network, card: ModelCard) -> None:
 
 
 def load_model(path: str | Path, device: str = "cpu"):
-    """Return ``(network in eval mode on device, card)`` from a geounet model file."""
+    """Return ``(network in eval mode on device, card)`` from a geounet model file.
+
+    The file's tensors are compared with the network the card describes (names and
+    shapes, from the header) before any is read: a mismatch names the first tensor
+    that does not fit.
+    """
     from safetensors.torch import load_file
 
     card = read_card(path)
     net = build_network(card)
+    problem = state_problem(net, read_header(path).shapes)
+    if problem:
+        raise ModelError(
+            path,
+            f"weights do not match the card's network ({card.architecture}, encoder {card.encoder}, "
+            f"depth {card.encoder_depth}): {problem}; the card must describe the network the weights were saved from",
+        )
     try:
         state = load_file(str(path), device="cpu")
         net.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise ModelError(path, f"weights do not match the card's network ({short_message(exc)})") from None
+        raise ModelError(path, f"not a valid safetensors model file ({short_message(exc)})") from None
     return net.to(device).eval(), card
+
+
+def state_problem(net, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The first tensor (in the network's order) that ``shapes`` lacks or has in another shape, or an extra one."""
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    for name, shape in expected.items():
+        if name not in shapes:
+            missing = sum(k not in shapes for k in expected)
+            return f"tensor {name} {list(shape)} is not in the file ({missing} of {len(expected)} missing)"
+        if shapes[name] != shape:
+            return f"tensor {name} is {list(shapes[name])} in the file, the network needs {list(shape)}"
+    extra = [k for k in shapes if k not in expected]
+    if extra:
+        return f"tensor {extra[0]} {list(shapes[extra[0]])} in the file is not in the network ({len(extra)} extra)"
+    return None
 
 
 def fuse_batchnorm(net) -> int:

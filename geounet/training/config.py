@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from geounet.models.card import CLASS_KINDS, ClassInfo
-from geounet.schema import ConfigError, apply_setting, check_fields, config_fields, read_yaml
+from geounet.models.card import CLASS_KINDS, ClassInfo, network_problems
+from geounet.schema import ConfigError, apply_setting, check_fields, choice_problem, config_fields, read_yaml
 
 ClassKind = Literal[CLASS_KINDS]  # type: ignore[valid-type]  # the model card's kinds
 LossName = Literal["dice_ce", "ce", "bce", "dice", "focal", "tversky"]
@@ -26,6 +26,10 @@ ResamplingName = Literal["auto", "nearest", "bilinear", "cubic", "average"]
 Device = Literal["auto", "cpu", "cuda"]
 SaveDtype = Literal["float16", "float32"]
 Unlabelled = Literal["background", "ignore"]
+
+# ``task:`` of a training config: absent or segment (this module), or damage_head (a damage head's
+# config, read by geounet.damage.head_training, the module geounet train hands it to)
+TASKS = ("segment", "damage_head")
 
 LOSSES: tuple[str, ...] = typing.get_args(LossName)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
@@ -221,6 +225,12 @@ def load_config(
     path = Path(path)
     raw = read_yaml(path)
     problems = [p for p in (apply_setting(raw, item) for item in settings or []) if p]
+    task = raw.pop("task", "segment")
+    if task != "segment":
+        problems.append(
+            choice_problem("task", task, TASKS)
+            or "task: damage_head configs are read by geounet.damage.head_training.load_head_config"
+        )
     late_paths = _merge_overrides(raw, {k: v for k, v in (overrides or {}).items() if v is not None})
     parts, found = _check_sections(raw, path.parent.resolve())
     problems += found
@@ -395,8 +405,8 @@ def _label_problems(lab: LabelConfig, classes: list[ClassConfig] | None) -> list
 
 
 def _model_problems(m: ModelConfig) -> list[str]:
-    """Tile size and overlap (pixels); packaged encoder weights that exist, are installed and fit the encoder."""
-    problems = _weights_problems(m)
+    """Architecture and encoder names; tile size and overlap (pixels); packaged encoder weights that fit."""
+    problems = network_problems(m.architecture, m.encoder, "model.") + _weights_problems(m)
     if m.tile_size <= 0 or m.tile_size % 32:
         problems.append("model.tile_size: must be a positive multiple of 32")
     if m.overlap % 2 or not 0 <= m.overlap < m.tile_size:

@@ -166,3 +166,32 @@ def test_damage_config_is_checked(damage_config: Path):
     assert c.damage["settings"].halo == 32 and c.damage["settings"].device == "cpu"  # top-level device passed on
     with pytest.raises(ConfigError, match="--inputs: not supported for task: damage"):
         load_config(damage_config, inputs=["x.tif"])
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("task", "segmnt", "task: expected one of segment, damage, got str 'segmnt'"),
+        ("device", "gpu", "device: expected auto, cpu, cuda or cuda:N, got str 'gpu'"),
+        ("precision", "int8", "precision: expected one of auto, fp32, bf16, fp16, got str 'int8'"),
+        ("backend", "tensorrt", "backend: expected one of auto, torch, onnx, got str 'tensorrt'"),
+        ("tta", "d8", "tta: expected one of none, flip, flips, d4, got str 'd8'"),
+        ("postprocess", {"trees": {}}, "postprocess: unknown key 'trees' (known: building, landcover, road)"),
+    ],
+)
+def test_an_unknown_choice_is_refused_listing_the_valid_ones(key, value, expected, tmp_path, tiny_model, write_config):
+    cfg = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", **{key: value})
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2
+    assert [ln for ln in result.output.splitlines() if ln.startswith("error: ")] == [f"error: {cfg}: {expected}"]
+
+
+def test_an_unknown_choice_in_the_damage_section_is_refused(tmp_path, tiny_model):
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(
+        f"task: damage\nmodel: {tiny_model}\nout: {tmp_path / 'o'}\n"
+        f"inputs: {{pre: {DEMO_SCENE}, post: {DEMO_SCENE}}}\ndamage: {{precision: int8}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert info.value.problems == ["damage.precision: expected one of auto, fp32, bf16, fp16, got str 'int8'"]

@@ -17,8 +17,9 @@ import time
 import pytest
 
 from geounet.batch.config import load_config
-from geounet.batch.locks import SceneLock, recover_interrupted, scene_lock
 from geounet.batch.run import run_pipeline
+from geounet.io.folders import recover_interrupted
+from geounet.io.locks import SceneLock, alive, scene_lock
 from tests.helpers import REPO
 
 # Imports geounet (and torch) once, then forks one real child process per job, each running
@@ -122,23 +123,29 @@ def test_locked_scene_is_skipped_and_says_by_whom(scenes, tiny_model, clean, tmp
 
 
 def test_recovery_restores_previous_outputs_and_removes_only_dead_runs_leftovers(tmp_path):
+    """Folders of older versions (``-<pid>``) and of this one (``-<token>``, a live liveness lock)."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / f".a.old-{dead.pid}").mkdir()
-    (tmp_path / f".a.old-{dead.pid}" / "run.json").write_text("{}")
-    (tmp_path / f".a.partial-{dead.pid}").mkdir()
-    (tmp_path / f".a.partial-{os.getpid()}").mkdir()  # a live run's work in progress
-    (tmp_path / f".ab.partial-{dead.pid}").mkdir()  # another scene's
-    with scene_lock(tmp_path, "a") as lock:
-        assert lock.acquire() and not scene_lock(tmp_path, "a").acquire()
-        done = recover_interrupted(tmp_path, "a")
-    assert done == [f"restored previous outputs from .a.old-{dead.pid}", f"removed .a.partial-{dead.pid}"]
-    assert (tmp_path / "a" / "run.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".a")) == [
-        ".a.lock",
-        f".a.partial-{os.getpid()}",
-        f".ab.partial-{dead.pid}",
-    ]
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # an older version, still running
+    try:
+        (tmp_path / f".a.old-{dead.pid}").mkdir()
+        (tmp_path / f".a.old-{dead.pid}" / "run.json").write_text("{}")
+        (tmp_path / f".a.partial-{dead.pid}").mkdir()
+        (tmp_path / f".a.partial-{os.getpid()}").mkdir()  # pid-only and ours: left by a previous holder of our pid
+        (tmp_path / f".a.partial-{running.pid}").mkdir()
+        (tmp_path / f".ab.partial-{dead.pid}").mkdir()  # another scene's
+        with alive(tmp_path) as token, scene_lock(tmp_path, "a") as lock:
+            (tmp_path / f".a.partial-{token}").mkdir()  # a live run's work in progress
+            assert lock.acquire() and not scene_lock(tmp_path, "a").acquire()
+            done = recover_interrupted(tmp_path, "a")
+            assert done[0] == f"restored previous outputs from .a.old-{dead.pid}"
+            assert sorted(done[1:]) == sorted([f"removed .a.partial-{dead.pid}", f"removed .a.partial-{os.getpid()}"])
+            assert (tmp_path / "a" / "run.json").is_file()
+            kept = [".a.lock", f".a.partial-{running.pid}", f".a.partial-{token}", f".ab.partial-{dead.pid}"]
+            assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".a")) == sorted(kept)
+    finally:
+        running.kill()
+        running.wait()
 
 
 @pytest.mark.parametrize("point", ["stitch", "gpkg", "swap", "cleanup", "outside"])
@@ -175,3 +182,22 @@ def test_two_concurrent_runs_never_do_a_scene_twice(killed_runs, scenes, clean, 
     assert all("locked by another run (pid " in s["reason"] for s in others if s["status"] == "skipped_locked")
     for k in ("a", "b"):
         assert fingerprint(out / scenes[k].stem) == fingerprint(clean / scenes[k].stem)
+
+
+def test_predict_takes_the_scene_lock_and_cleans_dead_runs_leftovers(scenes, tiny_model, tmp_path, caplog):
+    """``geounet predict``'s batch: a locked scene fails alone (saying by whom); the next one is recovered and run."""
+    from geounet.engine.predict import predict_batch
+    from geounet.engine.settings import PredictSettings
+
+    a, b = scenes["a"], scenes["b"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".{b.stem}.partial-1-0badc0de").mkdir()  # a SIGKILLed run's (its liveness lock is gone)
+    settings = PredictSettings(quiet=True, vector=False, workers=1, batch_size=8)
+    with scene_lock(out, a.stem) as lock, caplog.at_level("WARNING", logger="geounet"):
+        assert lock.acquire()
+        reports = predict_batch([a, b], out, tiny_model, settings)
+    assert [r.ok for r in reports] == [False, True]
+    assert reports[0].error == f"{a}: locked by another run (pid {os.getpid()})"
+    assert f"{b}: after an interrupted run: removed .{b.stem}.partial-1-0badc0de" in caplog.messages
+    assert sorted(p.name for p in out.iterdir()) == [f".{a.stem}.lock", f".{b.stem}.lock", b.stem]

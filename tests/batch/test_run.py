@@ -13,6 +13,7 @@ import geounet.damage.run as damage
 from geounet.batch.config import load_config
 from geounet.batch.run import run_pipeline
 from geounet.cli.main import app
+from geounet.errors import Interrupted
 from geounet.io.folders import output_dir_for
 from geounet.schema import ConfigError
 from tests.helpers import DEMO_SCENE
@@ -99,3 +100,30 @@ def test_a_model_name_picks_each_scenes_variant_and_reruns_skip(tmp_path, monkey
     (tmp_path / "bad.yaml").write_text(cfg_path.read_text().replace('"huts"', '"hutz"'))
     with pytest.raises(ConfigError, match=r"model: hutz: not a model file, nor a bundled model \(huts\)"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    "stop, reason", [(KeyboardInterrupt, "interrupted (Ctrl-C)"), (Interrupted, "interrupted (SIGTERM)")]
+)
+def test_an_interrupted_run_still_writes_its_summary(
+    stop, reason, scenes, tiny_model, tmp_path, write_config, monkeypatch
+):
+    """Ctrl-C / SIGTERM mid-scene: that scene is recorded as interrupted, the rest as not run, and the exception goes on."""
+    import geounet.batch.run as batch_run
+
+    def interrupted(*a, **k):
+        raise stop()
+
+    monkeypatch.setattr(batch_run, "predict_scene", interrupted)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "p.yaml", tiny_model, [scenes["a"], scenes["b"]], out, vector=False)
+    with pytest.raises(stop):
+        run_pipeline(load_config(cfg), quiet=True)
+    (summary_file,) = (out / "_runs").glob("*.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["interrupted"] == reason
+    assert [(s["status"], s["reason"]) for s in summary["scenes"]] == [
+        ("failed", reason),
+        ("failed", f"not run: {reason}"),
+    ]
+    assert summary["counts"]["failed"] == 2

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 def assert_nothing_left(out: Path, allowed: set[str] = frozenset()):
     if out.exists():
-        left = {p.name for p in out.iterdir()} - set(allowed)
+        left = {p.name for p in out.iterdir() if not p.name.endswith(".lock")} - set(allowed)  # scene locks stay
         assert not left, f"left behind: {left}"
 
 
@@ -39,7 +39,32 @@ def _no_crs(tmp_path: Path) -> Path:
     return tmp_path / "nocrs.tif"
 
 
+LOCAL_CS = 'LOCAL_CS["Engineering",LOCAL_DATUM["site",32767],UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
+_RGB = np.full((3, 64, 64), 100, np.uint8)
+
+
 BAD_SCENES = {
+    # the tiny model works at 0.15 m: a 100 m scene would be a 667x finer working grid (days of tiles)
+    "coarse": (
+        lambda tmp: write_scene(tmp / "coarse.tif", _RGB, crs="EPSG:32615", res=100.0, origin=(367000.0, 4104000.0)),
+        "times finer",
+    ),
+    "coarse degrees": (
+        lambda tmp: write_scene(tmp / "coarsedeg.tif", _RGB, crs="EPSG:4326", res=0.001, origin=(10.0, 50.0)),
+        "more than the limit of 8 (max_upsample)",
+    ),
+    "polar": (  # 89.9999 N in degrees: pixels ~1e-5 m wide and 1 m tall
+        lambda tmp: write_scene(tmp / "polar.tif", _RGB, crs="EPSG:4326", res=1e-5, origin=(0.0, 89.9999)),
+        "far from square",
+    ),
+    "local crs": (
+        lambda tmp: write_scene(tmp / "site.tif", _RGB, crs=rasterio.crs.CRS.from_wkt(LOCAL_CS), origin=(10.0, 20.0)),
+        "cannot be related to longitude and latitude",
+    ),
+    "far out of its UTM zone": (
+        lambda tmp: write_scene(tmp / "farzone.tif", _RGB, crs="EPSG:32615", origin=(-3.0e7, 4104511.0)),
+        "outside the valid area of its CRS (EPSG:32615)",
+    ),
     "missing": (lambda tmp: tmp / "nope.tif", "file not found"),
     "not a raster": (
         lambda tmp: (tmp / "notes.tif").write_text("hello") and tmp / "notes.tif",
@@ -75,7 +100,34 @@ def test_one_bad_scene_does_not_sink_the_batch(tiny_model, tmp_path):
     result = invoke("predict", tmp_path / "missing.tif", DEMO_SCENE, "--out", out, "--model", tiny_model, "--quiet")
     assert result.exit_code == 1
     assert len(error_lines(result)) == 1 and "1 scene(s) done, 1 failed" in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["kampala_demo"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["kampala_demo"]
+
+
+def test_scenes_without_usable_ground_geometry_do_not_stop_a_predict_batch(tiny_model, tmp_path):
+    bad = [BAD_SCENES[k][0](tmp_path) for k in ("local crs", "far out of its UTM zone", "coarse")]
+    out = tmp_path / "out"
+    result = invoke("predict", *bad, DEMO_SCENE, "--out", out, "--model", tiny_model, "--quiet")
+    assert result.exit_code == 1
+    assert [line.split(": ")[1] for line in error_lines(result)] == [str(p) for p in bad]
+    assert "Traceback" not in result.stderr and "1 scene(s) done, 3 failed" in result.stderr
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == ["kampala_demo"]
+
+
+def test_work_budget_is_configurable(tiny_model, tmp_path):
+    scene = write_scene(tmp_path / "coarse.tif", _RGB, res=0.45)  # about 3x coarser than the 0.15 m model
+    out = tmp_path / "out"
+    refused = invoke("predict", scene, "--out", out, "--model", tiny_model, "--quiet", "--max-upsample", "2")
+    assert refused.exit_code == 1 and "3 times finer (192x192 px), more than the limit of 2" in refused.stderr
+    pixels = invoke("predict", scene, "--out", out, "--model", tiny_model, "--quiet", "--max-working-pixels", "30000")
+    assert pixels.exit_code == 1 and "192x192 px, more than the limit of 3e+04 pixels" in pixels.stderr
+    assert invoke("predict", scene, "--out", out, "--model", tiny_model, "--quiet").exit_code == 0
+
+
+def test_scene_smaller_than_the_field_of_view_is_a_warning(tiny_model, tmp_path):
+    scene = write_scene(tmp_path / "small.tif", np.full((3, 30, 40), 90, np.uint8))
+    result = invoke("predict", scene, "--out", tmp_path / "out", "--model", tiny_model, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "only 40x30 px at the model's 0.15 m/px" in result.stderr
 
 
 def test_raster_without_transform_is_refused(tiny_model, tmp_path):
@@ -92,6 +144,7 @@ def test_all_nodata_scene_is_not_an_error(tiny_model, tmp_path):
     scene = write_scene(tmp_path / "void.tif", np.zeros((3, 64, 64), np.uint8), res=0.15, nodata=0)
     result = invoke("predict", scene, "--out", tmp_path / "out", "--model", tiny_model, "--quiet")
     assert result.exit_code == 0, result.output
+    assert f"geounet: {scene}: every pixel is nodata" in result.stderr  # said, even with --quiet
     with rasterio.open(tmp_path / "out/void/classes.tif") as c:
         assert (c.read() == 255).all()
 
@@ -140,3 +193,19 @@ def test_interrupted_run_leaves_no_finished_looking_output(tiny_model, tmp_path)
     assert proc.returncode == -9
     assert not (out / "kampala_demo").exists()
     assert all(p.name.startswith(".") for p in out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "option, value, valid",
+    [
+        ("--precision", "int8", "auto, fp32, bf16, fp16"),
+        ("--device", "gpu", "auto, cpu, cuda or cuda:N"),
+        ("--backend", "tensorrt", "auto, torch, onnx"),
+        ("--tta", "d8", "none, flip, flips, d4"),
+    ],
+)
+def test_an_unknown_choice_is_refused_listing_the_valid_ones(option, value, valid, tiny_model, tmp_path):
+    result = invoke("predict", DEMO_SCENE, "--out", tmp_path / "out", "--model", tiny_model, option, value, "-q")
+    assert result.exit_code == 2
+    [line] = error_lines(result)
+    assert line.startswith(f"error: {option}: ") and valid in line and repr(value) in line

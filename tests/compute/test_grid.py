@@ -53,3 +53,12 @@ def test_bad_geometry_is_rejected():
         TileGrid(10, 10, tile_size=64, overlap=3)
     with pytest.raises(ValueError):
         TileGrid(0, 10)
+
+
+@pytest.mark.parametrize(
+    "grid", [TileGrid(1000, 1300, 128, 32, 3), TileGrid(50, 70, 64, 16, 1), TileGrid(5000, 300, 96, 32, 2)]
+)
+def test_chunk_regions_are_the_regions_a_chunk_contributes_to(grid):
+    regions = list(grid.regions())
+    for chunk in grid.chunks():
+        assert grid.chunk_regions(*chunk.index) == [r for r in regions if chunk.index in r.chunks]

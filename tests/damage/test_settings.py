@@ -41,7 +41,7 @@ def test_unknown_keys_types_and_values_are_reported_together():
         "damage.match_radiometry: expected true/false, got str 'yes'",
         "damage.halo: expected an integer, got str 'x'",
         "damage.thresholds: must be 3 increasing values in [0, 1], got [0.7, 0.5, 0.3]",
-        "damage: feature_low (0.6) must be below feature_high (0.5)",
+        "damage: feature_low (0.6) must be below feature_high (0.4)",
         "damage.batch_size: must be >= 1, got 0",
     ]
     with pytest.raises(ConfigError) as info:
@@ -71,3 +71,22 @@ def test_constructed_settings_check_nothing_until_asked():
         "damage.block: must be >= 64, got 8",
     ]
     assert DamageSettings().problems() == []
+
+
+@pytest.mark.parametrize(
+    "key, value, valid",
+    [("precision", "int8", "one of auto, fp32, bf16, fp16"), ("device", "gpu", "auto, cpu, cuda or cuda:N")],
+)
+def test_an_unknown_choice_is_refused_listing_the_valid_ones(key, value, valid, tmp_path):
+    from tests.helpers import DEMO_SCENE, error_lines, invoke
+
+    _, problems = DamageSettings.check({key: value})
+    [problem] = problems
+    assert problem.startswith(f"damage.{key}: expected ") and valid in problem and repr(value) in problem
+    config = tmp_path / "damage.yaml"
+    config.write_text(f"damage: {{{key}: {value}}}\n")
+    flags = ["--device", value] if key == "device" else ["--config", config]
+    result = invoke("damage", "--pre", DEMO_SCENE, "--post", DEMO_SCENE, "--out", tmp_path / "out", *flags)
+    assert result.exit_code == 2
+    [line] = error_lines(result)
+    assert valid in line and (line.startswith("error: --device: ") or line.startswith(f"error: {config}: damage.{key}"))

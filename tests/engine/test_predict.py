@@ -164,7 +164,7 @@ def test_rerun_replaces_previous_outputs_atomically(tiny_model, tmp_path):
     run([DEMO_SCENE], tmp_path, tiny_model)
     first = json.loads((tmp_path / "kampala_demo/run.json").read_text())["created_utc"]
     run([DEMO_SCENE], tmp_path, tiny_model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kampala_demo"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["kampala_demo"]
     assert json.loads((tmp_path / "kampala_demo/run.json").read_text())["created_utc"] >= first
 
 

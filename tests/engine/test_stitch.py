@@ -31,6 +31,6 @@ def test_local_chunks_are_stitched_as_they_finish_in_raster_order(tiny_model, tm
     assert r.ok, r.error
     n_chunks = r.tiles["chunks"]
     per_row = int(round(n_chunks**0.5))
-    assert n_chunks >= 49 and seen["added"] == n_chunks
+    assert n_chunks >= 49 and seen["added"] == r.tiles["chunks_run"] > n_chunks // 2  # chunks of nodata never run
     # a row of chunks leaves its lower seams and corners waiting for the next row: ~2 regions per chunk
     assert seen["pending"] <= 3 * per_row + 8, (seen["pending"], n_chunks)

@@ -182,3 +182,32 @@ def test_predict_writes_valid_regularised_buildings(demo_prediction):
     angles = np.asarray(angles)
     right = np.abs(angles - 90) < 10
     assert right.mean() >= 0.7, f"only {right.mean():.0%} of {len(angles)} corners are right angles"
+
+
+def test_blocks_a_sparse_class_raster_does_not_store_are_not_visited(client, tmp_path, monkeypatch):
+    """A sparse COG of a mostly empty scene: only the vector blocks over stored 512 px blocks become tasks."""
+    import geounet.engine.vector_stage as vs
+    from geounet.io.rasters import tiled_profile, write_cog, written_blocks
+
+    t = Affine(0.5, 0, 400000, 0, -0.5, 4100000)
+    tiled = tmp_path / "classes.tiled.tif"
+    with rasterio.open(tiled, "w", **tiled_profile("EPSG:32615", t, 6000, 5000, 1, "uint8", 255)) as d:
+        block = np.zeros((300, 300), np.uint8)
+        block[100:140, 100:160] = 1  # one building
+        d.write(block, 1, window=rasterio.windows.Window(3100, 2100, 300, 300))  # inside one 512 px block
+    write_cog(tiled, tmp_path / "classes.tif", "NEAREST", blocks=written_blocks(tiled))
+    assert written_blocks(tmp_path / "classes.tif").sum() == 1
+    seen = []
+    polygons = vs._polygons
+
+    def counted(executor, jobs, *args):
+        seen.extend(j.window for j in jobs)
+        return polygons(executor, jobs, *args)
+
+    monkeypatch.setattr(vs, "_polygons", counted)
+    c = card(("building", "building", (230, 60, 60)))
+    info = vectorize_scene(tmp_path / "classes.tif", None, tmp_path / "f.gpkg", c, client, rules=RAW, block=1024)
+    assert seen == [(2048, 3072, 3072, 4096)]  # 1 of 30 blocks: the one holding the stored 512 px block
+    assert info["layers"]["buildings"] == 1
+    b = gpd.read_file(tmp_path / "f.gpkg", layer="buildings")
+    assert b.area_m2.iloc[0] == pytest.approx(40 * 60 * 0.25, rel=1e-3)  # on the ground, not in UTM metres

@@ -38,3 +38,116 @@ def test_overview_factors_stop_when_a_level_fits_one_block(size, factors):
     from geounet.io.rasters import overview_factors
 
     assert overview_factors(*size, block=512) == factors
+
+
+def _sparse_tiled(path, width: int, height: int, count: int, boxes) -> None:
+    """A sparse tiled raster (nodata 255) with random data written in ``boxes`` (row0, col0, row1, col1) only."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from geounet.io.rasters import tiled_profile
+
+    rng = np.random.default_rng(5)
+    profile = tiled_profile(
+        "EPSG:32633", Affine(0.5, 0, 500000, 0, -0.5, 5800000), width, height, count, "uint8", NODATA
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.descriptions = tuple(f"band {i}" for i in range(count))
+        dst.update_tags(WHAT="test")
+        if count == 1:
+            dst.write_colormap(1, {0: (10, 20, 30, 255), 1: (200, 100, 0, 255), NODATA: (0, 0, 0, 0)})
+        for r0, c0, r1, c1 in boxes:
+            data = rng.integers(0, 255, (count, r1 - r0, c1 - c0), dtype=np.uint8)
+            data[:, ::7, ::5] = NODATA  # nodata inside the data too: the overviews leave it out
+            dst.write(data, window=Window(c0, r0, c1 - c0, r1 - r0))
+
+
+@pytest.fixture
+def sparse_writer_always(monkeypatch):
+    """geounet's sparse COG writer for any raster with an empty block (normally: large, mostly empty ones)."""
+    from geounet.io import rasters
+
+    monkeypatch.setattr(rasters, "SPARSE_MIN_BLOCKS", 1)
+    monkeypatch.setattr(rasters, "SPARSE_MIN_EMPTY", 0.0)
+
+
+@pytest.mark.parametrize("resampling, count", [("AVERAGE", 2), ("NEAREST", 1)])
+def test_a_sparse_raster_gives_the_same_cog_written_sparse(tmp_path, resampling, count, sparse_writer_always):
+    """Blocks with data only: the dense path's pixels at full resolution, overviews within a DN, empty blocks not stored.
+
+    Sides are multiples of 16 here, so GDAL's overviews (the dense path) are exact 2:1 reductions too."""
+    import rasterio
+
+    from geounet.io.rasters import BLOCK, write_cog, written_blocks
+
+    boxes = [(700, 1100, 1300, 1650), (3900, 3900, 4000, 4000), (0, 5000, 30, 5120)]
+    for name in ("dense", "sparse"):
+        _sparse_tiled(tmp_path / f"{name}.tiled.tif", 5120, 4096, count, boxes)
+    present = written_blocks(tmp_path / "sparse.tiled.tif")
+    assert present.shape == (8, 10) and 0 < present.sum() < 12
+    write_cog(tmp_path / "dense.tiled.tif", tmp_path / "dense.tif", resampling)
+    write_cog(tmp_path / "sparse.tiled.tif", tmp_path / "sparse.tif", resampling, blocks=present)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dense.tif",
+        "dense.tiled.tif",
+        "sparse.tif",
+        "sparse.tiled.tif",
+    ]
+    with rasterio.open(tmp_path / "dense.tif") as d, rasterio.open(tmp_path / "sparse.tif") as s:
+        assert s.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and s.block_shapes[0] == (BLOCK, BLOCK)
+        assert s.overviews(1) == d.overviews(1) == [2, 4, 8, 16]
+        assert s.nodata == NODATA and s.descriptions == d.descriptions and s.tags()["WHAT"] == "test"
+        assert s.crs == d.crs and s.transform == d.transform and s.count == d.count == count
+        if count == 1:
+            assert s.colormap(1) == d.colormap(1) and s.colorinterp == d.colorinterp
+        np.testing.assert_array_equal(s.read(), d.read())
+    for level in range(4):
+        with (
+            rasterio.open(tmp_path / "dense.tif", overview_level=level) as d,
+            rasterio.open(tmp_path / "sparse.tif", overview_level=level) as s,
+        ):
+            a, b = d.read().astype(int), s.read().astype(int)
+            np.testing.assert_array_equal(a == NODATA, b == NODATA)
+            assert np.abs(a - b).max() <= (1 if resampling == "AVERAGE" else 0), level
+    stored = written_blocks(tmp_path / "sparse.tif")  # empty blocks are not stored
+    np.testing.assert_array_equal(stored, present)
+    assert written_blocks(tmp_path / "dense.tif").all()
+    assert (tmp_path / "sparse.tif").stat().st_size < (tmp_path / "dense.tif").stat().st_size
+
+
+def test_the_sparse_cog_layout_is_gdals(tmp_path, sparse_writer_always):
+    """IFDs first, then tiles from the coarsest level to the full resolution, each with GDAL's size leader and trailer."""
+    import struct
+
+    import tifffile
+
+    from geounet.io.rasters import write_cog, written_blocks
+
+    _sparse_tiled(tmp_path / "s.tiled.tif", 3000, 2100, 2, [(100, 100, 900, 700), (2000, 2900, 2100, 3000)])
+    write_cog(tmp_path / "s.tiled.tif", tmp_path / "s.tif", "AVERAGE", blocks=written_blocks(tmp_path / "s.tiled.tif"))
+    data = (tmp_path / "s.tif").read_bytes()
+    assert b"LAYOUT=IFDS_BEFORE_DATA" in data[:300] and b"KNOWN_INCOMPATIBLE_EDITION=NO" in data[:300]
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        pages = list(tif.pages)
+        assert [p.shape[:2] for p in pages] == [(2100, 3000), (1050, 1500), (525, 750), (263, 375)]
+        starts = []
+        for page in pages:
+            offsets, sizes = page.tags["TileOffsets"].value, page.tags["TileByteCounts"].value
+            stored = [(o, n) for o, n in zip(offsets, sizes) if n]
+            assert stored and len(stored) < len(offsets) or page is pages[-1]
+            for o, n in stored:
+                assert (
+                    struct.unpack("<I", data[o - 4 : o])[0] == n and data[o + n : o + n + 4] == data[o + n - 4 : o + n]
+                )
+            starts.append(min(o for o, _ in stored))
+        assert max(p.offset for p in pages) < min(starts)  # every IFD before any tile
+        assert starts == sorted(starts, reverse=True)  # the coarsest level's tiles first
+        np.testing.assert_array_equal(pages[0].asarray().transpose(2, 0, 1), read_all(tmp_path / "s.tiled.tif"))
+
+
+def read_all(path):
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read()

@@ -88,3 +88,57 @@ def test_ground_pixel_size_in_x_and_y() -> None:
     y60 = 8399737.89
     dx, dy = ground_pixel_size("EPSG:3857", Affine(1, 0, 0, 0, -1, y60 + 50), 100, 100)
     assert dx == pytest.approx(0.5, rel=0.01) and dy == pytest.approx(0.5, rel=0.01)
+
+
+def _vrt(path, source, size=20):
+    """A 3-band VRT over ``source`` (a path relative to the VRT), 0.15 m pixels in UTM 33N."""
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">{source}'
+        f"</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
+    path.write_text(
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32633</SRS>'
+        f"<GeoTransform>500000, 0.15, 0, 5800000, 0, -0.15</GeoTransform>{bands}</VRTDataset>"
+    )
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("case", ["vrt_source", "nested_vrt_source", "gcps", "rotated", "no_crs"])
+def test_check_scene_says_what_is_wrong_with_the_georeferencing_or_sources(case, tiny_model, tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    card = read_card(tiny_model)
+    pixels = np.zeros((3, 20, 20), np.uint8)
+    expected = {
+        "vrt_source": f"VRT source {tmp_path / 'gone.tif'} not found",
+        "nested_vrt_source": f"VRT source {tmp_path / 'gone.tif'} not found",
+        "gcps": r"georeferenced by 3 ground control points only, .* \(gdalwarp -r bilinear IN OUT.tif\)",
+        "rotated": "rotated geotransforms are not supported",
+        "no_crs": "raster has no CRS",
+    }[case]
+    if case == "vrt_source":
+        scene = _vrt(tmp_path / "scene.vrt", "gone.tif")
+    elif case == "nested_vrt_source":
+        _vrt(tmp_path / "inner.vrt", "gone.tif")
+        scene = _vrt(tmp_path / "scene.vrt", "inner.vrt")
+    elif case == "gcps":
+        scene = write_scene(tmp_path / "gcps.tif", pixels, crs=None)
+        gcps = [GroundControlPoint(0, 0, 500000, 5800000), GroundControlPoint(0, 20, 500003, 5800000)]
+        with rasterio.open(scene, "r+") as dst:
+            dst.gcps = (gcps + [GroundControlPoint(20, 0, 500000, 5799997)], rasterio.crs.CRS.from_epsg(32633))
+    elif case == "rotated":
+        scene = write_scene(tmp_path / "rot.tif", pixels)
+        with rasterio.open(scene, "r+") as dst:
+            dst.transform = Affine(0.1, 0.1, 500000, 0.1, -0.1, 5800000)
+    else:
+        scene = tmp_path / "nocrs.tif"
+        profile = dict(
+            driver="GTiff", width=20, height=20, count=3, dtype="uint8", transform=Affine(1, 0, 0, 0, -1, 20)
+        )
+        with rasterio.open(scene, "w", **profile) as dst:
+            dst.write(pixels)
+    with open_scene(scene) as src, pytest.raises(InputError, match=expected) as info:
+        check_scene(src, card)
+    assert "\n" not in str(info.value) and "truncated" not in str(info.value)

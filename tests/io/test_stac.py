@@ -6,10 +6,13 @@ import json
 
 import numpy as np
 import pystac
+import pytest
 import rasterio
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds, transform_geom
 
 from geounet.io.run_record import InputRecord, ModelRecord, RunRecord
-from geounet.io.stac import finish_scene_folder
+from geounet.io.stac import finish_scene_folder, footprint_and_bbox
 from geounet.models.card import ClassInfo, ModelCard
 from tests.helpers import write_scene
 
@@ -80,3 +83,37 @@ def test_item_lists_outputs_with_roles_and_georeference(tmp_path):
     assert raw["properties"]["geounet:model_sha256"] == "ab" and raw["properties"]["gsd"] == 0.5
     assert [c["name"] for c in raw["assets"]["classes"]["classification:classes"]] == ["background", "building"]
     assert not list(folder.glob(".item.json*"))
+
+
+# UTM 60S (EPSG:32760): E 818386 / 820517, N 8118000 are about lon 179.99 / -179.99, lat -17.0
+@pytest.mark.parametrize(
+    "crs, bounds",
+    [("EPSG:4326", (179.999, -17.0, 180.001, -16.999)), ("EPSG:32760", (818386.0, 8117950.0, 820517.0, 8118050.0))],
+    ids=["lonlat", "utm60"],
+)
+def test_a_scene_across_the_antimeridian_is_cut_there(crs, bounds):
+    from shapely.geometry import shape
+
+    footprint, bbox = footprint_and_bbox(CRS.from_user_input(crs), bounds)
+    assert footprint["type"] == "MultiPolygon" and len(footprint["coordinates"]) == 2
+    lons = [x for poly in footprint["coordinates"] for ring in poly for x, _ in ring]
+    assert min(lons) == -180.0 and max(lons) == 180.0
+    west, south, east, north = bbox
+    assert 179.98 < west < 180.0 and -180.0 < east < -179.98 and -17.01 < south < north < -16.99
+    east_part, west_part = sorted(
+        (shape({"type": "Polygon", "coordinates": c}) for c in footprint["coordinates"]), key=lambda p: p.bounds[0]
+    )
+    assert east_part.bounds[0] == -180.0 and west_part.bounds[2] == 180.0 and east_part.is_valid and west_part.is_valid
+
+
+def test_a_scene_beyond_180_degrees_is_wrapped_and_a_usual_one_is_unchanged():
+    footprint, bbox = footprint_and_bbox(CRS.from_epsg(4326), (180.5, 10.0, 181.0, 10.5))
+    assert footprint["type"] == "Polygon" and bbox == pytest.approx([-179.5, 10.0, -179.0, 10.5])
+    utm33 = CRS.from_epsg(32633)
+    bounds = (500000.0, 5799968.0, 500048.0, 5800000.0)
+    ring = [[500000.0, 5799968.0], [500048.0, 5799968.0], [500048.0, 5800000.0], [500000.0, 5800000.0]]
+    before = transform_geom(utm33, "EPSG:4326", {"type": "Polygon", "coordinates": [ring + ring[:1]]}, precision=7)
+    assert footprint_and_bbox(utm33, bounds) == (
+        before,
+        list(transform_bounds(utm33, "EPSG:4326", *bounds, densify_pts=21)),
+    )

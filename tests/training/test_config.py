@@ -10,7 +10,7 @@ import pytest
 from geounet.models.card import CLASS_KINDS, read_card
 from geounet.schema import ConfigError
 from geounet.training.config import ClassKind, load_config
-from tests.helpers import REPO
+from tests.helpers import REPO, error_lines, invoke
 
 
 def test_config_typos_are_listed(tmp_path: Path, train_raw, write_config) -> None:
@@ -160,3 +160,43 @@ def test_shipped_configs_match_their_default_models(config: str, model: str) -> 
     assert card.training["val"]["mean_iou"] > 0.2
     assert path.stat().st_size < 30e6
     assert (REPO / "data" / "models" / f"{model}.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("task", "damage_heads", "task: expected one of segment, damage_head, got str 'damage_heads'"),
+        ("classes.1.kind", "house", "classes[1].kind: expected one of background, building, road, landcover, "),
+        ("data.resampling", "lanczos", "data.resampling: expected one of auto, nearest, bilinear, cubic, average, "),
+        ("labels.unlabelled", "nodata", "labels.unlabelled: expected one of background, ignore, "),
+        ("model.architecture", "UNet", "model.architecture: expected one of Unet, UnetPlusPlus, FPN, PSPNet, "),
+        ("model.encoder", "resnet-18", "model.encoder: expected one of resnet18, resnet34, "),
+        (
+            "model.encoder_weights",
+            "imagenet",
+            "model.encoder_weights: unknown weights 'imagenet' (known: efficientnet-",
+        ),
+        ("train.loss", "hinge", "train.loss: expected one of dice_ce, ce, bce, dice, focal, tversky, "),
+        ("train.precision", "int8", "train.precision: expected one of auto, fp32, bf16, "),
+        ("train.device", "gpu", "train.device: expected one of auto, cpu, cuda, "),
+        ("train.save_dtype", "int8", "train.save_dtype: expected one of float16, float32, "),
+    ],
+)
+def test_an_unknown_choice_is_refused_listing_the_valid_ones(key, value, expected, train_raw, write_config) -> None:
+    node = train_raw
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[last] = value
+    result = invoke("train", write_config(train_raw), "--no-progress")
+    assert result.exit_code == 2
+    [line] = error_lines(result)
+    assert expected in line and repr(value) in line
+
+
+def test_an_unknown_precision_flag_is_refused(train_raw, write_config) -> None:
+    result = invoke("train", write_config(train_raw), "--precision", "int8", "--no-progress")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"error: {write_config(train_raw)}: train.precision: expected one of auto, fp32, bf16, got str 'int8'"
+    ]
