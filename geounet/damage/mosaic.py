@@ -43,17 +43,20 @@ class _Tile:
     dtypes: tuple[str, ...]
 
 
-def mosaic_vrt(tiles: list[Path], card: ModelCard, epoch: str) -> tuple[str, GeoGrid]:
+def mosaic_vrt(tiles: list[Path], card: ModelCard, epoch: str, coarsen: float = 1.0) -> tuple[str, GeoGrid]:
     """VRT XML mosaicking ``tiles`` (same CRS, bands and dtype; north-up), and its grid.
 
-    The VRT takes the first tile's pixel size; each tile is placed by its bounds. Its
+    The VRT takes the first tile's pixel size (times ``coarsen`` >= 1: pixels averaged down,
+    e.g. to a much coarser post scene's resolution); each tile is placed by its bounds. Its
     per-dataset mask band is the union of the tiles' own masks (nodata, alpha or GDAL
     mask), so gaps between tiles and nodata inside them read as invalid. ``epoch``
     ("pre" or "post") names the tiles in errors.
     """
     infos = _read_tiles(tiles, card, epoch)
     first = infos[0]
-    xres, yres = abs(first.transform.a), abs(first.transform.e)
+    xres, yres = abs(first.transform.a) * coarsen, abs(first.transform.e) * coarsen
+    kind = "ComplexSource" if coarsen > 1 else "SimpleSource"
+    resample = ' resampling="average"' if coarsen > 1 else ""
     lefts, rights, tops, bottoms = [], [], [], []
     for t in infos:
         (x0, y0), (x1, y1) = t.transform * (0, 0), t.transform * (t.width, t.height)
@@ -70,9 +73,9 @@ def mosaic_vrt(tiles: list[Path], card: ModelCard, epoch: str) -> tuple[str, Geo
         dx, dy = (t.transform.c - left) / xres, (top - t.transform.f) / yres
         dw, dh = t.width * abs(t.transform.a) / xres, t.height * abs(t.transform.e) / yres
         return (
-            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(str(t.path))}</SourceFilename>'
+            f'<{kind}{resample}><SourceFilename relativeToVRT="0">{escape(str(t.path))}</SourceFilename>'
             f'<SourceBand>{band}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{t.width}" ySize="{t.height}"/>'
-            f'<DstRect xOff="{dx:.10g}" yOff="{dy:.10g}" xSize="{dw:.10g}" ySize="{dh:.10g}"/></SimpleSource>'
+            f'<DstRect xOff="{dx:.10g}" yOff="{dy:.10g}" xSize="{dw:.10g}" ySize="{dh:.10g}"/></{kind}>'
         )
 
     dtype = GDAL_TYPES.get(first.dtypes[0], "Float32")

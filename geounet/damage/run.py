@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import rasterio
+import shapely
 from rasterio.crs import CRS
 from tqdm import tqdm
 
@@ -48,6 +51,7 @@ from geounet.engine.executors import Executor
 from geounet.errors import GeounetError, InputError
 from geounet.io.folders import check_output_root, publish_files, staged_folder
 from geounet.io.run_record import RUN_JSON, DamageRecord, fingerprint
+from geounet.io.scene import MIN_FIELD_OF_VIEW, open_scene, scene_ground_size
 from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.hardware import resolve_device, resolve_precision
 from geounet.schema import ConfigError
@@ -152,7 +156,8 @@ def _check_inputs(
     head = load_head(s.head) if s.head else None
     device = resolve_device(s.device)
     precision = resolve_precision(device, s.precision)
-    pre_xml, pre_grid = mosaic_vrt(pre, card, "pre")
+    coarsen = _coarser_post(pre[0], post[0])
+    pre_xml, pre_grid = mosaic_vrt(pre, card, "pre", coarsen)
     post_xml, post_grid = mosaic_vrt(post, card, "post")
     overlap = overlap_box(pre_grid, post_grid)
     if overlap is None:
@@ -161,11 +166,25 @@ def _check_inputs(
             f"post scene(s) do not overlap the pre scene(s) ({pre[0].name}"
             f"{' ...' if len(pre) > 1 else ''}): nothing to assess",
         )
+    if min(overlap.width, overlap.height) < MIN_FIELD_OF_VIEW:
+        raise InputError(
+            post[0],
+            f"post and pre overlap by only {overlap.width}x{overlap.height} px of the analysis grid, less than the "
+            f"{MIN_FIELD_OF_VIEW} px the model needs to see context: too little to assess; give scenes that cover "
+            "the same area",
+        )
     facts: dict[str, Any] = {"source": "footprints file" if footprints else "buildings model on the pre scene"}
     buildings = None
     if footprints is not None:
         buildings, counts = read_footprints(Path(footprints), pre_grid.crs_wkt)
         facts |= counts
+        area = shapely.box(*rasterio.windows.bounds(as_window(overlap), pre_grid.affine))
+        if not shapely.intersects(np.asarray(buildings.geometry.values, dtype=object), area).any():
+            raise InputError(
+                footprints,
+                f"none of its {len(buildings)} footprints lies where pre and post overlap: nothing to assess "
+                "(footprints of another area, or a wrong CRS?)",
+            )
     return _Inputs(
         pre,
         post,
@@ -182,6 +201,29 @@ def _check_inputs(
         buildings,
         facts,
     )
+
+
+COARSER_POST = 1.5  # post pixels this many times larger than pre's: assess at post's resolution
+
+
+def _coarser_post(pre: Path, post: Path) -> float:
+    """How many times coarser than pre the analysis grid must be: post's ground resolution / pre's when post is
+    much coarser (said in a warning line), else 1."""
+    with open_scene(pre) as a, open_scene(post) as b:
+        res_pre = math.sqrt(math.prod(scene_ground_size(a)))
+        res_post = math.sqrt(math.prod(scene_ground_size(b)))
+    if res_post <= COARSER_POST * res_pre:
+        return 1.0
+    log.warning(
+        "%s: the post scene is %.3g m/px, much coarser than the pre scene's %.3g m/px (%s): "
+        "assessing at the coarser %.3g m/px",
+        post,
+        res_post,
+        res_pre,
+        pre.name,
+        res_post,
+    )
+    return res_post / res_pre
 
 
 @contextmanager

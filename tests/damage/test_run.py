@@ -145,7 +145,16 @@ def test_nodata_outside_overlap_and_invalid_footprints(pair, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case", ["no_overlap", "empty_footprints", "footprints_without_crs", "missing_post", "post_all_nodata"]
+    "case",
+    [
+        "no_overlap",
+        "overlap_too_small",
+        "empty_footprints",
+        "footprints_elsewhere",
+        "footprints_without_crs",
+        "missing_post",
+        "post_all_nodata",
+    ],
 )
 def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     out = tmp_path / "out"
@@ -154,6 +163,12 @@ def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     if case == "no_overlap":
         write_scene(tmp_path / "far.tif", post, crs="EPSG:4326", res=6e-6, origin=(10.0, 50.0))
         kw["post"], msg = [tmp_path / "far.tif"], "do not overlap"
+    elif case == "overlap_too_small":  # a 40 px wide strip of post
+        pair.write(tmp_path / "strip.tif", post[:, :, :40].copy())
+        kw["post"], msg = [tmp_path / "strip.tif"], "overlap by only 40x256 px"
+    elif case == "footprints_elsewhere":  # 5 km east of the scenes
+        pair.footprints().translate(xoff=5000.0).to_file(tmp_path / "east.gpkg")
+        kw["footprints"], msg = tmp_path / "east.gpkg", "none of its 9 footprints lies where pre and post overlap"
     elif case == "empty_footprints":
         gpd.GeoDataFrame(geometry=[], crs=pair.crs).to_file(tmp_path / "empty.gpkg")
         kw["footprints"], msg = tmp_path / "empty.gpkg", "no features"
@@ -169,6 +184,21 @@ def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
         pair.run(out, **kw)
     assert "\n" not in str(info.value)
     assert not out.exists()  # made by the run, left empty: removed
+
+
+def test_a_much_coarser_post_scene_is_said_and_assessed_at_its_resolution(pair, tmp_path, caplog):
+    """Post at 2.5x pre's pixel size: one warning naming both resolutions; the analysis grid is post's resolution."""
+    _, _, post = pair.arrays()
+    coarse = post[:, ::5, ::5].repeat(2, axis=1).repeat(2, axis=2)  # 2.5 x 0.6 m = 1.5 m pixels
+    pair.write(tmp_path / "coarse.tif", np.ascontiguousarray(coarse), res=pair.res * 2.5)
+    with caplog.at_level("WARNING", logger="geounet"):
+        run = pair.run(tmp_path / "out", post=[tmp_path / "coarse.tif"], tile_size=64, overlap=16, block=64, halo=16)
+    [line] = [r.getMessage() for r in caplog.records if "much coarser" in r.getMessage()]
+    assert "1.5 m/px" in line and "0.6 m/px" in line and "assessing at the coarser 1.5 m/px" in line
+    assert run["method"]["pre_grid"]["transform"][0] == pytest.approx(1.5)
+    assert run["buildings"]["total"] == 9
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
+        assert ds.res == pytest.approx((1.5, 1.5))
 
 
 def test_a_failed_run_keeps_what_the_folder_held(pair, tmp_path):

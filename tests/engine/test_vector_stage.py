@@ -187,8 +187,10 @@ def test_predict_writes_valid_regularised_buildings(demo_prediction):
 def test_blocks_a_sparse_class_raster_does_not_store_are_not_visited(client, tmp_path, monkeypatch):
     """A sparse COG of a mostly empty scene: only the vector blocks over stored 512 px blocks become tasks."""
     import geounet.engine.vector_stage as vs
+    from geounet.io import rasters
     from geounet.io.rasters import tiled_profile, write_cog, written_blocks
 
+    monkeypatch.setattr(rasters, "SPARSE_MIN_BLOCKS", 1)  # the sparse writer for this small raster too
     t = Affine(0.5, 0, 400000, 0, -0.5, 4100000)
     tiled = tmp_path / "classes.tiled.tif"
     with rasterio.open(tiled, "w", **tiled_profile("EPSG:32615", t, 6000, 5000, 1, "uint8", 255)) as d:
