@@ -173,6 +173,16 @@ def _check_inputs(
             f"{MIN_FIELD_OF_VIEW} px the model needs to see context: too little to assess; give scenes that cover "
             "the same area",
         )
+    tile = s.tile_size or card.tile_size
+    if min(overlap.width, overlap.height) < tile:
+        log.warning(
+            "%s: post and pre overlap by only %dx%d px of the analysis grid, less than one model tile (%d px): "
+            "grades near its edges see little context",
+            post[0],
+            overlap.width,
+            overlap.height,
+            tile,
+        )
     facts: dict[str, Any] = {"source": "footprints file" if footprints else "buildings model on the pre scene"}
     buildings = None
     if footprints is not None:

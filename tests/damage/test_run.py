@@ -186,6 +186,15 @@ def test_bad_inputs_are_one_clear_error_and_leave_nothing(pair, tmp_path, case):
     assert not out.exists()  # made by the run, left empty: removed
 
 
+def test_an_overlap_under_one_tile_is_said(pair, tmp_path, caplog):
+    """The 256 px pair with 512 px model tiles: graded, with one warning that says so."""
+    with caplog.at_level("WARNING", logger="geounet"):
+        run = pair.run(tmp_path / "out", tile_size=512, overlap=64)
+    assert run["buildings"]["total"] == 9
+    [line] = [r.getMessage() for r in caplog.records if "less than one model tile" in r.getMessage()]
+    assert "256x256 px" in line and "(512 px)" in line
+
+
 def test_a_much_coarser_post_scene_is_said_and_assessed_at_its_resolution(pair, tmp_path, caplog):
     """Post at 2.5x pre's pixel size: one warning naming both resolutions; the analysis grid is post's resolution."""
     _, _, post = pair.arrays()
