@@ -20,8 +20,9 @@ from typing import Any, Literal
 
 from geounet.batch.inputs import WatchSpec, absolute, expand, read_list_file
 from geounet.damage.settings import DamageSettings
-from geounet.engine.settings import DEVICE, PredictSettings
+from geounet.engine.settings import DEVICE, VECTOR_FORMATS, PredictSettings
 from geounet.errors import GeounetError
+from geounet.io.aoi import bbox_problems, read_area
 from geounet.io.folders import check_output_root
 from geounet.models.card import ModelCard, read_card
 from geounet.models.hardware import BACKENDS
@@ -36,6 +37,7 @@ Task = Literal["segment", "damage"]
 Tta = Literal["none", "flip", "flips", "d4"]  # geounet.compute.tta.TTA_SETS
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # auto, torch or onnx
+VectorFormat = Literal[VECTOR_FORMATS]  # type: ignore[valid-type]  # gpkg, fgb or parquet
 
 
 @dataclass
@@ -52,10 +54,11 @@ class TilingSpec:
 
 @dataclass
 class VectorSpec:
-    """``vector: {enabled, block}`` (``vector: true`` / ``false`` sets ``enabled`` alone)."""
+    """``vector: {enabled, block, format}`` (``vector: true`` / ``false`` sets ``enabled`` alone)."""
 
     enabled: bool = True  # also write features.gpkg
     block: int | None = None  # polygonize block side, pixels of the scene grid; None: PredictSettings' default
+    format: VectorFormat = "gpkg"  # features.gpkg, or features.<layer>.fgb (FlatGeobuf, one file per layer)
 
 
 @dataclass
@@ -123,6 +126,9 @@ class PipelineSpec:
     scheduler: str | None = None  # address of a dask.distributed scheduler
     vector: bool | VectorSpec = True
     tta: Tta = "none"  # test-time augmentation: views of each tile averaged
+    aoi: Path | None = None  # area of interest: a vector file (any CRS), its polygons unioned
+    bbox: list[float] | None = None  # or [minx, miny, maxx, maxy] in bbox_crs
+    bbox_crs: str = "EPSG:4326"
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
     hash_inputs: bool = False  # sha256 every input for the up-to-date check (default: size and mtime first)
     footprints: Path | None = None  # task damage: building footprints file (None: detected on pre)
@@ -229,9 +235,13 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
         workers=spec.workers,
         scheduler=spec.scheduler,
         vector=vector.enabled,
+        vector_format=vector.format,
         vector_processes=None,
         tta=spec.tta,
         postprocess=spec.postprocess.overrides() or None,
+        aoi=None if spec.aoi is None else str(spec.aoi),
+        bbox=None if spec.bbox is None or len(spec.bbox) != 4 else (*map(float, spec.bbox),),  # type: ignore[arg-type]
+        bbox_crs=spec.bbox_crs,
     )
     if vector.block is not None:
         settings.vector_block = vector.block
@@ -280,11 +290,25 @@ def _output_folder(
 
 
 def _settings_problems(spec: PipelineSpec, settings: PredictSettings, card: ModelCard | None) -> list[str]:
-    """Device, tile geometry (against the model's card) and work sizes."""
-    problems = _device_problems(spec.device)
+    """Device, tile geometry (against the model's card), work sizes and the area of interest."""
+    problems = _device_problems(spec.device) + _area_problems(spec)
     if card is None or spec.task != "segment":
         return problems
     return problems + settings.tiling_problems(card, TILING_NAMES)
+
+
+def _area_problems(spec: PipelineSpec) -> list[str]:
+    """``aoi`` and ``bbox`` together, a bad box or CRS, an ``aoi`` file without polygons (it is read here)."""
+    if spec.aoi is not None and spec.bbox is not None:
+        return ["aoi, bbox: give one of them, not both"]
+    if spec.bbox is not None:
+        return bbox_problems(spec.bbox, spec.bbox_crs, "bbox")
+    if spec.aoi is not None:
+        try:
+            read_area(spec.aoi)
+        except GeounetError as exc:
+            return [f"aoi: {exc}"]
+    return []
 
 
 def _device_problems(device: str) -> list[str]:

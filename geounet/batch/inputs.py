@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from geounet.io.remote import as_scene, is_remote
+
 log = logging.getLogger("geounet")
 
 SCENE_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")  # a watch folder's scenes (default)
@@ -29,14 +31,18 @@ def absolute(base: Path, path: str | Path) -> Path:
     return Path(os.path.normpath(base / os.path.expanduser(str(path))))
 
 
-def expand(patterns: Iterable[str], base: Path, where: str, problems: list[str]) -> list[Path]:
+def expand(patterns: Iterable[str], base: Path, where: str, problems: list[str]) -> list[str | Path]:
     """Files matching the globs (relative to ``base``); a literal path that does not exist is a problem.
 
     A wildcard that matches nothing is not an error (a cron run may find no new scenes).
-    ``where`` names the setting in problems and warnings.
+    ``where`` names the setting in problems and warnings. A remote scene (URL, ``/vsi...``:
+    :mod:`geounet.io.remote`) is kept as it is, unchecked: it fails alone when read.
     """
-    found: list[Path] = []
+    found: list[str | Path] = []
     for pattern in patterns:
+        if is_remote(pattern):
+            found.append(str(pattern))
+            continue
         full = str(absolute(base, pattern))
         if glob.has_magic(pattern):
             hits = sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file())
@@ -50,7 +56,7 @@ def expand(patterns: Iterable[str], base: Path, where: str, problems: list[str])
     return found
 
 
-def read_list_file(path: Path, problems: list[str]) -> list[Path]:
+def read_list_file(path: Path, problems: list[str]) -> list[str | Path]:
     """The scenes a list file names (one path or glob per line, relative to the file; ``#`` comments)."""
     try:
         lines = [ln.strip() for ln in path.read_text().splitlines()]
@@ -89,12 +95,18 @@ def settled_scenes(watch: WatchSpec, now: float | None = None) -> list[Path]:
     return scenes
 
 
-def discover_inputs(globs: Iterable[str | Path], watch: WatchSpec | None, now: float | None = None) -> list[Path]:
-    """The scenes of a run: the expanded ``globs`` plus the watch folder's settled scenes; absolute, unique."""
-    scenes = [Path(p) for p in globs]
+def discover_inputs(globs: Iterable[str | Path], watch: WatchSpec | None, now: float | None = None) -> list[str | Path]:
+    """The scenes of a run: the expanded ``globs`` plus the watch folder's settled scenes; absolute, unique.
+
+    A remote scene stays its string (watch folders are local only).
+    """
+    scenes = [as_scene(p) for p in globs]
     if watch is not None:
         scenes += settled_scenes(watch, now)
-    unique: dict[Path, Path] = {}
+    unique: dict[str | Path, str | Path] = {}
     for p in scenes:
-        unique.setdefault(p.resolve(), p.absolute())
+        if isinstance(p, Path):
+            unique.setdefault(p.resolve(), p.absolute())
+        else:
+            unique.setdefault(p, p)
     return list(unique.values())

@@ -198,9 +198,9 @@ class _SceneRunner:
         self.models: dict[Path, tuple[str, dict[str, Any]]] = {}  # model file -> (sha256, requested settings)
         self.executor: Executor | None = None
         self.cluster_error: str | None = None  # set: the rest of the batch is not run
-        self.owners: dict[str, Path] = {}  # output folder name -> the scene that writes it
+        self.owners: dict[str, str | Path] = {}  # output folder name -> the scene that writes it
 
-    def run(self, scene: Path, final: Path, res: SceneResult, step: str) -> None:
+    def run(self, scene: str | Path, final: Path, res: SceneResult, step: str) -> None:
         """One scene into ``final``, recorded in ``res`` (``step``: its place in the batch, for the log)."""
         res.reason = self._refusal(scene, final)
         if res.reason:
@@ -231,14 +231,14 @@ class _SceneRunner:
                 log.info("%s %s: computing (%s)", step, scene, why)
                 self._predict(scene, res, why)
 
-    def model_for(self, scene: Path) -> tuple[str, dict[str, Any]]:
+    def model_for(self, scene: str | Path) -> tuple[str, dict[str, Any]]:
         """The sha256 and requested output settings of the model file this scene uses (a name: its variant)."""
         path, _ = resolve_model(self.cfg.model, scene)
         if path not in self.models:
             self.models[path] = (file_sha256(path), requested_settings(self.settings, read_card(path)))
         return self.models[path]
 
-    def _refusal(self, scene: Path, final: Path) -> str:
+    def _refusal(self, scene: str | Path, final: Path) -> str:
         """Why this scene cannot run in this batch at all ("" when it can)."""
         if self.cluster_error:
             return f"not run: the Dask cluster failed earlier in this run ({self.cluster_error})"
@@ -248,7 +248,7 @@ class _SceneRunner:
             return f"writes to the same output folder {final} as {self.owners[final.name]}: rename one of them"
         return ""
 
-    def _predict(self, scene: Path, res: SceneResult, why: str) -> None:
+    def _predict(self, scene: str | Path, res: SceneResult, why: str) -> None:
         """Predict the scene (the lock held); an error is recorded in ``res``, not raised."""
         try:
             if self.executor is None:

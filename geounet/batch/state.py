@@ -11,14 +11,26 @@ from pathlib import Path
 from typing import Any
 
 from geounet.engine.settings import PredictSettings
+from geounet.io.remote import is_remote, remote_identity
 from geounet.io.run_record import RUN_JSON, RunRecord, RunRecordError
 from geounet.models.card import ModelCard, file_sha256
 
 # settings that change the outputs: a change of any of them recomputes the scene
-OUTPUT_SETTINGS = ("tile_size", "overlap", "precision", "device", "resample_tolerance", "vector", "vector_block", "tta")
-RECORDED_BEFORE = {"tta": "none"}  # settings that older run.json files lack, as those runs had them
+OUTPUT_SETTINGS = (
+    "tile_size",
+    "overlap",
+    "precision",
+    "device",
+    "resample_tolerance",
+    "vector",
+    "vector_block",
+    "vector_format",
+    "tta",
+)
+# settings that older run.json files lack, as those runs had them
+RECORDED_BEFORE = {"tta": "none", "vector_format": "gpkg"}
 ALWAYS_WRITTEN = (RUN_JSON, "item.json", "scores.tif", "classes.tif")  # outputs of every scene
-VECTOR_OUTPUT = "features.gpkg"  # ... and of a scene run with ``vector``
+VECTOR_OUTPUT = "features.gpkg"  # ... and of a scene run with ``vector`` (``vector_format`` gpkg)
 
 
 def requested_settings(settings: PredictSettings, card: ModelCard) -> dict[str, Any]:
@@ -34,7 +46,7 @@ def requested_settings(settings: PredictSettings, card: ModelCard) -> dict[str, 
 
 
 def up_to_date(
-    final_dir: Path, scene: Path, model_sha256: str, settings: dict[str, Any], hash_inputs: bool = False
+    final_dir: Path, scene: str | Path, model_sha256: str, settings: dict[str, Any], hash_inputs: bool = False
 ) -> tuple[bool, str]:
     """(True, "") if ``final_dir`` holds complete outputs of this scene, model and settings; else (False, why).
 
@@ -51,11 +63,17 @@ def up_to_date(
     missing = _missing_outputs(record, final_dir)
     if missing:
         return False, f"previous outputs incomplete ({', '.join(missing)} missing)"
-    st = scene.stat()
-    if record.input.bytes != st.st_size:
-        return False, "input changed (size)"
-    if (hash_inputs or record.input.mtime_ns != st.st_mtime_ns) and record.input.sha256 != file_sha256(scene):
-        return False, "input changed (sha256)"
+    if is_remote(scene):
+        why = _remote_changed(record, scene)
+        if why:
+            return False, why
+    else:
+        scene = Path(scene)
+        st = scene.stat()
+        if record.input.bytes != st.st_size:
+            return False, "input changed (size)"
+        if (hash_inputs or record.input.mtime_ns != st.st_mtime_ns) and record.input.sha256 != file_sha256(scene):
+            return False, "input changed (sha256)"
     if record.model.sha256 != model_sha256:
         return False, "model file changed"
     changed = _settings_changed(record.settings, settings)
@@ -64,11 +82,31 @@ def up_to_date(
     return True, ""
 
 
+def _remote_changed(record: RunRecord, scene: str | Path) -> str:
+    """Why a remote scene may have changed since ``record`` ("" if not).
+
+    Its remote bytes are never hashed: the URL, size and ETag (or Last-Modified) the server
+    gives now must match the recorded ones. A scene without an ETag or Last-Modified
+    (``s3://`` and other ``/vsi...`` paths, a server that sends neither) is recomputed:
+    nothing then proves it unchanged.
+    """
+    if record.input.path != str(scene):
+        return "input changed (URL)"
+    now = remote_identity(scene)
+    if now["etag"] is None and now["last_modified"] is None:
+        return "remote input, no ETag or Last-Modified to check it by"
+    if now["bytes"] != record.input.bytes:
+        return "input changed (size)"
+    if now["etag"] != record.input.etag or now["last_modified"] != record.input.last_modified:
+        return "input changed (ETag/Last-Modified)"
+    return ""
+
+
 def _missing_outputs(record: RunRecord, final_dir: Path) -> list[str]:
     """The outputs the record lists (and those every run writes) that are absent or empty, sorted."""
     outputs = set(record.outputs) | set(ALWAYS_WRITTEN)
-    if record.settings.get("vector"):
-        outputs.add(VECTOR_OUTPUT)
+    if record.settings.get("vector") and record.settings.get("vector_format", "gpkg") == "gpkg":
+        outputs.add(VECTOR_OUTPUT)  # other formats: one file per layer, each listed in the record's outputs
     return sorted(o for o in outputs if not (final_dir / o).is_file() or (final_dir / o).stat().st_size == 0)
 
 

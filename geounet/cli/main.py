@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run t
 
 import typer
 
+from geounet import __version__
 from geounet.cli import damage, evaluate, info, models, predict, run, train
 from geounet.cli.logs import DEBUG, enable_debug
 from geounet.errors import scene_failure
@@ -23,10 +24,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"geounet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     debug: bool = typer.Option(
         False, "--debug", help="Log at debug level, with the traceback of every error (before the subcommand)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_print_version, is_eager=True, help="Print geounet's version and exit."
     ),
 ) -> None:
     """geounet: GeoTIFF scenes -> U-Net -> seamless georeferenced rasters."""

@@ -12,11 +12,14 @@ from geounet.engine.executors import ClusterError, lost_cluster
 from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
 from geounet.errors import GeounetError, Interrupted
+from geounet.io.aoi import parse_bbox
 from geounet.models.registry import DEFAULT_NAME
 
 
 def predict(
-    scenes: list[Path] = typer.Argument(..., help="GeoTIFF (or any GDAL raster) scenes."),
+    scenes: list[str] = typer.Argument(
+        ..., help="GeoTIFF (or any GDAL raster) scenes: files, http(s):// or s3:// URLs, or GDAL /vsi... paths."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; each scene gets OUT/<scene stem>/."),
     model: str = typer.Option(
         DEFAULT_NAME,
@@ -50,11 +53,24 @@ def predict(
     vector: bool = typer.Option(
         True, "--vector/--no-vector", help="Also write features.gpkg (polygons, centre lines)."
     ),
+    vector_format: str = typer.Option(
+        "gpkg",
+        help="gpkg: features.gpkg (all layers, QGIS styles); fgb: one FlatGeobuf per layer, features.<layer>.fgb.",
+    ),
     tta: str = typer.Option(
         "none",
         help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
         "blending. none, flip (2 views), flips (4) or d4 (all 8); costs that many model calls.",
     ),
+    aoi: Path | None = typer.Option(
+        None,
+        help="Area of interest: a vector file (any CRS; its polygons unioned). Only the tiles meeting it run; "
+        "outputs are nodata outside it and polygons are cut to it.",
+    ),
+    bbox: str | None = typer.Option(
+        None, help="Area of interest as a box: minx,miny,maxx,maxy in --bbox-crs (instead of --aoi)."
+    ),
+    bbox_crs: str = typer.Option("EPSG:4326", help="The CRS of --bbox."),
     max_upsample: float = typer.Option(
         8.0,
         help="Refuse a scene whose working grid (at the model's resolution) would be more than this many times "
@@ -67,6 +83,11 @@ def predict(
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
     setup_logging(quiet)
+    try:
+        box = None if bbox is None else parse_bbox(bbox)
+    except GeounetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     settings = PredictSettings(
         tile_size=tile_size,
         overlap=overlap,
@@ -77,8 +98,12 @@ def predict(
         workers=workers,
         scheduler=scheduler,
         vector=vector,
+        vector_format=vector_format,
         quiet=quiet,
         tta=tta,
+        aoi=None if aoi is None else str(aoi),
+        bbox=box,
+        bbox_crs=bbox_crs,
         max_upsample=max_upsample,
         max_working_pixels=int(max_working_pixels),
         vector_processes=None,  # large scenes: vector workers in processes (this console script has a __main__ guard)

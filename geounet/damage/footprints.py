@@ -20,6 +20,7 @@ from geounet.engine.executors import Executor
 from geounet.engine.predict import make_executor, predict_scene
 from geounet.engine.settings import PredictSettings
 from geounet.errors import InputError
+from geounet.io.folders import output_dir_for
 
 POLYGONAL = (3, 6)  # shapely type ids of Polygon and MultiPolygon
 
@@ -118,5 +119,5 @@ def detect_footprints(
     finally:
         if own:
             runner.close()
-    gdf = gpd.read_file(work / pre_vrt.stem / "features.gpkg", layer="buildings")
+    gdf = gpd.read_file(output_dir_for(pre_vrt, work) / "features.gpkg", layer="buildings")
     return gdf[[]].set_geometry(gdf.geometry).assign(footprint_id=np.arange(len(gdf)))

@@ -42,11 +42,13 @@ from geounet.engine.settings import PredictSettings, resolve_settings, rules_wit
 from geounet.engine.stitch import FinalSink, Stage1Sink, final_writer, stage1_writer, stitching
 from geounet.engine.tiles import predict_chunk
 from geounet.errors import GeounetError, scene_failure
-from geounet.io.coverage import Coverage, scene_coverage
+from geounet.io.aoi import area_of_interest, to_pixels
+from geounet.io.coverage import Coverage, aoi_tiles, scene_coverage
 from geounet.io.folders import check_output_root, output_dir_for, recover_interrupted, replace_dir, staged_folder
 from geounet.io.locks import locked_reason, scene_lock
 from geounet.io.rasters import BLOCK, NODATA, STAGE_SCALE, write_cog
-from geounet.io.run_record import InputRecord, ModelRecord, RunRecord, fingerprint
+from geounet.io.remote import as_scene, gdal_path, scene_name
+from geounet.io.run_record import InputRecord, ModelRecord, RunRecord, input_identity
 from geounet.io.scene import (
     MIN_FIELD_OF_VIEW,
     WorkingGrid,
@@ -78,7 +80,7 @@ class SceneReport:
 class ScenePlan:
     """One scene's work, settled before anything is written: grids, resolved settings and tiling."""
 
-    scene: Path
+    scene: str | Path  # a remote scene stays its string (geounet.io.remote)
     model_path: Path
     card: ModelCard
     settings: PredictSettings  # resolved
@@ -87,6 +89,7 @@ class ScenePlan:
     ground_resolution_m: float  # of the scene, at its centre
     working: WorkingGrid  # the grid the model runs on
     tiles: TileGrid
+    aoi: Any = None  # the area of interest on the scene's CRS (shapely), None: the whole scene
 
     @property
     def chunk_tiles(self) -> int:
@@ -98,7 +101,7 @@ class ScenePlan:
         return self.crs, self.grid.affine, self.grid.width, self.grid.height
 
 
-def plan_scene(scene: Path, model_path: Path, settings: PredictSettings, executor: Executor | None) -> ScenePlan:
+def plan_scene(scene: str | Path, model_path: Path, settings: PredictSettings, executor: Executor | None) -> ScenePlan:
     """Check the scene against the model and settle the settings and grids (reads only the header)."""
     card = read_card(model_path)
     s = resolve_settings(settings, card, executor)
@@ -133,10 +136,12 @@ def plan_scene(scene: Path, model_path: Path, settings: PredictSettings, executo
     assert s.chunk_pixels is not None and s.tile_size is not None and s.overlap is not None
     chunk_tiles = max(1, s.chunk_pixels // (s.tile_size - s.overlap))
     tiles = TileGrid(working.height, working.width, s.tile_size, s.overlap, chunk_tiles)
-    return ScenePlan(scene, model_path, card, s, grid, crs, res, working, tiles)
+    area = area_of_interest(s.aoi, s.bbox, s.bbox_crs)
+    aoi = None if area is None else area.in_crs(grid.crs_wkt)
+    return ScenePlan(scene, model_path, card, s, grid, crs, res, working, tiles, aoi)
 
 
-def resolve_model(model: str | Path, scene: Path) -> tuple[Path, str | None]:
+def resolve_model(model: str | Path, scene: str | Path) -> tuple[Path, str | None]:
     """The model file for ``scene``: ``model`` itself, or the variant of the bundled model it names.
 
     Returns ``(file, name)``; ``name`` is None when ``model`` is a file. A name picks the
@@ -159,8 +164,9 @@ def predict_scene(
     ``model``: a model file, or the name of a bundled model (its variant closest to the scene's resolution).
     """
     t_start = time.perf_counter()
-    model_path, requested = resolve_model(model, Path(scene))
-    plan = plan_scene(Path(scene), model_path, settings, executor)
+    scene = as_scene(scene)
+    model_path, requested = resolve_model(model, scene)
+    plan = plan_scene(scene, model_path, settings, executor)
     if requested is not None:  # said once, where the variant is used
         log.info(
             "%s: model %s: variant %s (%.3g m/px) for a %.3g m/px scene",
@@ -180,7 +186,8 @@ def predict_scene(
             )
             vector_executor = executor.vector_executor(n_blocks, plan.settings.vector_processes)
         tiles = _predict_rasters(plan, tmp, executor, timings)
-        if tiles["run"] == 0:  # kept (a mosaic's empty tile is no error) but said: a failed download looks like this
+        # all nodata is kept (a mosaic's empty tile is no error) but said: a failed download looks like this
+        if tiles["run"] == 0 and tiles.get("skipped_aoi", 0) < tiles["total"]:  # (a missed area is said already)
             log.warning("%s: every pixel is nodata (its mask or nodata value): the outputs are all nodata", plan.scene)
         vector = _vectorize(plan, tmp, vector_executor, timings) if vector_executor is not None else None
         timings["total_s"] = time.perf_counter() - t_start
@@ -211,6 +218,14 @@ def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: di
     """
     t0 = time.perf_counter()
     coverage = scene_coverage(plan.scene, plan.working, plan.tiles)
+    area_px, in_area = None, None
+    if plan.aoi is not None:  # only the tiles meeting the area run; nodata outside it
+        area_px = to_pixels(plan.aoi, plan.grid.affine)
+        reach = math.ceil(max(coverage.scale)) + 1 if plan.working.resampled else 0
+        in_area = aoi_tiles(area_px, plan.tiles, coverage.scale, reach)
+        coverage = Coverage(plan.tiles, coverage.tiles & in_area, coverage.scale, coverage.scene_shape)
+        if not in_area.any():
+            log.warning("%s: the area of interest does not meet the scene: the outputs are all nodata", plan.scene)
     timings["coverage_s"] = time.perf_counter() - t0
     if not coverage.complete:
         log.debug(
@@ -227,17 +242,19 @@ def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: di
         tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _finalize(plan, stage1, tmp, coverage)
+        _finalize(plan, stage1, tmp, coverage, area_px)
         stage1.unlink()
         timings["finalize_s"] = time.perf_counter() - t0
     else:  # the stitched regions are final: straight to uint8 scores and classes
-        tiles = run_chunks(plan, executor, final_writer(tmp, plan.card, plan.scene_grid), coverage)
+        tiles = run_chunks(plan, executor, final_writer(tmp, plan.card, plan.scene_grid, area_px), coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
         timings["finalize_s"] = 0.0
     t0 = time.perf_counter()
     blocks = None if coverage.complete else coverage.scene_blocks(BLOCK)
     _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")), blocks)
     timings["cog_s"] = time.perf_counter() - t0
+    if in_area is not None:
+        tiles["skipped_aoi"] = int((~in_area).sum())  # tiles outside the area of interest, never run
     return tiles
 
 
@@ -263,7 +280,7 @@ def run_chunks(
             f"{i:0{width}d}-{j:0{width}d}",
             predict_chunk,
             (
-                str(plan.scene),
+                gdal_path(plan.scene),
                 plan.working,
                 grid,
                 (i, j),
@@ -274,14 +291,20 @@ def run_chunks(
                 s.backend,
                 executor.task_threads,
                 s.tta,
+                None if plan.aoi is None else _chunk_slice(coverage.tiles, grid.chunk_tiles, i, j),
             ),
         )
         for i, j in chunks
     ]
     runs = None if len(chunks) == n_chunks else coverage.chunks
     with stitching(plan.scene, grid, s.quiet, writer, runs, grid.n_tiles - coverage.tiles_in_data_chunks) as tally:
-        executor.run_chunks(tasks, tally.take, plan.scene.name)
+        executor.run_chunks(tasks, tally.take, scene_name(plan.scene))
     return tally.report(grid, n_chunks, len(chunks))
+
+
+def _chunk_slice(tiles: np.ndarray, k: int, i: int, j: int) -> np.ndarray:
+    """The (rows, columns) of ``tiles`` (one per tile of the grid) in chunk ``(i, j)`` of ``k`` x ``k`` tiles."""
+    return tiles[i * k : (i + 1) * k, j * k : (j + 1) * k].copy()
 
 
 def _vectorize(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str, float]) -> dict[str, Any]:
@@ -296,6 +319,8 @@ def _vectorize(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str
         executor,
         rules=rules_with_overrides(plan.settings.postprocess),
         block=plan.settings.vector_block,
+        fmt=plan.settings.vector_format,
+        aoi=plan.aoi,
     )
     vector["ran_on"] = executor.description
     timings["vectorize_s"] = time.perf_counter() - t0
@@ -310,13 +335,12 @@ def _run_record(
         geounet_version=__version__,
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         input=InputRecord(
-            **fingerprint(plan.scene),
+            **input_identity(plan.scene),
             crs=plan.crs.to_string(),
             transform=list(grid.transform),
             width=grid.width,
             height=grid.height,
             ground_resolution_m=plan.ground_resolution_m,
-            mtime_ns=plan.scene.stat().st_mtime_ns,
         ),
         model=ModelRecord(
             path=str(plan.model_path.resolve()),
@@ -339,15 +363,16 @@ def _run_record(
             "scores.tif": {"dtype": "uint8", "probability": "DN / 254", "nodata": NODATA, "bands": card.class_names},
             "classes.tif": {"dtype": "uint8", "values": dict(enumerate(card.class_names)), "nodata": NODATA},
         }
-        | ({"features.gpkg": vector["layers"]} if vector else {}),
+        | (vector["files"] if vector else {}),  # features.gpkg or features.<layer>.fgb: {layer: rows}
     )
 
 
-def _finalize(plan: ScenePlan, stage1: Path, tmp: Path, coverage: Coverage | None = None) -> None:
+def _finalize(plan: ScenePlan, stage1: Path, tmp: Path, coverage: Coverage | None = None, area_px: Any = None) -> None:
     """Stage 2: stage-1 probabilities warped onto the scene grid -> tiled uint8 scores and classes.
 
     Works through 1024-pixel blocks of the scene grid; with ``coverage``, a block that no
-    tile with data reaches is skipped (left unwritten: nodata).
+    tile with data reaches is skipped (left unwritten: nodata). ``area_px``: the area of
+    interest in scene pixels (nodata outside it).
     """
     g = plan.grid
     size = 1024
@@ -363,7 +388,7 @@ def _finalize(plan: ScenePlan, stage1: Path, tmp: Path, coverage: Coverage | Non
             height=g.height,
             resampling=Resampling.bilinear,
         ) as view,
-        final_writer(tmp, plan.card, plan.scene_grid) as sink,
+        final_writer(tmp, plan.card, plan.scene_grid, area_px) as sink,
     ):
         for box in blocks(g.extent, size):
             if keep is not None and not keep[box.row0 // size, box.col0 // size]:
@@ -396,7 +421,7 @@ def _write_cogs(folder: Path, rasters: tuple[tuple[str, str], ...], blocks: np.n
             f.result()
 
 
-def _first_model(model: str | Path, scenes: list[Path], default: Path) -> Path | None:
+def _first_model(model: str | Path, scenes: list[str | Path], default: Path) -> Path | None:
     """The model file the first scene will use (loaded before it starts), or None without scenes."""
     if not scenes:
         return None
@@ -433,15 +458,16 @@ def predict_batch(
     scenes: Iterable[str | Path], out_root: str | Path, model_path: str | Path, settings: PredictSettings
 ) -> list[SceneReport]:
     """Predict several scenes; a scene that fails is reported and the others still run."""
-    paths = [Path(p) for p in scenes]
+    paths = [as_scene(p) for p in scenes]
     # a bad model file or an unknown model name fails the whole batch at once, before any work
     if is_model_name(model_path):
         default = pick_variant(str(model_path), None).path
     else:
         read_card(model_path)
         default = Path(model_path)
+    area_of_interest(settings.aoi, settings.bbox, settings.bbox_crs)  # a bad area fails the batch before any work
     out = check_output_root(out_root)
-    seen: dict[Path, Path] = {}
+    seen: dict[Path, str | Path] = {}
     for p in paths:
         d = output_dir_for(p, out)
         if d in seen:

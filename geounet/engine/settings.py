@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("geounet")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+VECTOR_FORMATS = ("gpkg", "fgb", "parquet")  # features.gpkg, or one features.<layer>.<format> per layer
 CLI_NAMES = {
     k: "--" + k.replace("_", "-")
     for k in (
@@ -48,6 +49,7 @@ CLI_NAMES = {
         "tta",
         "max_upsample",
         "max_working_pixels",
+        "vector_format",
     )
 }
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -71,6 +73,7 @@ class PredictSettings:
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
     vector: bool = True  # also write features.gpkg
     vector_block: int = 1024  # polygonize block side, pixels of the scene grid
+    vector_format: str = "gpkg"  # VECTOR_FORMATS: gpkg (one file, QGIS styles), fgb or parquet (one file per layer)
     # Local vector stage in worker processes (True), in this process's threads (False), or
     # None: processes for scenes of 4 vector blocks or more. Worker processes import the
     # caller's __main__ module (multiprocessing), so a script needs the usual
@@ -78,6 +81,9 @@ class PredictSettings:
     vector_processes: bool | None = False
     postprocess: dict | None = None  # per kind ('building', ...) overrides of postprocess.DEFAULT_RULES fields
     tta: str = "none"  # test-time augmentation: none, flip, flips or d4 (geounet.compute.tta.TTA_SETS)
+    aoi: str | None = None  # area of interest: a vector file's polygons (any CRS); only tiles meeting it run
+    bbox: tuple[float, float, float, float] | None = None  # or a box: minx, miny, maxx, maxy in bbox_crs
+    bbox_crs: str = "EPSG:4326"
     quiet: bool = False
 
     def resolved(self, card: ModelCard) -> PredictSettings:
@@ -138,10 +144,15 @@ class PredictSettings:
         return problems
 
     def choice_problems(self, names: dict[str, str] | None = None) -> list[str]:
-        """Device, precision, backend and test-time augmentation values this geounet does not know."""
+        """Device, precision, backend, test-time augmentation and vector format values this geounet does not know."""
         name = (names or {}).get
         problems = []
-        for key, choices in (("precision", PRECISIONS), ("backend", BACKENDS), ("tta", tuple(TTA_SETS))):
+        for key, choices in (
+            ("precision", PRECISIONS),
+            ("backend", BACKENDS),
+            ("tta", tuple(TTA_SETS)),
+            ("vector_format", VECTOR_FORMATS),
+        ):
             if getattr(self, key) not in choices:
                 problems.append(f"{name(key, key)}: must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
         if not DEVICE.fullmatch(self.device):

@@ -25,7 +25,9 @@ from rasterio.windows import Window
 
 from geounet.compute.grid import Box, Region, TileGrid
 from geounet.engine.tiles import ChunkResult
+from geounet.io.aoi import inside_block
 from geounet.io.rasters import NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile
+from geounet.io.remote import scene_name
 from geounet.io.scene import WorkingGrid
 from geounet.models.card import ModelCard
 
@@ -84,16 +86,26 @@ class Stage1Sink:
 
 
 class FinalSink:
-    """Regions -> the final uint8 scores and classes, directly (working grid = scene grid)."""
+    """Regions -> the final uint8 scores and classes, directly (working grid = scene grid).
 
-    def __init__(self, scores: rasterio.io.DatasetWriter, classes: rasterio.io.DatasetWriter) -> None:
-        self.scores, self.classes = scores, classes
+    ``area_px``: an area of interest in the scene's pixel coordinates; a pixel whose centre
+    is outside it is nodata (None: no area).
+    """
+
+    def __init__(
+        self, scores: rasterio.io.DatasetWriter, classes: rasterio.io.DatasetWriter, area_px: Any = None
+    ) -> None:
+        self.scores, self.classes, self.area_px = scores, classes, area_px
 
     def write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
         if probabilities is None:  # every tile here was nodata: left unwritten, it reads back as NODATA
             return
         window = Window(box.col0, box.row0, box.width, box.height)
         assert valid is not None  # every chunk reads the scene mask with its pixels
+        if self.area_px is not None:
+            valid = valid & inside_block(self.area_px, box.row0, box.col0, box.height, box.width)
+            if not valid.any():
+                return
         scores, classes = finalize_block(probabilities, valid)
         self.scores.write(scores, window=window)
         self.classes.write(classes, 1, window=window)
@@ -108,8 +120,13 @@ def stage1_writer(stage1: Path, working: WorkingGrid, card: ModelCard) -> Iterat
 
 
 @contextmanager
-def final_writer(tmp: Path, card: ModelCard, scene_grid: tuple[Any, Any, int, int]) -> Iterator[FinalSink]:
-    """Tiled ``scores`` and ``classes`` in ``tmp`` on ``scene_grid`` (CRS, affine, width, height)."""
+def final_writer(
+    tmp: Path, card: ModelCard, scene_grid: tuple[Any, Any, int, int], area_px: Any = None
+) -> Iterator[FinalSink]:
+    """Tiled ``scores`` and ``classes`` in ``tmp`` on ``scene_grid`` (CRS, affine, width, height).
+
+    ``area_px``: an area of interest in the scene's pixels, nodata outside it (see :class:`FinalSink`).
+    """
     crs, transform, width, height = scene_grid
     n = len(card.classes)
     with (
@@ -122,7 +139,7 @@ def final_writer(tmp: Path, card: ModelCard, scene_grid: tuple[Any, Any, int, in
     ):
         describe_scores(scores_ds, card)
         describe_classes(classes_ds, card)
-        yield FinalSink(scores_ds, classes_ds)
+        yield FinalSink(scores_ds, classes_ds, area_px)
 
 
 @contextmanager
@@ -146,7 +163,7 @@ def stitching(
         tqdm(
             total=grid.n_tiles,
             unit="tile",
-            desc=Path(scene).name,
+            desc=scene_name(scene),
             disable=True if quiet else None,
             leave=False,
         ) as bar,

@@ -86,12 +86,14 @@ def predict_chunk(
     backend: str = "torch",
     threads: int | None = None,
     tta: str = "none",
+    run_tiles: np.ndarray | None = None,
 ) -> ChunkResult:
     """Predict every tile of one chunk and blend them into the chunk's buffer (backend: resolved, torch or onnx).
 
     ``threads``: ONNX Runtime's threads per call (default :func:`threads_per_task`). ``tta``:
     a set of :data:`~geounet.compute.tta.TTA_SETS`; each tile's probabilities are then the
-    mean over its flips and turns, before blending.
+    mean over its flips and turns, before blending. ``run_tiles``: (rows, columns) bool over
+    the chunk's tiles, False for a tile not to run (outside an area of interest); None: all.
     """
     transforms = TTA_SETS[tta]
     net, card = cached_model(model_path, device, backend, threads)
@@ -99,7 +101,10 @@ def predict_chunk(
     with open_working(scene_path, working) as ds:
         pixels, valid = read_box(ds, card.bands, chunk.box, (working.height, working.width))
     todo = []
+    first = chunk.tiles[0].index
     for tile in chunk.tiles:
+        if run_tiles is not None and not run_tiles[tile.index[0] - first[0], tile.index[1] - first[1]]:
+            continue
         rows, cols = tile.box.relative_to(chunk.box)
         if valid[rows, cols].any():
             todo.append((tile, rows, cols))

@@ -10,6 +10,8 @@ COG leaves out blocks of nodata: a mostly empty scene) hold nothing and are not 
 Layers follow the model's class kinds:
 ``buildings``, ``roads`` + ``road_centerlines``, ``landcover``; each carries the
 scene's CRS, metric attributes, and a QGIS style in the ``layer_styles`` table.
+With ``fmt="fgb"`` the finished GeoPackage's layers are copied to one FlatGeobuf file
+each (``features.<layer>.fgb``, same rows) and the GeoPackage is removed.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from geounet.compute.vectorize import Pieces, apply_affine, merge_across_blocks,
 from geounet.errors import InputError
 from geounet.io.rasters import written_blocks
 from geounet.io.scene import ground_pixel_size, ground_resolution
-from geounet.io.vectors import LayerWriter
+from geounet.io.vectors import LayerWriter, export_layers
 from geounet.models.card import ModelCard
 
 if TYPE_CHECKING:
@@ -196,10 +198,15 @@ def vectorize_scene(
     executor: Executor,
     rules: dict[str, ClassRules] | None = None,
     block: int = 1024,
+    fmt: str = "gpkg",
+    aoi: Any = None,
 ) -> dict[str, Any]:
     """Write ``gpkg_path`` from a class raster; returns counts per layer and the rules used.
 
-    ``block``: the side of the polygonize blocks, pixels of the class raster.
+    ``block``: the side of the polygonize blocks, pixels of the class raster. ``fmt``:
+    ``gpkg``, or ``fgb`` for one FlatGeobuf per layer beside ``gpkg_path`` (which is then
+    removed). ``files`` in the result: each file written, with its layers' row counts.
+    ``aoi``: an area of interest on the raster's CRS (shapely); every feature is cut to it.
     """
     rules = {**DEFAULT_RULES, **(rules or {})}
     with rasterio.open(classes_path) as src:
@@ -218,12 +225,23 @@ def vectorize_scene(
         writer.create("road_centerlines", "road_centerline")
     jobs = [j for j in vector_blocks(height, width, block) if _stored(present, internal, j.window)]
     poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
-    _polygons(executor, jobs, classes_path, scores_path, poly_ids, ctx, writer)
+    _polygons(executor, jobs, classes_path, scores_path, poly_ids, ctx, writer, aoi)
     if kinds["road"]:
         res_m = ground_resolution(crs, transform, width, height)
         lines = _centerlines(executor, jobs, classes_path, kinds["road"], rules["road"], res_m)
-        writer.add_centerlines(list(apply_affine(np.asarray(lines, dtype=object), transform)))
+        geoms = apply_affine(np.asarray(lines, dtype=object), transform)
+        if aoi is not None:
+            geoms = clip_to_area(geoms, aoi, lines=True)
+            geoms = geoms[~shapely.is_empty(geoms)]
+        writer.add_centerlines(list(geoms))
+    if fmt == "gpkg":
+        files = {gpkg_path.name: dict(writer.counts)}
+    else:
+        files = export_layers(gpkg_path, fmt)
+        gpkg_path.unlink()
     return {
+        "format": fmt,
+        "files": files,
         "layers": writer.counts,
         "rules": {k: v.to_dict() for k, v in rules.items()},
         "block_pixels": block,
@@ -246,6 +264,7 @@ def _polygons(
     class_ids: list[int],
     ctx: LayerContext,
     writer: LayerWriter,
+    aoi: Any = None,
 ) -> None:
     """Polygonize every block (bounded in flight: memory follows the block, not the raster) into ``writer``.
 
@@ -260,12 +279,45 @@ def _polygons(
         polygonize_task, jobs, str(classes_path), scores, class_ids, ctx, in_flight=in_flight
     ):
         edge_pieces.append(seam)
-        writer.write(layers)
+        writer.write(_clip_layers(layers, aoi))
     merged = merge_across_blocks(Pieces.concat(edge_pieces))
     groups = np.array_split(np.arange(len(merged)), max(1, min(executor.workers, len(merged) // 50)))
     for layers in executor.map(pieces_to_layers, [merged.take(g) for g in groups], ctx):
-        writer.write(layers)
+        writer.write(_clip_layers(layers, aoi))
     writer.flush()
+
+
+def _clip_layers(layers: dict[str, gpd.GeoDataFrame], aoi: Any) -> dict[str, gpd.GeoDataFrame]:
+    """Each layer's polygons cut to ``aoi`` (None: as they are); rows left with no area dropped.
+
+    The class raster is nodata outside the area already, so polygons cross its edge by
+    a pixel's edge at most; their area and perimeter are those before the cut.
+    """
+    if aoi is None:
+        return layers
+    out = {}
+    for name, gdf in layers.items():
+        geoms = clip_to_area(np.asarray(gdf.geometry.values, dtype=object), aoi)
+        keep = ~shapely.is_empty(geoms)
+        out[name] = gdf[keep].set_geometry(gpd.GeoSeries(geoms[keep], index=gdf.index[keep], crs=gdf.crs))
+    return out
+
+
+def clip_to_area(geoms: np.ndarray, aoi: Any, lines: bool = False) -> np.ndarray:
+    """``geoms`` cut to ``aoi``: their polygonal (``lines``: linear) parts inside it; empty where none."""
+    shapely.prepare(aoi)
+    out = np.asarray(geoms, dtype=object).copy()
+    cut = ~shapely.contains(aoi, out) if len(out) else np.zeros(0, bool)
+    if cut.any():
+        parts = shapely.intersection(out[cut], aoi)
+        want = (1, 5) if lines else (3, 6)  # (Multi)LineString or (Multi)Polygon
+        for k, g in enumerate(parts):
+            if shapely.get_type_id(g) not in want:  # a collection, or what the cut left along the edge
+                pieces = shapely.get_parts(g)
+                pieces = pieces[np.isin(shapely.get_type_id(pieces), want)]
+                parts[k] = shapely.union_all(pieces) if len(pieces) else shapely.Polygon()
+        out[cut] = parts
+    return out
 
 
 def _centerlines(

@@ -32,9 +32,11 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
+import shapely
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.windows import Window
 
@@ -224,3 +226,21 @@ def _any_blocks(a: np.ndarray, k: int) -> np.ndarray:
     padded = np.zeros((rows * k, cols * k), bool)
     padded[: a.shape[0], : a.shape[1]] = a
     return np.asarray(padded.reshape(rows, k, cols, k).any(axis=(1, 3)))
+
+
+def aoi_tiles(area_px: Any, grid: TileGrid, scale: tuple[float, float] = (1.0, 1.0), reach: int = 0) -> np.ndarray:
+    """(tile rows, tile columns) bool: the tiles of ``grid`` whose extent meets an area of interest.
+
+    ``area_px``: the area in the scene's pixel coordinates (``geounet.io.aoi.to_pixels``);
+    ``grid`` is on a working grid of ``scale`` scene pixels per pixel. A tile's extent, on
+    the scene's grid, is widened by ``reach`` scene pixels (a resampled working grid's
+    reach back to the scene's grid). Exact: shapely, not a rasterization.
+    """
+    ny, nx = grid.shape_tiles
+    if area_px.is_empty:
+        return np.zeros((ny, nx), bool)
+    r0, r1 = _tile_extent(ny, grid, grid.height, scale[0], reach)
+    c0, c1 = _tile_extent(nx, grid, grid.width, scale[1], reach)
+    boxes = shapely.box(c0[None, :], r0[:, None], c1[None, :], r1[:, None])
+    shapely.prepare(area_px)
+    return np.asarray(shapely.intersects(area_px, boxes), bool)

@@ -26,14 +26,19 @@ from pathlib import Path
 
 from geounet.errors import OutputError, is_disk_full, scene_failure
 from geounet.io.locks import alive, pid_alive, remove_dead_tokens, token_alive
+from geounet.io.remote import scene_name
 
 # after ".<stem>": what a run writes, with its token (pid-random) or, before tokens, its pid
 _HIDDEN = re.compile(r"\.(partial|old)-(\d+)(?:-([0-9a-f]+))?")
 
 
 def output_dir_for(scene: str | Path, out_root: str | Path) -> Path:
-    """``OUTDIR/<scene stem>``: the stem is a bare file name, so it cannot leave OUTDIR."""
-    stem = Path(scene).name.split(".")[0] or "scene"
+    """``OUTDIR/<scene stem>``: the file name (a URL's last path component) without its last extension.
+
+    ``scene.2021-05-01.tif`` -> ``scene.2021-05-01``. The stem is a bare name without
+    leading dots (``..``, ``.x.tif``: not hidden, never above OUTDIR), so it cannot leave OUTDIR.
+    """
+    stem = Path(scene_name(scene)).stem.lstrip(".") or "scene"
     return Path(out_root) / stem
 
 

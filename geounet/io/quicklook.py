@@ -17,6 +17,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
+from geounet.io.remote import gdal_path
 from geounet.models.card import ModelCard
 
 MAX_SIDE = 512  # pixels on the long side of the PNG (a 512x512 RGBA photo: about 0.4 MB)
@@ -95,7 +96,7 @@ def write_quicklook(
     scene: str | Path, classes_tif: str | Path, card: ModelCard, png: str | Path, max_side: int = MAX_SIDE
 ) -> tuple[int, int]:
     """Write ``png`` (RGBA, long side <= ``max_side``); returns its (rows, cols)."""
-    with rasterio.open(scene) as src:
+    with rasterio.open(gdal_path(scene)) as src:
         rows, cols = quicklook_shape(src.width, src.height, max_side)
         bands = display_bands(card)
         # a VRT (a mosaic): nearest, which GDAL reads from the sources only; its average reads it all, however empty

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from geounet.errors import GeounetError
+from geounet.io.remote import is_remote, remote_identity
 from geounet.models.card import file_sha256
 
 RUN_JSON = "run.json"
@@ -37,19 +38,34 @@ def fingerprint(path: str | Path, sha256: bool = True) -> dict[str, Any]:
     return out
 
 
+def input_identity(scene: str | Path) -> dict[str, Any]:
+    """The scene's identity fields of :class:`InputRecord`.
+
+    A local file: absolute path, size, sha256 and mtime (ns). A remote scene
+    (:mod:`geounet.io.remote`): its URL as given, and the size, ETag and Last-Modified
+    the server tells (one HEAD request; None where unknown, always for ``s3://``);
+    remote bytes are never hashed (``sha256`` is empty).
+    """
+    if is_remote(scene):
+        return {"path": str(scene), "sha256": ""} | remote_identity(scene)
+    return fingerprint(scene) | {"mtime_ns": Path(scene).stat().st_mtime_ns}
+
+
 @dataclass
 class InputRecord:
     """The scene: file identity, and its grid (CRS as text, GDAL-order affine, pixels, metres per pixel)."""
 
     path: str
-    bytes: int
-    sha256: str
+    bytes: int | None  # None: a remote scene whose server did not say
+    sha256: str  # empty for a remote scene
     crs: str
     transform: list[float]
     width: int
     height: int
     ground_resolution_m: float
     mtime_ns: int | None = None  # with ``bytes``, the quick up-to-date check
+    etag: str | None = None  # remote scenes: the server's ETag and Last-Modified, when it gives them
+    last_modified: str | None = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from geounet.compute.grid import Box, GeoGrid
 from geounet.errors import InputError
+from geounet.io.remote import cloud_defaults, gdal_path, is_remote
 from geounet.models.card import ModelCard
 
 _GEOD = Geod(ellps="WGS84")
@@ -131,7 +132,13 @@ MIN_FIELD_OF_VIEW = 64  # working-grid side (pixels) below which a scene is too 
 
 
 def open_scene(path: str | Path) -> rasterio.io.DatasetReader:
-    """Open a scene for reading, turning GDAL errors into a one-line InputError."""
+    """Open a scene for reading, turning GDAL errors into a one-line InputError.
+
+    A remote scene (``http(s)://``, ``s3://``, ``/vsi...``: :mod:`geounet.io.remote`) is
+    opened through GDAL's network file systems, with the cloud read options set.
+    """
+    if is_remote(path):
+        return _open_remote(str(path))
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
@@ -144,6 +151,31 @@ def open_scene(path: str | Path) -> rasterio.io.DatasetReader:
         if missing is not None and Path(missing).resolve() != path.resolve():
             raise InputError(path, _vrt_source_problem(missing)) from None
         raise InputError(path, f"not a readable raster ({_gdal_message(exc)})") from None
+
+
+def _open_remote(scene: str) -> rasterio.io.DatasetReader:
+    cloud_defaults()
+    try:
+        return rasterio.open(gdal_path(scene))
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(scene, _remote_problem(_gdal_message(exc))) from None
+
+
+def _remote_problem(message: str) -> str:
+    """GDAL's error on opening a remote file, in a few words (with GDAL's own text when unknown)."""
+    m = re.search(r"HTTP response code: (\d+)", message)
+    if m:
+        code = int(m.group(1))
+        words = {401: "unauthorized", 403: "forbidden", 404: "not found"}.get(code, "error")
+        return f"HTTP {code} {words}"
+    low = message.lower()
+    if "not recognized as being in a supported file format" in low or "not recognised" in low:
+        return "not a raster"
+    if "could not connect" in low or "couldn't connect" in low or "failed to connect" in low:
+        return "cannot connect"
+    if "could not resolve" in low:
+        return "cannot connect (unknown host)"
+    return f"cannot open ({message})"
 
 
 def check_scene(src: rasterio.io.DatasetReader, card: ModelCard) -> None:

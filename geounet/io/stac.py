@@ -6,7 +6,8 @@ degrees and a bbox whose west is greater than its east (RFC 7946 3.1.9 and 5.2, 
 Item spec asks); the projection extension gives the outputs' own CRS, shape and transform. Assets are the
 folder's files with relative hrefs (``./scores.tif`` ...), so the folder can be moved or
 served as is: ``scores.tif`` and ``classes.tif`` (role ``data``, the class list in the
-classification extension), ``features.gpkg`` (``data``), ``quicklook.png`` (``overview``)
+classification extension), ``features.gpkg`` (``data``; or one ``features_<layer>`` asset per
+FlatGeobuf file ``features.<layer>.fgb``, ``application/vnd.flatgeobuf``), ``quicklook.png`` (``overview``)
 and ``run.json`` (``metadata``). The Item's datetime is the scene's acquisition time when
 its GeoTIFF carries one (``TIFFTAG_DATETIME``), else the processing time (said so in
 ``geounet:datetime_source``).
@@ -28,6 +29,7 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.projection import ProjectionExtension
 from rasterio.warp import transform, transform_bounds, transform_geom
 
+from geounet.io.remote import gdal_path, is_remote
 from geounet.io.run_record import RunRecord
 from geounet.models.card import ModelCard
 
@@ -40,6 +42,21 @@ ASSETS = {  # file -> (media type, roles, title)
     "quicklook.png": (pystac.MediaType.PNG, ["overview"], "Scene with classes overlaid"),
     "run.json": (pystac.MediaType.JSON, ["metadata"], "Provenance: input, model and settings"),
 }
+LAYER_FILES = {  # features.<layer>.<ext>: media type, format
+    "fgb": (pystac.MediaType.FLATGEOBUF, "FlatGeobuf"),
+    "parquet": (pystac.MediaType.VND_APACHE_PARQUET, "GeoParquet"),
+}
+
+
+def _asset(name: str) -> tuple[str, tuple[str, list[str], str]] | None:
+    """``(asset key, (media type, roles, title))`` of an output file, or None for a file that is no asset."""
+    if name in ASSETS:
+        return name.split(".")[0], ASSETS[name]
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "features" and parts[2] in LAYER_FILES:
+        media, fmt = LAYER_FILES[parts[2]]
+        return f"features_{parts[1]}", (media, ["data"], f"Vector layer {parts[1]} ({fmt}, scene CRS)")
+    return None
 
 
 def _acquired(tags: dict) -> _dt.datetime | None:
@@ -115,7 +132,7 @@ def _rounded(geometry: dict[str, Any]) -> dict[str, Any]:
 
 def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunRecord, files: list[str]) -> pystac.Item:
     """A STAC Item for one output folder holding ``files`` (names relative to the folder)."""
-    with rasterio.open(scene) as src:
+    with rasterio.open(gdal_path(scene)) as src:
         crs, transform, width, height, bounds = src.crs, src.transform, src.width, src.height, src.bounds
         acquired = _acquired(src.tags())
     footprint, bbox = footprint_and_bbox(crs, bounds)
@@ -150,16 +167,20 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunReco
         for i, c in enumerate(card.classes)
     ]
     for name in files:
-        if name not in ASSETS:
+        found = _asset(name)
+        if found is None:
             continue
-        media, roles, title = ASSETS[name]
+        key, (media, roles, title) = found
         asset = pystac.Asset(href=f"./{name}", media_type=media, roles=roles, title=title)
-        item.add_asset(name.split(".")[0], asset)
+        item.add_asset(key, asset)
         if name == "classes.tif":
             ClassificationExtension.ext(asset, add_if_missing=True).classes = classes
     item.add_link(
         pystac.Link(
-            "derived_from", Path(scene).resolve().as_uri(), media_type=pystac.MediaType.GEOTIFF, title="input scene"
+            "derived_from",
+            str(scene) if is_remote(scene) else Path(scene).resolve().as_uri(),
+            media_type=pystac.MediaType.GEOTIFF,
+            title="input scene",
         )
     )
     return item
@@ -180,7 +201,8 @@ def finish_scene_folder(folder: Path, item_id: str, scene: str | Path, card: Mod
         outputs["quicklook.png"] = {"width": cols, "height": rows}
     except Exception as exc:  # noqa: BLE001  (a picture must never cost the scene)
         log.warning("%s: no quicklook.png (%s)", scene, exc)
-    files = [f for f in ASSETS if f == "run.json" or (folder / f).exists()]
+    layer_files = sorted(f for f in outputs if f not in ASSETS and _asset(f) and (folder / f).exists())
+    files = [f for f in ASSETS if f == "run.json" or (folder / f).exists()] + layer_files
     item = build_item(item_id, scene, card, record, files)
     tmp = folder / f".item.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2))

@@ -3,6 +3,7 @@
 QGIS reads a layer's default style from the ``layer_styles`` table of its GeoPackage,
 as QGIS itself writes it: :func:`write_layer_style` adds one, and :func:`categorized_qml`
 builds a categorized style (one colour per attribute value, fill or line symbols).
+:func:`export_layers` copies the GeoPackage's layers to FlatGeobuf files, one per layer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,47 @@ import pandas as pd
 import pyogrio
 
 from geounet.models.card import ModelCard
+
+FILE_FORMATS = {  # format -> (OGR driver, or "geoparquet": written by geopandas/pyarrow; media type)
+    "fgb": ("FlatGeobuf", "application/vnd.flatgeobuf"),
+    "parquet": ("geoparquet", "application/vnd.apache.parquet"),
+}
+
+
+def layer_file_name(stem: str, layer: str, fmt: str) -> str:
+    """The file of one layer in a one-file-per-layer format: ``features.buildings.fgb``."""
+    return f"{stem}.{layer}.{fmt}"
+
+
+def export_layers(gpkg: Path, fmt: str) -> dict[str, dict[str, int]]:
+    """Copy each layer of ``gpkg`` to ``<stem>.<layer>.<fmt>`` beside it (same rows, attributes and CRS).
+
+    Returns ``{file name: {layer: rows}}``. A layer is read whole (FlatGeobuf is written
+    once, with its spatial index; GeoParquet 1.1 with a ``bbox`` covering column); empty
+    layers give files with the schema and no rows.
+    The GeoPackage itself is left in place: the caller removes it.
+    """
+    driver = FILE_FORMATS[fmt][0]
+    files = {}
+    for layer, geom_type in pyogrio.list_layers(gpkg):
+        if geom_type is None:  # the layer_styles table (QGIS styles: a GeoPackage feature)
+            continue
+        gdf = pyogrio.read_dataframe(gpkg, layer=layer)
+        name = layer_file_name(gpkg.stem, str(layer), fmt)
+        if driver == "geoparquet":  # GeoParquet 1.1 with a bbox covering column (row-group filtering by area)
+            gdf.to_parquet(gpkg.parent / name, write_covering_bbox=True, schema_version="1.1.0")
+            files[name] = {str(layer): len(gdf)}
+            continue
+        pyogrio.write_dataframe(
+            gdf,
+            gpkg.parent / name,
+            driver=driver,
+            geometry_type=geom_type,
+            promote_to_multi=True,
+            layer_options={"SPATIAL_INDEX": "YES"},
+        )
+        files[name] = {str(layer): len(gdf)}
+    return files
 
 
 class LayerWriter:

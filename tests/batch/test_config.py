@@ -176,6 +176,7 @@ def test_damage_config_is_checked(damage_config: Path):
         ("precision", "int8", "precision: expected one of auto, fp32, bf16, fp16, got str 'int8'"),
         ("backend", "tensorrt", "backend: expected one of auto, torch, onnx, got str 'tensorrt'"),
         ("tta", "d8", "tta: expected one of none, flip, flips, d4, got str 'd8'"),
+        ("vector", {"format": "shp"}, "vector.format: expected one of gpkg, fgb, parquet, got str 'shp'"),
         ("postprocess", {"trees": {}}, "postprocess: unknown key 'trees' (known: building, landcover, road)"),
     ],
 )
@@ -195,3 +196,26 @@ def test_an_unknown_choice_in_the_damage_section_is_refused(tmp_path, tiny_model
     with pytest.raises(ConfigError) as info:
         load_config(cfg)
     assert info.value.problems == ["damage.precision: expected one of auto, fp32, bf16, fp16, got str 'int8'"]
+
+
+def test_area_of_interest_keys_reach_the_settings_and_are_checked(tmp_path, tiny_model, write_config):
+    import geopandas as gpd
+    import shapely
+
+    box = write_config(tmp_path / "b.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", bbox=[1, 2, 3, 4])
+    s = load_config(box).settings
+    assert s.bbox == (1.0, 2.0, 3.0, 4.0) and s.bbox_crs == "EPSG:4326" and s.aoi is None
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:4326").to_file(tmp_path / "aoi.gpkg")
+    aoi = write_config(tmp_path / "a.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", aoi="aoi.gpkg")
+    assert load_config(aoi).settings.aoi == str(tmp_path / "aoi.gpkg")
+    gpd.GeoDataFrame(geometry=[shapely.Point(0, 0)], crs="EPSG:4326").to_file(tmp_path / "pts.gpkg")
+    for extra, expected in (
+        ({"aoi": "pts.gpkg"}, f"aoi: {tmp_path / 'pts.gpkg'}: no polygon in it"),
+        ({"bbox": [3, 2, 1, 4]}, "bbox: needs minx < maxx and miny < maxy, got [3.0, 2.0, 1.0, 4.0]"),
+        ({"bbox": [0, 0, 1, 1], "bbox_crs": "EPSG:nope"}, "bbox_crs: not a CRS: 'EPSG:nope'"),
+        ({"bbox": [0, 0, 1, 1], "aoi": "aoi.gpkg"}, "aoi, bbox: give one of them, not both"),
+    ):
+        bad = write_config(tmp_path / "x.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", **extra)
+        with pytest.raises(ConfigError) as info:
+            load_config(bad)
+        assert info.value.problems == [expected]

@@ -33,3 +33,12 @@ def test_models_lists_the_bundled_models_with_resolution_and_classes():
     assert res.exit_code == 0, res.output
     assert "buildings  (buildings.safetensors)" in res.output and "resolution: 0.15 m/px" in res.output
     assert "classes:    background, building" in res.output and "landcover" in res.output
+
+
+def test_version_prints_the_version_and_exits_0():
+    from geounet import __version__
+
+    for flag in ("--version", "-V"):
+        res = runner.invoke(app, [flag])
+        assert res.exit_code == 0, res.output
+        assert res.output == f"geounet {__version__}\n"

@@ -74,7 +74,9 @@ def test_default_workers_and_batch_size_per_backend(monkeypatch):
 
 def test_every_bad_setting_is_named_at_once_as_the_user_wrote_it():
     card = type("Card", (), {"tile_size": 512, "overlap": 64})()
-    bad = PredictSettings(tile_size=100, batch_size=0, precision="int8", backend="tensorrt", tta="d8", device="tpu")
+    bad = PredictSettings(
+        tile_size=100, batch_size=0, precision="int8", backend="tensorrt", tta="d8", device="tpu", vector_format="shp"
+    )
     with pytest.raises(GeounetError) as err:
         bad.tiling_resolved(card)
     assert str(err.value).split("; ") == [
@@ -83,6 +85,7 @@ def test_every_bad_setting_is_named_at_once_as_the_user_wrote_it():
         "--precision: must be one of auto, fp32, bf16, fp16, got 'int8'",
         "--backend: must be one of auto, torch, onnx, got 'tensorrt'",
         "--tta: must be one of none, flip, flips, d4, got 'd8'",
+        "--vector-format: must be one of gpkg, fgb, parquet, got 'shp'",
         "--device: must be auto, cpu, cuda or cuda:N, got 'tpu'",
     ]
     assert bad.tiling_problems(card, {"tile_size": "tiling.tile_size"})[0].startswith("tiling.tile_size: ")

@@ -168,3 +168,30 @@ def test_a_huge_mostly_empty_vrt_costs_what_its_source_does(tmp_path):
         (i, j) for i in touching(row) for j in touching(col)
     }
     assert cov.chunk_indices() == sorted({(i // 2, j // 2) for i in touching(row) for j in touching(col)})
+
+
+def test_aoi_tiles_are_the_tiles_whose_extent_meets_the_area():
+    import shapely
+
+    from geounet.io.coverage import aoi_tiles
+
+    grid = TileGrid(300, 400, 64, 16, 2)
+    area = shapely.Polygon([(10, 10), (150, 20), (60, 140)])  # pixel coordinates: x = column, y = row
+    got = aoi_tiles(area, grid)
+    expected = np.zeros(grid.shape_tiles, bool)
+    for tile in grid.tiles():
+        b = tile.box
+        extent = shapely.box(max(b.col0, 0), max(b.row0, 0), min(b.col1, 400), min(b.row1, 300))
+        expected[tile.index] = extent.intersects(area)
+    np.testing.assert_array_equal(got, expected)
+    assert 0 < got.sum() < got.size
+    # on a working grid half as fine as the scene, widened by a reach of 3 scene pixels
+    half = TileGrid(150, 200, 64, 16, 2)
+    wide = aoi_tiles(area, half, (2.0, 2.0), 3)
+    for tile in half.tiles():
+        b = tile.box
+        extent = shapely.box(
+            max(b.col0, 0) * 2 - 3, max(b.row0, 0) * 2 - 3, min(b.col1, 200) * 2 + 3, min(b.row1, 150) * 2 + 3
+        )
+        assert wide[tile.index] == extent.intersects(area)
+    assert not aoi_tiles(shapely.Polygon(), grid).any()

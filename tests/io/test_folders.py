@@ -24,8 +24,25 @@ from tests.helpers import REPO
 
 
 def test_output_dir_is_the_scene_stem_inside_the_root(tmp_path):
-    assert output_dir_for("/data/a/scene.ortho.tif", tmp_path) == tmp_path / "scene"
+    assert output_dir_for("/data/a/scene.ortho.tif", tmp_path) == tmp_path / "scene.ortho"
     assert output_dir_for("../../x.tif", tmp_path).parent == tmp_path  # a bare name: cannot leave the root
+
+
+def test_output_dir_strips_the_last_extension_only(tmp_path):
+    assert output_dir_for("scene.2021-05-01.tif", tmp_path) == tmp_path / "scene.2021-05-01"
+    assert output_dir_for("t.1.tif", tmp_path) != output_dir_for("t.2.tif", tmp_path)
+    for name in ("x.vrt", "x.jp2", "x.tiff", "x"):
+        assert output_dir_for(name, tmp_path) == tmp_path / "x"
+    for bad in ("..", "/data/..", ".tif", "..tif"):  # never OUTDIR itself, its parent or a hidden name
+        d = output_dir_for(bad, tmp_path)
+        assert d.parent == tmp_path and not d.name.startswith(".")
+
+
+def test_output_dir_of_a_url_is_its_last_path_component(tmp_path):
+    assert output_dir_for("https://h.example/a/b/s.2021.tif?sig=1", tmp_path) == tmp_path / "s.2021"
+    assert output_dir_for("/vsicurl/http://h/a/s.tif", tmp_path) == tmp_path / "s"
+    assert output_dir_for("s3://bucket/k/s.tif", tmp_path) == tmp_path / "s"
+    assert output_dir_for("/vsis3/bucket/k/s.tif", tmp_path) == tmp_path / "s"
 
 
 def test_a_failed_block_leaves_no_folder_and_a_finished_one_replaces_the_old(tmp_path):

@@ -1,0 +1,101 @@
+"""Scenes that are not local files: ``http(s)://`` and ``s3://`` URLs and GDAL ``/vsi...`` paths.
+
+A scene is ``str | Path``: a remote one stays the string the user gave (``Path`` would
+turn ``http://`` into ``http:/``); :func:`gdal_path` is what GDAL opens
+(``https://h/k`` -> ``/vsicurl/https://h/k``, ``s3://b/k`` -> ``/vsis3/b/k``) and
+:func:`scene_name` its file name (the last path component) for messages and output
+folders. :func:`cloud_defaults` sets GDAL's options for reading over HTTP once, each
+only when the user has not set it; credentials come from GDAL's own ``AWS_*`` variables.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+_SCHEMES = ("http://", "https://", "s3://")
+
+# GDAL configuration options for range reads over HTTP (https://gdal.org/user/configoptions.html).
+# CPL_VSIL_CURL_ALLOWED_EXTENSIONS is not set (it would refuse other extensions); GDAL_CACHEMAX is left alone.
+CLOUD_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing to look for sidecar files
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "VSI_CACHE": "TRUE",
+}
+
+
+def is_remote(scene: str | Path) -> bool:
+    """True for an ``http(s)://`` or ``s3://`` URL or a GDAL ``/vsi...`` path."""
+    s = str(scene)
+    return s.lower().startswith(_SCHEMES) or s.startswith("/vsi")
+
+
+def as_scene(scene: str | Path) -> str | Path:
+    """A remote scene as its string, anything else as a ``Path``."""
+    return str(scene) if is_remote(scene) else Path(scene)
+
+
+def gdal_path(scene: str | Path) -> str:
+    """The name GDAL opens: ``/vsicurl/`` for ``http(s)://``, ``/vsis3/`` for ``s3://``, else unchanged."""
+    s = str(scene)
+    low = s.lower()
+    if low.startswith(("http://", "https://")):
+        return "/vsicurl/" + s
+    if low.startswith("s3://"):
+        return "/vsis3/" + s[len("s3://") :]
+    return s
+
+
+def url_of(scene: str | Path) -> str | None:
+    """The ``http(s)://`` URL behind a scene (bare or ``/vsicurl/``), else None."""
+    s = str(scene)
+    if s.startswith("/vsicurl/"):
+        s = s[len("/vsicurl/") :]
+    return s if s.lower().startswith(("http://", "https://")) else None
+
+
+def scene_name(scene: str | Path) -> str:
+    """The scene's file name: the last path component (of a URL's path, without its query)."""
+    s = str(scene)
+    if not is_remote(s):
+        return Path(s).name
+    s = url_of(s) or s
+    if "://" in s:
+        s = urlsplit(s).path
+    return s.rstrip("/").rsplit("/", 1)[-1]
+
+
+def cloud_defaults() -> None:
+    """Set :data:`CLOUD_OPTIONS` in the environment (GDAL reads them there), each only if unset."""
+    for key, value in CLOUD_OPTIONS.items():
+        os.environ.setdefault(key, value)
+
+
+def remote_identity(scene: str | Path, timeout: float = 30.0) -> dict[str, Any]:
+    """What can be known of a remote file without reading it: ``{"bytes", "etag", "last_modified"}``.
+
+    An HTTP(S) scene gets one ``HEAD`` request (Content-Length, ETag, Last-Modified); any
+    other (``s3://``, other ``/vsi...``), or a server that does not answer it, gets None for each.
+    Remote bytes are never hashed.
+    """
+    out: dict[str, Any] = {"bytes": None, "etag": None, "last_modified": None}
+    url = url_of(scene)
+    if url is None:
+        return out
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as resp:
+            headers = resp.headers
+    except (OSError, ValueError, urllib.error.URLError):
+        return out
+    length = headers.get("Content-Length")
+    out["bytes"] = int(length) if length and length.isdigit() else None
+    out["etag"] = headers.get("ETag")
+    out["last_modified"] = headers.get("Last-Modified")
+    return out
