@@ -45,7 +45,9 @@ from geounet.engine.predict import make_executor, predict_scene, resolve_model
 from geounet.errors import GeounetError, Interrupted, scene_failure
 from geounet.io.folders import output_dir_for, recover_interrupted
 from geounet.io.locks import SceneLock, locked_reason, scene_lock
+from geounet.io.stac_input import expand_stac, is_stac_input
 from geounet.models.card import file_sha256, read_card
+from geounet.models.registry import is_model_name, pick_variant
 
 log = logging.getLogger("geounet")
 
@@ -159,6 +161,13 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
     Interrupted (SIGTERM, Ctrl-C): the running scene is recorded as such, the rest as not run.
     """
     scenes = discover_inputs(cfg.globs, cfg.watch)
+    if any(is_stac_input(s) for s in scenes):  # STAC Item files: one VRT scene per Item, bad Items fail alone
+        name = str(cfg.model)
+        card = read_card(pick_variant(name, None).path if is_model_name(name) else Path(name))
+        scenes, stac_errors = expand_stac(scenes, cfg.out, card)
+        for exc in stac_errors:
+            summary.scenes.append(SceneResult(str(exc.path), "failed", str(exc)))
+            log.info("%s", exc)
     runner = _SceneRunner(cfg, force, quiet)
     log.info("run: %d scene(s), model %s", len(scenes), cfg.model)
     first, finished = len(summary.scenes), 0  # results of this segment; scenes whose result is final

@@ -18,9 +18,13 @@ from geounet.models.registry import DEFAULT_NAME
 
 def predict(
     scenes: list[str] = typer.Argument(
-        ..., help="GeoTIFF (or any GDAL raster) scenes: files, http(s):// or s3:// URLs, or GDAL /vsi... paths."
+        ...,
+        help="GeoTIFF (or any GDAL raster) scenes: files, http(s):// or s3:// URLs, or GDAL /vsi... paths; "
+        "or STAC Item / ItemCollection JSON files (each Item a scene, its assets stacked as a VRT).",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each scene gets OUT/<scene stem>/."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder; each scene gets OUT/<scene stem>/ (a STAC Item: OUT/<item id>/)."
+    ),
     model: str = typer.Option(
         DEFAULT_NAME,
         "--model",

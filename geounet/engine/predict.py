@@ -467,13 +467,16 @@ def predict_batch(
         default = Path(model_path)
     area_of_interest(settings.aoi, settings.bbox, settings.bbox_crs)  # a bad area fails the batch before any work
     out = check_output_root(out_root)
+    from geounet.io.stac_input import expand_stac  # STAC Item files -> one VRT scene per Item
+
+    paths, stac_errors = expand_stac(paths, out, read_card(default))
+    reports = [SceneReport(str(e.path), None, False, str(e), 0.0) for e in stac_errors]
     seen: dict[Path, str | Path] = {}
     for p in paths:
         d = output_dir_for(p, out)
         if d in seen:
             raise GeounetError(p, f"writes to the same output folder {d} as {seen[d]}: rename one of them")
         seen[d] = p
-    reports = []
     executor = make_executor(settings, _first_model(model_path, paths, default))
     try:
         for p in paths:

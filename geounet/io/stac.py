@@ -134,7 +134,8 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunReco
     """A STAC Item for one output folder holding ``files`` (names relative to the folder)."""
     with rasterio.open(gdal_path(scene)) as src:
         crs, transform, width, height, bounds = src.crs, src.transform, src.width, src.height, src.bounds
-        acquired = _acquired(src.tags())
+        tags = src.tags()
+        acquired = _acquired(tags)
     footprint, bbox = footprint_and_bbox(crs, bounds)
     created = _dt.datetime.fromisoformat(record.created_utc)
     item = pystac.Item(
@@ -175,14 +176,19 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunReco
         item.add_asset(key, asset)
         if name == "classes.tif":
             ClassificationExtension.ext(asset, add_if_missing=True).classes = classes
-    item.add_link(
-        pystac.Link(
-            "derived_from",
-            str(scene) if is_remote(scene) else Path(scene).resolve().as_uri(),
-            media_type=pystac.MediaType.GEOTIFF,
-            title="input scene",
+    source_item = tags.get("STAC_ITEM")  # a STAC Item's VRT (geounet.io.stac_input): link the Item itself
+    if source_item:
+        href = source_item if is_remote(source_item) or "://" in source_item else Path(source_item).as_uri()
+        item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.GEOJSON, title="input STAC item"))
+    else:
+        item.add_link(
+            pystac.Link(
+                "derived_from",
+                str(scene) if is_remote(scene) else Path(scene).resolve().as_uri(),
+                media_type=pystac.MediaType.GEOTIFF,
+                title="input scene",
+            )
         )
-    )
     return item
 
 
