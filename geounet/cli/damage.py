@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from geounet.cli.interrupts import interrupted_exit, stop_on_sigterm
 from geounet.cli.logs import setup_logging
 from geounet.damage.settings import DamageSettings
-from geounet.errors import GeounetError
+from geounet.errors import GeounetError, Interrupted
+from geounet.io.folders import recover_interrupted
+from geounet.io.locks import SceneLock, locked_reason
 from geounet.models.registry import DEFAULT_NAME
 from geounet.schema import ConfigError, read_yaml
 
@@ -83,10 +88,28 @@ def damage(
         model_path, requested = resolve_model(model, pre[0]) if pre else (Path(model), None)
         if requested is not None:  # a name: the variant for the pre scene's resolution
             logging.getLogger("geounet").info("model %s: variant %s for the pre scene", requested, model_path.stem)
-        run_damage(pre, post, out, footprints, model_path, settings)  # logs the counts per grade
+        with stop_on_sigterm(), _damage_lock(out):  # SIGTERM, like Ctrl-C: partial outputs removed
+            run_damage(pre, post, out, footprints, model_path, settings)  # logs the counts per grade
+    except (Interrupted, KeyboardInterrupt) as exc:
+        raise interrupted_exit(exc) from None
     except (GeounetError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def _damage_lock(out: Path) -> Iterator[None]:
+    """``OUT/.damage.lock`` held for the run (as ``geounet run``'s damage task), and a killed run's leftovers cleaned."""
+    if not out.is_dir():  # nothing to lock or clean yet: the run creates the folder
+        yield
+        return
+    lock = SceneLock(out / ".damage.lock")
+    if not lock.acquire():
+        raise GeounetError(out, locked_reason(lock))
+    with lock:
+        for what in recover_interrupted(out, "damage"):
+            logging.getLogger("geounet").warning("damage: after an interrupted run: %s", what)
+        yield
 
 
 def damage_settings(config: Path | None, device: str | None, quiet: bool) -> DamageSettings:

@@ -348,3 +348,26 @@ def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path,
         k = max(range(len(roofs)), key=lambda i: roofs[i].intersection(geom).area)
         assert g in (("destroyed", "major-damage") if k in pair.erased else ("no-damage",)), (k, g)
     assert not any(p.name.startswith(".") for p in (tmp_path / "out").iterdir())
+
+
+def test_the_damage_command_locks_its_folder_and_cleans_a_killed_runs_leftovers(pair, tmp_path):
+    """``geounet damage`` into a folder another run holds: one line; a dead run's partial folder: removed."""
+    from geounet.io.locks import SceneLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".damage.partial-999999999").mkdir()  # left by a killed run of an older geounet (pid-only name)
+    args = ["damage", "--pre", str(pair.folder / "pre.tif"), "--post", str(pair.folder / "post.tif")]
+    args += ["--footprints", str(pair.folder / "footprints.gpkg"), "--model", str(pair.model), "--out", str(out)]
+    holder = SceneLock(out / ".damage.lock")
+    assert holder.acquire()
+    try:
+        locked = CliRunner().invoke(app, args)
+    finally:
+        holder.release()
+    assert locked.exit_code == 2 and "locked by another run" in locked.stderr, locked.output
+    assert not (out / "run.json").exists()
+    done = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert done.exit_code == 0, done.output
+    assert (out / "run.json").exists()
+    assert not [p.name for p in out.iterdir() if "partial" in p.name]
