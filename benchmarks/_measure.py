@@ -1,4 +1,4 @@
-"""Run a command and measure its wall time and the peak RSS of its whole process tree."""
+"""Shared by the benchmarks: run a command and measure it; scenes and a tiny model to run."""
 
 from __future__ import annotations
 
@@ -47,4 +47,35 @@ def write_repeated(path, block, size: int, profile: dict, step: int = 2048):
             for c in range(0, size, step):
                 h, w = min(step, size - r), min(step, size - c)
                 dst.write(block[:, :h, :w], window=Window(c, r, w, h))
+    return path
+
+
+def tiny_model(path, resolution_m: float):
+    """A tiny random-weight RGB buildings U-Net (resnet18 depth 3, decoder 16/8/4) at ``resolution_m``.
+
+    Cheap enough that the pipeline around it is what a benchmark measures; weights seeded.
+    """
+    import torch
+
+    from geounet.models.card import ClassInfo, ModelCard
+    from geounet.models.network import build_network, save_model
+
+    card = ModelCard(
+        name="bench-tiny",
+        classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
+        bands=[1, 2, 3],
+        band_names=["red", "green", "blue"],
+        mean=[0.45] * 3,
+        std=[0.25] * 3,
+        scale=255.0,
+        input_dtypes=["uint8"],
+        resolution_m=resolution_m,
+        tile_size=512,
+        overlap=64,
+        encoder="resnet18",
+        encoder_depth=3,
+        decoder_channels=[16, 8, 4],
+    )
+    torch.manual_seed(0)
+    save_model(path, build_network(card), card)
     return path

@@ -28,7 +28,7 @@ import rasterio
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import run_measured, write_repeated  # noqa: E402
+from _measure import run_measured, tiny_model, write_repeated  # noqa: E402
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 
@@ -44,34 +44,13 @@ def make_scene(path: Path, size: int) -> Path:
 
 
 def make_model(path: Path, scene: Path) -> Path:
+    """The tiny bench model at the scene's own resolution (so the model runs on every pixel)."""
     sys.path.insert(0, str(REPO))
     from geounet.io.scene import ground_resolution
-    from geounet.models.card import ClassInfo, ModelCard
-    from geounet.models.network import build_network, save_model
 
     with rasterio.open(scene) as s:
         res = ground_resolution(s.crs, s.transform, s.width, s.height)
-    card = ModelCard(
-        name="bench-tiny",
-        classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
-        bands=[1, 2, 3],
-        band_names=["red", "green", "blue"],
-        mean=[0.45] * 3,
-        std=[0.25] * 3,
-        scale=255.0,
-        input_dtypes=["uint8"],
-        resolution_m=res,
-        tile_size=512,
-        overlap=64,
-        encoder="resnet18",
-        encoder_depth=3,
-        decoder_channels=[16, 8, 4],
-    )
-    import torch
-
-    torch.manual_seed(0)
-    save_model(path, build_network(card), card)
-    return path
+    return tiny_model(path, res)
 
 
 def main() -> None:

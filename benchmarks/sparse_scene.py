@@ -32,6 +32,11 @@ import psutil
 import rasterio
 from affine import Affine
 
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+from _measure import tiny_model  # noqa: E402
+
+from tests.helpers import sparse_vrt  # noqa: E402  (the same mostly empty mosaic as tests/engine/test_sparse.py)
+
 RES = 0.5
 ORIGIN = (300000.0, 5000000.0)  # EPSG:32615, upper-left corner of every VRT
 SOURCE = 512
@@ -44,49 +49,6 @@ def write_source(path: Path, col: int, row: int) -> Path:
     profile = dict(driver="GTiff", width=SOURCE, height=SOURCE, count=3, dtype="uint8", crs="EPSG:32615")
     with rasterio.open(path, "w", transform=transform, tiled=True, **profile) as dst:
         dst.write(data)
-    return path
-
-
-def write_vrt(path: Path, size: int, source: Path, col: int, row: int) -> Path:
-    """An N x N VRT, nodata 0, holding ``source`` at pixel (row, col) and nothing else."""
-    bands = "".join(
-        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
-        f'<SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>{b}</SourceBand>'
-        f'<SrcRect xOff="0" yOff="0" xSize="{SOURCE}" ySize="{SOURCE}"/>'
-        f'<DstRect xOff="{col}" yOff="{row}" xSize="{SOURCE}" ySize="{SOURCE}"/></SimpleSource></VRTRasterBand>'
-        for b in (1, 2, 3)
-    )
-    path.write_text(
-        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32615</SRS>'
-        f"<GeoTransform>{ORIGIN[0]}, {RES}, 0, {ORIGIN[1]}, 0, {-RES}</GeoTransform>{bands}</VRTDataset>"
-    )
-    return path
-
-
-def make_model(path: Path) -> Path:
-    import torch
-
-    from geounet.models.card import ClassInfo, ModelCard
-    from geounet.models.network import build_network, save_model
-
-    card = ModelCard(
-        name="bench-tiny",
-        classes=[ClassInfo("background", (0, 0, 0), "background"), ClassInfo("building", (230, 60, 60), "building")],
-        bands=[1, 2, 3],
-        band_names=["red", "green", "blue"],
-        mean=[0.45] * 3,
-        std=[0.25] * 3,
-        scale=255.0,
-        input_dtypes=["uint8"],
-        resolution_m=RES,
-        tile_size=512,
-        overlap=64,
-        encoder="resnet18",
-        encoder_depth=3,
-        decoder_channels=[16, 8, 4],
-    )
-    torch.manual_seed(0)
-    save_model(path, build_network(card), card)
     return path
 
 
@@ -155,7 +117,7 @@ def main() -> None:
     }
     os.environ["GEOUNET_CACHE_DIR"] = env["GEOUNET_CACHE_DIR"]
     try:
-        model = make_model(work / "tiny.safetensors")
+        model = tiny_model(work / "tiny.safetensors", RES)
         from geounet.models.onnx import load_onnx
 
         load_onnx(model, 1)  # exported once now: the measured runs use the cache, as a user's do
@@ -163,7 +125,7 @@ def main() -> None:
         for n in args.sizes:
             at = (n // 2 // 448) * 448 + 200  # mid-scene, off the 448 px tile stride and the 512 px blocks
             src = write_source(work / f"source_{n}.tif", at, at)
-            scenes.append((f"VRT {n}^2", write_vrt(work / f"sparse_{n}.vrt", n, src, at, at)))
+            scenes.append((f"VRT {n}^2", sparse_vrt(work / f"sparse_{n}.vrt", n, src, at, at)))
         exe = [sys.executable, "-m", "geounet.cli.main", "predict"]
         rows = []
         for label, scene in scenes:

@@ -112,3 +112,24 @@ def make_card(*kinds: tuple[str, str, tuple[int, int, int]]):
         input_dtypes=["uint8"],
         resolution_m=1.0,
     )
+
+
+def sparse_vrt(path: Path, size: int, source: Path, row: int, col: int) -> Path:
+    """A ``size`` x ``size`` VRT (nodata 0) on ``source``'s CRS and pixel size, holding ``source`` at pixel
+    (row, col) and nothing else: the shape of a huge, mostly empty mosaic."""
+    with rasterio.open(source) as src:
+        t, w, h, crs, count = src.transform, src.width, src.height, src.crs.to_wkt(), src.count
+    x0, y0 = t.c - col * t.a, t.f - row * t.e  # the VRT's upper-left corner
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
+        f"<SourceFilename>{source}</SourceFilename><SourceBand>{b}</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+        f'<DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/></SimpleSource></VRTRasterBand>'
+        for b in range(1, count + 1)
+    )
+    srs = crs.replace("&", "&amp;").replace("<", "&lt;")
+    path.write_text(
+        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>{srs}</SRS>'
+        f"<GeoTransform>{x0!r}, {t.a!r}, 0, {y0!r}, 0, {t.e!r}</GeoTransform>{bands}</VRTDataset>"
+    )
+    return path

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
 from geounet.io.rasters import written_blocks
-from tests.helpers import REPO, make_tiny_model, write_scene
+from tests.helpers import REPO, make_tiny_model, sparse_vrt, write_scene
 
 RES = 0.5
 ORIGIN = (300000.0, 5000000.0)  # EPSG:32615
@@ -47,22 +47,6 @@ def model(tmp_path_factory) -> Path:
 def write_source(path: Path, row: int, col: int, seed: int = 0) -> Path:
     data = np.random.default_rng(seed).integers(1, 256, (3, 512, 512), dtype=np.uint8)  # 0 is the VRT's nodata
     return write_scene(path, data, crs="EPSG:32615", res=RES, origin=(ORIGIN[0] + col * RES, ORIGIN[1] - row * RES))
-
-
-def write_vrt(path: Path, size: int, source: Path, row: int, col: int) -> Path:
-    """A size^2 VRT (nodata 0) holding ``source`` at pixel (row, col) and nothing else."""
-    bands = "".join(
-        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
-        f"<SourceFilename>{source}</SourceFilename><SourceBand>{b}</SourceBand>"
-        f'<SrcRect xOff="0" yOff="0" xSize="512" ySize="512"/>'
-        f'<DstRect xOff="{col}" yOff="{row}" xSize="512" ySize="512"/></SimpleSource></VRTRasterBand>'
-        for b in (1, 2, 3)
-    )
-    path.write_text(
-        f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><SRS>EPSG:32615</SRS>'
-        f"<GeoTransform>{ORIGIN[0]}, {RES}, 0, {ORIGIN[1]}, 0, {-RES}</GeoTransform>{bands}</VRTDataset>"
-    )
-    return path
 
 
 def predict_in_child(scene: Path, out: Path, model: Path, **settings) -> dict:
@@ -102,7 +86,7 @@ def read(path: Path, window: Window | None = None) -> np.ndarray:
 
 def test_a_200000_px_vrt_with_one_source_runs_its_chunks_only(model, tmp_path):
     source = write_source(tmp_path / "source.tif", ROW, COL)
-    vrt = write_vrt(tmp_path / "mosaic.vrt", SIZE, source, ROW, COL)
+    vrt = sparse_vrt(tmp_path / "mosaic.vrt", SIZE, source, ROW, COL)
     full = write_scene(  # the yardstick: a small scene, every pixel valid
         tmp_path / "full4096.tif",
         np.random.default_rng(1).integers(0, 256, (3, 4096, 4096), dtype=np.uint8),
@@ -161,7 +145,7 @@ def test_a_mostly_empty_resampled_scene_skips_stage_2_and_its_empty_blocks(tmp_p
     model = make_tiny_model(tmp_path / "tiny1m.safetensors", 2 * RES)
     row, col = 7003, 9011
     source = write_source(tmp_path / "source.tif", row, col, seed=2)
-    vrt = write_vrt(tmp_path / "mosaic.vrt", 20_000, source, row, col)
+    vrt = sparse_vrt(tmp_path / "mosaic.vrt", 20_000, source, row, col)
     [rep] = predict_batch([vrt], tmp_path / "out", model, PredictSettings(quiet=True, vector=False))
     assert rep.ok, rep.error
     record = json.loads((tmp_path / "out/mosaic/run.json").read_text())

@@ -10,7 +10,7 @@ from affine import Affine
 from geounet.compute.grid import TileGrid
 from geounet.io.coverage import FACTOR, Coverage, all_valid, scene_coverage, tiles_with_data
 from geounet.io.scene import WorkingGrid, open_working, working_grid
-from tests.helpers import make_card, write_scene
+from tests.helpers import make_card, sparse_vrt, write_scene
 
 
 def brute_force(valid: np.ndarray, grid: TileGrid, pad: int = 0) -> np.ndarray:
@@ -145,18 +145,7 @@ def test_a_huge_mostly_empty_vrt_costs_what_its_source_does(tmp_path):
     rng = np.random.default_rng(0)
     src = write_scene(tmp_path / "src.tif", rng.integers(1, 255, (3, 300, 300), dtype=np.uint8), res=0.5)
     row, col = 123_457, 54_000
-    bands = "".join(
-        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>0</NoDataValue><SimpleSource>'
-        f"<SourceFilename>{src}</SourceFilename><SourceBand>{b}</SourceBand>"
-        f'<SrcRect xOff="0" yOff="0" xSize="300" ySize="300"/>'
-        f'<DstRect xOff="{col}" yOff="{row}" xSize="300" ySize="300"/></SimpleSource></VRTRasterBand>'
-        for b in (1, 2, 3)
-    )
-    vrt = tmp_path / "big.vrt"
-    vrt.write_text(
-        '<VRTDataset rasterXSize="200000" rasterYSize="200000"><SRS>EPSG:32633</SRS>'
-        f"<GeoTransform>400000, 0.5, 0, 5900000, 0, -0.5</GeoTransform>{bands}</VRTDataset>"
-    )
+    vrt = sparse_vrt(tmp_path / "big.vrt", 200_000, src, row, col)
     grid = TileGrid(200_000, 200_000, 512, 64, 2)
     w = WorkingGrid("", (0.5, 0, 400000, 0, -0.5, 5900000), 200_000, 200_000, False)
     cov = scene_coverage(vrt, w, grid)
