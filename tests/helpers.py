@@ -4,7 +4,9 @@ scene and default model, a tiny random model, small GeoTIFFs, and the larger sha
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +135,102 @@ def sparse_vrt(path: Path, size: int, source: Path, row: int, col: int) -> Path:
         f"<GeoTransform>{x0!r}, {t.a!r}, 0, {y0!r}, 0, {t.e!r}</GeoTransform>{bands}</VRTDataset>"
     )
     return path
+
+
+class RangeServer:
+    """A local HTTP server for the files of one folder, with ``Range:`` support; counts requests and bytes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests = 0
+        self.bytes = 0
+        self.etag = '"v1"'
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _count(self, n: int) -> None:
+                with server.lock:
+                    server.bytes += n
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def do_GET(self):
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                with server.lock:
+                    server.requests += 1
+                path = folder / self.path.split("?")[0].lstrip("/")
+                if not path.is_file():
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                size = len(data)
+                rng = self.headers.get("Range")
+                spans = []
+                if rng:
+                    for part in rng.split("=", 1)[1].split(","):
+                        a, b = part.strip().split("-")
+                        start = int(a) if a else size - int(b)
+                        end = min(int(b), size - 1) if a and b else size - 1
+                        spans.append((start, end))
+                if not spans:
+                    self.send_response(200)
+                    self._headers("application/octet-stream", size)
+                    if body:
+                        self.wfile.write(data)
+                        self._count(size)
+                elif len(spans) == 1:
+                    start, end = spans[0]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                    self._headers("application/octet-stream", end - start + 1)
+                    if body:
+                        self.wfile.write(data[start : end + 1])
+                        self._count(end - start + 1)
+                else:  # multipart/byteranges
+                    parts = b""
+                    for start, end in spans:
+                        parts += (
+                            b"--BOUNDARY\r\nContent-Type: application/octet-stream\r\n"
+                            + f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n".encode()
+                            + data[start : end + 1]
+                            + b"\r\n"
+                        )
+                    parts += b"--BOUNDARY--\r\n"
+                    self.send_response(206)
+                    self._headers("multipart/byteranges; boundary=BOUNDARY", len(parts))
+                    if body:
+                        self.wfile.write(parts)
+                        self._count(sum(e - s + 1 for s, e in spans))
+
+            def _headers(self, ctype: str, length: int) -> None:
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(length))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", server.etag)
+                self.end_headers()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> RangeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

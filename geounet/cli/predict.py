@@ -13,14 +13,17 @@ from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
 from geounet.errors import GeounetError, Interrupted
 from geounet.io.aoi import parse_bbox
+from geounet.io.stac_search import StacSearch
 from geounet.models.registry import DEFAULT_NAME
 
 
 def predict(
     scenes: list[str] = typer.Argument(
-        ...,
+        None,
         help="GeoTIFF (or any GDAL raster) scenes: files, http(s):// or s3:// URLs, or GDAL /vsi... paths; "
-        "or STAC Item / ItemCollection JSON files (each Item a scene, its assets stacked as a VRT).",
+        "or STAC Item, ItemCollection, Catalog or Collection JSON files (each Item a scene, its assets "
+        "stacked as a VRT). None needed with --stac-api.",
+        show_default=False,
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder; each scene gets OUT/<scene stem>/ (a STAC Item: OUT/<item id>/)."
@@ -83,12 +86,33 @@ def predict(
     max_working_pixels: float = typer.Option(
         1e11, help="Refuse a scene whose working grid would have more pixels than this."
     ),
+    stac_api: str | None = typer.Option(
+        None,
+        help="Search this STAC API (its root URL) and predict each Item found, in --aoi/--bbox if given.",
+        rich_help_panel="STAC API search",
+    ),
+    collection: list[str] = typer.Option(
+        None, help="Collection(s) to search (repeat the option).", rich_help_panel="STAC API search", show_default=False
+    ),
+    datetime: str | None = typer.Option(
+        None, help="Date or range, RFC 3339: 2021-05-01/2021-05-31, ../2021-05-31.", rich_help_panel="STAC API search"
+    ),
+    query: list[str] = typer.Option(
+        None,
+        help="Property condition, e.g. 'eo:cloud_cover<20' (repeat: all must hold).",
+        rich_help_panel="STAC API search",
+        show_default=False,
+    ),
+    max_items: int = typer.Option(100, help="At most this many Items.", rich_help_panel="STAC API search"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings and errors only (cron)."),
 ) -> None:
     """Predict class probabilities and classes for each scene, on the scene's own grid."""
     setup_logging(quiet)
     try:
         box = None if bbox is None else parse_bbox(bbox)
+        search = stac_search(stac_api, collection, datetime, query, max_items)
+        if not scenes and search is None:
+            raise GeounetError(None, "no scenes: give scene files or URLs, or a STAC API to search (--stac-api)")
     except GeounetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -114,7 +138,7 @@ def predict(
     )
     try:
         with stop_on_sigterm():  # SIGTERM, like Ctrl-C: the running scene's partial outputs are removed
-            reports = predict_batch(scenes, out, model, settings)
+            reports = predict_batch(scenes or [], out, model, settings, search)
     except (Interrupted, KeyboardInterrupt) as exc:
         raise interrupted_exit(exc) from None
     except ClusterError as exc:  # the cluster failed under the run: the scene running has no output
@@ -139,3 +163,18 @@ def predict(
         typer.echo(f"geounet: {len(reports) - len(failed)} scene(s) done, {len(failed)} failed", err=True)
     if failed:
         raise typer.Exit(1) from None
+
+
+def stac_search(
+    url: str | None, collections: list[str] | None, datetime: str | None, query: list[str] | None, max_items: int
+) -> StacSearch | None:
+    """The search the options ask for, or None; a one-line error for search options without --stac-api."""
+    if url is None:
+        if collections or datetime or query:
+            raise GeounetError(None, "--collection, --datetime and --query refine a search: give --stac-api too")
+        return None
+    search = StacSearch(url, tuple(collections or ()), datetime, tuple(query or ()), max_items)
+    problems = search.problems("--stac-api")
+    if problems:
+        raise GeounetError(None, "; ".join(problems))
+    return search

@@ -42,7 +42,7 @@ from geounet.engine.settings import PredictSettings, resolve_settings, rules_wit
 from geounet.engine.stitch import FinalSink, Stage1Sink, final_writer, stage1_writer, stitching
 from geounet.engine.tiles import predict_chunk
 from geounet.errors import GeounetError, scene_failure
-from geounet.io.aoi import area_of_interest, to_pixels
+from geounet.io.aoi import AreaOfInterest, area_of_interest, to_pixels
 from geounet.io.coverage import Coverage, aoi_tiles, scene_coverage
 from geounet.io.folders import check_output_root, output_dir_for, recover_interrupted, replace_dir, staged_folder
 from geounet.io.locks import locked_reason, scene_lock
@@ -58,6 +58,7 @@ from geounet.io.scene import (
     scene_ground_size,
     working_grid,
 )
+from geounet.io.stac_search import StacSearch
 from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.registry import is_model_name, pick_variant
 
@@ -455,9 +456,16 @@ def make_executor(settings: PredictSettings, model_path: str | Path | None = Non
 
 
 def predict_batch(
-    scenes: Iterable[str | Path], out_root: str | Path, model_path: str | Path, settings: PredictSettings
+    scenes: Iterable[str | Path],
+    out_root: str | Path,
+    model_path: str | Path,
+    settings: PredictSettings,
+    search: StacSearch | None = None,
 ) -> list[SceneReport]:
-    """Predict several scenes; a scene that fails is reported and the others still run."""
+    """Predict several scenes; a scene that fails is reported and the others still run.
+
+    ``search``: a STAC API search whose Items are scenes too (in the area of interest, if any).
+    """
     paths = [as_scene(p) for p in scenes]
     # a bad model file or an unknown model name fails the whole batch at once, before any work
     if is_model_name(model_path):
@@ -465,11 +473,13 @@ def predict_batch(
     else:
         read_card(model_path)
         default = Path(model_path)
-    area_of_interest(settings.aoi, settings.bbox, settings.bbox_crs)  # a bad area fails the batch before any work
+    area = area_of_interest(settings.aoi, settings.bbox, settings.bbox_crs)  # a bad area fails the batch at once
     out = check_output_root(out_root)
-    from geounet.io.stac_input import expand_stac  # STAC Item files -> one VRT scene per Item
+    from geounet.io.stac_input import expand_stac  # STAC Items -> one VRT scene per Item
 
     paths, stac_errors = expand_stac(paths, out, read_card(default))
+    if search is not None:
+        paths += searched_scenes(search, area, out, read_card(default), stac_errors)
     reports = [SceneReport(str(e.path), None, False, str(e), 0.0) for e in stac_errors]
     seen: dict[Path, str | Path] = {}
     for p in paths:
@@ -500,3 +510,26 @@ def predict_batch(
     finally:
         executor.close()
     return reports
+
+
+def searched_scenes(
+    search: StacSearch,
+    area: AreaOfInterest | None,
+    out: Path,
+    card: ModelCard,
+    errors: list[GeounetError],
+) -> list[str | Path]:
+    """The scenes of a STAC API search (one VRT per Item found); a failed search goes to ``errors``."""
+    from geounet.io.stac_input import item_scenes
+    from geounet.io.stac_search import describe, search_items
+
+    try:
+        items = search_items(search, area)
+    except GeounetError as exc:
+        errors.append(exc)
+        return []
+    if not items:
+        log.warning("%s: the STAC search found no Items: nothing to predict", describe(search))
+        return []
+    log.info("%s: %d Item(s) found", describe(search), len(items))
+    return item_scenes(items, search.url, out, card, errors)

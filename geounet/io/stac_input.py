@@ -1,7 +1,8 @@
-"""STAC Items as scenes: an Item (or ItemCollection) JSON file becomes a GDAL VRT of its assets.
+"""STAC Items as scenes: each Item of a JSON file (Item, ItemCollection, static Catalog or
+Collection) or of a STAC API search (``geounet.io.stac_search``) becomes a GDAL VRT of its assets.
 
 ``geounet predict item.json`` reads the Item with pystac (a local file or an ``http(s)://``
-URL; searching a STAC API is not supported) and matches each of the model card's
+URL) and matches each of the model card's
 ``band_names`` to a band of the Item's raster assets (:func:`match_bands`): by the band's
 ``name`` (``eo:bands`` of STAC 1.0 or ``bands`` of STAC 1.1, e.g. ``B04``) against the
 first word of the card's name (``B04 red``), else by ``common_name`` against the rest
@@ -71,7 +72,11 @@ def is_stac_input(scene: str | Path) -> bool:
 
 
 def read_items(source: str | Path) -> list[pystac.Item]:
-    """The Items of an Item or ItemCollection (FeatureCollection of Items) file; InputError if it is neither."""
+    """The Items of an Item, ItemCollection (FeatureCollection of Items), Catalog or Collection file.
+
+    A static Catalog or Collection is walked with pystac (child links followed, relative
+    hrefs resolved against each file). InputError, one line, for anything else.
+    """
     href = str(source)
     try:
         if is_remote(href):
@@ -90,6 +95,13 @@ def read_items(source: str | Path) -> list[pystac.Item]:
                 href = str(Path(href).resolve())
             item.set_self_href(url_of(href) or href)
             return [item]
+        if kind in ("Catalog", "Collection"):  # a static catalog: every Item under it, its links followed
+            catalog = pystac.read_file(url_of(href) or (href if is_remote(href) else str(Path(href).resolve())))
+            assert isinstance(catalog, pystac.Catalog)
+            items = list(catalog.get_items(recursive=True))
+            if not items:
+                raise InputError(source, f"a STAC {kind} with no Items under it")
+            return items
         if kind == "FeatureCollection":
             features = data.get("features") or []
             if features and all(isinstance(f, dict) and "stac_version" in f for f in features):
@@ -99,9 +111,13 @@ def read_items(source: str | Path) -> list[pystac.Item]:
                     if item.get_self_href() is None:  # relative asset hrefs: against the collection file
                         item.set_self_href(base)
                 return items
+    except GeounetError:
+        raise
     except Exception as exc:  # noqa: BLE001  pystac's own complaint, in one line
         raise InputError(source, f"not a valid STAC Item or ItemCollection ({type(exc).__name__}: {exc})") from None
-    raise InputError(source, "not a STAC Item or ItemCollection (a JSON file as a scene must be one)")
+    raise InputError(
+        source, "not a STAC Item, ItemCollection, Catalog or Collection (a JSON file as a scene must be one)"
+    )
 
 
 def _is_raster(asset: pystac.Asset) -> bool:
@@ -261,15 +277,28 @@ def expand_stac(
         except GeounetError as exc:
             errors.append(exc)
             continue
-        for item in items:
-            source = str(scene) if len(items) == 1 else f"{scene} [{item.id}]"
-            try:
-                xml = item_vrt(item, card, source)
-            except GeounetError as exc:
-                errors.append(exc)
-                continue
-            vrt = out_root / f".{safe_id(item.id)}.vrt"
-            if not vrt.exists() or vrt.read_text() != xml:  # unchanged: its mtime kept (geounet run's quick check)
-                vrt.write_text(xml)
-            out.append(vrt)
+        out += item_scenes(items, str(scene), out_root, card, errors)
     return out, errors
+
+
+def item_scenes(
+    items: list[pystac.Item], source: str, out_root: Path, card: ModelCard, errors: list[GeounetError]
+) -> list[str | Path]:
+    """One VRT scene per Item (``out_root/.<item id>.vrt``); an Item that cannot be one goes to ``errors``.
+
+    ``source``: where the Items came from (a file, a search), for messages. A VRT whose
+    text is unchanged is not rewritten, so its mtime (``geounet run``'s quick check) stays.
+    """
+    out: list[str | Path] = []
+    for item in items:
+        named = source if len(items) == 1 else f"{source} [{item.id}]"
+        try:
+            xml = item_vrt(item, card, named)
+        except GeounetError as exc:
+            errors.append(exc)
+            continue
+        vrt = out_root / f".{safe_id(item.id)}.vrt"
+        if not vrt.exists() or vrt.read_text() != xml:
+            vrt.write_text(xml)
+        out.append(vrt)
+    return out

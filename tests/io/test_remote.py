@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from geounet.batch.state import _remote_changed
 from geounet.cli.main import app
 from geounet.io.remote import gdal_path, is_remote, scene_name
 from geounet.io.run_record import RunRecord
-from tests.helpers import DEMO_SCENE
+from tests.helpers import DEMO_SCENE, RangeServer
 
 
 def test_remote_names_and_gdal_paths():
@@ -29,105 +27,6 @@ def test_remote_names_and_gdal_paths():
     assert scene_name("https://h/a/x.2021.tif?sig=abc") == "x.2021.tif"
     assert scene_name("/vsicurl/http://h/a/x.tif") == "x.tif"
     assert scene_name("s3://b/k/x.tif") == "x.tif"
-
-
-class _Server:
-    """A local HTTP server for the files of one folder, with ``Range:`` support; counts requests and bytes."""
-
-    def __init__(self, folder: Path) -> None:
-        self.requests = 0
-        self.bytes = 0
-        self.etag = '"v1"'
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _count(self, n: int) -> None:
-                with server.lock:
-                    server.bytes += n
-
-            def do_HEAD(self):
-                self._serve(body=False)
-
-            def do_GET(self):
-                self._serve(body=True)
-
-            def _serve(self, body: bool) -> None:
-                with server.lock:
-                    server.requests += 1
-                path = folder / self.path.split("?")[0].lstrip("/")
-                if not path.is_file():
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = path.read_bytes()
-                size = len(data)
-                rng = self.headers.get("Range")
-                spans = []
-                if rng:
-                    for part in rng.split("=", 1)[1].split(","):
-                        a, b = part.strip().split("-")
-                        start = int(a) if a else size - int(b)
-                        end = min(int(b), size - 1) if a and b else size - 1
-                        spans.append((start, end))
-                if not spans:
-                    self.send_response(200)
-                    self._headers("application/octet-stream", size)
-                    if body:
-                        self.wfile.write(data)
-                        self._count(size)
-                elif len(spans) == 1:
-                    start, end = spans[0]
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-                    self._headers("application/octet-stream", end - start + 1)
-                    if body:
-                        self.wfile.write(data[start : end + 1])
-                        self._count(end - start + 1)
-                else:  # multipart/byteranges
-                    parts = b""
-                    for start, end in spans:
-                        parts += (
-                            b"--BOUNDARY\r\nContent-Type: application/octet-stream\r\n"
-                            + f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n".encode()
-                            + data[start : end + 1]
-                            + b"\r\n"
-                        )
-                    parts += b"--BOUNDARY--\r\n"
-                    self.send_response(206)
-                    self._headers("multipart/byteranges; boundary=BOUNDARY", len(parts))
-                    if body:
-                        self.wfile.write(parts)
-                        self._count(sum(e - s + 1 for s, e in spans))
-
-            def _headers(self, ctype: str, length: int) -> None:
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(length))
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", server.etag)
-                self.end_headers()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +58,7 @@ def test_predict_over_http_matches_the_local_file(served, tiny_model, tmp_path, 
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     local = _predict([str(served / "scene.2021-05-01.tif")], tiny_model, tmp_path / "local")
     assert local.exit_code == 0, local.output
-    with _Server(served) as server:
+    with RangeServer(served) as server:
         url = f"{server.url}/scene.2021-05-01.tif"
         res = _predict([url], tiny_model, tmp_path / "remote")
         requests, served_bytes = server.requests, server.bytes
@@ -181,7 +80,7 @@ def test_predict_over_http_matches_the_local_file(served, tiny_model, tmp_path, 
 
 def test_a_404_url_fails_alone_and_vsicurl_paths_work(served, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
-    with _Server(served) as server:
+    with RangeServer(served) as server:
         res = _predict(
             [f"{server.url}/missing.tif", f"/vsicurl/{server.url}/scene.2021-05-01.tif"], tiny_model, tmp_path
         )
@@ -194,7 +93,7 @@ def test_a_404_url_fails_alone_and_vsicurl_paths_work(served, tiny_model, tmp_pa
 def test_a_refused_connection_and_a_non_raster_say_so(served, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     (served / "notes.tif").write_text("not a raster " * 100)
-    with _Server(served) as server:
+    with RangeServer(served) as server:
         url = f"{server.url}/notes.tif"
         res = _predict([url, "http://127.0.0.1:1/x.tif"], tiny_model, tmp_path)
     assert res.exit_code == 1
@@ -209,7 +108,7 @@ def test_geounet_run_reads_a_url_and_skips_it_while_unchanged(served, tiny_model
     from geounet.batch.run import run_pipeline
 
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
-    with _Server(served) as server:
+    with RangeServer(served) as server:
         cfg = tmp_path / "p.yaml"
         config = {"model": str(tiny_model), "inputs": [f"{server.url}/scene.2021-05-01.tif"], "out": str(tmp_path)}
         cfg.write_text(json.dumps(config | {"vector": False, "workers": 1}))
