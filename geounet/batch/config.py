@@ -24,6 +24,7 @@ from geounet.engine.settings import DEVICE, VECTOR_FORMATS, PredictSettings
 from geounet.errors import GeounetError
 from geounet.io.aoi import bbox_problems, read_area
 from geounet.io.folders import check_output_root
+from geounet.io.stac_search import StacSearch
 from geounet.models.card import ModelCard, read_card
 from geounet.models.hardware import BACKENDS
 from geounet.models.registry import is_model_name, pick_variant
@@ -92,12 +93,29 @@ class PostprocessSpec:
 
 
 @dataclass
+class StacSearchSpec:
+    """``inputs.stac_search``: a STAC API search, run at each ``geounet run``; its Items are scenes.
+
+    The area searched is the config's ``aoi`` or ``bbox``. ``datetime``: RFC 3339 instant or
+    range (``2021-05-01/2021-05-31``, ``../2021-05-31``); ``query``: property conditions such as
+    ``eo:cloud_cover<20``, all of which must hold.
+    """
+
+    url: str  # the API's root, http(s)://
+    collections: list[str] = field(default_factory=list)
+    datetime: str | None = None
+    query: list[str] = field(default_factory=list)
+    max_items: int = 100
+
+
+@dataclass
 class InputsSpec:
-    """``inputs:`` of a segment task as a mapping; at least one of the three is needed."""
+    """``inputs:`` of a segment task as a mapping; at least one of the four is needed."""
 
     globs: str | list[str] = field(default_factory=list)  # paths or globs, relative to the config file
     list_file: Path | None = None  # one path or glob per line, relative to the list file; '#' comments
     watch: str | WatchSpec | None = None  # a folder (relative to the config file), or the folder and its options
+    stac_search: StacSearchSpec | None = None  # a STAC API search; its Items are scenes
 
 
 SegmentInputs = str | list[str] | InputsSpec  # a glob, globs, or the mapping
@@ -161,6 +179,7 @@ class PipelineConfig:
     globs: list[str] = field(default_factory=list)  # the scene files the globs and the list file found
     list_file: Path | None = None
     watch: WatchSpec | None = None
+    search: StacSearch | None = None  # a STAC API search whose Items are scenes too
     hash_inputs: bool = False
     postprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
     damage: dict[str, Any] = field(default_factory=dict)  # task damage: pre, post (files), footprints, settings
@@ -204,6 +223,7 @@ def load_config(
             cfg.globs = [str(p) for p in expand(inputs, cwd, "--inputs", problems)]
         else:
             cfg.globs, cfg.list_file, cfg.watch = _segment_inputs(spec, raw, base, problems)
+            cfg.search = _stac_search(spec, problems)
     if problems:
         raise ConfigError(path, problems)
     return cfg
@@ -344,9 +364,23 @@ def _segment_inputs(
     watch = WatchSpec(absolute(base, given.watch)) if isinstance(given.watch, str) else given.watch
     if watch is not None and not watch.folder.is_dir():
         problems.append(f"inputs.watch: {watch.folder}: folder not found")
-    if not globs and given.list_file is None and watch is None:
-        problems.append("inputs: give globs, list_file or watch")
+    if not globs and given.list_file is None and watch is None and given.stac_search is None:
+        problems.append("inputs: give globs, list_file, watch or stac_search")
     return [str(p) for p in files], given.list_file, watch
+
+
+def _stac_search(spec: SegmentSpec, problems: list[str]) -> StacSearch | None:
+    """``inputs.stac_search`` as a search, its problems added (no request is made here)."""
+    given = spec.inputs.stac_search if isinstance(spec.inputs, InputsSpec) else None
+    if given is None:
+        return None
+    try:
+        search = StacSearch(given.url, tuple(given.collections), given.datetime, tuple(given.query), given.max_items)
+    except GeounetError as exc:
+        problems.append(f"inputs.stac_search.query: {exc.problem}")
+        return None
+    problems += search.problems("inputs.stac_search")
+    return search
 
 
 def _damage_job(

@@ -173,7 +173,10 @@ def stac_search(
         if collections or datetime or query:
             raise GeounetError(None, "--collection, --datetime and --query refine a search: give --stac-api too")
         return None
-    search = StacSearch(url, tuple(collections or ()), datetime, tuple(query or ()), max_items)
+    try:
+        search = StacSearch(url, tuple(collections or ()), datetime, tuple(query or ()), max_items)
+    except GeounetError as exc:
+        raise GeounetError(None, f"--query: {exc.problem}") from None
     problems = search.problems("--stac-api")
     if problems:
         raise GeounetError(None, "; ".join(problems))

@@ -42,7 +42,7 @@ from geounet.engine.settings import PredictSettings, resolve_settings, rules_wit
 from geounet.engine.stitch import FinalSink, Stage1Sink, final_writer, stage1_writer, stitching
 from geounet.engine.tiles import predict_chunk
 from geounet.errors import GeounetError, scene_failure
-from geounet.io.aoi import AreaOfInterest, area_of_interest, to_pixels
+from geounet.io.aoi import area_of_interest, to_pixels
 from geounet.io.coverage import Coverage, aoi_tiles, scene_coverage
 from geounet.io.folders import check_output_root, output_dir_for, recover_interrupted, replace_dir, staged_folder
 from geounet.io.locks import locked_reason, scene_lock
@@ -58,7 +58,7 @@ from geounet.io.scene import (
     scene_ground_size,
     working_grid,
 )
-from geounet.io.stac_search import StacSearch
+from geounet.io.stac_search import StacSearch, search_scenes
 from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.registry import is_model_name, pick_variant
 
@@ -197,6 +197,8 @@ def predict_scene(
         from geounet.io.stac import finish_scene_folder  # quicklook.png + item.json in tmp, listed in the record
 
         finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
+        if plan.settings.web:
+            _write_web(plan, tmp, record, timings)
         record.write(tmp)
         replace_dir(tmp, final_dir)
     log.info(
@@ -326,6 +328,17 @@ def _vectorize(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str
     vector["ran_on"] = executor.description
     timings["vectorize_s"] = time.perf_counter() - t0
     return vector
+
+
+def _write_web(plan: ScenePlan, tmp: Path, record: RunRecord, timings: dict[str, float]) -> None:
+    """``tmp/web/``: the map of the scene, its classes and features (``geounet.web``); listed in the record."""
+    from geounet.web.folder import write_scene_web
+
+    t0 = time.perf_counter()
+    summary = write_scene_web(tmp, plan.scene, plan.card, record.to_dict())
+    timings["web_s"] = time.perf_counter() - t0  # the record holds this dict: run.json gets it
+    timings["total_s"] += timings["web_s"]
+    record.outputs["web/index.html"] = {"bytes": summary.bytes, "tiles": summary.tiles, "features": summary.features}
 
 
 def _run_record(
@@ -479,7 +492,7 @@ def predict_batch(
 
     paths, stac_errors = expand_stac(paths, out, read_card(default))
     if search is not None:
-        paths += searched_scenes(search, area, out, read_card(default), stac_errors)
+        paths += search_scenes(search, area, out, read_card(default), stac_errors)
     reports = [SceneReport(str(e.path), None, False, str(e), 0.0) for e in stac_errors]
     seen: dict[Path, str | Path] = {}
     for p in paths:
@@ -510,26 +523,3 @@ def predict_batch(
     finally:
         executor.close()
     return reports
-
-
-def searched_scenes(
-    search: StacSearch,
-    area: AreaOfInterest | None,
-    out: Path,
-    card: ModelCard,
-    errors: list[GeounetError],
-) -> list[str | Path]:
-    """The scenes of a STAC API search (one VRT per Item found); a failed search goes to ``errors``."""
-    from geounet.io.stac_input import item_scenes
-    from geounet.io.stac_search import describe, search_items
-
-    try:
-        items = search_items(search, area)
-    except GeounetError as exc:
-        errors.append(exc)
-        return []
-    if not items:
-        log.warning("%s: the STAC search found no Items: nothing to predict", describe(search))
-        return []
-    log.info("%s: %d Item(s) found", describe(search), len(items))
-    return item_scenes(items, search.url, out, card, errors)

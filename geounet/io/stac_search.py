@@ -12,6 +12,7 @@ so an API that has neither (or ignores them) still gives only matching Items.
 
 from __future__ import annotations
 
+import logging
 import operator
 import re
 import warnings
@@ -22,12 +23,18 @@ from typing import TYPE_CHECKING, Any
 import shapely
 from pyproj import CRS
 
-from geounet.errors import InputError
+from geounet.errors import GeounetError, InputError
+from geounet.io.stac_input import item_scenes
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pystac
 
     from geounet.io.aoi import AreaOfInterest
+    from geounet.models.card import ModelCard
+
+log = logging.getLogger("geounet")
 
 CONDITION = re.compile(r"^\s*([A-Za-z_][\w:.\-]*)\s*(<=|>=|!=|<|>|=)\s*(.+?)\s*$")
 QUERY_OPS = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "=": "eq", "!=": "neq"}
@@ -67,7 +74,7 @@ def parse_condition(text: str) -> Condition:
     """``"eo:cloud_cover<20"`` -> Condition; a one-line error for anything else."""
     m = CONDITION.match(text)
     if m is None:
-        raise InputError(None, f"--query: expected PROPERTY<VALUE (or <=, >, >=, =, !=), got {text!r}")
+        raise InputError(None, f"expected PROPERTY<VALUE (or <=, >, >=, =, !=), got {text!r}")
     prop, op, raw = m.groups()
     raw = raw.strip("'\"")
     try:
@@ -185,3 +192,23 @@ def describe(search: StacSearch) -> str:
         parts.append("datetime " + search.datetime)
     parts += list(search.query)
     return " ".join(parts)
+
+
+def search_scenes(
+    search: StacSearch,
+    area: AreaOfInterest | None,
+    out_root: Path,
+    card: ModelCard,
+    errors: list[GeounetError],
+) -> list[str | Path]:
+    """The scenes of a STAC API search (one VRT per Item found); a failed search goes to ``errors``."""
+    try:
+        items = search_items(search, area)
+    except GeounetError as exc:
+        errors.append(exc)
+        return []
+    if not items:
+        log.warning("%s: the STAC search found no Items: nothing to predict", describe(search))
+        return []
+    log.info("%s: %d Item(s) found", describe(search), len(items))
+    return item_scenes(items, search.url, out_root, card, errors)

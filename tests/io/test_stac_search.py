@@ -41,7 +41,7 @@ def test_conditions_parse_and_hold() -> None:
     s = parse_condition("platform = 'sentinel-2a'")
     assert s.holds({"platform": "sentinel-2a"}) and not s.holds({"platform": "sentinel-2b"})
     assert parse_condition("view:off_nadir>=2.5").holds({"view:off_nadir": "3"})
-    with pytest.raises(Exception, match="--query: expected PROPERTY<VALUE"):
+    with pytest.raises(Exception, match="expected PROPERTY<VALUE"):
         parse_condition("cloudy")
     assert StacSearch("ftp://x", max_items=0).problems() == [
         "stac_search: the API must be an http(s):// URL, got 'ftp://x'",
@@ -173,6 +173,8 @@ def test_stac_api_problems_are_one_line(tmp_path: Path) -> None:
     assert code == 2 and "give --stac-api too" in output
     code, output = _predict([], tmp_path / "o")
     assert code == 2 and "error: no scenes" in output
+    code, output = _predict(["--stac-api", "http://x", "--query", "cloudy"], tmp_path / "o")
+    assert code == 2 and "error: --query: expected PROPERTY<VALUE" in output
     code, output = _predict(["--stac-api", "ftp://x"], tmp_path / "o")
     assert code == 2 and "error: --stac-api: the API must be an http(s):// URL" in output
 
@@ -200,3 +202,26 @@ def test_a_static_catalog_is_walked(stac_api, tmp_path: Path) -> None:
     pystac.Catalog("empty", "nothing").normalize_and_save(str(empty.parent), pystac.CatalogType.SELF_CONTAINED)
     code, output = _predict([str(empty), "--no-vector", "--quiet"], tmp_path / "o2")
     assert code == 1 and f"error: {empty}: a STAC Catalog with no Items under it" in output
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_geounet_run_searches_at_each_run_and_skips_what_is_done(stac_api, tmp_path: Path) -> None:
+    url, _, _ = stac_api
+    out = tmp_path / "out"
+    cfg = tmp_path / "p.yaml"
+    search = {"url": url, "collections": ["s2-crops"], "query": ["eo:cloud_cover<=10"], "max_items": 5}
+    cfg.write_text(
+        json.dumps({"model": "landcover", "inputs": {"stac_search": search}, "out": str(out), "vector": False})
+    )
+    for counts in ({"done": 2}, {"skipped_up_to_date": 2}):  # S2_clear (5) and S2_late (10)
+        res = CliRunner().invoke(app, ["run", str(cfg), "--quiet"])
+        assert res.exit_code == 0, res.output
+        summary = json.loads(sorted((out / "_runs").glob("*.json"))[-1].read_text())
+        assert {k: v for k, v in summary["counts"].items() if v} == counts
+    assert sorted(p.name for p in out.iterdir() if (p / "classes.tif").exists()) == ["S2_clear", "S2_late"]
+    bad = {"url": "ftp://x", "query": ["cloudy"], "max_items": 0}
+    cfg.write_text(json.dumps({"model": "landcover", "inputs": {"stac_search": bad}, "out": str(out)}))
+    res = CliRunner().invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 2
+    assert "inputs.stac_search.query: expected PROPERTY<VALUE" in res.output
