@@ -120,3 +120,71 @@ def test_geounet_run_reads_a_url_and_skips_it_while_unchanged(served, tiny_model
     assert first.scenes[0].out_dir == str(tmp_path / "scene.2021-05-01")
     assert [r.status for r in second.scenes] == ["skipped_up_to_date"], second.scenes
     assert [r.status for r in third.scenes] == ["done"], third.scenes
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """A real S3-compatible server on loopback (moto in server mode), GDAL's AWS_* options pointed at it."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    server_bin = Path(sys.executable).parent / "moto_server"
+    if not server_bin.exists():
+        pytest.fail(f"{server_bin} missing: install the test extra (pip install -e '.[test]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(server_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        env = {
+            "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
+            "AWS_HTTPS": "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "GDAL_HTTP_MAX_RETRY": "0",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_predict_from_s3_matches_the_local_file(served, s3, tiny_model, tmp_path):
+    import boto3
+
+    client = boto3.client(
+        "s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    client.create_bucket(Bucket="scenes")
+    client.upload_file(str(served / "scene.2021-05-01.tif"), "scenes", "kampala/scene.2021-05-01.tif")
+    local = _predict([str(served / "scene.2021-05-01.tif")], tiny_model, tmp_path / "local")
+    assert local.exit_code == 0, local.output
+    res = _predict(
+        ["s3://scenes/kampala/scene.2021-05-01.tif", "s3://scenes/kampala/missing.tif"], tiny_model, tmp_path / "s3"
+    )
+    assert res.exit_code == 1, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.output  # GDAL's own words for a missing key, in one line
+    assert re.fullmatch(
+        r"error: s3://scenes/kampala/missing\.tif: (HTTP 404 not found|.*key does not exist.*)", errors[0]
+    )
+    a, b = _classes(tmp_path / "local" / "scene.2021-05-01"), _classes(tmp_path / "s3" / "scene.2021-05-01")
+    assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+    assert RunRecord.read(tmp_path / "s3" / "scene.2021-05-01").input.path == "s3://scenes/kampala/scene.2021-05-01.tif"
