@@ -49,7 +49,7 @@ def split_epochs(args: list[str]) -> tuple[list[Path], list[Path]]:
 def damage(
     ctx: typer.Context,
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Output folder: damage.gpkg, change.tif, quicklook.png, run.json."
+        ..., "--out", "-o", help="Output folder: damage.gpkg, change.tif, quicklook.png, run.json, web/."
     ),
     footprints: Path | None = typer.Option(
         None,
@@ -69,6 +69,12 @@ def damage(
         None, "--config", "-c", help="YAML with a damage: section (thresholds, tiling), e.g. pipelines/damage.yaml."
     ),
     device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: config, else auto)."),
+    web: bool | None = typer.Option(
+        None,
+        "--web/--no-web",
+        help="Write web/, a map of the run that needs no internet (geounet view OUTDIR serves it); "
+        "default: the config's web:, else on.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
 ) -> None:
     """Grade every building for damage from pre- and post-event scenes.
@@ -85,6 +91,8 @@ def damage(
     try:
         pre, post = split_epochs(list(ctx.args))
         settings = damage_settings(config, device, quiet)
+        if web is not None:
+            settings.web = web
         model_path, requested = resolve_model(model, pre[0]) if pre else (Path(model), None)
         if requested is not None:  # a name: the variant for the pre scene's resolution
             logging.getLogger("geounet").info("model %s: variant %s for the pre scene", requested, model_path.stem)

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run t
 import typer
 
 from geounet import __version__
-from geounet.cli import damage, evaluate, info, models, predict, run, train
+from geounet.cli import damage, evaluate, info, models, predict, run, train, view
 from geounet.cli.logs import DEBUG, enable_debug
 from geounet.errors import scene_failure
 
@@ -51,6 +51,7 @@ app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("info")(info.info)
 app.command("models")(models.models)
+app.command("view")(view.view)
 
 
 def main() -> None:

@@ -11,7 +11,8 @@
 5. ``outputs``, ``preview``: the files; ``geounet.io.run_record.DamageRecord``: run.json.
 
 Outputs in ``OUT_DIR``: ``damage.gpkg`` (layer ``buildings``, pre scene CRS),
-``change.tif`` (COG on the pre grid), ``quicklook.png``, ``run.json``. Each is written
+``change.tif`` (COG on the pre grid), ``quicklook.png``, ``run.json`` and (unless ``web``
+is off) ``web/``, the map of the run (``geounet.web``). Each is written
 in ``OUT_DIR/.damage.partial-<pid>/`` and moved into place when everything is complete;
 ``run.json`` (the completeness mark) comes last. Every input is checked before anything
 is written.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +57,7 @@ from geounet.io.scene import MIN_FIELD_OF_VIEW, open_scene, scene_ground_size
 from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.hardware import resolve_device, resolve_precision
 from geounet.schema import ConfigError
+from geounet.web.folder import WEB, write_damage_web
 
 log = logging.getLogger("geounet")
 
@@ -131,8 +134,11 @@ def run_damage(
             )
         timings["total_s"] = time.perf_counter() - t_start
         record = _record(inputs, s, table, facts, sums.valid_pixels, radiometry, timings)
+        if s.web:
+            _write_web(tmp, record)
         record.write(tmp)
-        publish_files(tmp, out_dir, OUTPUTS, last=RUN_JSON)
+        _set_aside_old_web(out_dir, tmp)
+        publish_files(tmp, out_dir, OUTPUTS + ((WEB,) if s.web else ()), last=RUN_JSON)
     per_grade = record.buildings["per_grade"]
     log.info(
         "damage: %d buildings (%s) in %.1f s -> %s",
@@ -252,6 +258,26 @@ def _output_folder(out_dir: Path) -> Iterator[Path]:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+
+
+def _write_web(tmp: Path, record: DamageRecord) -> None:
+    """``tmp/web/``: the map of pre, post and the graded buildings (``geounet.web``), timed and listed in the record."""
+    t0 = time.perf_counter()
+    summary = write_damage_web(tmp, tmp / "pre.vrt", tmp / "post.vrt", record.to_dict())
+    record.timings["web_s"] = round(time.perf_counter() - t0, 3)
+    record.timings["total_s"] = round(record.timings["total_s"] + record.timings["web_s"], 3)
+    record.outputs["web/index.html"] = {"bytes": summary.bytes, "tiles": summary.tiles, "features": summary.features}
+
+
+def _set_aside_old_web(out_dir: Path, tmp: Path) -> None:
+    """Move a previous run's ``web/`` into ``tmp`` (removed with it): a map never outlives the run it shows.
+
+    The completeness mark (run.json) goes first, as :func:`publish_files` does: a folder without it is incomplete.
+    """
+    old = out_dir / WEB
+    if old.exists():
+        (out_dir / RUN_JSON).unlink(missing_ok=True)
+        os.replace(old, tmp / f".{WEB}.old")
 
 
 @contextmanager

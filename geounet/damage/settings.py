@@ -48,6 +48,7 @@ class DamageSettings:
     quicklook_width: int = 1600  # pixels, both panels
     quiet: bool = False  # no progress bar
     head: str | None = None  # a trained damage head (geounet train, task: damage_head): grades from it, not thresholds
+    web: bool = True  # also write web/: a map of pre, post and the graded buildings (geounet.web, geounet view)
 
     def __post_init__(self) -> None:
         self.thresholds = [float(t) for t in self.thresholds]

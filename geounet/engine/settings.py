@@ -85,6 +85,9 @@ class PredictSettings:
     bbox: tuple[float, float, float, float] | None = None  # or a box: minx, miny, maxx, maxy in bbox_crs
     bbox_crs: str = "EPSG:4326"
     quiet: bool = False
+    # also write web/: a map of the scene, classes and features that needs no internet (geounet.web;
+    # served by geounet view). Off by default: it reads the scene once more and writes its tiles.
+    web: bool = False
 
     def resolved(self, card: ModelCard) -> PredictSettings:
         """Every ``auto``/``None`` settled for this machine: tiling, device, precision, backend, their defaults."""

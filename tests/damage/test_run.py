@@ -24,7 +24,8 @@ from tests.helpers import make_tiny_model, write_scene
 def test_erased_buildings_are_destroyed_and_the_others_untouched(pair, tmp_path):
     out = tmp_path / "out"
     run = pair.run(out)
-    assert sorted(p.name for p in out.iterdir()) == ["change.tif", "damage.gpkg", "quicklook.png", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["change.tif", "damage.gpkg", "quicklook.png", "run.json", "web"]
+    assert (out / "web" / "index.html").is_file() and "web/index.html" in run["outputs"]  # the map: tests/web
     gdf = gpd.read_file(out / "damage.gpkg", layer="buildings").sort_values("footprint_id")
     assert gdf.crs == pair.crs
     for k, (g, s) in enumerate(zip(gdf["damage"], gdf["damage_score"])):

@@ -1,0 +1,228 @@
+"""An XYZ tile pyramid of one raster in EPSG:3857: ``<id>/{z}/{x}/{y}.webp`` (an image) or ``.png`` (classes).
+
+Each zoom is warped from the source's overview nearest to (and not coarser than) its
+pixel size, ``BLOCK_TILES`` x ``BLOCK_TILES`` tiles at a time through a GDAL warped VRT,
+so memory holds one block whatever the raster's size. Tiles with nothing to draw (outside
+the raster, nodata, a class drawn transparent) are not written: the map shows nothing
+there. Images are lossy WebP with alpha; classes are paletted PNGs, the model's colours.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from geounet.web.mercator import (
+    HALF_WORLD,
+    MERCATOR,
+    TILE,
+    TileRange,
+    lonlat_bounds,
+    resolution,
+    zoom_for_extent,
+    zoom_for_resolution,
+)
+
+BLOCK_TILES = 4  # tiles a side read per warp: a 1024 x 1024 px block
+WEBP_QUALITY = 75  # lossy WebP of the imagery (0-100)
+STRETCH_SAMPLE = 1024  # px on the long side of the decimated read that a non-uint8 image's stretch comes from
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class RasterLayer:
+    """One raster drawn as tiles.
+
+    ``bands``: 1-based band indexes shown as red, green, blue (an image) or the one band of
+    class values (``palette`` given). ``palette[v]``: the RGB colour of value ``v``, None
+    for values drawn transparent (background, nodata). ``path``: a file or a GDAL path.
+    """
+
+    id: str
+    label: str
+    path: str
+    bands: tuple[int, ...]
+    palette: tuple[RGB | None, ...] | None = None
+    visible: bool = True
+
+    @property
+    def ext(self) -> str:
+        return "webp" if self.palette is None else "png"
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """What was written: zooms, the layer's bounds (west, south, east, north, degrees), tiles and bytes."""
+
+    id: str
+    minzoom: int
+    maxzoom: int
+    bounds: tuple[float, float, float, float]
+    tiles: int
+    bytes: int
+
+
+def mercator_footprint(src: rasterio.io.DatasetReader) -> tuple[tuple[float, float, float, float], float]:
+    """The raster's bounds in EPSG:3857 (metres, y clamped to the projection's limits) and its pixel size there."""
+    minx, miny, maxx, maxy = transform_bounds(src.crs, MERCATOR, *src.bounds, densify_pts=21)
+    miny, maxy = max(miny, -HALF_WORLD), min(maxy, HALF_WORLD)
+    res = math.sqrt(max(maxx - minx, 1e-9) * max(maxy - miny, 1e-9) / (src.width * src.height))
+    return (minx, miny, maxx, maxy), res
+
+
+def zoom_range(path: str) -> tuple[int, int]:
+    """(min, max) zoom of a raster's pyramid: max nearest its own pixel size, min where it fits one tile."""
+    with rasterio.open(path) as src:
+        (minx, miny, maxx, maxy), res = mercator_footprint(src)
+    zmax = zoom_for_resolution(res)
+    return min(zoom_for_extent(max(maxx - minx, maxy - miny)), zmax), zmax
+
+
+def write_pyramid(layer: RasterLayer, out: Path, zooms: tuple[int, int]) -> Pyramid:
+    """Write ``out/<layer.id>/{z}/{x}/{y}.<ext>`` for zooms ``zooms[0]..zooms[1]``; returns what was written."""
+    folder = out / layer.id
+    folder.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(layer.path) as base:
+        bounds, native = mercator_footprint(base)
+        factors = base.overviews(layer.bands[0])
+        scale = None if layer.palette is not None or base.dtypes[0] == "uint8" else _stretch(base, layer.bands)
+        has_alpha = ColorInterp.alpha in base.colorinterp
+    lut = _palette_lut(layer.palette) if layer.palette is not None else None
+    n_tiles = n_bytes = 0
+    for z in range(zooms[1], zooms[0] - 1, -1):
+        level = _overview_level(factors, native, resolution(z))
+        rng = TileRange.covering(bounds, z)
+        kwargs = {} if level is None else {"overview_level": level}
+        with rasterio.open(layer.path, **kwargs) as src:
+            vrt_options = dict(crs=MERCATOR, transform=rng.transform, width=rng.width, height=rng.height)
+            if layer.palette is not None:
+                vrt = WarpedVRT(src, resampling=Resampling.nearest, nodata=_nodata(src), **vrt_options)
+            else:
+                vrt = WarpedVRT(src, resampling=Resampling.average, add_alpha=not has_alpha, **vrt_options)
+            with vrt:
+                for bx in range(rng.x0, rng.x1 + 1, BLOCK_TILES):
+                    for by in range(rng.y0, rng.y1 + 1, BLOCK_TILES):
+                        nx, ny = min(BLOCK_TILES, rng.x1 + 1 - bx), min(BLOCK_TILES, rng.y1 + 1 - by)
+                        window = Window((bx - rng.x0) * TILE, (by - rng.y0) * TILE, nx * TILE, ny * TILE)
+                        if lut is not None:
+                            block = vrt.read(layer.bands[0], window=window)
+                        else:
+                            block = _image_block(vrt, layer.bands, window, scale, has_alpha)
+                        for i in range(nx):
+                            for j in range(ny):
+                                tile = block[..., j * TILE : (j + 1) * TILE, i * TILE : (i + 1) * TILE]
+                                data = _encode_classes(tile, lut, layer.palette) if lut is not None else _encode(tile)
+                                if data is None:
+                                    continue
+                                path = folder / str(z) / str(bx + i) / f"{by + j}.{layer.ext}"
+                                path.parent.mkdir(parents=True, exist_ok=True)
+                                path.write_bytes(data)
+                                n_tiles += 1
+                                n_bytes += len(data)
+    return Pyramid(layer.id, zooms[0], zooms[1], lonlat_bounds(bounds), n_tiles, n_bytes)
+
+
+def _overview_level(factors: list[int], native: float, target: float) -> int | None:
+    """Index of the coarsest overview whose pixels are no coarser than ``target`` (metres); None: full resolution."""
+    level = None
+    for i, f in enumerate(factors):
+        if native * f <= target * 1.001:
+            level = i
+    return level
+
+
+def _nodata(src: rasterio.io.DatasetReader) -> float:
+    return src.nodata if src.nodata is not None else 255
+
+
+def _stretch(src: rasterio.io.DatasetReader, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per band (2nd, 98th) percentiles of the valid pixels of a decimated read: the image's display range."""
+    f = max(1.0, max(src.width, src.height) / STRETCH_SAMPLE)
+    shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
+    pixels = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest).astype(np.float64)
+    valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+    lo = np.zeros(len(bands))
+    hi = np.ones(len(bands))
+    for k in range(len(bands)):
+        values = pixels[k][valid] if valid.any() else pixels[k].ravel()
+        if values.size:
+            lo[k], hi[k] = np.percentile(values, [2.0, 98.0])
+    return lo, np.maximum(hi, lo + 1e-12)
+
+
+def _image_block(
+    vrt: WarpedVRT,
+    bands: tuple[int, ...],
+    window: Window,
+    scale: tuple[np.ndarray, np.ndarray] | None,
+    has_alpha: bool,
+) -> np.ndarray:
+    """(4, rows, cols) uint8 RGBA of one block: the bands stretched to 0-255, alpha 0 where there is no data."""
+    alpha_band = [i + 1 for i, c in enumerate(vrt.colorinterp) if c == ColorInterp.alpha]
+    rgb = vrt.read(list(bands), window=window)
+    alpha = vrt.read(alpha_band[0], window=window) if alpha_band else vrt.dataset_mask(window=window)
+    if scale is not None:
+        lo, hi = scale
+        rgb = np.clip(np.rint((rgb - lo[:, None, None]) / (hi - lo)[:, None, None] * 255.0), 0, 255)
+    out = np.empty((4, *alpha.shape), np.uint8)
+    out[:3] = rgb
+    out[3] = alpha
+    return out
+
+
+def _encode(rgba: np.ndarray) -> bytes | None:
+    """Lossy WebP of a (4, TILE, TILE) uint8 tile; None when nothing in it is drawn."""
+    alpha = rgba[3]
+    if not alpha.any():
+        return None
+    buf = io.BytesIO()
+    if alpha.min() == 255:
+        Image.fromarray(np.moveaxis(rgba[:3], 0, -1), "RGB").save(buf, "WEBP", quality=WEBP_QUALITY)
+    else:
+        Image.fromarray(np.moveaxis(rgba, 0, -1), "RGBA").save(buf, "WEBP", quality=WEBP_QUALITY)
+    return buf.getvalue()
+
+
+def _palette_lut(palette: tuple[RGB | None, ...]) -> np.ndarray:
+    """Opacity (0 or 255) of each of the 256 values: 255 for the values with a colour."""
+    lut = np.zeros(256, np.uint8)
+    for v, c in enumerate(palette[:256]):
+        if c is not None:
+            lut[v] = 255
+    return lut
+
+
+def _encode_classes(values: np.ndarray, lut: np.ndarray, palette: tuple[RGB | None, ...] | None) -> bytes | None:
+    """Paletted PNG of a (TILE, TILE) tile of class values; None when every pixel is transparent."""
+    if not lut[values].any():
+        return None
+    img = Image.fromarray(values.astype(np.uint8), "P")
+    colours = [c or (0, 0, 0) for c in (palette or ())][:256]
+    img.putpalette([v for c in colours + [(0, 0, 0)] * (256 - len(colours)) for v in c])
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=lut.tobytes())
+    return buf.getvalue()
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder``."""
+    return sum(e.stat().st_size for e in _walk(folder))
+
+
+def _walk(folder: Path):
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path))
+        else:
+            yield entry
