@@ -18,7 +18,8 @@ import pytest
 
 from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
-from tests.helpers import DEFAULT_MODEL, DEMO_SCENE
+from tests.damage.conftest import SyntheticPair
+from tests.helpers import DEFAULT_MODEL, DEMO_SCENE, make_tiny_model
 
 CHROMIUM = os.environ.get("GEOUNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -47,6 +48,20 @@ def predicted(tmp_path_factory) -> Path:
     return Path(report.out_dir)
 
 
+@pytest.fixture(scope="session")
+def damaged(tmp_path_factory) -> tuple[SyntheticPair, Path]:
+    """The damage tests' synthetic pair (three of nine roofs erased), graded with its map (on by default)."""
+    pair = SyntheticPair(tmp_path_factory.mktemp("web_pair"))
+    _, pre, post = pair.arrays()
+    pair.write(pair.folder / "pre.tif", pre)
+    pair.write(pair.folder / "post.tif", post)
+    pair.footprints().to_file(pair.folder / "footprints.gpkg", layer="buildings")
+    make_tiny_model(pair.model)
+    out = pair.folder / "out"
+    pair.run(out)
+    return pair, out
+
+
 class ViewServer:
     """``geounet view FOLDER`` in a subprocess; ``url`` is the line it printed."""
 
@@ -72,6 +87,14 @@ class ViewServer:
 def served(predicted) -> Iterator[ViewServer]:
     """``geounet view`` of the predicted folder, for one test."""
     server = ViewServer(predicted)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def served_damage(damaged) -> Iterator[ViewServer]:
+    """``geounet view`` of the damage run's folder, for one test."""
+    server = ViewServer(damaged[1])
     yield server
     server.close()
 

@@ -18,6 +18,7 @@ import pytest
 import shapely
 from PIL import Image
 
+from geounet.compute.change import GRADE_COLOURS
 from geounet.models.card import read_card
 from geounet.web.folder import BACKGROUND, FILL_OPACITY
 from tests.helpers import DEFAULT_MODEL
@@ -134,3 +135,48 @@ def test_buildings_are_drawn_where_the_geopackage_says_and_clicks_show_their_att
     assert not outside, f"requests left loopback: {outside}"
     assert any(u.endswith(".pmtiles") for u in seen) and any("/tiles/classes/" in u for u in seen)
     assert time.perf_counter() - t0 < 60
+
+
+def test_damage_map_draws_each_building_in_its_grade_colour_and_says_what_drove_it(damaged, served_damage, browser):
+    pair, out = damaged
+    outside: list[str] = []
+    context = browser.new_context(viewport={"width": 1000, "height": 760}, device_scale_factor=1)
+
+    def guard(route) -> None:
+        if urlparse(route.request.url).hostname not in (None, "", "127.0.0.1"):
+            outside.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    context.route("**/*", guard)
+    page = context.new_page()
+    page.goto(served_damage.url)
+    page.wait_for_function("window.geounetReady === true", timeout=45_000)
+    page.click("#toggle-post")  # the polygons alone, over the background
+    _idle(page)
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), float)
+    graded = gpd.read_file(out / "damage.gpkg", layer="buildings")
+    centres = graded.geometry.centroid.to_crs(4326)
+    background = _rgb(BACKGROUND)
+    for (_, row), c in zip(graded.iterrows(), centres):
+        x, y = _screen_point(page, c.x, c.y)
+        expected = FILL_OPACITY * np.array(GRADE_COLOURS[row["damage"]], float) + (1 - FILL_OPACITY) * background
+        got = shot[round(y), round(x)]
+        assert np.abs(got - expected).max() <= 12, (row["footprint_id"], row["damage"], got, expected)
+
+    worst = graded.sort_values("damage_score").iloc[-1]
+    c = centres[worst.name]
+    page.mouse.click(*_screen_point(page, c.x, c.y))
+    page.wait_for_selector(".maplibregl-popup-content", timeout=10_000)
+    shown = dict(
+        page.eval_on_selector_all(
+            ".maplibregl-popup-content tr", "rows => rows.map(r => [r.cells[0].innerText, r.cells[1].innerText])"
+        )
+    )
+    assert shown["damage"] == worst["damage"]
+    assert float(shown["damage_score"]) == pytest.approx(worst["damage_score"], rel=1e-6)
+    # the tests' settings grade on the image change alone (prob_weight 0): the change term drove it
+    assert shown["driven by"].startswith("image change (F = ")
+    context.close()
+    assert not outside, outside

@@ -1,0 +1,103 @@
+"""Raster tiles: Web Mercator maths, and pyramids whose pixels are where the raster's are."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from pyproj import Transformer
+
+from geounet.web.mercator import HALF_WORLD, TILE, TileRange, lonlat_bounds, resolution, zoom_for_resolution
+from geounet.web.raster_tiles import RasterLayer, write_pyramid, zoom_range
+from tests.helpers import write_scene
+
+ORIGIN = (500000.0, 5800000.0)  # EPSG:32633, about 52.3 N 15 E
+
+
+def test_zoom_levels_and_tile_ranges():
+    assert resolution(0) == pytest.approx(2 * HALF_WORLD / 256)
+    assert resolution(19) == pytest.approx(0.2986, abs=1e-4)
+    assert zoom_for_resolution(0.3) == 19 and zoom_for_resolution(10.0) == 14 and zoom_for_resolution(1e9) == 0
+    whole = TileRange.covering((-HALF_WORLD, -HALF_WORLD, HALF_WORLD, HALF_WORLD), 3)
+    assert (whole.x0, whole.y0, whole.x1, whole.y1, whole.count) == (0, 0, 7, 7, 64)
+    one = TileRange.covering((1.0, 1.0, 2.0, 2.0), 10)  # just north-east of (0, 0): tile (512, 511)
+    assert (one.x0, one.y0, one.x1, one.y1) == (512, 511, 512, 511)
+    assert one.transform * (0, TILE) == pytest.approx((0.0, 0.0), abs=1e-6)  # its bottom-left corner is the origin
+    w, s, e, n = lonlat_bounds((-HALF_WORLD, -HALF_WORLD, HALF_WORLD, HALF_WORLD))
+    assert (w, e) == pytest.approx((-180, 180)) and n == pytest.approx(85.0511, abs=1e-4) and s == -n
+
+
+def _pixel(folder: Path, zoom: int, x: float, y: float, crs: str, ext: str) -> np.ndarray | None:
+    """RGBA of the tile pixel at (x, y) in ``crs``, or None when its tile was not written."""
+    mx, my = Transformer.from_crs(crs, "EPSG:3857", always_xy=True).transform(x, y)
+    res = resolution(zoom)
+    px, py = (mx + HALF_WORLD) / res, (HALF_WORLD - my) / res
+    tile = folder / str(zoom) / str(int(px // TILE)) / f"{int(py // TILE)}.{ext}"
+    if not tile.is_file():
+        return None
+    img = np.asarray(Image.open(io.BytesIO(tile.read_bytes())).convert("RGBA"))
+    return img[int(py % TILE), int(px % TILE)]
+
+
+def test_class_tiles_draw_each_class_where_it_is_and_nothing_elsewhere(tmp_path):
+    values = np.zeros((1, 400, 400), np.uint8)
+    values[0, 100:200, 50:150] = 1  # a 15 m square of class 1 (0.15 m pixels)
+    values[0, 300:380, 300:380] = 2
+    values[0, :, 390:] = 255  # nodata strip
+    src = write_scene(tmp_path / "classes.tif", values, nodata=255)
+    zooms = zoom_range(str(src))
+    assert zooms[1] == zoom_for_resolution(0.15 / math.cos(math.radians(52.3)))
+    palette = (None, (230, 60, 60), (20, 120, 250))
+    p = write_pyramid(RasterLayer("classes", "Classes", str(src), (1,), palette), tmp_path / "tiles", zooms)
+    assert (p.minzoom, p.maxzoom) == zooms and p.tiles > 0
+    folder = tmp_path / "tiles" / "classes"
+
+    def at(row: int, col: int, zoom: int = zooms[1]) -> np.ndarray | None:
+        x, y = ORIGIN[0] + (col + 0.5) * 0.15, ORIGIN[1] - (row + 0.5) * 0.15
+        return _pixel(folder, zoom, x, y, "EPSG:32633", "png")
+
+    assert list(at(150, 100)) == [230, 60, 60, 255]
+    assert list(at(340, 340)) == [20, 120, 250, 255]
+    for row, col in ((20, 20), (250, 250), (150, 395)):  # background, background, nodata: transparent or no tile
+        got = at(row, col)
+        assert got is None or got[3] == 0, (row, col, got)
+    # the coarsest zoom (down to the raster in one tile): the big square still there
+    assert zooms[0] < zooms[1]
+    assert list(at(150, 100, zooms[0])) == [230, 60, 60, 255]
+    # nothing outside the raster is written: every tile meets its bounds
+    for png in folder.rglob("*.png"):
+        z, x, y = (int(v) for v in png.with_suffix("").parts[-3:])
+        rng = TileRange.covering(_bounds_3857(src), z)
+        assert rng.x0 <= x <= rng.x1 and rng.y0 <= y <= rng.y1
+
+
+def _bounds_3857(path: Path) -> tuple[float, float, float, float]:
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(path) as src:
+        return transform_bounds(src.crs, "EPSG:3857", *src.bounds)
+
+
+def test_image_tiles_stretch_16_bit_scenes_and_keep_the_mask(tmp_path):
+    data = np.full((3, 300, 300), 1000, np.uint16)
+    data[:, :, 150:] = 3000  # dark west half, bright east half
+    mask = np.ones((300, 300), bool)
+    mask[:50] = False  # the northern strip has no data
+    src = write_scene(tmp_path / "scene.tif", data, mask=mask, res=0.3)
+    zooms = zoom_range(str(src))
+    write_pyramid(RasterLayer("scene", "Scene", str(src), (1, 2, 3)), tmp_path / "tiles", zooms)
+    folder = tmp_path / "tiles" / "scene"
+
+    def at(row: int, col: int) -> np.ndarray | None:
+        x, y = ORIGIN[0] + (col + 0.5) * 0.3, ORIGIN[1] - (row + 0.5) * 0.3
+        return _pixel(folder, zooms[1], x, y, "EPSG:32633", "webp")
+
+    dark, bright, empty = at(200, 50), at(200, 250), at(20, 100)
+    assert dark is not None and bright is not None
+    assert dark[3] == 255 and bright[3] == 255 and dark[:3].max() < 30 and bright[:3].min() > 225  # 2-98 % stretch
+    assert empty is None or empty[3] == 0
