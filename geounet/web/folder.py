@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,18 +146,22 @@ def _rgb_bands(path: str | Path) -> tuple[int, ...]:
 
 
 def _pyramids(layers: list[RasterLayer], web: Path, zooms: tuple[int, int]) -> list[Pyramid | None]:
-    """Each layer's pyramid under ``web/tiles/``; None (said in the log) for a scene that cannot be read now."""
-    out: list[Pyramid | None] = []
-    for layer in layers:
+    """Each layer's pyramid under ``web/tiles/``, side by side in threads (GDAL's warps and the image
+    encoders release the GIL; docs/web.md has the measurement); None (said in the log) for a scene
+    that cannot be read now."""
+
+    def one(layer: RasterLayer) -> Pyramid | None:
         try:
-            out.append(write_pyramid(layer, web / "tiles", zooms))
+            return write_pyramid(layer, web / "tiles", zooms)
         except Exception as exc:  # noqa: BLE001 - the map goes without that layer, as the log says
             if layer.palette is not None:
                 raise
             log.warning("%s: not in the web map: %s", layer.path, str(exc).splitlines()[0] if str(exc) else exc)
             shutil.rmtree(web / "tiles" / layer.id, ignore_errors=True)
-            out.append(None)
-    return out
+            return None
+
+    with ThreadPoolExecutor(min(len(layers), 2), thread_name_prefix="geounet-web") as pool:
+        return list(pool.map(one, layers))
 
 
 def _feature_layers(folder: Path) -> list[tuple[Path, str]]:
