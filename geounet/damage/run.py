@@ -135,7 +135,7 @@ def run_damage(
         timings["total_s"] = time.perf_counter() - t_start
         record = _record(inputs, s, table, facts, sums.valid_pixels, radiometry, timings)
         if s.web:
-            _write_web(tmp, record)
+            _write_web(tmp, out_dir.name, record)
         record.write(tmp)
         _set_aside_old_web(out_dir, tmp)
         publish_files(tmp, out_dir, OUTPUTS + ((WEB,) if s.web else ()), last=RUN_JSON)
@@ -260,10 +260,13 @@ def _output_folder(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def _write_web(tmp: Path, record: DamageRecord) -> None:
-    """``tmp/web/``: the map of pre, post and the graded buildings (``geounet.web``), timed and listed in the record."""
+def _write_web(tmp: Path, name: str, record: DamageRecord) -> None:
+    """``tmp/web/``: the map of pre, post and the graded buildings (``geounet.web``), timed and listed in the record.
+
+    ``name``: the output folder's (the page's title).
+    """
     t0 = time.perf_counter()
-    summary = write_damage_web(tmp, tmp / "pre.vrt", tmp / "post.vrt", record.to_dict())
+    summary = write_damage_web(tmp, tmp / "pre.vrt", tmp / "post.vrt", record.to_dict(), title=name)
     record.timings["web_s"] = round(time.perf_counter() - t0, 3)
     record.timings["total_s"] = round(record.timings["total_s"] + record.timings["web_s"], 3)
     record.outputs["web/index.html"] = {"bytes": summary.bytes, "tiles": summary.tiles, "features": summary.features}

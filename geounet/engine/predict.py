@@ -198,7 +198,7 @@ def predict_scene(
 
         finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
         if plan.settings.web:
-            _write_web(plan, tmp, record, timings)
+            _write_web(plan, tmp, final_dir.name, record, timings)
         record.write(tmp)
         replace_dir(tmp, final_dir)
     log.info(
@@ -330,12 +330,15 @@ def _vectorize(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str
     return vector
 
 
-def _write_web(plan: ScenePlan, tmp: Path, record: RunRecord, timings: dict[str, float]) -> None:
-    """``tmp/web/``: the map of the scene, its classes and features (``geounet.web``); listed in the record."""
+def _write_web(plan: ScenePlan, tmp: Path, name: str, record: RunRecord, timings: dict[str, float]) -> None:
+    """``tmp/web/``: the map of the scene, its classes and features (``geounet.web``); listed in the record.
+
+    ``name``: the output folder's (the page's title).
+    """
     from geounet.web.folder import write_scene_web
 
     t0 = time.perf_counter()
-    summary = write_scene_web(tmp, plan.scene, plan.card, record.to_dict())
+    summary = write_scene_web(tmp, plan.scene, plan.card, record.to_dict(), title=name)
     timings["web_s"] = time.perf_counter() - t0  # the record holds this dict: run.json gets it
     timings["total_s"] += timings["web_s"]
     record.outputs["web/index.html"] = {"bytes": summary.bytes, "tiles": summary.tiles, "features": summary.features}

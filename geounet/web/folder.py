@@ -51,24 +51,30 @@ def hex_colour(rgb: tuple[int, int, int] | list[int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def write_scene_web(folder: Path, scene: str | Path, card: ModelCard, record: dict[str, Any]) -> WebSummary:
+def write_scene_web(
+    folder: Path, scene: str | Path, card: ModelCard, record: dict[str, Any], title: str | None = None
+) -> WebSummary:
     """``folder/web/``: the scene, ``classes.tif`` and the features (``features.gpkg`` or per-layer files).
 
-    ``record``: the scene's run.json record (``RunRecord.to_dict()``) for the page's facts.
+    ``record``: the scene's run.json record (``RunRecord.to_dict()``) for the page's facts;
+    ``title``: the output folder's name (default: ``folder``'s, which a staging folder's is not).
     """
     web = _fresh(folder / WEB)
     zooms = zoom_range(str(folder / "classes.tif"))
     palette = tuple(None if c.kind == "background" else tuple(c.color) for c in card.classes)
     layers = [
-        RasterLayer("scene", "Scene", gdal_path(scene), tuple(display_bands(card))),
+        RasterLayer("scene", "Scene", gdal_path(scene), _scene_bands(card)),
         RasterLayer("classes", "Classes (raster)", str(folder / "classes.tif"), (1,), palette),  # type: ignore[arg-type]
     ]
     pyramids = _pyramids(layers, web, zooms)
     colours = {c.name: hex_colour(c.color) for c in card.classes if c.kind != "background"}
     vectors = []
+    colour_fields: list[str | None] = []
     for source, layer in _feature_layers(folder):
+        field = _class_field(source, layer)  # landcover: class_name (class is the index); centre lines: none
         out = web / f"{layer}.pmtiles"
-        vectors.append(write_vector_tiles(source, layer, out, vector_zooms(zooms), layer, count_by="class"))
+        vectors.append(write_vector_tiles(source, layer, out, vector_zooms(zooms), layer, count_by=field))
+        colour_fields.append(field)
     counts: dict[str, int] = {}
     for v in vectors:
         for k, n in v.counts.items():
@@ -89,15 +95,34 @@ def write_scene_web(folder: Path, scene: str | Path, card: ModelCard, record: di
         for c in card.classes
         if c.kind != "background"
     ]
-    config = _config(folder.name, facts, "Classes", legend, pyramids, layers, vectors, colours, "class", zooms)
+    config = _config(title or folder.name, facts, "Classes", legend, pyramids, layers, vectors, colours, "class", zooms)
+    roads = [hex_colour(c.color) for c in card.classes if c.kind == "road"]
+    for v, field in zip(config["vectors"], colour_fields):
+        v["color_by"] = field
+        if field is None and roads:  # road centre lines: the road class's colour
+            v["fallback_color"] = roads[0]
     return _summary(web, write_page(web, config, __version__), pyramids, vectors)
 
 
-def write_damage_web(folder: Path, pre: str | Path, post: str | Path, record: dict[str, Any]) -> WebSummary:
+def _class_field(source: Path, layer: str) -> str | None:
+    """The attribute holding a feature's class name: ``class_name`` (landcover), ``class``, or None (none)."""
+    if source.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        names = set(pq.ParquetFile(source).schema_arrow.names)
+    else:
+        names = {str(f) for f in pyogrio.read_info(source, layer=layer)["fields"]}
+    return "class_name" if "class_name" in names else "class" if "class" in names else None
+
+
+def write_damage_web(
+    folder: Path, pre: str | Path, post: str | Path, record: dict[str, Any], title: str | None = None
+) -> WebSummary:
     """``folder/web/`` of a damage run: the pre and post scenes and ``damage.gpkg``'s buildings by grade.
 
     ``pre``/``post``: the two mosaics (``pre.vrt``, ``post.vrt``, shown with bands 1-3 as
-    RGB); ``record``: the run's run.json record (``DamageRecord.to_dict()``).
+    RGB); ``record``: the run's run.json record (``DamageRecord.to_dict()``); ``title``: the
+    output folder's name (default: ``folder``'s).
     """
     web = _fresh(folder / WEB)
     zooms = zoom_range(str(pre))
@@ -123,11 +148,29 @@ def write_damage_web(folder: Path, pre: str | Path, post: str | Path, record: di
     ]
     legend = [{"label": g, "color": colours[g], "count": per_grade.get(g, tiles.counts.get(g, 0))} for g in grades]
     config = _config(
-        "damage: " + folder.name, facts, "Damage grade", legend, pyramids, layers, [tiles], colours, "damage", zooms
+        "damage: " + (title or folder.name),
+        facts,
+        "Damage grade",
+        legend,
+        pyramids,
+        layers,
+        [tiles],
+        colours,
+        "damage",
+        zooms,
     )
     weight = float(record.get("settings", {}).get("prob_weight", 1.0))
     config["vectors"][0]["damage_driver"] = {"prob_weight": weight}
     return _summary(web, write_page(web, config, __version__), pyramids, [tiles])
+
+
+def _scene_bands(card: ModelCard) -> tuple[int, ...]:
+    """Scene bands shown as red, green, blue: the card's red/green/blue, Sentinel-2's B04/B03/B02, else as the quicklook."""
+    names = [n.lower() for n in card.band_names]
+    for rgb in (("red", "green", "blue"), ("b04", "b03", "b02"), ("b4", "b3", "b2")):
+        if all(c in names for c in rgb):
+            return tuple(card.bands[names.index(c)] for c in rgb)
+    return tuple(display_bands(card))
 
 
 def _fresh(web: Path) -> Path:
@@ -185,7 +228,7 @@ def _config(
     layers: list[RasterLayer],
     vectors: list[VectorTiles],
     colours: dict[str, str],
-    colour_by: str,
+    colour_by: str | None,
     zooms: tuple[int, int],
 ) -> dict[str, Any]:
     """The settings ``static/app.js`` draws the map from (``window.GEOUNET_MAP``)."""

@@ -51,11 +51,13 @@ def write_vector_tiles(
     ``count_by``: an attribute whose values are counted (e.g. ``class``, ``damage``).
     """
     counts: Counter[str] = Counter()
+    rows = [0]
     with _batches(source, layer) as (meta, reader):
         fields = [f.name for f in reader.schema if f.name != meta["geometry_name"]]
 
         def counted() -> Iterator[pa.RecordBatch]:
             for batch in reader:
+                rows[0] += batch.num_rows
                 if count_by is not None and count_by in batch.schema.names:
                     counts.update(str(v) for v in batch.column(count_by).to_pylist())
                 yield batch
@@ -71,7 +73,7 @@ def write_vector_tiles(
             geometry_name=meta["geometry_name"],
             dataset_options={"MINZOOM": zooms[0], "MAXZOOM": zooms[1], "NAME": name, "TYPE": "overlay"},
         )
-    return VectorTiles(out.name, name, zooms[0], zooms[1], sum(counts.values()), dict(counts), fields)
+    return VectorTiles(out.name, name, zooms[0], zooms[1], rows[0], dict(counts), fields)
 
 
 @contextmanager

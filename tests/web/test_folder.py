@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pyogrio
+import shapely
 
 from geounet.compute.change import GRADE_COLOURS
 from geounet.web.folder import hex_colour
@@ -38,6 +40,7 @@ def test_predict_writes_a_self_contained_map_timed_in_run_json(predicted):
     assert "http" not in (web / "static" / "app.js").read_text()
 
     cfg = page_config(web)
+    assert cfg["title"] == "kampala_demo"  # the output folder's name, not its staging folder's
     facts = dict(cfg["facts"])
     assert facts["scene"] == "kampala_demo.tif" and facts["model"].startswith(run["model"]["name"])
     buildings = gpd.read_file(predicted / "features.gpkg", layer="buildings")
@@ -63,6 +66,7 @@ def test_damage_map_colours_buildings_by_grade_with_the_terms(damaged):
     cfg = page_config(web)
     run = json.loads((out / "run.json").read_text())
     assert run["timings"]["web_s"] > 0 and "web/index.html" in run["outputs"]
+    assert cfg["title"] == f"damage: {out.name}"
     [vec] = cfg["vectors"]
     assert vec["color_by"] == "damage" and vec["colors"]["destroyed"] == hex_colour(GRADE_COLOURS["destroyed"])
     assert {"damage", "damage_score", "presence_drop", "confidence", "change_term"} <= set(vec["fields"])
@@ -110,3 +114,42 @@ def test_damage_config_web_key_is_checked():
     assert DamageSettings().web is True  # on unless said
     settings, problems = DamageSettings.check({"web": "yes"})
     assert settings is None and len(problems) == 1 and problems[0].startswith("damage.web: ")
+
+
+def test_landcover_and_centre_lines_are_coloured_by_the_right_field(tmp_path):
+    """Landcover layers hold the class index in ``class`` and its name in ``class_name``; centre lines have neither."""
+    from geounet.io.run_record import RunRecord
+    from geounet.web.folder import write_scene_web
+    from tests.helpers import make_card, write_scene
+
+    card = make_card(("forest", "landcover", (20, 120, 40)), ("road", "road", (250, 200, 30)))
+    values = np.zeros((1, 200, 200), np.uint8)
+    values[0, :100] = 1
+    values[0, 150:160] = 2
+    folder = tmp_path / "out"
+    folder.mkdir()
+    classes = write_scene(folder / "classes.tif", values, res=1.0, nodata=255)
+    scene = write_scene(tmp_path / "scene.tif", np.full((1, 200, 200), 90, np.uint8), res=1.0)
+    x0, y0 = 500000.0, 5800000.0
+    gpd.GeoDataFrame(
+        {"class": [1], "class_name": ["forest"], "area_m2": [20000.0], "score": [0.9]},
+        geometry=[shapely.box(x0, y0 - 100, x0 + 200, y0)],
+        crs="EPSG:32633",
+    ).to_file(folder / "features.gpkg", layer="landcover")
+    gpd.GeoDataFrame(
+        {"length_m": [200.0]}, geometry=[shapely.LineString([(x0, y0 - 155), (x0 + 200, y0 - 155)])], crs="EPSG:32633"
+    ).to_file(folder / "features.gpkg", layer="road_centerlines")
+    record = {
+        "created_utc": "2026-01-01T00:00:00+00:00",
+        "input": {"path": str(scene), "width": 200, "height": 200, "ground_resolution_m": 1.0, "crs": "EPSG:32633"},
+        "model": {"path": "/models/test.safetensors", "name": "test"},
+    }
+    assert classes.is_file() and RunRecord  # the record's layout is RunRecord.to_dict()'s (the fields used here)
+    summary = write_scene_web(folder, scene, card, record, title="out")
+    cfg = page_config(folder / "web")
+    by_layer = {v["layer"]: v for v in cfg["vectors"]}
+    assert by_layer["landcover"]["color_by"] == "class_name" and by_layer["landcover"]["colors"]["forest"] == "#147828"
+    assert by_layer["road_centerlines"]["color_by"] is None
+    assert by_layer["road_centerlines"]["fallback_color"] == "#fac81e"  # the road class's colour
+    assert dict(cfg["facts"])["features"] == "forest 1"
+    assert summary.features == 2

@@ -81,9 +81,12 @@
   }
   cfg.vectors.forEach(function (v) {
     style.sources[v.id] = { type: "vector", url: "pmtiles://" + base + v.file };
-    var colour = ["match", ["to-string", ["get", v.color_by]]];
-    Object.keys(v.colors).forEach(function (k) { colour.push(k, v.colors[k]); });
-    colour.push(v.fallback_color);
+    var colour = v.fallback_color;  // a layer without a class attribute (road centre lines): one colour
+    if (v.color_by) {
+      colour = ["match", ["to-string", ["get", v.color_by]]];
+      Object.keys(v.colors).forEach(function (k) { colour.push(k, v.colors[k]); });
+      colour.push(v.fallback_color);
+    }
     var polygons = ["in", ["geometry-type"], ["literal", ["Polygon", "MultiPolygon"]]];
     var lines = ["in", ["geometry-type"], ["literal", ["LineString", "MultiLineString"]]];
     style.layers.push({ id: v.id + "-fill", type: "fill", source: v.id, "source-layer": v.layer, filter: polygons,
