@@ -44,6 +44,14 @@ def _screen_point(page, lon: float, lat: float) -> tuple[float, float]:
     )
 
 
+def _ready(page, errors: list[str]) -> None:
+    """Wait for the map's first complete drawing; a page that never gets there says why (WebGL, a script error)."""
+    try:
+        page.wait_for_function("window.geounetReady === true", timeout=45_000)
+    except Exception as exc:  # playwright's TimeoutError: the page's own errors are the useful part
+        raise AssertionError(f"the map never finished drawing: {errors or exc}") from None
+
+
 def _idle(page) -> None:
     """Wait until the map has drawn everything it asked for."""
     page.evaluate("new Promise(r => { window.geounetMap.once('idle', r); window.geounetMap.triggerRepaint(); })")
@@ -71,8 +79,9 @@ def test_buildings_are_drawn_where_the_geopackage_says_and_clicks_show_their_att
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "404" not in m.text else None)
     page.goto(server.url)
-    page.wait_for_function("window.geounetReady === true", timeout=45_000)
+    _ready(page, errors)
     assert not errors, errors
 
     # the panel: the run's facts and the legend
@@ -151,8 +160,10 @@ def test_damage_map_draws_each_building_in_its_grade_colour_and_says_what_drove_
 
     context.route("**/*", guard)
     page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(served_damage.url)
-    page.wait_for_function("window.geounetReady === true", timeout=45_000)
+    _ready(page, errors)
     page.click("#toggle-post")  # the polygons alone, over the background
     _idle(page)
     shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), float)

@@ -105,3 +105,53 @@ def test_image_tiles_stretch_16_bit_scenes_and_keep_the_mask(tmp_path):
         assert dark[3] == 255 and bright[3] == 255, z
         assert dark[:3].max() < 30 and bright[:3].min() > 225, (z, dark, bright)  # the 2-98 % stretch
         assert empty is None or empty[3] == 0, (z, empty)
+
+
+def test_pyramids_read_block_by_block_and_a_scene_without_overviews_once(tmp_path, monkeypatch):
+    """Every warped read is at most one block; without overviews only the finest zoom reads the raster."""
+    from rasterio.vrt import WarpedVRT
+
+    from geounet.web import raster_tiles
+
+    reads: list[tuple[int, int, float]] = []
+    original = WarpedVRT.read
+
+    def read(self, *args, **kwargs):
+        w = kwargs["window"]
+        reads.append((int(w.width), int(w.height), self.transform.a))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(WarpedVRT, "read", read)
+    src = write_scene(tmp_path / "scene.tif", np.full((3, 3000, 3000), 100, np.uint8), res=0.15)
+    zooms = zoom_range(str(src))
+    assert zooms[1] - zooms[0] >= 3
+    write_pyramid(RasterLayer("scene", "Scene", str(src), (1, 2, 3)), tmp_path / "tiles", zooms)
+    block = raster_tiles.BLOCK_TILES * TILE
+    assert reads and all(w <= block and h <= block for w, h, _ in reads)
+    assert all(res == pytest.approx(resolution(zooms[1])) for _, _, res in reads)  # the finest zoom only
+    tiles = {int(p.parts[-3]) for p in (tmp_path / "tiles" / "scene").rglob("*.webp")}
+    assert tiles == set(range(zooms[0], zooms[1] + 1))  # every zoom was written
+
+
+def test_coarser_zooms_of_a_raster_with_overviews_read_its_overviews(tmp_path, monkeypatch):
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    seen: dict[float, set[int]] = {}
+    original = WarpedVRT.read
+
+    def read(self, *args, **kwargs):
+        seen.setdefault(round(self.transform.a, 6), set()).add(self.src_dataset.width)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(WarpedVRT, "read", read)
+    values = np.zeros((1, 3000, 3000), np.uint8)
+    values[0, 1000:2000, 1000:2000] = 1
+    src = write_scene(tmp_path / "classes.tif", values, res=0.15, nodata=255)
+    with rasterio.open(src, "r+") as ds:
+        ds.build_overviews([2, 4, 8], Resampling.nearest)
+    zooms = zoom_range(str(src))
+    write_pyramid(RasterLayer("classes", "C", str(src), (1,), (None, (255, 0, 0))), tmp_path / "tiles", zooms)
+    widths = [min(seen[round(resolution(z), 6)]) for z in range(zooms[0], zooms[1] + 1)]
+    assert widths[-1] == 3000 and widths[0] < 3000  # the finest zoom from the raster, the coarsest from an overview
+    assert widths == sorted(widths)
