@@ -24,7 +24,7 @@ from geounet.io.quicklook import display_bands
 from geounet.io.remote import gdal_path
 from geounet.models.card import ModelCard
 from geounet.web.page import INDEX, write_page
-from geounet.web.raster_tiles import Pyramid, RasterLayer, folder_bytes, write_pyramid, zoom_range
+from geounet.web.raster_tiles import Pyramid, RasterLayer, data_bounds, folder_bytes, write_pyramid, zoom_range
 from geounet.web.vector_tiles import VectorTiles, vector_zooms, write_vector_tiles
 
 log = logging.getLogger("geounet")
@@ -66,7 +66,8 @@ def write_scene_web(
         RasterLayer("scene", "Scene", gdal_path(scene), _scene_bands(card)),
         RasterLayer("classes", "Classes (raster)", str(folder / "classes.tif"), (1,), palette),  # type: ignore[arg-type]
     ]
-    pyramids = _pyramids(layers, web, zooms)
+    # only where the run has data: an --aoi run or a sparse mosaic does not tile its whole scene
+    pyramids = _pyramids(layers, web, zooms, data_bounds(str(folder / "classes.tif")))
     colours = {c.name: hex_colour(c.color) for c in card.classes if c.kind != "background"}
     vectors = []
     colour_fields: list[str | None] = []
@@ -188,14 +189,16 @@ def _rgb_bands(path: str | Path) -> tuple[int, ...]:
         return (1, 2, 3) if src.count >= 3 else (1, 1, 1)
 
 
-def _pyramids(layers: list[RasterLayer], web: Path, zooms: tuple[int, int]) -> list[Pyramid | None]:
+def _pyramids(
+    layers: list[RasterLayer], web: Path, zooms: tuple[int, int], clip: tuple[float, float, float, float] | None = None
+) -> list[Pyramid | None]:
     """Each layer's pyramid under ``web/tiles/``, side by side in threads (GDAL's warps and the image
     encoders release the GIL; docs/web.md has the measurement); None (said in the log) for a scene
     that cannot be read now."""
 
     def one(layer: RasterLayer) -> Pyramid | None:
         try:
-            return write_pyramid(layer, web / "tiles", zooms)
+            return write_pyramid(layer, web / "tiles", zooms, clip)
         except Exception as exc:  # noqa: BLE001 - the map goes without that layer, as the log says
             if layer.palette is not None:
                 raise

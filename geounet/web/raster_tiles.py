@@ -84,6 +84,23 @@ def mercator_footprint(src: rasterio.io.DatasetReader) -> tuple[tuple[float, flo
     return (minx, miny, maxx, maxy), res
 
 
+def data_bounds(path: str) -> tuple[float, float, float, float] | None:
+    """EPSG:3857 box (metres) of a raster's valid pixels, from its coarsest overview's mask (one of its
+    pixels of margin); None when no pixel is valid."""
+    with rasterio.open(path) as full:
+        factors = full.overviews(1)
+    with rasterio.open(path, **({"overview_level": len(factors) - 1} if factors else {})) as src:
+        valid = src.dataset_mask() > 0
+        rows, cols = np.nonzero(valid.any(axis=1))[0], np.nonzero(valid.any(axis=0))[0]
+        if not len(rows):
+            return None
+        r0, r1 = max(0, rows[0] - 1), min(src.height, rows[-1] + 2)
+        c0, c1 = max(0, cols[0] - 1), min(src.width, cols[-1] + 2)
+        box = rasterio.windows.bounds(Window(c0, r0, c1 - c0, r1 - r0), src.transform)
+        minx, miny, maxx, maxy = transform_bounds(src.crs, MERCATOR, *box, densify_pts=21)
+    return minx, max(miny, -HALF_WORLD), maxx, min(maxy, HALF_WORLD)
+
+
 def zoom_range(path: str) -> tuple[int, int]:
     """(min, max) zoom of a raster's pyramid: max nearest its own pixel size, min where it fits one tile."""
     with rasterio.open(path) as src:
@@ -92,12 +109,26 @@ def zoom_range(path: str) -> tuple[int, int]:
     return min(zoom_for_extent(max(maxx - minx, maxy - miny)), zmax), zmax
 
 
-def write_pyramid(layer: RasterLayer, out: Path, zooms: tuple[int, int]) -> Pyramid:
-    """Write ``out/<layer.id>/{z}/{x}/{y}.<ext>`` for zooms ``zooms[0]..zooms[1]``; returns what was written."""
+def write_pyramid(
+    layer: RasterLayer, out: Path, zooms: tuple[int, int], clip: tuple[float, float, float, float] | None = None
+) -> Pyramid:
+    """Write ``out/<layer.id>/{z}/{x}/{y}.<ext>`` for zooms ``zooms[0]..zooms[1]``; returns what was written.
+
+    ``clip``: only the tiles meeting this box (EPSG:3857 metres), e.g. where the run has data.
+    """
     folder = out / layer.id
     folder.mkdir(parents=True, exist_ok=True)
     with rasterio.open(layer.path) as base:
         bounds, native = mercator_footprint(base)
+        if clip is not None:
+            bounds = (
+                max(bounds[0], clip[0]),
+                max(bounds[1], clip[1]),
+                min(bounds[2], clip[2]),
+                min(bounds[3], clip[3]),
+            )
+            if bounds[0] >= bounds[2] or bounds[1] >= bounds[3]:
+                return Pyramid(layer.id, zooms[0], zooms[1], lonlat_bounds(clip), 0, 0)
         factors = base.overviews(layer.bands[0])
         scale = None if layer.palette is not None or base.dtypes[0] == "uint8" else _stretch(base, layer.bands)
         has_alpha = ColorInterp.alpha in base.colorinterp

@@ -27,7 +27,7 @@ def test_zoom_levels_and_tile_ranges():
     assert (whole.x0, whole.y0, whole.x1, whole.y1, whole.count) == (0, 0, 7, 7, 64)
     one = TileRange.covering((1.0, 1.0, 2.0, 2.0), 10)  # just north-east of (0, 0): tile (512, 511)
     assert (one.x0, one.y0, one.x1, one.y1) == (512, 511, 512, 511)
-    assert one.transform * (0, TILE) == pytest.approx((0.0, 0.0), abs=1e-6)  # its bottom-left corner is the origin
+    assert one.transform @ (0, TILE) == pytest.approx((0.0, 0.0), abs=1e-6)  # its bottom-left corner is the origin
     w, s, e, n = lonlat_bounds((-HALF_WORLD, -HALF_WORLD, HALF_WORLD, HALF_WORLD))
     assert (w, e) == pytest.approx((-180, 180)) and n == pytest.approx(85.0511, abs=1e-4) and s == -n
 
@@ -155,3 +155,34 @@ def test_coarser_zooms_of_a_raster_with_overviews_read_its_overviews(tmp_path, m
     widths = [min(seen[round(resolution(z), 6)]) for z in range(zooms[0], zooms[1] + 1)]
     assert widths[-1] == 3000 and widths[0] < 3000  # the finest zoom from the raster, the coarsest from an overview
     assert widths == sorted(widths)
+
+
+def test_only_the_area_with_data_is_tiled(tmp_path):
+    """An --aoi run's classes are nodata outside the area: the scene is tiled only where they have data."""
+    from geounet.web.raster_tiles import data_bounds
+
+    values = np.full((1, 2000, 2000), 255, np.uint8)
+    values[0, 1500:1800, 200:500] = 1  # data in the south-west only (0.15 m pixels)
+    classes = write_scene(tmp_path / "classes.tif", values, res=0.15, nodata=255)
+    scene = write_scene(tmp_path / "scene.tif", np.full((3, 2000, 2000), 80, np.uint8), res=0.15)
+    box = data_bounds(str(classes))
+    assert box is not None
+    with rasterio.open(classes) as ds:
+        want = rasterio.windows.bounds(rasterio.windows.Window(200, 1500, 300, 300), ds.transform)
+    to_3857 = Transformer.from_crs("EPSG:32633", "EPSG:3857", always_xy=True)
+    (wx0, wx1), (wy0, wy1) = to_3857.transform([want[0], want[2]], [want[1], want[3]])
+    assert box[0] <= wx0 and box[1] <= wy0 and box[2] >= wx1 and box[3] >= wy1  # holds the data ...
+    assert box[2] - box[0] < 1.2 * (wx1 - wx0) + 2 and box[3] - box[1] < 1.2 * (wy1 - wy0) + 2  # ... and not much more
+    zooms = zoom_range(str(scene))
+    p = write_pyramid(RasterLayer("scene", "S", str(scene), (1, 2, 3)), tmp_path / "tiles", zooms, box)
+    rng = TileRange.covering(box, zooms[1])
+    full = TileRange.covering(_bounds_3857(scene), zooms[1])
+    finest = list((tmp_path / "tiles" / "scene" / str(zooms[1])).rglob("*.webp"))
+    assert 0 < len(finest) <= rng.count < full.count / 4
+    for f in finest:
+        x, y = int(f.parent.name), int(f.stem)
+        assert rng.x0 <= x <= rng.x1 and rng.y0 <= y <= rng.y1
+    assert p.bounds == pytest.approx(lonlat_bounds(box), abs=1e-9)  # the map fits the data, not the scene
+    assert (
+        data_bounds(str(write_scene(tmp_path / "empty.tif", np.full((1, 50, 50), 255, np.uint8), nodata=255))) is None
+    )
