@@ -131,7 +131,8 @@ def write_damage_web(
         RasterLayer("pre", "Pre-event scene", str(pre), _rgb_bands(pre), visible=False),
         RasterLayer("post", "Post-event scene", str(post), _rgb_bands(post)),
     ]
-    pyramids = _pyramids(layers, web, zooms)
+    change = folder / "change.tif"  # nodata outside the overlap of pre and post: tile that only
+    pyramids = _pyramids(layers, web, zooms, data_bounds(str(change)) if change.is_file() else None)
     grades = (*GRADES, NOT_ASSESSED)
     colours = {g: hex_colour(GRADE_COLOURS[g]) for g in grades}
     tiles = write_vector_tiles(
