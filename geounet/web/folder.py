@@ -71,10 +71,10 @@ def write_scene_web(
     colours = {c.name: hex_colour(c.color) for c in card.classes if c.kind != "background"}
     vectors = []
     colour_fields: list[str | None] = []
-    for source, layer in _feature_layers(folder):
-        field = _class_field(source, layer)  # landcover: class_name (class is the index); centre lines: none
+    for source, source_layer, layer in _feature_layers(folder):
+        field = _class_field(source, source_layer)  # landcover: class_name (class is the index); centre lines: none
         out = web / f"{layer}.pmtiles"
-        vectors.append(write_vector_tiles(source, layer, out, vector_zooms(zooms), layer, count_by=field))
+        vectors.append(write_vector_tiles(source, source_layer, out, vector_zooms(zooms), layer, count_by=field))
         colour_fields.append(field)
     counts: dict[str, int] = {}
     for v in vectors:
@@ -105,7 +105,7 @@ def write_scene_web(
     return _summary(web, write_page(web, config, __version__), pyramids, vectors)
 
 
-def _class_field(source: Path, layer: str) -> str | None:
+def _class_field(source: Path, layer: str | None) -> str | None:
     """The attribute holding a feature's class name: ``class_name`` (landcover), ``class``, or None (none)."""
     if source.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -211,15 +211,16 @@ def _pyramids(
         return list(pool.map(one, layers))
 
 
-def _feature_layers(folder: Path) -> list[tuple[Path, str]]:
-    """(file, layer) of each feature layer of a predict folder: ``features.gpkg``'s, or ``features.<layer>.<fmt>``."""
+def _feature_layers(folder: Path) -> list[tuple[Path, str | None, str]]:
+    """(file, its layer or None for its only one, layer name) of each feature layer of a predict folder:
+    ``features.gpkg``'s layers, or the ``features.<layer>.<fmt>`` files."""
     gpkg = folder / "features.gpkg"
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[Path, str | None, str]] = []
     if gpkg.is_file():
-        found += [(gpkg, str(name)) for name, geom in pyogrio.list_layers(gpkg) if geom is not None]
+        found += [(gpkg, str(name), str(name)) for name, geom in pyogrio.list_layers(gpkg) if geom is not None]
     for f in sorted(folder.glob("features.*")):
         if f.suffix in VECTOR_SUFFIXES and f.name.count(".") == 2:
-            found.append((f, f.name.split(".")[1]))
+            found.append((f, None, f.name.split(".")[1]))
     return found
 
 

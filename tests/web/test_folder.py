@@ -10,6 +10,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pyogrio
+import pytest
 import shapely
 
 from geounet.compute.change import GRADE_COLOURS
@@ -153,3 +154,20 @@ def test_landcover_and_centre_lines_are_coloured_by_the_right_field(tmp_path):
     assert by_layer["road_centerlines"]["fallback_color"] == "#fac81e"  # the road class's colour
     assert dict(cfg["facts"])["features"] == "forest 1"
     assert summary.features == 2
+
+
+@pytest.mark.parametrize("fmt", ["fgb", "parquet"])
+def test_predict_maps_the_one_file_per_layer_formats(tmp_path, fmt):
+    from geounet.engine.predict import predict_batch
+    from geounet.engine.settings import PredictSettings
+    from tests.helpers import DEFAULT_MODEL, DEMO_SCENE
+
+    settings = PredictSettings(web=True, vector_format=fmt, device="cpu", backend="torch", quiet=True)
+    [report] = predict_batch([DEMO_SCENE], tmp_path, DEFAULT_MODEL, settings)
+    assert report.ok, report.error
+    folder = tmp_path / "kampala_demo"
+    [vec] = page_config(folder / "web")["vectors"]
+    path = folder / f"features.buildings.{fmt}"
+    n = len(gpd.read_parquet(path) if fmt == "parquet" else gpd.read_file(path))
+    assert (vec["file"], vec["color_by"], vec["label"]) == ("buildings.pmtiles", "class", f"buildings ({n})")
+    assert len(set(pyogrio.read_dataframe(folder / "web" / vec["file"], layer="buildings")["area_m2"])) == n
