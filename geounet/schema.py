@@ -280,6 +280,9 @@ def _convert(tp: Any, value: Any, name: str, base: Path | None, problems: list[s
     return _scalar(tp, value, name, base, problems)
 
 
+URL_SCHEMES = ("http://", "https://", "s3://")  # as geounet.io.remote: values of Path fields kept as strings
+
+
 def _scalar(tp: Any, value: Any, name: str, base: Path | None, problems: list[str]) -> Any:
     ok = {
         bool: isinstance(value, bool),
@@ -296,6 +299,8 @@ def _scalar(tp: Any, value: Any, name: str, base: Path | None, problems: list[st
     if tp is float:
         return float(value)
     if tp is Path:
+        if value.lower().startswith(URL_SCHEMES) or value.startswith("/vsi"):
+            return value  # a URL or GDAL /vsi path stays the string given (Path would fold "//")
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() or base is None else Path(os.path.normpath(base / p))
     return value

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geounet.errors import GeounetError
+from geounet.io.remote import gdal_path, scene_name
 from geounet.models.card import ClassInfo, ModelCard
 from geounet.models.hardware import cpu_cores
 from geounet.models.network import build_network, load_model, save_model
@@ -44,7 +45,7 @@ def _band_names(cfg: TrainConfig) -> list[str]:
     """The first training scene's band descriptions, else colour interpretations, else ``band<n>``."""
     import rasterio
 
-    with rasterio.open(cfg.data.train[0].image) as ds:
+    with rasterio.open(gdal_path(cfg.data.train[0].image)) as ds:
         names = []
         for b in cfg.data.bands:
             desc = ds.descriptions[b - 1]
@@ -112,7 +113,7 @@ def training_facts(
 
 def _scene_text(s: SceneConfig) -> str:
     """``image (labels file) [window ...]``: a scene in a few words, file names without folders."""
-    text = f"{s.image.name} (labels {s.labels.name})"
+    text = f"{scene_name(s.image)} (labels {s.labels.name})"
     return text + (f" window {s.window}" if s.window else "")
 
 

@@ -54,7 +54,7 @@ class SceneConfig:
     and height from the top-left corner, e.g. ``[0, 0, 0.75, 1]`` for the left 75 %.
     """
 
-    image: Path
+    image: Path  # a file (relative: to the config file), or an http(s)://, s3:// or /vsi... URL kept as a str
     labels: Path
     window: list[float] | None = None
     weight: float = 1.0  # share of the random chips, relative to the scene's labelled area

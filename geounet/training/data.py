@@ -26,6 +26,7 @@ from geounet.io.labels import (
     read_label_raster,
     read_vector_labels,
 )
+from geounet.io.remote import cloud_defaults, gdal_path, is_remote, scene_name
 from geounet.io.scene import ground_pixel_size
 from geounet.training.config import DataConfig, SceneConfig, TrainConfig, background_index
 
@@ -75,20 +76,28 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
     if not (label != IGNORE_INDEX).any():
         raise GeounetError(path, "no labelled pixels in the scene (or its window)")
     return Scene(
-        path.name, np.ascontiguousarray(image), np.ascontiguousarray(label), grid.crs, transform, dtype, scene.weight
+        scene_name(path),
+        np.ascontiguousarray(image),
+        np.ascontiguousarray(label),
+        grid.crs,
+        transform,
+        dtype,
+        scene.weight,
     )
 
 
-def _read_image(path: Path, d: DataConfig) -> tuple[np.ndarray, np.ndarray, str, _Grid]:
+def _read_image(path: str | Path, d: DataConfig) -> tuple[np.ndarray, np.ndarray, str, _Grid]:
     """``(DNs (bands, rows, cols), valid mask (rows, cols), dtype, grid)`` of a scene at ``d.resolution_m``."""
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
 
-    if not path.is_file():
+    if not is_remote(path) and not Path(path).is_file():
         raise GeounetError(path, "scene not found")
+    if is_remote(path):
+        cloud_defaults()
     try:
-        ds = rasterio.open(path)
+        ds = rasterio.open(gdal_path(path))
     except rasterio.errors.RasterioError as exc:
         raise GeounetError(path, f"cannot read the scene ({str(exc).splitlines()[0]})") from None
     with ds:

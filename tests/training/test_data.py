@@ -94,3 +94,32 @@ def test_contact_class_marks_where_two_roofs_meet(
     train_raw["labels"]["contact_class"] = "background"
     with pytest.raises(GeounetError, match="labels.contact_class: 'background' must be a class of kind background"):
         load_config(write_config(train_raw))
+
+
+def test_a_scene_url_loads_as_the_local_file(roof_scene, train_raw, write_config, tmp_path, monkeypatch) -> None:
+    import rasterio
+    from rasterio.shutil import copy as gdal_copy
+
+    from tests.helpers import RangeServer
+
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    www = tmp_path / "www"
+    www.mkdir()
+    with rasterio.open(roof_scene.image) as src:  # a COG, as scenes on servers are
+        gdal_copy(src, www / "roof.tif", driver="COG")
+    train_raw["data"]["train"][0]["image"] = str(www / "roof.tif")
+    local = load_config(write_config(train_raw))
+    mine = load_scene(local.data.train[0], local)
+    with RangeServer(www) as server:
+        url = f"{server.url}/roof.tif"
+        train_raw["data"]["train"][0]["image"] = url
+        cfg = load_config(write_config(train_raw))
+        assert cfg.data.train[0].image == url  # a URL stays the string given
+        remote = load_scene(cfg.data.train[0], cfg)
+        assert server.requests > 0
+        train_raw["data"]["train"][0]["image"] = f"{server.url}/missing.tif"
+        cfg = load_config(write_config(train_raw))
+        with pytest.raises(GeounetError, match=r"missing\.tif: cannot read the scene"):
+            load_scene(cfg.data.train[0], cfg)
+    assert remote.name == mine.name == "roof.tif" and remote.transform == mine.transform
+    assert np.array_equal(remote.image, mine.image) and np.array_equal(remote.label, mine.label)
