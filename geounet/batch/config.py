@@ -143,6 +143,7 @@ class PipelineSpec:
     workers: int | None = None  # chunk tasks at once; None: the machine's default
     scheduler: str | None = None  # address of a dask.distributed scheduler
     vector: bool | VectorSpec = True
+    web: bool = False  # also write web/: a map of each scene that needs no internet (geounet view)
     tta: Tta = "none"  # test-time augmentation: views of each tile averaged
     aoi: Path | None = None  # area of interest: a vector file (any CRS), its polygons unioned
     bbox: list[float] | None = None  # or [minx, miny, maxx, maxy] in bbox_crs
@@ -256,6 +257,7 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
         scheduler=spec.scheduler,
         vector=vector.enabled,
         vector_format=vector.format,
+        web=spec.web,
         vector_processes=None,
         tta=spec.tta,
         postprocess=spec.postprocess.overrides() or None,
@@ -406,11 +408,12 @@ def _damage_job(
 
 
 def _damage_settings(spec: DamageSpec, raw: dict[str, Any], problems: list[str]) -> DamageSettings | None:
-    """The ``damage:`` section as DamageSettings; top-level ``device``, ``precision``, ``tiling`` fill what it omits."""
+    """The ``damage:`` section as DamageSettings; top-level ``device``, ``precision``, ``web``, ``tiling`` fill what it omits."""
     names = [f.name for f in config_fields(DamageSettings)]
     shared = {
         "device": spec.device if "device" in raw else None,
         "precision": spec.precision if "precision" in raw else None,
+        "web": spec.web if "web" in raw else None,
         **dataclasses.asdict(spec.tiling),
     }
     section = {k: v for k, v in shared.items() if k in names and v is not None} | spec.damage  # damage: wins

@@ -25,10 +25,11 @@ OUTPUT_SETTINGS = (
     "vector",
     "vector_block",
     "vector_format",
+    "web",
     "tta",
 )
 # settings that older run.json files lack, as those runs had them
-RECORDED_BEFORE = {"tta": "none", "vector_format": "gpkg"}
+RECORDED_BEFORE = {"tta": "none", "vector_format": "gpkg", "web": False}
 ALWAYS_WRITTEN = (RUN_JSON, "item.json", "scores.tif", "classes.tif")  # outputs of every scene
 VECTOR_OUTPUT = "features.gpkg"  # ... and of a scene run with ``vector`` (``vector_format`` gpkg)
 

@@ -64,6 +64,11 @@ def predict(
         "gpkg",
         help="gpkg: features.gpkg (all layers, QGIS styles); fgb: one FlatGeobuf per layer, features.<layer>.fgb.",
     ),
+    web: bool = typer.Option(
+        False,
+        "--web/--no-web",
+        help="Also write web/: a map of each scene that needs no internet (see it with geounet view OUT/<scene>).",
+    ),
     tta: str = typer.Option(
         "none",
         help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
@@ -127,6 +132,7 @@ def predict(
         scheduler=scheduler,
         vector=vector,
         vector_format=vector_format,
+        web=web,
         quiet=quiet,
         tta=tta,
         aoi=None if aoi is None else str(aoi),

@@ -16,7 +16,7 @@ import shapely
 from geounet.compute.change import GRADE_COLOURS
 from geounet.web.folder import hex_colour
 from geounet.web.page import STATIC_FILES
-from tests.helpers import invoke
+from tests.helpers import DEMO_SCENE, invoke, make_tiny_model
 
 
 def page_config(web: Path) -> dict:
@@ -171,3 +171,28 @@ def test_predict_maps_the_one_file_per_layer_formats(tmp_path, fmt):
     n = len(gpd.read_parquet(path) if fmt == "parquet" else gpd.read_file(path))
     assert (vec["file"], vec["color_by"], vec["label"]) == ("buildings.pmtiles", "class", f"buildings ({n})")
     assert len(set(pyogrio.read_dataframe(folder / "web" / vec["file"], layer="buildings")["area_m2"])) == n
+
+
+def test_predict_web_flag_and_run_config_web_key(tmp_path):
+    """``geounet predict --web`` and ``web: true`` in a pipeline config write the map; turning it on reruns."""
+    from typer.testing import CliRunner
+
+    from geounet.cli.main import app
+
+    model = make_tiny_model(tmp_path / "tiny.safetensors")
+    res = CliRunner().invoke(
+        app, ["predict", str(DEMO_SCENE), "--model", str(model), "--out", str(tmp_path / "p"), "--web", "--quiet"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p" / "kampala_demo" / "web" / "index.html").is_file()
+    cfg = tmp_path / "p.yaml"
+    base = {"model": str(model), "inputs": [str(DEMO_SCENE)], "out": str(tmp_path / "r"), "vector": False}
+    counts = []
+    for web in (False, True, True):
+        cfg.write_text(json.dumps(base | {"web": web}))
+        res = CliRunner().invoke(app, ["run", str(cfg), "--quiet"])
+        assert res.exit_code == 0, res.output
+        summary = json.loads(sorted((tmp_path / "r" / "_runs").glob("*.json"))[-1].read_text())
+        counts.append({k: v for k, v in summary["counts"].items() if v})
+        assert (tmp_path / "r" / "kampala_demo" / "web" / "index.html").is_file() == web
+    assert counts == [{"done": 1}, {"done": 1}, {"skipped_up_to_date": 1}]
