@@ -16,6 +16,7 @@ from geounet.damage.settings import DamageSettings
 from geounet.errors import GeounetError, Interrupted
 from geounet.io.folders import recover_interrupted
 from geounet.io.locks import SceneLock, locked_reason
+from geounet.io.remote import as_scene
 from geounet.models.registry import DEFAULT_NAME
 from geounet.schema import ConfigError, read_yaml
 
@@ -24,22 +25,22 @@ from geounet.schema import ConfigError, read_yaml
 CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def split_epochs(args: list[str]) -> tuple[list[Path], list[Path]]:
-    """``--pre A B --post C D`` (or ``--pre=A``, repeated flags) -> ([A, B], [C, D])."""
-    epochs: dict[str, list[Path]] = {"--pre": [], "--post": []}
+def split_epochs(args: list[str]) -> tuple[list[str | Path], list[str | Path]]:
+    """``--pre A B --post C D`` (or ``--pre=A``, repeated flags) -> ([A, B], [C, D]); URLs stay strings."""
+    epochs: dict[str, list[str | Path]] = {"--pre": [], "--post": []}
     current = None
     for a in args:
         flag, _, value = a.partition("=")
         if flag in epochs:
             current = flag
             if value:
-                epochs[flag].append(Path(value))
+                epochs[flag].append(as_scene(value))
         elif a.startswith("-"):
             raise GeounetError(None, f"unknown option {a!r} (see geounet damage --help)")
         elif current is None:
             raise GeounetError(None, f"{a}: give scenes after --pre or --post")
         else:
-            epochs[current].append(Path(a))
+            epochs[current].append(as_scene(a))
     for flag, paths in epochs.items():
         if not paths:
             raise GeounetError(None, f"{flag}: give at least one scene")

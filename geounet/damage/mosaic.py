@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 from geounet.compute.grid import Box, GeoGrid
 from geounet.errors import GeounetError, InputError
+from geounet.io.remote import gdal_path, is_remote, scene_name
 from geounet.io.scene import check_scene, open_scene
 from geounet.models.card import ModelCard
 
@@ -34,7 +35,7 @@ GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": 
 class _Tile:
     """One input tile as the mosaic places it: absolute path, CRS, affine, size in pixels, bands, data types."""
 
-    path: Path
+    path: str | Path  # absolute, or the GDAL path of a remote scene (/vsicurl/..., /vsis3/...)
     crs: CRS
     transform: Affine
     width: int
@@ -43,7 +44,7 @@ class _Tile:
     dtypes: tuple[str, ...]
 
 
-def mosaic_vrt(tiles: list[Path], card: ModelCard, epoch: str, coarsen: float = 1.0) -> tuple[str, GeoGrid]:
+def mosaic_vrt(tiles: list[str | Path], card: ModelCard, epoch: str, coarsen: float = 1.0) -> tuple[str, GeoGrid]:
     """VRT XML mosaicking ``tiles`` (same CRS, bands and dtype; north-up), and its grid.
 
     The VRT takes the first tile's pixel size (times ``coarsen`` >= 1: pixels averaged down,
@@ -94,7 +95,7 @@ def mosaic_vrt(tiles: list[Path], card: ModelCard, epoch: str, coarsen: float = 
     return "\n".join(parts), GeoGrid(first.crs.to_wkt(), tuple(transform)[:6], width, height)
 
 
-def _read_tiles(tiles: list[Path], card: ModelCard, epoch: str) -> list[_Tile]:
+def _read_tiles(tiles: list[str | Path], card: ModelCard, epoch: str) -> list[_Tile]:
     """Each tile checked against the model card; all of one epoch must share CRS, bands and data type."""
     if not tiles:
         raise GeounetError(None, f"no {epoch} scene given")
@@ -103,7 +104,7 @@ def _read_tiles(tiles: list[Path], card: ModelCard, epoch: str) -> list[_Tile]:
         with open_scene(path) as src:
             check_scene(src, card)
             infos.append(
-                _Tile(Path(path).resolve(), src.crs, src.transform, src.width, src.height, src.count, tuple(src.dtypes))
+                _Tile(_absolute(path), src.crs, src.transform, src.width, src.height, src.count, tuple(src.dtypes))
             )
     first = infos[0]
     for t in infos[1:]:
@@ -111,11 +112,18 @@ def _read_tiles(tiles: list[Path], card: ModelCard, epoch: str) -> list[_Tile]:
             raise InputError(
                 t.path,
                 f"{epoch} tiles must share one CRS: {t.crs.to_string()} here, "
-                f"{first.crs.to_string()} in {first.path.name}",
+                f"{first.crs.to_string()} in {scene_name(first.path)}",
             )
         if t.count != first.count or t.dtypes != first.dtypes:
-            raise InputError(t.path, f"{epoch} tiles must have the same bands and data type as {first.path.name}")
+            raise InputError(
+                t.path, f"{epoch} tiles must have the same bands and data type as {scene_name(first.path)}"
+            )
     return infos
+
+
+def _absolute(path: str | Path) -> str | Path:
+    """What a VRT names a tile by: its absolute path, or the GDAL path of a remote scene."""
+    return gdal_path(path) if is_remote(path) else Path(path).resolve()
 
 
 def overlap_box(pre: GeoGrid, post: GeoGrid) -> Box | None:

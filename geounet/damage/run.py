@@ -52,6 +52,7 @@ from geounet.damage.settings import DamageSettings
 from geounet.engine.executors import Executor
 from geounet.errors import GeounetError, InputError
 from geounet.io.folders import check_output_root, publish_files, staged_folder
+from geounet.io.remote import as_scene, scene_name
 from geounet.io.run_record import RUN_JSON, DamageRecord, fingerprint
 from geounet.io.scene import MIN_FIELD_OF_VIEW, open_scene, scene_ground_size
 from geounet.models.card import ModelCard, file_sha256, read_card
@@ -70,8 +71,8 @@ TILED_CHANGE = "change.tiled.tif"  # change.tif as written block by block, befor
 class _Inputs:
     """A run's inputs, checked: the model, the two mosaics and their overlap, the footprints (when given)."""
 
-    pre: list[Path]
-    post: list[Path]
+    pre: list[str | Path]  # files, or URLs (geounet.io.remote)
+    post: list[str | Path]
     footprints: Path | None
     model_path: Path
     card: ModelCard
@@ -87,8 +88,8 @@ class _Inputs:
 
 
 def run_damage(
-    pre: list[Path],
-    post: list[Path],
+    pre: list[str | Path],
+    post: list[str | Path],
     out_dir: Path,
     footprints: Path | None,
     model_path: Path,
@@ -151,10 +152,10 @@ def run_damage(
 
 
 def _check_inputs(
-    pre: list[Path], post: list[Path], footprints: Path | None, model_path: Path, s: DamageSettings
+    pre: list[str | Path], post: list[str | Path], footprints: Path | None, model_path: Path, s: DamageSettings
 ) -> _Inputs:
     """Everything a run reads, checked before anything is written; one-line errors."""
-    pre, post = [Path(p) for p in pre], [Path(p) for p in post]
+    pre, post = [as_scene(p) for p in pre], [as_scene(p) for p in post]
     model_path = Path(model_path)
     card = read_card(model_path)
     if not any(c.kind == "building" for c in card.classes):
@@ -169,7 +170,7 @@ def _check_inputs(
     if overlap is None:
         raise InputError(
             post[0],
-            f"post scene(s) do not overlap the pre scene(s) ({pre[0].name}"
+            f"post scene(s) do not overlap the pre scene(s) ({scene_name(pre[0])}"
             f"{' ...' if len(pre) > 1 else ''}): nothing to assess",
         )
     if min(overlap.width, overlap.height) < MIN_FIELD_OF_VIEW:
@@ -222,7 +223,7 @@ def _check_inputs(
 COARSER_POST = 1.5  # post pixels this many times larger than pre's: assess at post's resolution
 
 
-def _coarser_post(pre: Path, post: Path) -> float:
+def _coarser_post(pre: str | Path, post: str | Path) -> float:
     """How many times coarser than pre the analysis grid must be: post's ground resolution / pre's when post is
     much coarser (said in a warning line), else 1."""
     with open_scene(pre) as a, open_scene(post) as b:
@@ -236,7 +237,7 @@ def _coarser_post(pre: Path, post: Path) -> float:
         post,
         res_post,
         res_pre,
-        pre.name,
+        scene_name(pre),
         res_post,
     )
     return res_post / res_pre

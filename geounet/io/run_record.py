@@ -30,7 +30,9 @@ class RunRecordError(GeounetError):
 
 
 def fingerprint(path: str | Path, sha256: bool = True) -> dict[str, Any]:
-    """``{"path": absolute path, "bytes": size[, "sha256": hex digest]}`` of a file."""
+    """``{"path": absolute path, "bytes": size[, "sha256": hex digest]}`` of a file; a remote one as :func:`input_identity`."""
+    if is_remote(path):
+        return {"path": str(path)} | remote_identity(path)
     path = Path(path)
     out: dict[str, Any] = {"path": str(path.resolve()), "bytes": path.stat().st_size}
     if sha256:

@@ -372,3 +372,35 @@ def test_the_damage_command_locks_its_folder_and_cleans_a_killed_runs_leftovers(
     assert done.exit_code == 0, done.output
     assert (out / "run.json").exists()
     assert not [p.name for p in out.iterdir() if "partial" in p.name]
+
+
+def test_damage_reads_pre_and_post_over_http_as_the_local_files(pair, tmp_path, monkeypatch):
+    """``--pre URL --post URL``: the same grades as the local files; the URLs are recorded, not hashed."""
+    from tests.helpers import RangeServer
+
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    common = ["--footprints", str(pair.folder / "footprints.gpkg"), "--model", str(pair.model), "--no-web"]
+    common += ["--device", "cpu"]
+    local = CliRunner().invoke(
+        app,
+        ["damage", "--pre", str(pair.folder / "pre.tif"), "--post", str(pair.folder / "post.tif")]
+        + [*common, "--out", str(tmp_path / "local")],
+    )
+    assert local.exit_code == 0, local.output
+    with RangeServer(pair.folder) as server:
+        pre, post = f"{server.url}/pre.tif", f"{server.url}/post.tif"
+        remote = CliRunner().invoke(
+            app, ["damage", "--pre", pre, "--post", post, *common, "--out", str(tmp_path / "r")]
+        )
+        missing = CliRunner().invoke(
+            app, ["damage", "--pre", pre, "--post", f"{server.url}/gone.tif", *common, "--out", str(tmp_path / "m")]
+        )
+    assert remote.exit_code == 0, remote.output
+    a = gpd.read_file(tmp_path / "local" / "damage.gpkg", layer="buildings").sort_values("footprint_id")
+    b = gpd.read_file(tmp_path / "r" / "damage.gpkg", layer="buildings").sort_values("footprint_id")
+    assert list(a["damage"]) == list(b["damage"])
+    assert np.allclose(a["damage_score"], b["damage_score"])
+    record = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert [i["path"] for i in record["inputs"]["pre"]] == [pre]
+    assert missing.exit_code != 0 and f"error: {server.url}/gone.tif: HTTP 404 not found" in missing.output
+    assert not (tmp_path / "m" / "run.json").exists()
