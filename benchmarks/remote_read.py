@@ -67,6 +67,7 @@ def main() -> None:
         (work / "plain.tif").unlink()
         model = make_model(work / "tiny.safetensors", scene)
         size = scene.stat().st_size
+        predict(str(REPO / "data" / "demo" / "kampala_demo.tif"), model, work / "warm")  # ONNX export, imports
         local_s, local_cpu = predict(str(scene), model, work / "local")
         with RangeServer(www) as server:
             remote_s, remote_cpu = predict(f"{server.url}/scene.tif", model, work / "remote")

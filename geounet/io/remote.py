@@ -23,7 +23,9 @@ _SCHEMES = ("http://", "https://", "s3://")
 # CPL_VSIL_CURL_ALLOWED_EXTENSIONS is not set (it would refuse other extensions); GDAL_CACHEMAX is left alone.
 CLOUD_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing to look for sidecar files
-    "GDAL_HTTP_MULTIRANGE": "YES",
+    # SERIAL: each range through /vsicurl/'s shared block cache. YES and PARALLEL bypass it, so the
+    # blocks that neighbouring tiles share are fetched again by each (benchmarks/remote_read.py)
+    "GDAL_HTTP_MULTIRANGE": "SERIAL",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",

@@ -72,7 +72,7 @@ def test_predict_over_http_matches_the_local_file(served, tiny_model, tmp_path, 
     assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
     size = (served / "scene.2021-05-01.tif").stat().st_size
     print(f"HTTP: {requests} requests, {served_bytes} bytes served for a {size}-byte file")
-    assert served_bytes <= 3 * size
+    assert served_bytes <= 1.5 * size  # each block once (GDAL_HTTP_MULTIRANGE=SERIAL through the curl cache)
     record = RunRecord.read(tmp_path / "remote" / "scene.2021-05-01")
     assert record.input.path == f"{server.url}/scene.2021-05-01.tif"
     assert record.input.bytes == size and record.input.etag == '"v1"' and record.input.sha256 == ""
