@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run t
 import typer
 
 from geounet import __version__
-from geounet.cli import damage, evaluate, info, models, predict, run, train, view
+from geounet.cli import damage, evaluate, info, models, predict, quantize, run, train, view
 from geounet.cli.logs import DEBUG, enable_debug
 from geounet.errors import scene_failure
 
@@ -49,6 +49,7 @@ app.command("run")(run.run)
 app.command("damage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(damage.damage)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
+app.command("quantize")(quantize.quantize)
 app.command("info")(info.info)
 app.command("models")(models.models)
 app.command("view")(view.view)

@@ -106,7 +106,7 @@ class Executor(ABC):
         return {}
 
     @abstractmethod
-    def load_model(self, model_path: str | Path, device: str, backend: str) -> None:
+    def load_model(self, model_path: str | Path, device: str, backend: str, precision: str = "fp32") -> None:
         """Load the model where tasks will run, now (its start-up is not part of the first scene)."""
 
     def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
@@ -210,10 +210,10 @@ class DistributedExecutor(Executor):
     def run_on_workers(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
         return dict(self.client.run(fn, *args))
 
-    def load_model(self, model_path: str | Path, device: str, backend: str) -> None:
+    def load_model(self, model_path: str | Path, device: str, backend: str, precision: str = "fp32") -> None:
         """Best effort: a worker that cannot load the model says so in the chunk task's own error."""
         try:
-            self.client.run(_load_model_here, str(Path(model_path).resolve()), device, backend)
+            self.client.run(_load_model_here, str(Path(model_path).resolve()), device, backend, precision)
         except Exception as exc:  # noqa: BLE001 - the chunk tasks report real problems
             log.debug("warming the workers failed: %s", exc)
 
@@ -248,9 +248,11 @@ class DistributedExecutor(Executor):
             cluster.close()
 
 
-def _load_model_here(model_path: str, device: str, backend: str = "torch", dask_worker: Any = None) -> None:
+def _load_model_here(
+    model_path: str, device: str, backend: str = "torch", precision: str = "fp32", dask_worker: Any = None
+) -> None:
     threads = threads_per_task(dask_worker) if backend == "onnx" else None  # as the chunk tasks will ask
-    cached_model(model_path, device, backend, threads)
+    cached_model(model_path, device, backend, threads, precision)
 
 
 def dashboard_link(client: Any) -> str | None:
@@ -329,7 +331,7 @@ class ThreadedExecutor(Executor):
     def workers(self) -> int:
         return self._workers
 
-    def load_model(self, model_path: str | Path, device: str, backend: str) -> None:
+    def load_model(self, model_path: str | Path, device: str, backend: str, precision: str = "fp32") -> None:
         """Load the model now (once per process), as the chunk tasks will ask for it."""
         if backend == "torch":
             import torch
@@ -337,7 +339,7 @@ class ThreadedExecutor(Executor):
             torch.set_num_threads(self.threads)
             cached_model(model_path, device, backend)
         else:
-            cached_model(model_path, device, backend, self.threads)
+            cached_model(model_path, device, backend, self.threads, precision)
 
     def run_chunks(self, tasks: Sequence[ChunkTask], take: Callable[[Any], None], label: str) -> None:
         """One task per chunk, each followed by a task handing its result to ``take``.
@@ -463,7 +465,7 @@ class VectorPool(Executor):
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
         return self._target().map(fn, items, *args, retries=retries)
 
-    def load_model(self, model_path: str | Path, device: str, backend: str) -> None:
+    def load_model(self, model_path: str | Path, device: str, backend: str, precision: str = "fp32") -> None:
         pass  # vector tasks need no model
 
     def close(self) -> None:

@@ -105,7 +105,7 @@ class ScenePlan:
 def plan_scene(scene: str | Path, model_path: Path, settings: PredictSettings, executor: Executor | None) -> ScenePlan:
     """Check the scene against the model and settle the settings and grids (reads only the header)."""
     card = read_card(model_path)
-    s = resolve_settings(settings, card, executor)
+    s = resolve_settings(settings, card, executor, model_path)
     with open_scene(scene) as src:
         check_scene(src, card)
         working = working_grid(src, card, s.resample_tolerance, s.budget)
@@ -461,13 +461,13 @@ def make_executor(settings: PredictSettings, model_path: str | Path | None = Non
     if settings.scheduler:
         cluster = DistributedExecutor.connect(settings.scheduler)
         if model_path is not None:
-            resolved = resolve_settings(settings, read_card(model_path), cluster)
-            cluster.load_model(model_path, resolved.device, resolved.backend)
+            resolved = resolve_settings(settings, read_card(model_path), cluster, model_path)
+            cluster.load_model(model_path, resolved.device, resolved.backend, resolved.precision)
         return cluster
-    resolved_local = settings.resolved(read_card(model_path)) if model_path is not None else None
+    resolved_local = settings.resolved(read_card(model_path), model_path) if model_path is not None else None
     local = ThreadedExecutor((resolved_local.workers if resolved_local is not None else settings.workers) or 1)
     if resolved_local is not None and model_path is not None:
-        local.load_model(model_path, resolved_local.device, resolved_local.backend)
+        local.load_model(model_path, resolved_local.device, resolved_local.backend, resolved_local.precision)
     return local
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geounet.compute.postprocess import DEFAULT_RULES
 from geounet.compute.tta import TTA_SETS
-from geounet.errors import GeounetError
+from geounet.errors import GeounetError, ModelError
 from geounet.io.scene import WorkBudget
 from geounet.models.card import ModelCard
 from geounet.models.hardware import (
@@ -24,17 +25,19 @@ from geounet.models.hardware import (
     default_batch_size,
     default_chunk_pixels,
     default_workers,
+    onnxruntime_available,
     resolve_backend,
     resolve_device,
     resolve_precision,
 )
+from geounet.models.quantize import find_int8, require_int8
 
 if TYPE_CHECKING:
     from geounet.engine.executors import Executor
 
 log = logging.getLogger("geounet")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the model's quantized ONNX file (CPU)
 VECTOR_FORMATS = ("gpkg", "fgb", "parquet")  # features.gpkg, or one features.<layer>.<format> per layer
 CLI_NAMES = {
     k: "--" + k.replace("_", "-")
@@ -64,7 +67,7 @@ class PredictSettings:
     batch_size: int | None = None  # tiles per model call; None: infer.default_batch_size
     device: str = "auto"
     precision: str = "auto"
-    backend: str = "auto"  # auto, torch or onnx (ONNX Runtime: fp32 on the CPU; infer.resolve_backend)
+    backend: str = "auto"  # auto, torch or onnx (ONNX Runtime: fp32 or int8 on the CPU; hardware.resolve_backend)
     workers: int | None = None  # chunk tasks at once in a local run; None: infer.default_workers
     chunk_pixels: int | None = None  # target chunk side; a chunk is whole tiles; None: infer.default_chunk_pixels
     resample_tolerance: float = 0.25  # resample when scene / model resolution differ by more
@@ -89,11 +92,16 @@ class PredictSettings:
     # served by geounet view). Off by default: it reads the scene once more and writes its tiles.
     web: bool = False
 
-    def resolved(self, card: ModelCard) -> PredictSettings:
-        """Every ``auto``/``None`` settled for this machine: tiling, device, precision, backend, their defaults."""
+    def resolved(self, card: ModelCard, model_path: str | Path | None = None) -> PredictSettings:
+        """Every ``auto``/``None`` settled for this machine: tiling, device, precision, backend, their defaults.
+
+        ``model_path``: the model file, whose int8 version (if any) decides ``int8`` and
+        ``auto`` precision on the CPU (:func:`int8_choice`); None: auto never picks int8.
+        """
         s = self.tiling_resolved(card)
         s.device = resolve_device(s.device)
-        s.precision = resolve_precision(s.device, s.precision)
+        int8_ok = int8_choice(model_path, s) if model_path is not None and s.device == "cpu" else False
+        s.precision = resolve_precision(s.device, s.precision, int8_ok)
         try:
             s.backend = resolve_backend(s.device, s.precision, s.backend)
         except ValueError as exc:
@@ -163,12 +171,36 @@ class PredictSettings:
         return problems
 
 
+def int8_choice(model_path: str | Path, settings: PredictSettings) -> bool:
+    """Whether ``auto`` may take the model's int8 version on the CPU (its record's measurement allows it).
+
+    ``precision="int8"``: checks that the int8 version exists for this very model file
+    (one-line :class:`~geounet.errors.ModelError` otherwise) and returns True.
+    """
+    if settings.precision == "int8":
+        require_int8(model_path)
+        return True
+    if settings.precision != "auto" or settings.backend == "torch" or not onnxruntime_available():
+        return False
+    try:
+        found = find_int8(model_path)
+    except ModelError as exc:  # a damaged record: fp32, said once
+        log.warning("%s", exc)
+        return False
+    return found is not None and found[1].auto_ok()
+
+
 # settings each worker of a cluster settles for itself (its GPUs, its CPU, its onnxruntime)
 WORKER_RESOLVED = ("device", "precision", "backend", "batch_size", "chunk_pixels")
 
 
-def resolve_settings(settings: PredictSettings, card: ModelCard, executor: Executor | None = None) -> PredictSettings:
-    """``settings.resolved(card)``, with ``auto`` settled where the model will run.
+def resolve_settings(
+    settings: PredictSettings,
+    card: ModelCard,
+    executor: Executor | None = None,
+    model_path: str | Path | None = None,
+) -> PredictSettings:
+    """``settings.resolved(card, model_path)``, with ``auto`` settled where the model will run.
 
     On a ``--scheduler`` cluster, device, precision, backend, batch size and chunk size
     are settled by the workers (``Executor.run_on_workers``), not by the client: a laptop without a
@@ -177,14 +209,14 @@ def resolve_settings(settings: PredictSettings, card: ModelCard, executor: Execu
     cluster) are an error naming them; name the settings explicitly then.
     """
     if not settings.scheduler or executor is None:
-        return settings.resolved(card)
+        return settings.resolved(card, model_path)
     try:
-        answers = executor.run_on_workers(_resolve_here, settings, card)
+        answers = executor.run_on_workers(_resolve_here, settings, card, model_path)
     except Exception as exc:  # noqa: BLE001 - no answer: the client's own view, as before
         log.debug("workers could not settle the settings (%s); using the client's", exc)
         answers = {}
     if not answers:
-        return settings.resolved(card)
+        return settings.resolved(card, model_path)
     return agree_on_settings(settings, answers, card)
 
 
@@ -207,10 +239,10 @@ def agree_on_settings(settings: PredictSettings, answers: dict, card: ModelCard)
     return s
 
 
-def _resolve_here(settings: PredictSettings, card: ModelCard) -> dict | str:
+def _resolve_here(settings: PredictSettings, card: ModelCard, model_path: str | Path | None = None) -> dict | str:
     """On a worker: its own resolution of ``settings`` (or the one-line problem)."""
     try:
-        s = settings.resolved(card)
+        s = settings.resolved(card, model_path)
     except (GeounetError, RuntimeError, ValueError) as exc:
         return str(exc)
     return {k: getattr(s, k) for k in WORKER_RESOLVED}

@@ -96,7 +96,7 @@ def predict_chunk(
     the chunk's tiles, False for a tile not to run (outside an area of interest); None: all.
     """
     transforms = TTA_SETS[tta]
-    net, card = cached_model(model_path, device, backend, threads)
+    net, card = cached_model(model_path, device, backend, threads, precision)
     chunk = grid.chunk(*chunk_index)
     with open_working(scene_path, working) as ds:
         pixels, valid = read_box(ds, card.bands, chunk.box, (working.height, working.width))

@@ -48,12 +48,24 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def resolve_precision(device: str, precision: str = "auto") -> str:
-    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs bf16 only with AMX tiles, else fp32.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # int8 dot products in one instruction (ONNX Runtime's U8S8 kernels)
+
+
+def has_vnni(flags: set[str] | None = None) -> bool:
+    """Whether the CPU (``flags``: its feature flags; default :func:`cpu_flags`) has AVX-512 or AVX VNNI."""
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in VNNI_FLAGS)
+
+
+def resolve_precision(device: str, precision: str = "auto", int8_ok: bool = False) -> str:
+    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs bf16 with AMX tiles, int8 or fp32.
 
     Without native bf16 (AVX2) torch emulates it, several times slower than fp32. With
     AVX-512 BF16 but no AMX, bf16 runs on torch while fp32 runs on ONNX Runtime, which was
     faster end to end on such a CPU (an AMD EPYC; the session notes hold the numbers).
+    ``int8_ok``: the model has an int8 version whose record says it kept pixel IoU within
+    0.01 of fp32 and ran faster (``geounet.models.quantize.Int8Record.auto_ok``); auto
+    takes it on a CPU with VNNI (without it, ONNX Runtime's int8 kernels lose their edge).
     """
     if precision != "auto":
         return precision
@@ -67,7 +79,9 @@ def resolve_precision(device: str, precision: str = "auto") -> str:
 
         cap = torch.backends.cpu.get_cpu_capability().upper()
         return "bf16" if "AMX" in cap else "fp32"
-    return "bf16" if "amx_bf16" in flags else "fp32"
+    if "amx_bf16" in flags:
+        return "bf16"
+    return "int8" if int8_ok and has_vnni(flags) else "fp32"
 
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -79,13 +93,22 @@ def onnxruntime_available() -> bool:
 
 
 def resolve_backend(device: str, precision: str, backend: str = "auto") -> str:
-    """'auto' -> 'onnx' (ONNX Runtime) for fp32 on the CPU when onnxruntime is installed, else 'torch'.
+    """'auto' -> 'onnx' (ONNX Runtime) for fp32 or int8 on the CPU when onnxruntime is installed, else 'torch'.
 
-    ``device`` and ``precision`` are resolved ones. ONNX Runtime runs here in fp32 on
-    the CPU only; GPUs and autocast (bf16, fp16) use torch.
+    ``device`` and ``precision`` are resolved ones. ONNX Runtime runs here in fp32 and
+    int8 on the CPU only; GPUs and autocast (bf16, fp16) use torch. int8 (the model's
+    quantized ONNX file) runs on ONNX Runtime only.
     """
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision == "int8":
+        if device != "cpu":
+            raise ValueError(f"--precision int8 runs on the CPU only (asked: device {device})")
+        if backend == "torch":
+            raise ValueError("--precision int8 runs on ONNX Runtime only (--backend onnx or auto, not torch)")
+        if not onnxruntime_available():
+            raise ValueError("--precision int8 needs onnxruntime (pip install onnxruntime)")
+        return "onnx"
     if backend == "torch":
         return backend
     fits = device == "cpu" and precision == "fp32"

@@ -133,13 +133,27 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def load_onnx(model_path: str | Path, threads: int) -> OnnxNetwork:
-    """The model's ONNX Runtime session with ``threads`` intra-op threads, exporting it first if not cached."""
+def load_onnx(model_path: str | Path, threads: int, precision: str = "fp32") -> OnnxNetwork:
+    """The model's ONNX Runtime session with ``threads`` intra-op threads, exporting it first if not cached.
+
+    ``precision="int8"``: the int8 file shipped beside the model (``geounet.models.quantize``),
+    checked against the model file's sha256; a one-line :class:`ModelError` when there is none.
+    """
     if not onnxruntime_available():
         raise ModelError(
             model_path, "the ONNX backend needs onnxruntime (pip install onnxruntime), or use --backend torch"
         )
     model_path = Path(model_path)
+    if precision == "int8":
+        from geounet.models.quantize import require_int8
+
+        int8_path, _ = require_int8(model_path)
+        try:
+            return OnnxNetwork(_session(int8_path, threads), str(int8_path))
+        except Exception as exc:  # noqa: BLE001 - a damaged file: one line
+            raise ModelError(int8_path, f"int8 model unreadable ({str(exc).splitlines()[0][:160]})") from None
+    if precision != "fp32":
+        raise ModelError(model_path, f"ONNX Runtime runs fp32 or int8, not {precision}")
     path = exported_path(model_path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

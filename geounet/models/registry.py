@@ -82,25 +82,30 @@ _CACHE: dict[tuple, tuple[object, ModelCard]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_model(path: str | Path, device: str, backend: str = "torch", threads: int | None = None):
-    """Load the model once per (file, device, backend) in this process; later calls reuse it.
+def cached_model(
+    path: str | Path, device: str, backend: str = "torch", threads: int | None = None, precision: str = "fp32"
+):
+    """Load the model once per (file, device, backend, precision) in this process; later calls reuse it.
 
     ``backend="torch"``, for inference only: batch norms are folded into their
     convolutions (``fuse_batchnorm``) and weights are stored channels_last.
     ``backend="onnx"``: an :class:`~geounet.onnxrt.OnnxNetwork` (CPU, fp32) with
     ``threads`` intra-op threads (default :func:`threads_per_task`); torch is not
-    imported unless the model must be exported first.
+    imported unless the model must be exported first. ``precision="int8"`` (ONNX only):
+    the model's shipped int8 file (``geounet.models.quantize``); torch autocasts per call,
+    so its precision is not part of what is loaded.
     """
     path = str(Path(path).resolve())
     threads = (threads or threads_per_task()) if backend == "onnx" else None  # torch: its own thread setting
-    key = (path, os.stat(path).st_mtime_ns, device, backend, threads)
+    precision = precision if backend == "onnx" else "fp32"
+    key = (path, os.stat(path).st_mtime_ns, device, backend, threads, precision)
     with _CACHE_LOCK:
         if key not in _CACHE:
             if backend == "onnx":
                 from geounet.models.card import read_card
                 from geounet.models.onnx import load_onnx
 
-                _CACHE[key] = (load_onnx(path, threads or 1), read_card(path))
+                _CACHE[key] = (load_onnx(path, threads or 1, precision), read_card(path))
             else:
                 import torch
 

@@ -198,7 +198,7 @@ def test_interrupted_run_leaves_no_finished_looking_output(tiny_model, tmp_path)
 @pytest.mark.parametrize(
     "option, value, valid",
     [
-        ("--precision", "int8", "auto, fp32, bf16, fp16"),
+        ("--precision", "int4", "auto, fp32, bf16, fp16, int8"),
         ("--device", "gpu", "auto, cpu, cuda or cuda:N"),
         ("--backend", "tensorrt", "auto, torch, onnx"),
         ("--tta", "d8", "none, flip, flips, d4"),

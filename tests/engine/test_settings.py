@@ -75,14 +75,14 @@ def test_default_workers_and_batch_size_per_backend(monkeypatch):
 def test_every_bad_setting_is_named_at_once_as_the_user_wrote_it():
     card = type("Card", (), {"tile_size": 512, "overlap": 64})()
     bad = PredictSettings(
-        tile_size=100, batch_size=0, precision="int8", backend="tensorrt", tta="d8", device="tpu", vector_format="shp"
+        tile_size=100, batch_size=0, precision="int4", backend="tensorrt", tta="d8", device="tpu", vector_format="shp"
     )
     with pytest.raises(GeounetError) as err:
         bad.tiling_resolved(card)
     assert str(err.value).split("; ") == [
         "--tile-size: must be a multiple of 32 (the U-Net's stride), got 100",
         "--batch-size: must be at least 1, got 0",
-        "--precision: must be one of auto, fp32, bf16, fp16, got 'int8'",
+        "--precision: must be one of auto, fp32, bf16, fp16, int8, got 'int4'",
         "--backend: must be one of auto, torch, onnx, got 'tensorrt'",
         "--tta: must be one of none, flip, flips, d4, got 'd8'",
         "--vector-format: must be one of gpkg, fgb, parquet, got 'shp'",
