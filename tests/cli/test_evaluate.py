@@ -10,7 +10,7 @@ from tests.helpers import DEMO_SCENE, error_lines, invoke
 @pytest.mark.parametrize(
     "option, value, valid",
     [
-        ("--precision", "int8", "auto, fp32, bf16, fp16"),
+        ("--precision", "int4", "auto, fp32, bf16, fp16, int8"),
         ("--device", "gpu", "auto, cpu, cuda or cuda:N"),
         ("--tta", "d8", "none, flip, flips, d4"),
         ("--unlabelled", "nodata", "background, ignore"),
