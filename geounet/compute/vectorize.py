@@ -143,13 +143,22 @@ def merge_across_blocks(pieces: Pieces) -> Pieces:
 
     Only pieces flagged ``on_edge`` are considered; pairs come from an STRtree query.
     Pieces that meet at a single corner stay apart (4-connectivity, as a whole-raster
-    polygonization would give). The result has ``on_edge`` all False.
+    polygonization would give). The result has ``on_edge`` all False: the pieces not on
+    an edge, then one piece per group of :func:`seam_groups`, in its order.
     """
     keep = pieces.take(~pieces.on_edge)
     cand = pieces.take(pieces.on_edge)
+    return Pieces.concat([keep, merge_groups(cand, seam_groups(cand))])
+
+
+def seam_groups(cand: Pieces) -> list[np.ndarray]:
+    """The pieces (indexes into ``cand``) that form one polygon: same class, sharing a boundary segment.
+
+    Groups come in the order of their smallest index; each lists its pieces in increasing order.
+    """
     n = len(cand)
     if n == 0:
-        return keep
+        return []
     tree = shapely.STRtree(cand.geometry)
     left, right = tree.query(cand.geometry, predicate="intersects")
     sel = (left < right) & (cand.class_id[left] == cand.class_id[right])
@@ -168,20 +177,27 @@ def merge_across_blocks(pieces: Pieces) -> Pieces:
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     roots = np.array([find(i) for i in range(n)])
-    order = np.unique(roots)
-    merged_geoms = np.empty(len(order), object)
-    pixels = np.zeros(len(order), np.int64)
-    ssum = np.zeros(len(order))
-    cls = np.zeros(len(order), np.int32)
-    for k, root in enumerate(order):
-        members = np.flatnonzero(roots == root)
+    order = np.argsort(roots, kind="stable")
+    starts = np.flatnonzero(np.r_[True, roots[order][1:] != roots[order][:-1]])
+    return np.split(order, starts[1:])
+
+
+def merge_groups(cand: Pieces, groups: list[np.ndarray]) -> Pieces:
+    """One piece per group of ``cand`` (:func:`seam_groups`): geometries unioned, pixels and score sums added.
+
+    Independent per group: groups may be merged in separate tasks with the same result.
+    """
+    merged_geoms = np.empty(len(groups), object)
+    pixels = np.zeros(len(groups), np.int64)
+    ssum = np.zeros(len(groups))
+    cls = np.zeros(len(groups), np.int32)
+    for k, members in enumerate(groups):
         geom = cand.geometry[members[0]] if len(members) == 1 else shapely.union_all(cand.geometry[members])
         merged_geoms[k] = shapely.simplify(geom, 0.0)  # drop collinear vertices left on the seams
         pixels[k] = cand.pixels[members].sum()
         ssum[k] = cand.score_sum[members].sum()
-        cls[k] = cand.class_id[root]
-    merged = Pieces(cls, merged_geoms, pixels, ssum, np.zeros(len(order), bool))
-    return Pieces.concat([keep, merged])
+        cls[k] = cand.class_id[members[0]]
+    return Pieces(cls, merged_geoms, pixels, ssum, np.zeros(len(groups), bool))
 
 
 def apply_affine(geoms: np.ndarray, transform: Affine) -> np.ndarray:

@@ -5,7 +5,7 @@ polygons (``vectorize.polygonize_block``) or road centre-line pieces
 (``centerlines.centerlines_block``, read with a halo). Polygons wholly inside their
 block are final: they are cleaned (``postprocess``) and appended to the GeoPackage as
 results arrive. Pieces that touch a block edge wait, and are joined at the end
-(``vectorize.merge_across_blocks``). Blocks the class raster does not store (a sparse
+(``vectorize.seam_groups``, then ``merge_groups`` in tasks). Blocks the class raster does not store (a sparse
 COG leaves out blocks of nodata: a mostly empty scene) hold nothing and are not visited.
 Layers follow the model's class kinds:
 ``buildings``, ``roads`` + ``road_centerlines``, ``landcover``; each carries the
@@ -40,7 +40,14 @@ from geounet.compute.postprocess import (
     metric_crs,
     repair_polygons,
 )
-from geounet.compute.vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block, split_touching
+from geounet.compute.vectorize import (
+    Pieces,
+    apply_affine,
+    merge_groups,
+    polygonize_block,
+    seam_groups,
+    split_touching,
+)
 from geounet.errors import InputError
 from geounet.io.rasters import written_blocks
 from geounet.io.scene import ground_pixel_size, ground_resolution
@@ -280,11 +287,26 @@ def _polygons(
     ):
         edge_pieces.append(seam)
         writer.write(_clip_layers(layers, aoi))
-    merged = merge_across_blocks(Pieces.concat(edge_pieces))
-    groups = np.array_split(np.arange(len(merged)), max(1, min(executor.workers, len(merged) // 50)))
-    for layers in executor.map(pieces_to_layers, [merged.take(g) for g in groups], ctx):
+    # the seams: which pieces form one polygon is found here (cheap); the unions, and the
+    # clean-up of what they give, run as tasks, a run of consecutive groups each
+    cand = Pieces.concat(edge_pieces)
+    groups = seam_groups(cand)
+    runs = np.array_split(np.arange(len(groups)), max(1, min(executor.workers, len(groups) // 50)))
+    batches = []
+    for run in runs:
+        members = [groups[g] for g in run]
+        taken = np.concatenate(members) if members else np.zeros(0, np.intp)
+        ends = np.cumsum([len(m) for m in members])
+        batches.append((cand.take(taken), np.split(np.arange(len(taken)), ends[:-1]) if members else []))
+    for layers in executor.map(merge_and_finish, batches, ctx):
         writer.write(_clip_layers(layers, aoi))
     writer.flush()
+
+
+def merge_and_finish(batch: tuple[Pieces, list[np.ndarray]], ctx: LayerContext) -> dict[str, gpd.GeoDataFrame]:
+    """Dask task: seam groups (pieces, and each group's indexes into them) joined, then cleaned as layer rows."""
+    pieces, groups = batch
+    return pieces_to_layers(merge_groups(pieces, groups), ctx)
 
 
 def _clip_layers(layers: dict[str, gpd.GeoDataFrame], aoi: Any) -> dict[str, gpd.GeoDataFrame]:
