@@ -97,3 +97,32 @@ def test_split_touching_separates_two_roofs_joined_by_a_neck():
     assert np.allclose(split.score_sum / split.pixels, 200)
     # Seeds further apart than the roofs are wide: nothing to split.
     assert len(split_touching(whole, (0.1, 0.1), min_distance_m=4.0)) == 1
+
+
+def test_seam_groups_merged_in_separate_runs_equal_one_merge():
+    """The vector stage merges runs of seam groups in separate tasks: the pieces equal one merge, in order."""
+    from geounet.compute.vectorize import merge_groups, seam_groups
+
+    rng = np.random.default_rng(3)
+    classes = (ndimage.uniform_filter(rng.random((96, 96)), 9) > 0.5).astype(np.uint8) + 1
+    h, w = classes.shape
+    parts = [
+        polygonize_block(classes[r : r + 32, c : c + 32], (r, c), [1, 2], None, (r > 0, r + 32 < h, c > 0, c + 32 < w))
+        for r in range(0, h, 32)
+        for c in range(0, w, 32)
+    ]
+    cand = Pieces.concat(parts)
+    cand = cand.take(cand.on_edge)
+    whole = merge_across_blocks(cand)
+    groups = seam_groups(cand)
+    assert sum(len(g) for g in groups) == len(cand) and len(groups) == len(whole) < len(cand)
+    assert all((np.diff(g) > 0).all() for g in groups) and [g[0] for g in groups] == sorted(g[0] for g in groups)
+    runs = np.array_split(np.arange(len(groups)), 3)
+    pieces = []
+    for run in runs:
+        taken = np.concatenate([groups[g] for g in run])
+        ends = np.cumsum([len(groups[g]) for g in run])[:-1]
+        pieces.append(merge_groups(cand.take(taken), np.split(np.arange(len(taken)), ends)))
+    split = Pieces.concat(pieces)
+    assert list(split.class_id) == list(whole.class_id) and list(split.pixels) == list(whole.pixels)
+    assert all(shapely.equals_exact(split.geometry, whole.geometry, 0))
