@@ -14,10 +14,12 @@ Model: the default ``buildings`` model and its shipped int8 version.
   wall seconds, and CPU seconds of the children (user + system, every thread).
 * halo: for each tile size / overlap, the share of the model's pixels that are re-runs
   (1 - scene pixels / pixels of all tiles run, on this scene; and per interior tile,
-  1 - stride^2 / tile^2), and ``geounet predict --no-vector`` seconds per megapixel of
-  the scene, fp32 and int8, the tile sizes alternating within each repeat.
+  1 - stride^2 / tile^2), and the CPU seconds per megapixel of the forward passes over
+  every tile the scene needs (real tiles, fp32 and int8, tilings alternating within each
+  round): of this scene, and per new megapixel of an interior tile (a large scene's
+  limit). ``--halo-e2e`` also times ``geounet predict --no-vector`` with each tiling.
 
-    python benchmarks/int8.py [--size 2048] [--repeats 2] [--sections forward,e2e,halo]
+    python benchmarks/int8.py [--size 2048] [--repeats 2] [--sections forward,e2e,halo] [--halo-e2e]
 
 The machine may be shared: every ratio is measured within one run, interleaved.
 """
@@ -40,8 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from efficiency import DEMO, GEOUNET, MODEL, make_scene  # noqa: E402
-
-from geounet.compute.grid import TileGrid  # noqa: E402
 
 TILINGS = ((512, 64), (768, 64), (1024, 64), (512, 32), (768, 96))
 
@@ -99,28 +99,61 @@ def section_e2e(scenes: list[Path], work: Path, repeats: int) -> None:
         )
 
 
-def section_halo(scene: Path, size: int, work: Path, repeats: int, precisions: list[str]) -> None:
+def section_halo(scene: Path, size: int, work: Path, repeats: int, precisions: list[str], e2e: bool) -> None:
+    from geounet.cli.quantize import training_tiles
+    from geounet.models.onnx import load_onnx
+
+    nets = {p: load_onnx(MODEL, 1, p) for p in precisions}
+    tiles = {(t, o): list(training_tiles(scene, MODEL, t, o)) for t, o in TILINGS}
+    cpu = {(t, o, p): 0.0 for t, o in TILINGS for p in precisions}
+    for net in nets.values():
+        for ts in tiles.values():
+            net(ts[0][None])  # warm-up per shape
+    for r in range(repeats):  # interleaved: tilings and precisions alternate within each round
+        for t, o in TILINGS if r % 2 == 0 else TILINGS[::-1]:
+            for p in precisions if r % 2 == 0 else precisions[::-1]:
+                c0 = time.process_time()
+                for tile in tiles[(t, o)]:
+                    nets[p](tile[None])
+                cpu[(t, o, p)] += (time.process_time() - c0) / repeats
     mpx = size * size / 1e6
+    print(
+        f"\n## halo waste on {scene.name} ({size} x {size} px at 0.15 m): forward passes, CPU s, {repeats} round(s)\n"
+    )
+    print("Every tile the scene needs, one per call, 1 thread. s/MP: of the scene; interior: per megapixel")
+    print("of new pixels of one interior tile (a large scene's limit, no scene-edge padding).\n")
+    head = " | ".join(f"{p} s/MP | interior s/MP | vs 512/64" for p in precisions)
+    print(f"| tile / overlap | tiles | re-run pixels (this scene) | re-run pixels (interior tile) | {head} |")
+    print("|---|---|---|---|" + "---|---|---|" * len(precisions))
+    for t, o in TILINGS:
+        n = len(tiles[(t, o)])
+        cells = []
+        for p in precisions:
+            per_tile = cpu[(t, o, p)] / n
+            interior = per_tile / ((t - o) ** 2 / 1e6)
+            base = cpu[(*TILINGS[0], p)] / len(tiles[TILINGS[0]]) / ((TILINGS[0][0] - TILINGS[0][1]) ** 2 / 1e6)
+            cells.append(f"{cpu[(t, o, p)] / mpx:.3f} | {interior:.3f} | {base / interior:.2f}x")
+        scene_waste = 1 - size * size / (n * t * t)
+        print(f"| {t} / {o} | {n} | {scene_waste:.1%} | {1 - (t - o) ** 2 / (t * t):.1%} | {' | '.join(cells)} |")
+    if not e2e:
+        return
     seconds = {(t, o, p): 0.0 for t, o in TILINGS for p in precisions}
     for r in range(repeats):
-        order = TILINGS if r % 2 == 0 else TILINGS[::-1]
-        for t, o in order:
+        for t, o in TILINGS if r % 2 == 0 else TILINGS[::-1]:
             for p in precisions:
                 wall, _ = predict(
                     scene, work / f"h{t}-{o}", "--precision", p, "--tile-size", str(t), "--overlap", str(o)
                 )
                 seconds[(t, o, p)] += wall / repeats
-    base = {p: seconds[(*TILINGS[0], p)] for p in precisions}
-    print(f"\n## halo waste on {scene.name} ({size} x {size} px at 0.15 m), {repeats} repeat(s)\n")
-    head = " | ".join(f"{p} s/MP | vs 512/64" for p in precisions)
-    print(f"| tile / overlap | tiles | re-run pixels (scene) | re-run pixels (interior tile) | {head} |")
-    print("|---|---|---|---|" + "---|---|" * len(precisions))
+    print(f"\n## the same tilings end to end: geounet predict --no-vector, wall s per MP, {repeats} repeat(s)\n")
+    print("| tile / overlap | " + " | ".join(f"{p} s/MP | vs 512/64" for p in precisions) + " |")
+    print("|---|" + "---|---|" * len(precisions))
     for t, o in TILINGS:
-        grid = TileGrid(size, size, t, o, 4)
-        scene_waste = 1 - size * size / (grid.n_tiles * t * t)
-        tile_waste = 1 - (t - o) ** 2 / (t * t)
-        cells = " | ".join(f"{seconds[(t, o, p)] / mpx:.3f} | {base[p] / seconds[(t, o, p)]:.2f}x" for p in precisions)
-        print(f"| {t} / {o} | {grid.n_tiles} | {scene_waste:.1%} | {tile_waste:.1%} | {cells} |")
+        cells = [
+            f"{seconds[(t, o, p)] / mpx:.3f} | {seconds[(*TILINGS[0], p)] / seconds[(t, o, p)]:.2f}x"
+            for p in precisions
+        ]
+        print(f"| {t} / {o} | {' | '.join(cells)} |")
 
 
 def main() -> None:
@@ -129,6 +162,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sections", default="forward,e2e,halo")
     ap.add_argument("--halo-precisions", default="fp32,int8")
+    ap.add_argument("--halo-e2e", action="store_true", help="also time each tiling with geounet predict (noisy)")
     args = ap.parse_args()
     sections = args.sections.split(",")
     print(f"# int8 vs fp32 ({MODEL.name}), load average {os.getloadavg()[0]:.1f} at the start")
@@ -140,7 +174,7 @@ def main() -> None:
         if "e2e" in sections:
             section_e2e([scene, DEMO], work, args.repeats)
         if "halo" in sections:
-            section_halo(scene, args.size, work, args.repeats, args.halo_precisions.split(","))
+            section_halo(scene, args.size, work, args.repeats, args.halo_precisions.split(","), args.halo_e2e)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
