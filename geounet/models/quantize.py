@@ -99,6 +99,18 @@ class Int8Record:
         return max(abs(c) for c in changes.values()) <= MAX_IOU_CHANGE and speedup > 1.0
 
 
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def cached_sha256(path: str | Path) -> str:
+    """:func:`file_sha256`, remembered per (file, modification time, size) in this process."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _SHA256:
+        _SHA256[key] = file_sha256(path)
+    return _SHA256[key]
+
+
 def find_int8(model_path: str | Path, sha256: str | None = None) -> tuple[Path, Int8Record] | None:
     """The int8 file and record that belong to this model file; None when there is none (or it is stale).
 
@@ -109,7 +121,7 @@ def find_int8(model_path: str | Path, sha256: str | None = None) -> tuple[Path, 
     if not record_path.is_file() or not onnx_path.is_file():
         return None
     record = Int8Record.read(record_path)
-    if record.fp32_sha256 != (sha256 or file_sha256(model_path)):
+    if record.fp32_sha256 != (sha256 or cached_sha256(model_path)):
         return None
     return onnx_path, record
 
@@ -121,13 +133,13 @@ def require_int8(model_path: str | Path) -> tuple[Path, Int8Record]:
     if not record_path.is_file() or not onnx_path.is_file():
         raise ModelError(model_path, f"no int8 version ({how})")
     record = Int8Record.read(record_path)
-    if record.fp32_sha256 != file_sha256(model_path):
+    if record.fp32_sha256 != cached_sha256(model_path):
         raise ModelError(
             model_path,
             f"no int8 version: {onnx_path.name} was made from another version of this model "
             f"(sha256 {record.fp32_sha256[:12]}...); {how}",
         )
-    if file_sha256(onnx_path) != record.int8_sha256:
+    if cached_sha256(onnx_path) != record.int8_sha256:
         raise ModelError(onnx_path, f"int8 file does not match its record {record_path.name} (damaged?); {how}")
     return onnx_path, record
 
