@@ -11,6 +11,7 @@ import onnx
 import pytest
 import rasterio
 
+from geounet.compute.grid import TileGrid
 from geounet.engine.settings import PredictSettings
 from geounet.errors import GeounetError, ModelError
 from geounet.models import hardware
@@ -191,3 +192,16 @@ def test_auto_settles_on_int8_from_the_record_and_the_cpu(quantized, tmp_path, m
     assert PredictSettings(device="cpu").resolved(card, good).precision == "fp32"
     with pytest.raises(GeounetError, match="ONNX Runtime only"):
         PredictSettings(device="cpu", precision="int8", backend="torch").resolved(card, good)
+
+
+def test_quantize_command_calibrates_on_the_scenes_tiles_and_records_them(tmp_path):
+    model = make_tiny_model(tmp_path / "m.safetensors")
+    scene = write_scene(tmp_path / "train.tif", _image(3, 320))  # 0.15 m, the model's: no resampling
+    result = invoke("quantize", model, scene, "--max-tiles", 4, "--speed-rounds", 1)
+    assert result.exit_code == 0, result.output
+    onnx_path, record = require_int8(model)
+    tiles = TileGrid(320, 320, 128, 32, 1).n_tiles  # the tiny model's 128/32 tiles, as predict lays them
+    assert tiles > 4 and record.calibration["tiles"] == 4 and record.calibration["tiles_available"] == tiles
+    assert record.calibration["data"] == "train.tif" and record.measured["speed"]["tiles"] == 4
+    assert not record.auto_ok()  # no accuracy measured: auto keeps fp32
+    assert "auto precision takes int8 on VNNI CPUs: no" in result.output
