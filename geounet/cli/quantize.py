@@ -118,6 +118,10 @@ def quantize(
     try:
         if (eval_scene is None) != (eval_labels is None):
             raise GeounetError(None, "--eval-scene and --eval-labels go together")
+        if eval_scene is not None and any(Path(s).resolve() == eval_scene.resolve() for s in scenes):
+            raise GeounetError(
+                eval_scene, "the evaluation scene is also a calibration scene; calibrate on training data"
+            )
         if max_tiles < 1:
             raise GeounetError(None, f"--max-tiles: must be at least 1, got {max_tiles}")
         tiles = [t for scene in scenes for t in training_tiles(scene, model)]

@@ -20,6 +20,7 @@ a record does not import onnxruntime.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -193,7 +194,11 @@ def quantize_model(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }[method]
-    reader = TileReader(tiles)
+    it = iter(tiles)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("no calibration tiles")
+    reader = TileReader(itertools.chain([first], it))
 
     class _Reader(CalibrationDataReader):
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -219,8 +224,6 @@ def quantize_model(
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
         seconds = time.perf_counter() - t0
-        if reader.count == 0:
-            raise ValueError("no calibration tiles")
         tmp_dst = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         shutil.copyfile(out, tmp_dst)
         os.replace(tmp_dst, dst)
