@@ -17,7 +17,10 @@ from geounet.compute.change import ChangeRules, grade
 from geounet.engine.settings import DEVICE, PRECISIONS
 from geounet.schema import ConfigError, check_fields
 
-Precision = Literal[PRECISIONS]  # type: ignore[valid-type]  # auto, fp32, bf16, fp16 (as geounet predict)
+# as geounet predict, but no int8: the pre/post pass reads the network's features (torch), which
+# the int8 ONNX model does not give
+DAMAGE_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8")
+Precision = Literal[DAMAGE_PRECISIONS]  # type: ignore[valid-type]  # auto, fp32, bf16, fp16
 
 
 @dataclass

@@ -195,7 +195,7 @@ def test_an_unknown_choice_in_the_damage_section_is_refused(tmp_path, tiny_model
     )
     with pytest.raises(ConfigError) as info:
         load_config(cfg)
-    assert info.value.problems == ["damage.precision: expected one of auto, fp32, bf16, fp16, int8, got str 'int4'"]
+    assert info.value.problems == ["damage.precision: expected one of auto, fp32, bf16, fp16, got str 'int4'"]
 
 
 def test_area_of_interest_keys_reach_the_settings_and_are_checked(tmp_path, tiny_model, write_config):

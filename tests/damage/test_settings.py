@@ -75,7 +75,7 @@ def test_constructed_settings_check_nothing_until_asked():
 
 @pytest.mark.parametrize(
     "key, value, valid",
-    [("precision", "int4", "one of auto, fp32, bf16, fp16, int8"), ("device", "gpu", "auto, cpu, cuda or cuda:N")],
+    [("precision", "int8", "one of auto, fp32, bf16, fp16"), ("device", "gpu", "auto, cpu, cuda or cuda:N")],
 )
 def test_an_unknown_choice_is_refused_listing_the_valid_ones(key, value, valid, tmp_path):
     from tests.helpers import DEMO_SCENE, error_lines, invoke
