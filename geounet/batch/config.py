@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from geounet.batch.inputs import WatchSpec, absolute, expand, read_list_file
 from geounet.damage.settings import DamageSettings
-from geounet.engine.settings import DEVICE, VECTOR_FORMATS, PredictSettings
+from geounet.engine.settings import DEVICE, PRECISIONS, VECTOR_FORMATS, PredictSettings
 from geounet.errors import GeounetError
 from geounet.io.aoi import bbox_problems, read_area
 from geounet.io.folders import check_output_root
@@ -36,7 +36,7 @@ TILING_NAMES = {
 }  # in messages
 Task = Literal["segment", "damage"]
 Tta = Literal["none", "flip", "flips", "d4"]  # geounet.compute.tta.TTA_SETS
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]  # auto, fp32, bf16, fp16, int8 (a damage task: no int8)
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # auto, torch or onnx
 VectorFormat = Literal[VECTOR_FORMATS]  # type: ignore[valid-type]  # gpkg, fgb or parquet
 

@@ -64,7 +64,7 @@ def test_value_problems_name_the_dotted_key(tmp_path, tiny_model, write_config):
         load_config(cfg)
     assert sorted(info.value.problems) == sorted(
         [
-            "precision: expected one of auto, fp32, bf16, fp16, got str 'fp8'",
+            "precision: expected one of auto, fp32, bf16, fp16, int8, got str 'fp8'",
             "device: expected auto, cpu, cuda or cuda:N, got str 'gpu'",
             "tiling.tile_size: must be a multiple of 32 (the U-Net's stride), got 100",
             "tiling.batch_size: must be at least 1, got 0",
@@ -173,7 +173,7 @@ def test_damage_config_is_checked(damage_config: Path):
     [
         ("task", "segmnt", "task: expected one of segment, damage, got str 'segmnt'"),
         ("device", "gpu", "device: expected auto, cpu, cuda or cuda:N, got str 'gpu'"),
-        ("precision", "int8", "precision: expected one of auto, fp32, bf16, fp16, got str 'int8'"),
+        ("precision", "int4", "precision: expected one of auto, fp32, bf16, fp16, int8, got str 'int4'"),
         ("backend", "tensorrt", "backend: expected one of auto, torch, onnx, got str 'tensorrt'"),
         ("tta", "d8", "tta: expected one of none, flip, flips, d4, got str 'd8'"),
         ("vector", {"format": "shp"}, "vector.format: expected one of gpkg, fgb, parquet, got str 'shp'"),
@@ -219,3 +219,16 @@ def test_area_of_interest_keys_reach_the_settings_and_are_checked(tmp_path, tiny
         with pytest.raises(ConfigError) as info:
             load_config(bad)
         assert info.value.problems == [expected]
+
+
+def test_a_segment_config_takes_int8_and_a_damage_config_refuses_it(tmp_path, tiny_model, write_config):
+    cfg = write_config(tmp_path / "p.yaml", tiny_model, [DEMO_SCENE], tmp_path / "o", precision="int8")
+    assert load_config(cfg).settings.precision == "int8"
+    d = tmp_path / "d.yaml"
+    d.write_text(
+        f"task: damage\nmodel: {tiny_model}\nout: {tmp_path / 'o2'}\n"
+        f"inputs: {{pre: {DEMO_SCENE}, post: {DEMO_SCENE}}}\nprecision: int8\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(d)
+    assert info.value.problems == ["damage.precision: expected one of auto, fp32, bf16, fp16, got str 'int8'"]
