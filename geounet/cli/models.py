@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
 from geounet.errors import GeounetError
+from geounet.models.quantize import find_int8
 from geounet.models.registry import bundled_models
 
 
@@ -28,7 +30,24 @@ def models() -> None:
                 typer.echo(f"  {line}")
         else:
             typer.echo("  scores:     none measured")
+        typer.echo(f"  int8:       {_int8_line(b.path)}")
         typer.echo(f"  file:       {b.path}")
+
+
+def _int8_line(path: Path) -> str:
+    """Whether the model file has a current int8 version, and what its record measured."""
+    found = find_int8(path)
+    if found is None:
+        return "none (geounet quantize makes one)"
+    onnx_path, record = found
+    changes, speedup = record.iou_changes(), record.speedup()
+    parts = [onnx_path.name]
+    if changes:
+        parts.append(f"largest pixel IoU change {max(changes.values(), key=abs):+.4f}")
+    if speedup:
+        parts.append(f"{speedup:.2f}x CPU")
+    parts.append("auto takes it on VNNI CPUs" if record.auto_ok() else "opt-in (--precision int8)")
+    return ", ".join(parts)
 
 
 def _score_lines(scores: dict) -> list[str]:

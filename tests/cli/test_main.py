@@ -33,6 +33,8 @@ def test_models_lists_the_bundled_models_with_resolution_and_classes():
     assert res.exit_code == 0, res.output
     assert "buildings  (buildings.safetensors)" in res.output and "resolution: 0.15 m/px" in res.output
     assert "classes:    background, building" in res.output and "landcover" in res.output
+    assert "int8:       buildings.int8.onnx, largest pixel IoU change" in res.output  # its record's measurement
+    assert "int8:       none (geounet quantize makes one)" in res.output  # roads and landcover have none
 
 
 def test_version_prints_the_version_and_exits_0():
