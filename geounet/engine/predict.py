@@ -196,9 +196,9 @@ def predict_scene(
         record.model.requested = requested
         from geounet.io.stac import finish_scene_folder  # quicklook.png + item.json in tmp, listed in the record
 
-        finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
-        if plan.settings.web:
+        if plan.settings.web:  # first, so that item.json lists it
             _write_web(plan, tmp, final_dir.name, record, timings)
+        finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
         record.write(tmp)
         replace_dir(tmp, final_dir)
     log.info(

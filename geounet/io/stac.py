@@ -41,6 +41,7 @@ ASSETS = {  # file -> (media type, roles, title)
     "features.gpkg": (pystac.MediaType.GEOPACKAGE, ["data"], "Vector map (GeoPackage, scene CRS)"),
     "quicklook.png": (pystac.MediaType.PNG, ["overview"], "Scene with classes overlaid"),
     "run.json": (pystac.MediaType.JSON, ["metadata"], "Provenance: input, model and settings"),
+    "web/index.html": (pystac.MediaType.HTML, ["overview"], "Web map, offline (serve the folder: geounet view)"),
 }
 LAYER_FILES = {  # features.<layer>.<ext>: media type, format
     "fgb": (pystac.MediaType.FLATGEOBUF, "FlatGeobuf"),
@@ -51,7 +52,7 @@ LAYER_FILES = {  # features.<layer>.<ext>: media type, format
 def _asset(name: str) -> tuple[str, tuple[str, list[str], str]] | None:
     """``(asset key, (media type, roles, title))`` of an output file, or None for a file that is no asset."""
     if name in ASSETS:
-        return name.split(".")[0], ASSETS[name]
+        return name.split(".")[0].split("/")[0], ASSETS[name]
     parts = name.split(".")
     if len(parts) == 3 and parts[0] == "features" and parts[2] in LAYER_FILES:
         media, fmt = LAYER_FILES[parts[2]]

@@ -185,6 +185,8 @@ def test_predict_web_flag_and_run_config_web_key(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "p" / "kampala_demo" / "web" / "index.html").is_file()
+    assets = json.loads((tmp_path / "p" / "kampala_demo" / "item.json").read_text())["assets"]
+    assert assets["web"]["href"] == "./web/index.html" and assets["web"]["type"] == "text/html"
     cfg = tmp_path / "p.yaml"
     base = {"model": str(model), "inputs": [str(DEMO_SCENE)], "out": str(tmp_path / "r"), "vector": False}
     counts = []
