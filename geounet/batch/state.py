@@ -88,7 +88,8 @@ def _remote_changed(record: RunRecord, scene: str | Path) -> str:
 
     Its remote bytes are never hashed: the URL, size and ETag (or Last-Modified) the server
     gives now must match the recorded ones. A scene without an ETag or Last-Modified
-    (``s3://`` and other ``/vsi...`` paths, a server that sends neither) is recomputed:
+    (``s3://`` without botocore installed, other ``/vsi...`` paths, a server that sends
+    neither) is recomputed:
     nothing then proves it unchanged.
     """
     if record.input.path != str(scene):

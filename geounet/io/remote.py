@@ -83,14 +83,15 @@ def cloud_defaults() -> None:
 def remote_identity(scene: str | Path, timeout: float = 30.0) -> dict[str, Any]:
     """What can be known of a remote file without reading it: ``{"bytes", "etag", "last_modified"}``.
 
-    An HTTP(S) scene gets one ``HEAD`` request (Content-Length, ETag, Last-Modified); any
-    other (``s3://``, other ``/vsi...``), or a server that does not answer it, gets None for each.
-    Remote bytes are never hashed.
+    An HTTP(S) scene gets one ``HEAD`` request (Content-Length, ETag, Last-Modified); an
+    ``s3://`` or ``/vsis3/`` scene one HeadObject through botocore when it is installed (it
+    comes with boto3 and the AWS CLI; not a dependency), with GDAL's ``AWS_*`` settings; any
+    other, or a server that does not answer, gets None for each. Remote bytes are never hashed.
     """
     out: dict[str, Any] = {"bytes": None, "etag": None, "last_modified": None}
     url = url_of(scene)
     if url is None:
-        return out
+        return _s3_identity(scene, timeout) or out
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as resp:
             headers = resp.headers
@@ -101,3 +102,52 @@ def remote_identity(scene: str | Path, timeout: float = 30.0) -> dict[str, Any]:
     out["etag"] = headers.get("ETag")
     out["last_modified"] = headers.get("Last-Modified")
     return out
+
+
+def _s3_identity(scene: str | Path, timeout: float) -> dict[str, Any] | None:
+    """Size, ETag and Last-Modified of an S3 object from one HeadObject (botocore), or None.
+
+    The endpoint, scheme, addressing style and region are GDAL's own settings
+    (``AWS_S3_ENDPOINT``, ``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``, ``AWS_REGION``), so the
+    object asked about is the one GDAL reads; credentials come from botocore's usual chain.
+    """
+    s = str(scene)
+    if s.lower().startswith("s3://"):
+        rest = s[len("s3://") :]
+    elif s.startswith("/vsis3/"):
+        rest = s[len("/vsis3/") :]
+    else:
+        return None
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        return None
+    try:
+        import botocore.session
+        from botocore.config import Config
+    except ImportError:
+        return None
+    endpoint = os.environ.get("AWS_S3_ENDPOINT")
+    scheme = "http" if os.environ.get("AWS_HTTPS", "YES").upper() in ("NO", "FALSE", "OFF") else "https"
+    path_style = os.environ.get("AWS_VIRTUAL_HOSTING", "TRUE").upper() in ("NO", "FALSE", "OFF")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    try:
+        client = botocore.session.get_session().create_client(
+            "s3",
+            region_name=region,
+            endpoint_url=f"{scheme}://{endpoint}" if endpoint else None,
+            config=Config(
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"max_attempts": 2},
+                s3={"addressing_style": "path" if path_style else "auto"},
+            ),
+        )
+        head = client.head_object(Bucket=bucket, Key=key)
+    except Exception:  # noqa: BLE001  no credentials, no answer, no object: nothing proves it unchanged
+        return None
+    modified = head.get("LastModified")
+    return {
+        "bytes": head.get("ContentLength"),
+        "etag": head.get("ETag"),
+        "last_modified": modified.strftime("%a, %d %b %Y %H:%M:%S GMT") if modified else None,
+    }

@@ -45,7 +45,7 @@ def input_identity(scene: str | Path) -> dict[str, Any]:
 
     A local file: absolute path, size, sha256 and mtime (ns). A remote scene
     (:mod:`geounet.io.remote`): its URL as given, and the size, ETag and Last-Modified
-    the server tells (one HEAD request; None where unknown, always for ``s3://``);
+    the server tells (one HEAD request, for ``s3://`` through botocore if installed; None where unknown);
     remote bytes are never hashed (``sha256`` is empty).
     """
     if is_remote(scene):

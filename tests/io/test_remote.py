@@ -187,4 +187,10 @@ def test_predict_from_s3_matches_the_local_file(served, s3, tiny_model, tmp_path
     )
     a, b = _classes(tmp_path / "local" / "scene.2021-05-01"), _classes(tmp_path / "s3" / "scene.2021-05-01")
     assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
-    assert RunRecord.read(tmp_path / "s3" / "scene.2021-05-01").input.path == "s3://scenes/kampala/scene.2021-05-01.tif"
+    record = RunRecord.read(tmp_path / "s3" / "scene.2021-05-01")
+    assert record.input.path == "s3://scenes/kampala/scene.2021-05-01.tif"
+    # batch reruns: an S3 object is unchanged while its size and ETag are (one HeadObject, botocore)
+    assert record.input.etag and record.input.bytes == (served / "scene.2021-05-01.tif").stat().st_size
+    assert _remote_changed(record, record.input.path) == ""
+    client.put_object(Bucket="scenes", Key="kampala/scene.2021-05-01.tif", Body=b"another file")
+    assert _remote_changed(record, record.input.path).startswith("input changed")
