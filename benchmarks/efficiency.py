@@ -204,8 +204,9 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
     """`geounet predict` as a user runs it, each measurement between two floor measurements of its backend."""
     tasks, tiles = default_workers("cpu", "onnx"), default_batch_size("cpu", "onnx")
     print(
-        f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64, fp32; "
-        f"ONNX Runtime as geounet predict runs it: {tasks} task(s) at once x {tiles} tile(s) per call"
+        f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64; "
+        f"ONNX Runtime as geounet predict runs it: {tasks} task(s) at once x {tiles} tile(s) per call; the floor "
+        "is fp32, the runs take the CLI's precision (auto: int8 where the model's record allows it, on VNNI CPUs)"
     )
     cache = Path(os.environ["GEOUNET_CACHE_DIR"])
     shutil.rmtree(cache, ignore_errors=True)
@@ -219,6 +220,7 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
         """``backend``: the one whose floor applies (the CLI runs with its default unless ``extra`` says)."""
         wall, runs = predict_cli(scenes, work / "out", *extra)
         assert runs[0]["settings"]["backend"] == backend, runs[0]["settings"]["backend"]
+        label += f" [{runs[0]['settings']['precision']}]"
         floors[backend].append(floor_seconds(size, backend=backend)[0])
         floor = (floors[backend][-2] + floors[backend][-1]) / 2
         rows.append((label, len(scenes), wall, runs, floor))
