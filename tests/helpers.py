@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import http.server
 import os
+import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +237,48 @@ class RangeServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server_process(cmd: list[str], port: int, name: str, timeout: float = 30.0) -> Iterator[subprocess.Popen]:
+    """Run a server program (``cmd``, listening on 127.0.0.1:``port``) until the block ends.
+
+    Waits until the port accepts connections; fails with the program's own output if it
+    exits first or does not listen within ``timeout`` seconds.
+    """
+    import socket
+    import time
+
+    if not Path(cmd[0]).exists():
+        pytest.fail(f"{cmd[0]} missing: install the test extra (pip install -e '.[test]')")
+    import tempfile
+
+    log = tempfile.TemporaryFile()  # not a pipe: a chatty server would block on a full one
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    log.seek(0)
+                    said = log.read().decode(errors="replace")
+                    raise RuntimeError(f"{name} did not start: {said[-2000:]}") from None
+                time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

@@ -14,7 +14,7 @@ from geounet.batch.state import _remote_changed
 from geounet.cli.main import app
 from geounet.io.remote import gdal_path, is_remote, scene_name
 from geounet.io.run_record import RunRecord
-from tests.helpers import DEMO_SCENE, RangeServer
+from tests.helpers import DEMO_SCENE, RangeServer, free_port, server_process
 
 
 def test_remote_names_and_gdal_paths():
@@ -125,30 +125,11 @@ def test_geounet_run_reads_a_url_and_skips_it_while_unchanged(served, tiny_model
 @pytest.fixture()
 def s3(monkeypatch):
     """A real S3-compatible server on loopback (moto in server mode), GDAL's AWS_* options pointed at it."""
-    import socket
-    import subprocess
     import sys
-    import time
 
-    server_bin = Path(sys.executable).parent / "moto_server"
-    if not server_bin.exists():
-        pytest.fail(f"{server_bin} missing: install the test extra (pip install -e '.[test]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(server_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with server_process(cmd, port, "moto_server"):
         env = {
             "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
             "AWS_HTTPS": "NO",
@@ -161,9 +142,6 @@ def s3(monkeypatch):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_predict_from_s3_matches_the_local_file(served, s3, tiny_model, tmp_path):

@@ -12,10 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from typer.testing import CliRunner
 
 from geounet.cli.main import app
 from geounet.io.stac_search import Condition, StacSearch, parse_condition
-from tests.helpers import RangeServer
+from tests.helpers import RangeServer, free_port, server_process
 from tests.io.test_stac_input import BANDS, _crops
 
 RUSTAC = Path(sys.executable).parent / "rustac"
@@ -47,12 +44,6 @@ def test_conditions_parse_and_hold() -> None:
         "stac_search: the API must be an http(s):// URL, got 'ftp://x'",
         "stac_search: max_items must be >= 1, got 0",
     ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _items(crops: dict[str, Path], base_url: str, folder: Path) -> list[pystac.Item]:
@@ -88,8 +79,6 @@ def _items(crops: dict[str, Path], base_url: str, folder: Path) -> list[pystac.I
 @pytest.fixture(scope="module")
 def stac_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict[str, Path]]]:
     """A STAC API (rustac serve) over three Items whose band COGs an HTTP range server serves."""
-    if not RUSTAC.exists():
-        pytest.fail(f"{RUSTAC} missing: install the test extra (pip install -e '.[test]')")
     folder = tmp_path_factory.mktemp("stac")
     crops = _crops(folder)
     with RangeServer(folder) as www:
@@ -105,28 +94,10 @@ def stac_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         )
         (folder / "collection.json").write_text(json.dumps(collection.to_dict(include_self_link=False)))
         (folder / "items.json").write_text(json.dumps(pystac.ItemCollection(items).to_dict()))
-        addr = f"127.0.0.1:{_free_port()}"
-        proc = subprocess.Popen(
-            [str(RUSTAC), "serve", "--addr", addr, str(folder / "collection.json"), str(folder / "items.json")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(tuple(addr.split(":")), timeout=1).close()  # type: ignore[arg-type]
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"rustac serve did not start: {proc.stdout.read() if proc.stdout else ''}"
-                        ) from None
-                    time.sleep(0.1)
-            yield f"http://{addr}", folder, crops
-        finally:
-            proc.terminate()
-            proc.wait(10)
+        port = free_port()
+        cmd = [str(RUSTAC), "serve", "--addr", f"127.0.0.1:{port}"]
+        with server_process([*cmd, str(folder / "collection.json"), str(folder / "items.json")], port, "rustac serve"):
+            yield f"http://127.0.0.1:{port}", folder, crops
 
 
 def _predict(args: list[str], out: Path) -> tuple[int, str]:
@@ -165,7 +136,7 @@ def test_stac_api_search_predicts_the_items_found(stac_api, tmp_path: Path) -> N
 
 
 def test_stac_api_problems_are_one_line(tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     code, output = _predict(["--stac-api", dead, "--no-vector"], tmp_path / "o")
     assert code == 1
     assert f"error: {dead}: cannot open it as a STAC API" in output and "Traceback" not in output
