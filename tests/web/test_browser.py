@@ -44,6 +44,27 @@ def _screen_point(page, lon: float, lat: float) -> tuple[float, float]:
     )
 
 
+def _loopback_only(context) -> tuple[list[str], list[str]]:
+    """Route every request of ``context``: one to a host but 127.0.0.1 is aborted and listed.
+
+    Returns (the URLs that tried to leave loopback, every URL requested), filled as the page runs.
+    """
+    outside: list[str] = []
+    seen: list[str] = []
+
+    def guard(route) -> None:
+        url = route.request.url
+        seen.append(url)
+        if urlparse(url).hostname not in (None, "", "127.0.0.1"):  # data: and blob: URLs have no host
+            outside.append(url)
+            route.abort()
+        else:
+            route.continue_()
+
+    context.route("**/*", guard)
+    return outside, seen
+
+
 def _ready(page, errors: list[str]) -> None:
     """Wait for the map's first complete drawing; a page that never gets there says why (WebGL, a script error)."""
     try:
@@ -62,20 +83,8 @@ def test_buildings_are_drawn_where_the_geopackage_says_and_clicks_show_their_att
 ):
     t0 = time.perf_counter()
     server = served
-    outside: list[str] = []
-    seen: list[str] = []
     context = browser.new_context(viewport={"width": 1100, "height": 800}, device_scale_factor=1)
-
-    def guard(route) -> None:
-        url = route.request.url
-        seen.append(url)
-        if urlparse(url).scheme in ("http", "https", "ws", "wss") and urlparse(url).hostname != "127.0.0.1":
-            outside.append(url)
-            route.abort()
-        else:
-            route.continue_()
-
-    context.route("**/*", guard)
+    outside, seen = _loopback_only(context)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -148,17 +157,8 @@ def test_buildings_are_drawn_where_the_geopackage_says_and_clicks_show_their_att
 
 def test_damage_map_draws_each_building_in_its_grade_colour_and_says_what_drove_it(damaged, served_damage, browser):
     pair, out = damaged
-    outside: list[str] = []
     context = browser.new_context(viewport={"width": 1000, "height": 760}, device_scale_factor=1)
-
-    def guard(route) -> None:
-        if urlparse(route.request.url).hostname not in (None, "", "127.0.0.1"):
-            outside.append(route.request.url)
-            route.abort()
-        else:
-            route.continue_()
-
-    context.route("**/*", guard)
+    outside, _ = _loopback_only(context)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
