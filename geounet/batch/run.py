@@ -46,8 +46,8 @@ from geounet.errors import GeounetError, Interrupted, scene_failure
 from geounet.io.aoi import area_of_interest
 from geounet.io.folders import output_dir_for, recover_interrupted
 from geounet.io.locks import SceneLock, locked_reason, scene_lock
-from geounet.io.stac_input import expand_stac, is_stac_input
-from geounet.io.stac_search import search_scenes
+from geounet.io.stac_input import is_stac_input
+from geounet.io.stac_search import stac_scenes
 from geounet.models.card import file_sha256, read_card
 from geounet.models.registry import is_model_name, pick_variant
 
@@ -166,10 +166,8 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
     if cfg.search is not None or any(is_stac_input(s) for s in scenes):  # STAC: one VRT scene per Item
         name = str(cfg.model)
         card = read_card(pick_variant(name, None).path if is_model_name(name) else Path(name))
-        scenes, stac_errors = expand_stac(scenes, cfg.out, card)  # bad Items fail alone
-        if cfg.search is not None:
-            area = area_of_interest(cfg.settings.aoi, cfg.settings.bbox, cfg.settings.bbox_crs)
-            scenes += search_scenes(cfg.search, area, cfg.out, card, stac_errors)
+        area = area_of_interest(cfg.settings.aoi, cfg.settings.bbox, cfg.settings.bbox_crs)
+        scenes, stac_errors = stac_scenes(scenes, cfg.search, area, cfg.out, card)  # bad Items fail alone
         for exc in stac_errors:
             summary.scenes.append(SceneResult(str(exc.path), "failed", str(exc)))
             log.info("%s", exc)

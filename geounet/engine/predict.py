@@ -58,7 +58,7 @@ from geounet.io.scene import (
     scene_ground_size,
     working_grid,
 )
-from geounet.io.stac_search import StacSearch, search_scenes
+from geounet.io.stac_search import StacSearch, stac_scenes
 from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.registry import is_model_name, pick_variant
 
@@ -491,11 +491,7 @@ def predict_batch(
         default = Path(model_path)
     area = area_of_interest(settings.aoi, settings.bbox, settings.bbox_crs)  # a bad area fails the batch at once
     out = check_output_root(out_root)
-    from geounet.io.stac_input import expand_stac  # STAC Items -> one VRT scene per Item
-
-    paths, stac_errors = expand_stac(paths, out, read_card(default))
-    if search is not None:
-        paths += search_scenes(search, area, out, read_card(default), stac_errors)
+    paths, stac_errors = stac_scenes(paths, search, area, out, read_card(default))  # one VRT scene per Item
     reports = [SceneReport(str(e.path), None, False, str(e), 0.0) for e in stac_errors]
     seen: dict[Path, str | Path] = {}
     for p in paths:

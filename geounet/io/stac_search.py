@@ -24,7 +24,7 @@ import shapely
 from pyproj import CRS
 
 from geounet.errors import GeounetError, InputError
-from geounet.io.stac_input import item_scenes
+from geounet.io.stac_input import expand_stac, item_scenes
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -212,3 +212,20 @@ def search_scenes(
         return []
     log.info("%s: %d Item(s) found", describe(search), len(items))
     return item_scenes(items, search.url, out_root, card, errors)
+
+
+def stac_scenes(
+    scenes: list[str | Path],
+    search: StacSearch | None,
+    area: AreaOfInterest | None,
+    out_root: Path,
+    card: ModelCard,
+) -> tuple[list[str | Path], list[GeounetError]]:
+    """``scenes`` with each STAC JSON file replaced by its Items' VRTs, plus the Items ``search`` finds.
+
+    Returns the scenes and one error per file, Item or search that cannot give a scene.
+    """
+    out, errors = expand_stac(scenes, out_root, card)
+    if search is not None:
+        out += search_scenes(search, area, out_root, card, errors)
+    return out, errors
