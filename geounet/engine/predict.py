@@ -39,7 +39,7 @@ from geounet.engine.executors import (
     lost_cluster,
 )
 from geounet.engine.settings import PredictSettings, resolve_settings, rules_with_overrides
-from geounet.engine.stitch import FinalSink, Stage1Sink, final_writer, stage1_writer, stitching
+from geounet.engine.stitch import FinalSink, Stage1Sink, final_writer, progress_bar, stage1_writer, stitching
 from geounet.engine.tiles import predict_chunk
 from geounet.errors import GeounetError, scene_failure
 from geounet.io.aoi import area_of_interest, to_pixels
@@ -240,7 +240,9 @@ def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: di
             coverage.tiles.size,
         )
     t0 = time.perf_counter()
-    if plan.working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
+    if isinstance(executor, DistributedExecutor) and plan.settings.stitch_on == "workers":
+        tiles = _predict_rasters_on_workers(plan, tmp, executor, coverage, area_px, timings)
+    elif plan.working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
         stage1 = tmp / "stage1_probabilities.tif"
         tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
@@ -252,13 +254,121 @@ def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: di
         tiles = run_chunks(plan, executor, final_writer(tmp, plan.card, plan.scene_grid, area_px), coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
         timings["finalize_s"] = 0.0
-    t0 = time.perf_counter()
-    blocks = None if coverage.complete else coverage.scene_blocks(BLOCK)
-    _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")), blocks)
-    timings["cog_s"] = time.perf_counter() - t0
+    if "cog_s" not in timings:
+        t0 = time.perf_counter()
+        blocks = None if coverage.complete else coverage.scene_blocks(BLOCK)
+        _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")), blocks)
+        timings["cog_s"] = time.perf_counter() - t0
     if in_area is not None:
         tiles["skipped_aoi"] = int((~in_area).sum())  # tiles outside the area of interest, never run
     return tiles
+
+
+def _predict_rasters_on_workers(
+    plan: ScenePlan,
+    tmp: Path,
+    executor: DistributedExecutor,
+    coverage: Coverage,
+    area_px: Any,
+    timings: dict[str, float],
+) -> dict[str, int]:
+    """A cluster run: the workers blend and write whole blocks (``engine.worker_blocks``), then one worker
+    task assembles them into the COGs (after stage 2 when resampled); the client only schedules.
+    """
+    from geounet.engine.worker_blocks import run_blocks
+
+    s, grid = plan.settings, plan.tiles
+    n_chunks = grid.shape_chunks[0] * grid.shape_chunks[1]
+    chunks = coverage.chunk_indices()
+    runs = None if len(chunks) == n_chunks else coverage.chunks
+    folder = tmp / "blocks"
+    t0 = time.perf_counter()
+    not_run = grid.n_tiles - coverage.tiles_in_data_chunks
+    with progress_bar(plan.scene, grid.n_tiles, s.quiet, not_run) as bar:
+        written, counts = run_blocks(
+            executor,
+            grid,
+            lambda i, j: _chunk_args(plan, executor, coverage, i, j),
+            folder,
+            plan.working.resampled,
+            area_px,
+            len(plan.card.classes),
+            scene_name(plan.scene),
+            s.vector_block,
+            runs,
+            lambda run, skipped: bar.update(run + skipped),
+        )
+    timings["predict_and_stitch_s"] = time.perf_counter() - t0
+    worker_timings = executor.client.submit(
+        assemble_rasters, plan, str(tmp), written, coverage, area_px, pure=False, retries=1
+    ).result()
+    timings.update(worker_timings)
+    folder.rmdir()
+    return {
+        "total": grid.n_tiles,
+        "run": counts["run"],
+        "skipped": grid.n_tiles - counts["run"],
+        "chunks": n_chunks,
+        "chunks_run": len(chunks),
+        "tile_size": grid.tile_size,
+        "overlap": grid.overlap,
+    }
+
+
+def assemble_rasters(
+    plan: ScenePlan, tmp_dir: str, written: list[Any], coverage: Coverage, area_px: Any
+) -> dict[str, float]:
+    """Dask task (a cluster run): block files -> tiled rasters (stage 2 when resampled) -> the COGs.
+
+    Returns its stages' seconds (``finalize_s``, ``cog_s``) for run.json.
+    """
+    from geounet.engine.worker_blocks import copy_blocks_into
+
+    tmp = Path(tmp_dir)
+    t0 = time.perf_counter()
+    if plan.working.resampled:
+        stage1 = tmp / "stage1_probabilities.tif"
+        with stage1_writer(stage1, plan.working, plan.card) as sink1:
+            copy_blocks_into(
+                written, tmp / "blocks", lambda box, a: sink1.dst.write(a["probabilities"], window=_window(box))
+            )
+        _finalize(plan, stage1, tmp, coverage, area_px)
+        stage1.unlink()
+    else:
+        with final_writer(tmp, plan.card, plan.scene_grid) as sink:
+
+            def write(box: Any, a: dict[str, np.ndarray]) -> None:
+                sink.scores.write(a["scores"], window=_window(box))
+                sink.classes.write(a["classes"], 1, window=_window(box))
+
+            copy_blocks_into(written, tmp / "blocks", write)
+    t1 = time.perf_counter()
+    blocks = None if coverage.complete else coverage.scene_blocks(BLOCK)
+    _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")), blocks)
+    return {"finalize_s": t1 - t0, "cog_s": time.perf_counter() - t1}
+
+
+def _window(box: Any) -> rasterio.windows.Window:
+    return rasterio.windows.Window(box.col0, box.row0, box.width, box.height)
+
+
+def _chunk_args(plan: ScenePlan, executor: Executor, coverage: Coverage, i: int, j: int) -> tuple[Any, ...]:
+    """``predict_chunk``'s arguments for chunk ``(i, j)`` of ``plan``."""
+    s, grid = plan.settings, plan.tiles
+    return (
+        gdal_path(plan.scene),
+        plan.working,
+        grid,
+        (i, j),
+        str(plan.model_path),
+        s.device,
+        s.precision,
+        s.batch_size,
+        s.backend,
+        executor.task_threads,
+        s.tta,
+        None if plan.aoi is None else _chunk_slice(coverage.tiles, grid.chunk_tiles, i, j),
+    )
 
 
 def run_chunks(
@@ -279,24 +389,7 @@ def run_chunks(
     n_chunks = grid.shape_chunks[0] * grid.shape_chunks[1]
     width = len(str(max(grid.shape_chunks) - 1))  # zero-padded names sort in raster order
     tasks = [
-        ChunkTask(
-            f"{i:0{width}d}-{j:0{width}d}",
-            predict_chunk,
-            (
-                gdal_path(plan.scene),
-                plan.working,
-                grid,
-                (i, j),
-                str(plan.model_path),
-                s.device,
-                s.precision,
-                s.batch_size,
-                s.backend,
-                executor.task_threads,
-                s.tta,
-                None if plan.aoi is None else _chunk_slice(coverage.tiles, grid.chunk_tiles, i, j),
-            ),
-        )
+        ChunkTask(f"{i:0{width}d}-{j:0{width}d}", predict_chunk, _chunk_args(plan, executor, coverage, i, j))
         for i, j in chunks
     ]
     runs = None if len(chunks) == n_chunks else coverage.chunks

@@ -74,6 +74,9 @@ class PredictSettings:
     max_upsample: float = 8.0  # refuse a working grid more than this many times finer (linear) than the scene
     max_working_pixels: int = 10**11  # refuse a working grid of more pixels
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
+    # On a cluster: the workers blend and write whole output blocks, the client only schedules
+    # ("workers"), or every chunk's result travels to the client, which writes the rasters ("client").
+    stitch_on: str = "workers"
     vector: bool = True  # also write features.gpkg
     vector_block: int = 1024  # polygonize block side, pixels of the scene grid
     vector_format: str = "gpkg"  # VECTOR_FORMATS: gpkg (one file, QGIS styles), fgb or parquet (one file per layer)
@@ -163,6 +166,7 @@ class PredictSettings:
             ("backend", BACKENDS),
             ("tta", tuple(TTA_SETS)),
             ("vector_format", VECTOR_FORMATS),
+            ("stitch_on", ("workers", "client")),
         ):
             if getattr(self, key) not in choices:
                 problems.append(f"{name(key, key)}: must be one of {', '.join(choices)}, got {getattr(self, key)!r}")

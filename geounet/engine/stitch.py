@@ -156,23 +156,21 @@ def stitching(
     ``runs``: the chunks that will run (see :class:`Stitcher`); ``tiles_not_run``: the tiles
     of the others, counted done at once.
     """
-    from tqdm import tqdm
-
-    with (
-        writer as sink,
-        tqdm(
-            total=grid.n_tiles,
-            unit="tile",
-            desc=scene_name(scene),
-            disable=True if quiet else None,
-            leave=False,
-        ) as bar,
-    ):
-        bar.update(tiles_not_run)
+    with writer as sink, progress_bar(scene, grid.n_tiles, quiet, tiles_not_run) as bar:
         tally = Tally(Stitcher(grid, sink, runs), bar)
         yield tally
         if tally.stitcher.pending:
             raise RuntimeError(f"internal error: {len(tally.stitcher.pending)} regions never completed")
+
+
+@contextmanager
+def progress_bar(scene: str | Path, tiles: int, quiet: bool, done: int = 0) -> Iterator[Any]:
+    """A scene's progress bar in tiles (tqdm, on stderr; none when ``quiet``), ``done`` of them counted at once."""
+    from tqdm import tqdm
+
+    with tqdm(total=tiles, unit="tile", desc=scene_name(scene), disable=True if quiet else None, leave=False) as bar:
+        bar.update(done)
+        yield bar
 
 
 class Tally:

@@ -13,19 +13,19 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
-from geounet.engine import executors
+from geounet.engine import executors, predict, stitch
 from geounet.engine import settings as engine_settings
 from geounet.engine.executors import ClusterError
 from geounet.engine.predict import make_executor, predict_scene
 from geounet.engine.settings import PredictSettings
-from geounet.engine.stitch import Stitcher
-from tests.helpers import write_scene
+from tests.helpers import DEMO_SCENE, write_scene
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 90.0  # workers import torch: several seconds each on a busy 2-core machine
@@ -181,9 +181,58 @@ def test_workers_settle_auto_settings_for_themselves(cluster, tiny_model, tmp_pa
     assert run["chunk_pixels"] == run["tile_size"] - run["overlap"]
 
 
-def test_worker_killed_mid_scene_outputs_identical_to_a_clean_run(cluster, tiny_model, tmp_path, monkeypatch):
+def _features(folder: Path) -> list[tuple[float, float]]:
+    import geopandas as gpd
+
+    gdf = gpd.read_file(folder / "features.gpkg", layer="buildings")
+    return sorted(zip(gdf.area_m2.round(3), gdf.geometry.centroid.x.round(2)))
+
+
+@pytest.mark.parametrize("res", [0.15, 0.3], ids=["scene-grid", "resampled"])
+def test_workers_write_the_blocks_and_outputs_equal_a_local_run(cluster, default_model, tmp_path, res):
+    """A cluster run's workers blend and write whole blocks (the client receives no chunk): the same
+    scores, classes and features as a local run, on the scene's grid and through stage 2 when resampled;
+    nodata and a masked corner included."""
+    with rasterio.open(DEMO_SCENE) as src:  # real roofs: many features to compare
+        data = src.read(window=rasterio.windows.Window(0, 0, 480, 480))
+    data[:, :100, :150] = 0  # nodata corner
+    scene = write_scene(tmp_path / "scene.tif", data, res=res, nodata=0)
+    base = dict(chunk_pixels=448, vector_block=128, quiet=True, precision="fp32")
+    local = predict_scene(
+        scene, tmp_path / "local", default_model, PredictSettings(**base), make_executor(PredictSettings())
+    )
+    settings = PredictSettings(**base, scheduler=cluster.address)
+    executor = make_executor(settings)
+    received: list[int] = []
+    add = stitch.Stitcher.add
+    try:
+        stitch.Stitcher.add = lambda self, result: (received.append(1), add(self, result))  # type: ignore[assignment]
+        remote = predict_scene(scene, tmp_path / "remote", default_model, settings, executor)
+    finally:
+        stitch.Stitcher.add = add  # type: ignore[method-assign]
+        executor.close()
+    assert local.ok and remote.ok, (local.error, remote.error)
+    assert received == [], "no chunk result reached the client"
+    assert remote.tiles == local.tiles
+    for a, b in zip(_read(Path(local.out_dir)), _read(Path(remote.out_dir))):
+        np.testing.assert_array_equal(a, b)
+    classes = _read(Path(remote.out_dir))[1]
+    assert {0, 1, 255} <= set(np.unique(classes)), "both classes and nodata are compared"
+    features = _features(Path(local.out_dir))
+    assert len(features) > 5 and features == _features(Path(remote.out_dir))
+    assert not (Path(remote.out_dir) / "blocks").exists()
+    run = json.loads((Path(remote.out_dir) / "run.json").read_text())
+    assert run["settings"]["stitch_on"] == "workers" and run["timings"]["cog_s"] > 0
+
+
+@pytest.mark.parametrize("stitch_on", ["workers", "client"])
+def test_worker_killed_mid_scene_outputs_identical_to_a_clean_run(
+    cluster, tiny_model, tmp_path, monkeypatch, stitch_on
+):
     scene = _scene(tmp_path / "scene.tif", 480)  # tiny model: 96-px cells, 5x5 tiles, 2x2 a chunk -> 9 chunks
-    settings = PredictSettings(chunk_pixels=192, scheduler=cluster.address, vector=False, quiet=True)
+    settings = PredictSettings(
+        chunk_pixels=192, vector_block=160, scheduler=cluster.address, vector=False, quiet=True, stitch_on=stitch_on
+    )
     executor = make_executor(settings)
     client = executor.client
     try:
@@ -192,17 +241,23 @@ def test_worker_killed_mid_scene_outputs_identical_to_a_clean_run(cluster, tiny_
         assert clean.ok and clean.tiles["run"] == 25 and clean.tiles["chunks"] == 9
 
         killed = []
-        add = Stitcher.add
 
-        def add_then_kill(self, result):
-            add(self, result)
-            if not killed:  # first chunk is in: kill a worker that is busy with another one
-                busy = [w for w, keys in client.processing().items() if keys] or list(pids)
-                victim = next(p for p in cluster.workers if p.pid == os.getpgid(pids[busy[0]]))
-                cluster.kill(victim)
-                killed.append(busy[0])
+        class KillingBar:
+            """The progress bar: the first chunk's tiles are in, so kill a worker that is busy with another."""
 
-        monkeypatch.setattr(Stitcher, "add", add_then_kill)
+            def update(self, n: int) -> None:
+                if n and not killed:
+                    busy = [w for w, keys in client.processing().items() if keys] or list(pids)
+                    victim = next(p for p in cluster.workers if p.pid == os.getpgid(pids[busy[0]]))
+                    cluster.kill(victim)
+                    killed.append(busy[0])
+
+        @contextmanager
+        def killing_bar(*args, **kwargs):
+            yield KillingBar()
+
+        monkeypatch.setattr(predict, "progress_bar", killing_bar)
+        monkeypatch.setattr(stitch, "progress_bar", killing_bar)
         faulty = predict_scene(scene, tmp_path / "faulty", tiny_model, settings, executor)
     finally:
         executor.close()
