@@ -243,3 +243,35 @@ def _segments(size: int, n_chunks: int, chunk_px: int, halo: int) -> list[tuple[
             cuts.append((seam0, seam1, (c, c + 1)))
         start = seam1
     return [s for s in cuts if s[0] < s[1]]
+
+
+class BlockProgress:
+    """Which ``size``-pixel blocks of a ``height x width`` grid are complete, as disjoint boxes are written.
+
+    Invariant: each pixel is reported once (the boxes added are disjoint, as the
+    stitcher's regions are); a block is complete when all its pixels are in. Pure.
+    """
+
+    def __init__(self, height: int, width: int, size: int) -> None:
+        self.height, self.width, self.size = height, width, size
+        rows, cols = -(-height // size), -(-width // size)
+        heights = [min(size, height - r * size) for r in range(rows)]
+        widths = [min(size, width - c * size) for c in range(cols)]
+        self.missing = [[h * w for w in widths] for h in heights]  # pixels still to come, per block
+
+    def add(self, box: Box) -> list[Box]:
+        """Count ``box`` (clipped to the grid) in; returns the blocks it completes, in raster order."""
+        s = self.size
+        done = []
+        for r in range(max(0, box.row0) // s, -(-min(box.row1, self.height) // s)):
+            for c in range(max(0, box.col0) // s, -(-min(box.col1, self.width) // s)):
+                block = Box(r * s, c * s, min((r + 1) * s, self.height), min((c + 1) * s, self.width))
+                cut = block.intersect(box)
+                if cut is None:
+                    continue
+                self.missing[r][c] -= cut.height * cut.width
+                if self.missing[r][c] == 0:
+                    done.append(block)
+                elif self.missing[r][c] < 0:
+                    raise ValueError(f"pixels of block {block} reported twice")
+        return done

@@ -101,6 +101,10 @@ class Executor(ABC):
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
         """``[fn(item, *args) for item in items]``, all submitted at once, results in order."""
 
+    @abstractmethod
+    def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
+        """``fn(*args)`` started now; a ``distributed.Future`` (``done()``, ``result()``)."""
+
     def run_on_workers(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
         """``fn(*args)`` on each worker process of a cluster: ``{worker address: answer}``; ``{}`` locally."""
         return {}
@@ -173,6 +177,9 @@ class DistributedExecutor(Executor):
         self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
     ) -> Iterator[Any]:
         yield from self._bounded(items, in_flight or max(4, 2 * self.workers), retries, lambda i: (fn, i, *args))
+
+    def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
+        return self.client.submit(fn, *args, pure=False, retries=retries)
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
         futures = [self.client.submit(fn, i, *args, pure=False, retries=retries) for i in items]
@@ -378,6 +385,9 @@ class ThreadedExecutor(Executor):
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
         return self.distributed().map(fn, items, *args, retries=retries)
 
+    def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
+        return self.distributed().submit(fn, *args, retries=retries)
+
     def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
         """Local worker processes for scenes of 4 vector blocks or more (``processes=None``) on 2+ cores.
 
@@ -464,6 +474,9 @@ class VectorPool(Executor):
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
         return self._target().map(fn, items, *args, retries=retries)
+
+    def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
+        return self._target().submit(fn, *args, retries=retries)
 
     def load_model(self, model_path: str | Path, device: str, backend: str, precision: str = "fp32") -> None:
         pass  # vector tasks need no model

@@ -16,11 +16,11 @@ import datetime as _dt
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -29,7 +29,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
 from geounet import __version__
-from geounet.compute.grid import GeoGrid, TileGrid, blocks
+from geounet.compute.grid import Box, GeoGrid, TileGrid, blocks
 from geounet.engine.executors import (
     ChunkTask,
     ClusterError,
@@ -61,6 +61,9 @@ from geounet.io.scene import (
 from geounet.io.stac_search import StacSearch, stac_scenes
 from geounet.models.card import ModelCard, file_sha256, read_card
 from geounet.models.registry import is_model_name, pick_variant
+
+if TYPE_CHECKING:
+    from geounet.engine.vector_stage import VectorStream
 
 log = logging.getLogger("geounet")
 
@@ -180,17 +183,21 @@ def predict_scene(
     final_dir = output_dir_for(plan.scene, out_root)
     timings: dict[str, float] = {}
     with staged_folder(final_dir) as tmp:
-        vector_executor = None
+        stream = None
         if plan.settings.vector:  # worker processes start in the background while the chunks run
             n_blocks = -(-plan.grid.width // plan.settings.vector_block) * -(
                 -plan.grid.height // plan.settings.vector_block
             )
-            vector_executor = executor.vector_executor(n_blocks, plan.settings.vector_processes)
-        tiles = _predict_rasters(plan, tmp, executor, timings)
+            stream = _vector_stream(plan, tmp, executor.vector_executor(n_blocks, plan.settings.vector_processes))
+        try:
+            tiles = _predict_rasters(plan, tmp, executor, timings, stream.block_final if stream else None)
+        finally:
+            if stream is not None:
+                stream.close()
         # all nodata is kept (a mosaic's empty tile is no error) but said: a failed download looks like this
         if tiles["run"] == 0 and tiles.get("skipped_aoi", 0) < tiles["total"]:  # (a missed area is said already)
             log.warning("%s: every pixel is nodata (its mask or nodata value): the outputs are all nodata", plan.scene)
-        vector = _vectorize(plan, tmp, vector_executor, timings) if vector_executor is not None else None
+        vector = _vectorize(tmp, stream, timings) if stream is not None else None
         timings["total_s"] = time.perf_counter() - t_start
         record = _run_record(plan, tiles, vector, timings)
         record.model.requested = requested
@@ -212,12 +219,19 @@ def predict_scene(
     return SceneReport(str(plan.scene), str(final_dir), True, None, timings["total_s"], tiles)
 
 
-def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str, float]) -> dict[str, int]:
+def _predict_rasters(
+    plan: ScenePlan,
+    tmp: Path,
+    executor: Executor,
+    timings: dict[str, float],
+    on_block: Callable[[Box, np.ndarray, np.ndarray], None] | None = None,
+) -> dict[str, int]:
     """Coverage -> chunks with data -> stitched regions -> tiled ``scores``/``classes`` (via stage 1 when resampled) -> COGs.
 
     The scene's mask, read at low resolution first (``geounet.io.coverage``), says which
     chunks hold data: only those run, and stage 2 and the COGs skip the blocks none of
-    them reaches, so a mostly empty scene costs what its data costs.
+    them reaches, so a mostly empty scene costs what its data costs. ``on_block``: each
+    vector block of the final rasters, as soon as it is written (``FinalSink``).
     """
     t0 = time.perf_counter()
     coverage = scene_coverage(plan.scene, plan.working, plan.tiles)
@@ -247,11 +261,12 @@ def _predict_rasters(plan: ScenePlan, tmp: Path, executor: Executor, timings: di
         tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _finalize(plan, stage1, tmp, coverage, area_px)
+        _finalize(plan, stage1, tmp, coverage, area_px, on_block)
         stage1.unlink()
         timings["finalize_s"] = time.perf_counter() - t0
     else:  # the stitched regions are final: straight to uint8 scores and classes
-        tiles = run_chunks(plan, executor, final_writer(tmp, plan.card, plan.scene_grid, area_px), coverage)
+        writer = final_writer(tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block)
+        tiles = run_chunks(plan, executor, writer, coverage)
         timings["predict_and_stitch_s"] = time.perf_counter() - t0
         timings["finalize_s"] = 0.0
     if "cog_s" not in timings:
@@ -403,22 +418,22 @@ def _chunk_slice(tiles: np.ndarray, k: int, i: int, j: int) -> np.ndarray:
     return tiles[i * k : (i + 1) * k, j * k : (j + 1) * k].copy()
 
 
-def _vectorize(plan: ScenePlan, tmp: Path, executor: Executor, timings: dict[str, float]) -> dict[str, Any]:
-    from geounet.engine.vector_stage import vectorize_scene
+def _vector_stream(plan: ScenePlan, tmp: Path, executor: Executor) -> VectorStream:
+    """The scene's vector stage, ready to take blocks as they are final (``engine.vector_stage``)."""
+    from geounet.engine.vector_stage import VectorStream
 
-    t0 = time.perf_counter()
-    vector = vectorize_scene(
-        tmp / "classes.tif",
-        tmp / "scores.tif",
-        tmp / "features.gpkg",
-        plan.card,
-        executor,
-        rules=rules_with_overrides(plan.settings.postprocess),
-        block=plan.settings.vector_block,
-        fmt=plan.settings.vector_format,
-        aoi=plan.aoi,
+    s = plan.settings
+    rules = rules_with_overrides(s.postprocess)
+    return VectorStream(
+        tmp / "features.gpkg", plan.card, executor, plan.grid, rules, s.vector_block, s.vector_format, plan.aoi
     )
-    vector["ran_on"] = executor.description
+
+
+def _vectorize(tmp: Path, stream: VectorStream, timings: dict[str, float]) -> dict[str, Any]:
+    """The rest of the vector stage, once the COGs are written: timed as ``vectorize_s``."""
+    t0 = time.perf_counter()
+    vector = stream.finish(tmp / "classes.tif", tmp / "scores.tif")
+    vector["ran_on"] = stream.executor.description
     timings["vectorize_s"] = time.perf_counter() - t0
     return vector
 
@@ -477,7 +492,14 @@ def _run_record(
     )
 
 
-def _finalize(plan: ScenePlan, stage1: Path, tmp: Path, coverage: Coverage | None = None, area_px: Any = None) -> None:
+def _finalize(
+    plan: ScenePlan,
+    stage1: Path,
+    tmp: Path,
+    coverage: Coverage | None = None,
+    area_px: Any = None,
+    on_block: Callable[[Box, np.ndarray, np.ndarray], None] | None = None,
+) -> None:
     """Stage 2: stage-1 probabilities warped onto the scene grid -> tiled uint8 scores and classes.
 
     Works through 1024-pixel blocks of the scene grid; with ``coverage``, a block that no
@@ -498,7 +520,7 @@ def _finalize(plan: ScenePlan, stage1: Path, tmp: Path, coverage: Coverage | Non
             height=g.height,
             resampling=Resampling.bilinear,
         ) as view,
-        final_writer(tmp, plan.card, plan.scene_grid, area_px) as sink,
+        final_writer(tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block) as sink,
     ):
         for box in blocks(g.extent, size):
             if keep is not None and not keep[box.row0 // size, box.col0 // size]:

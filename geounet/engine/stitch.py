@@ -14,7 +14,7 @@ The rasters are sparse tiled GeoTIFFs, so a block never written reads back as no
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geounet.compute.grid import Box, Region, TileGrid
+from geounet.compute.grid import BlockProgress, Box, Region, TileGrid
 from geounet.engine.tiles import ChunkResult
 from geounet.io.aoi import inside_block
 from geounet.io.rasters import NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile
@@ -89,15 +89,35 @@ class FinalSink:
     """Regions -> the final uint8 scores and classes, directly (working grid = scene grid).
 
     ``area_px``: an area of interest in the scene's pixel coordinates; a pixel whose centre
-    is outside it is nodata (None: no area).
+    is outside it is nodata (None: no area). ``on_block``: called with each block of
+    ``block_size`` pixels as soon as all of it is written, its classes and each pixel's
+    score of its own class read back (what the vector stage polygonizes while later
+    rows are still predicted); the rasters must then be open for reading too.
     """
 
     def __init__(
-        self, scores: rasterio.io.DatasetWriter, classes: rasterio.io.DatasetWriter, area_px: Any = None
+        self,
+        scores: rasterio.io.DatasetWriter,
+        classes: rasterio.io.DatasetWriter,
+        area_px: Any = None,
+        on_block: Callable[[Box, np.ndarray, np.ndarray], None] | None = None,
+        block_size: int = 1024,
     ) -> None:
         self.scores, self.classes, self.area_px = scores, classes, area_px
+        self.on_block = on_block
+        self.progress = BlockProgress(classes.height, classes.width, block_size) if on_block else None
 
     def write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
+        self._write(box, probabilities, valid)
+        if self.progress is not None and self.on_block is not None:
+            for block in self.progress.add(box):
+                window = Window(block.col0, block.row0, block.width, block.height)
+                classes = self.classes.read(1, window=window)
+                scores = self.scores.read(window=window)
+                own = np.take_along_axis(scores, np.where(classes == NODATA, 0, classes)[None].astype(np.intp), 0)[0]
+                self.on_block(block, classes, own)
+
+    def _write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
         if probabilities is None:  # every tile here was nodata: left unwritten, it reads back as NODATA
             return
         window = Window(box.col0, box.row0, box.width, box.height)
@@ -121,25 +141,32 @@ def stage1_writer(stage1: Path, working: WorkingGrid, card: ModelCard) -> Iterat
 
 @contextmanager
 def final_writer(
-    tmp: Path, card: ModelCard, scene_grid: tuple[Any, Any, int, int], area_px: Any = None
+    tmp: Path,
+    card: ModelCard,
+    scene_grid: tuple[Any, Any, int, int],
+    area_px: Any = None,
+    on_block: Callable[[Box, np.ndarray, np.ndarray], None] | None = None,
+    block_size: int = 1024,
 ) -> Iterator[FinalSink]:
     """Tiled ``scores`` and ``classes`` in ``tmp`` on ``scene_grid`` (CRS, affine, width, height).
 
-    ``area_px``: an area of interest in the scene's pixels, nodata outside it (see :class:`FinalSink`).
+    ``area_px``: an area of interest in the scene's pixels, nodata outside it; ``on_block``,
+    ``block_size``: blocks handed on as they are complete (see :class:`FinalSink`).
     """
     crs, transform, width, height = scene_grid
     n = len(card.classes)
+    mode = "w+" if on_block else "w"  # read back as blocks complete
     with (
         rasterio.open(
-            tmp / "scores.tiled.tif", "w", **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
+            tmp / "scores.tiled.tif", mode, **tiled_profile(crs, transform, width, height, n, "uint8", NODATA)
         ) as scores_ds,
         rasterio.open(
-            tmp / "classes.tiled.tif", "w", **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
+            tmp / "classes.tiled.tif", mode, **tiled_profile(crs, transform, width, height, 1, "uint8", NODATA)
         ) as classes_ds,
     ):
         describe_scores(scores_ds, card)
         describe_classes(classes_ds, card)
-        yield FinalSink(scores_ds, classes_ds, area_px)
+        yield FinalSink(scores_ds, classes_ds, area_px, on_block, block_size)
 
 
 @contextmanager

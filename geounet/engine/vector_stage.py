@@ -17,6 +17,8 @@ each (``features.<layer>.fgb``, same rows) and the GeoPackage is removed.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,7 +33,7 @@ from pyproj import CRS, Transformer
 from rasterio.windows import Window
 
 from geounet.compute.centerlines import centerlines_block, merge_centerlines
-from geounet.compute.grid import Box, blocks
+from geounet.compute.grid import Box, GeoGrid, blocks
 from geounet.compute.postprocess import (
     DEFAULT_RULES,
     ClassRules,
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geounet")
 
+QUEUED_BLOCKS = 8  # final blocks waiting to be sent to the vector executor
 LAYER_FOR_KIND = {"building": "buildings", "road": "roads", "landcover": "landcover"}
 NODATA = 255
 
@@ -99,7 +102,7 @@ class LayerContext:
 def polygonize_task(
     job: VectorBlock, classes_path: str, scores_path: str | None, class_ids: list[int], ctx: LayerContext
 ) -> tuple[dict[str, gpd.GeoDataFrame], Pieces]:
-    """Dask task: one block's finished polygons (cleaned, by layer) and its raw seam pieces."""
+    """Dask task: one block of the class raster read, then :func:`polygonize_arrays`."""
     r0, c0, r1, c1 = job.window
     win = Window(c0, r0, c1 - c0, r1 - r0)
     with rasterio.open(classes_path) as src:
@@ -118,6 +121,18 @@ def polygonize_task(
         idx = np.where(classes == NODATA, 0, classes).astype(np.intp)
         if idx.max(initial=0) < all_scores.shape[0]:
             scores = np.take_along_axis(all_scores, idx[None], axis=0)[0]
+    return polygonize_arrays(job, classes, scores, class_ids, ctx)
+
+
+def polygonize_arrays(
+    job: VectorBlock, classes: np.ndarray, scores: np.ndarray | None, class_ids: list[int], ctx: LayerContext
+) -> tuple[dict[str, gpd.GeoDataFrame], Pieces]:
+    """Dask task: one block's finished polygons (cleaned, by layer) and its raw seam pieces.
+
+    ``classes``: the block's class indexes (``job.window``); ``scores``: each pixel's score
+    of its own class (uint8 DN), or None.
+    """
+    r0, c0 = job.window[:2]
     pieces = polygonize_block(classes, (r0, c0), class_ids, scores, job.inner_edges)
     return pieces_to_layers(pieces.take(~pieces.on_edge), ctx), pieces.take(pieces.on_edge)
 
@@ -215,45 +230,166 @@ def vectorize_scene(
     removed). ``files`` in the result: each file written, with its layers' row counts.
     ``aoi``: an area of interest on the raster's CRS (shapely); every feature is cut to it.
     """
-    rules = {**DEFAULT_RULES, **(rules or {})}
     with rasterio.open(classes_path) as src:
-        crs, transform, height, width, bounds = src.crs, src.transform, src.height, src.width, src.bounds
-        internal = src.block_shapes[0]
-    present = written_blocks(classes_path)
-    metric = metric_crs(crs, tuple(bounds))
-    kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
-    pixel = ground_pixel_size(crs, transform, width, height)
-    ctx = LayerContext(card, crs.to_wkt(), tuple(transform)[:6], metric.to_wkt(), rules, pixel)
-    writer = LayerWriter(gpkg_path, crs, metric, card)
-    for kind, ids in kinds.items():
-        if ids:
-            writer.create(LAYER_FOR_KIND[kind], kind)
-    if kinds["road"]:
-        writer.create("road_centerlines", "road_centerline")
-    jobs = [j for j in vector_blocks(height, width, block) if _stored(present, internal, j.window)]
-    poly_ids = [i for k in LAYER_FOR_KIND for i in kinds[k]]
-    _polygons(executor, jobs, classes_path, scores_path, poly_ids, ctx, writer, aoi)
-    if kinds["road"]:
-        res_m = ground_resolution(crs, transform, width, height)
-        lines = _centerlines(executor, jobs, classes_path, kinds["road"], rules["road"], res_m)
-        geoms = apply_affine(np.asarray(lines, dtype=object), transform)
-        if aoi is not None:
-            geoms = clip_to_area(geoms, aoi, lines=True)
-            geoms = geoms[~shapely.is_empty(geoms)]
-        writer.add_centerlines(list(geoms))
-    if fmt == "gpkg":
-        files = {gpkg_path.name: dict(writer.counts)}
-    else:
-        files = export_layers(gpkg_path, fmt)
-        gpkg_path.unlink()
-    return {
-        "format": fmt,
-        "files": files,
-        "layers": writer.counts,
-        "rules": {k: v.to_dict() for k, v in rules.items()},
-        "block_pixels": block,
-        "metric_crs": metric.srs,
-    }
+        grid = GeoGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
+    return VectorStream(gpkg_path, card, executor, grid, rules, block, fmt, aoi).finish(classes_path, scores_path)
+
+
+class VectorStream:
+    """One scene's vector stage: blocks polygonized as soon as they are final, the rest at the end.
+
+    While the scene is predicted, :meth:`block_final` (called by the raster writer with a
+    block's classes and scores) queues the block; a thread here sends it to ``executor``
+    and appends its finished polygons to the file as they come, so the polygons of the
+    first rows are made while later rows are still in the model. :meth:`finish` then
+    polygonizes the blocks never handed over (read from ``classes.tif``), joins the
+    pieces that touch block edges, adds road centre lines and writes the other formats.
+    The result does not depend on which blocks were streamed: the same blocks, the same
+    polygons, the same merges. ``grid``: the class raster's grid (the scene's).
+    """
+
+    def __init__(
+        self,
+        gpkg_path: Path,
+        card: ModelCard,
+        executor: Executor,
+        grid: GeoGrid,
+        rules: dict[str, ClassRules] | None = None,
+        block: int = 1024,
+        fmt: str = "gpkg",
+        aoi: Any = None,
+    ) -> None:
+        from pyproj import CRS as ProjCRS
+        from rasterio.transform import array_bounds
+
+        self.gpkg_path, self.card, self.executor, self.grid = gpkg_path, card, executor, grid
+        self.rules = {**DEFAULT_RULES, **(rules or {})}
+        self.block, self.fmt, self.aoi = block, fmt, aoi
+        crs = ProjCRS.from_wkt(grid.crs_wkt)
+        south, west, north, east = array_bounds(grid.height, grid.width, grid.affine)[::-1]
+        self.metric = metric_crs(crs, (west, south, east, north))
+        self.kinds = {k: [i for i, c in enumerate(card.classes) if c.kind == k] for k in LAYER_FOR_KIND}
+        pixel = ground_pixel_size(crs, grid.affine, grid.width, grid.height)
+        self.ctx = LayerContext(card, grid.crs_wkt, grid.transform, self.metric.to_wkt(), self.rules, pixel)
+        self.writer = LayerWriter(gpkg_path, crs, self.metric, card)
+        for kind, ids in self.kinds.items():
+            if ids:
+                self.writer.create(LAYER_FOR_KIND[kind], kind)
+        if self.kinds["road"]:
+            self.writer.create("road_centerlines", "road_centerline")
+        self.jobs = {j.index: j for j in vector_blocks(grid.height, grid.width, block)}
+        self.poly_ids = [i for k in LAYER_FOR_KIND for i in self.kinds[k]]
+        self.edge_pieces: list[Pieces] = []
+        self.streamed: set[tuple[int, int]] = set()
+        # blocks waiting for the thread: a few MB each; when full, the raster writer waits (vectors lag far behind)
+        self._queue: queue.Queue[tuple[VectorBlock, np.ndarray, np.ndarray] | None] = queue.Queue(QUEUED_BLOCKS)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def block_final(self, box: Box, classes: np.ndarray, scores: np.ndarray) -> None:
+        """A block of the class raster is final: polygonize it now (``scores``: each pixel's own class's DN)."""
+        job = self.jobs[(box.row0 // self.block, box.col0 // self.block)]
+        self.streamed.add(job.index)
+        if self._error is not None or not np.isin(classes, self.poly_ids).any():
+            return  # nothing to polygonize (or the stage failed: finish says why)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._send, name="geounet-vector-stream", daemon=True)
+            self._thread.start()
+        self._queue.put((job, classes, scores))
+
+    def _send(self) -> None:
+        """The thread: queued blocks to the executor, at most ``in_flight`` at once; results to the file."""
+        pending: set[Any] = set()
+        try:
+            while (item := self._queue.get()) is not None:
+                if self._error is None:
+                    pending.add(self.executor.submit(polygonize_arrays, *item, self.poly_ids, self.ctx))
+                    pending = self._take(pending, wait=len(pending) >= self._in_flight())
+            while pending:
+                pending = self._take(pending, wait=True)
+        except BaseException as exc:  # noqa: BLE001 - raised by finish()
+            self._error = exc
+            while self._queue.get() is not None:  # let the raster writer go on to the end
+                pass
+
+    def _take(self, pending: set[Any], wait: bool) -> set[Any]:
+        if wait:
+            from distributed import wait as wait_for
+
+            wait_for(list(pending), return_when="FIRST_COMPLETED")
+        done = {f for f in pending if f.done()}
+        for fut in done:
+            layers, seam = fut.result()
+            fut.release()
+            self.edge_pieces.append(seam)
+            self.writer.write(_clip_layers(layers, self.aoi))
+        return pending - done
+
+    def _in_flight(self) -> int:
+        """Blocks at once on the executor (its workers are known once it has started)."""
+        return max(4, 2 * self.executor.workers)
+
+    def close(self) -> None:
+        """Stop the thread (a failed scene); what it wrote is left to the caller's temporary folder."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def finish(self, classes_path: Path, scores_path: Path | None) -> dict[str, Any]:
+        """Everything not streamed, the seams, centre lines and other formats; returns counts and rules."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        with rasterio.open(classes_path) as src:
+            internal = src.block_shapes[0]
+        present = written_blocks(classes_path)
+        jobs = [j for j in self.jobs.values() if j.index not in self.streamed and _stored(present, internal, j.window)]
+        scores = str(scores_path) if scores_path else None
+        for layers, seam in self.executor.imap_unordered(
+            polygonize_task, jobs, str(classes_path), scores, self.poly_ids, self.ctx, in_flight=self._in_flight()
+        ):
+            self.edge_pieces.append(seam)
+            self.writer.write(_clip_layers(layers, self.aoi))
+        self._merge_seams()
+        writer, rules, grid = self.writer, self.rules, self.grid
+        if self.kinds["road"]:
+            res_m = ground_resolution(CRS.from_wkt(grid.crs_wkt), grid.affine, grid.width, grid.height)
+            road_jobs = [j for j in self.jobs.values() if _stored(present, internal, j.window)]
+            lines = _centerlines(self.executor, road_jobs, classes_path, self.kinds["road"], rules["road"], res_m)
+            geoms = apply_affine(np.asarray(lines, dtype=object), grid.affine)
+            if self.aoi is not None:
+                geoms = clip_to_area(geoms, self.aoi, lines=True)
+                geoms = geoms[~shapely.is_empty(geoms)]
+            writer.add_centerlines(list(geoms))
+        if self.fmt == "gpkg":
+            files = {self.gpkg_path.name: dict(writer.counts)}
+        else:
+            files = export_layers(self.gpkg_path, self.fmt)
+            self.gpkg_path.unlink()
+        return {
+            "format": self.fmt,
+            "files": files,
+            "layers": writer.counts,
+            "rules": {k: v.to_dict() for k, v in rules.items()},
+            "block_pixels": self.block,
+            "blocks_while_predicting": len(self.streamed),
+            "metric_crs": self.metric.srs,
+        }
+
+    def _merge_seams(self) -> None:
+        """Pieces that touch block edges joined (groups found here, cheap; unions and clean-up as tasks)."""
+        cand = Pieces.concat(self.edge_pieces)
+        groups = seam_groups(cand)
+        runs = np.array_split(np.arange(len(groups)), max(1, min(self.executor.workers, len(groups) // 50)))
+        batches = []
+        for run in runs:
+            members = [groups[g] for g in run]
+            taken = np.concatenate(members) if members else np.zeros(0, np.intp)
+            ends = np.cumsum([len(m) for m in members])
+            batches.append((cand.take(taken), np.split(np.arange(len(taken)), ends[:-1]) if members else []))
+        for layers in self.executor.map(merge_and_finish, batches, self.ctx):
+            self.writer.write(_clip_layers(layers, self.aoi))
+        self.writer.flush()
 
 
 def _stored(present: np.ndarray, internal: tuple[int, int], window: tuple[int, int, int, int]) -> bool:
@@ -261,46 +397,6 @@ def _stored(present: np.ndarray, internal: tuple[int, int], window: tuple[int, i
     bh, bw = internal
     r0, c0, r1, c1 = window
     return bool(present[r0 // bh : -(-r1 // bh), c0 // bw : -(-c1 // bw)].any())
-
-
-def _polygons(
-    executor: Executor,
-    jobs: list[VectorBlock],
-    classes_path: Path,
-    scores_path: Path | None,
-    class_ids: list[int],
-    ctx: LayerContext,
-    writer: LayerWriter,
-    aoi: Any = None,
-) -> None:
-    """Polygonize every block (bounded in flight: memory follows the block, not the raster) into ``writer``.
-
-    Polygons inside a block are written as their block arrives; pieces that touch a block
-    edge are joined at the end, then cleaned as tasks too (regularising buildings is the
-    costly part), in groups, one per worker thread.
-    """
-    edge_pieces: list[Pieces] = []
-    scores = str(scores_path) if scores_path else None
-    in_flight = max(4, 2 * executor.workers)
-    for layers, seam in executor.imap_unordered(
-        polygonize_task, jobs, str(classes_path), scores, class_ids, ctx, in_flight=in_flight
-    ):
-        edge_pieces.append(seam)
-        writer.write(_clip_layers(layers, aoi))
-    # the seams: which pieces form one polygon is found here (cheap); the unions, and the
-    # clean-up of what they give, run as tasks, a run of consecutive groups each
-    cand = Pieces.concat(edge_pieces)
-    groups = seam_groups(cand)
-    runs = np.array_split(np.arange(len(groups)), max(1, min(executor.workers, len(groups) // 50)))
-    batches = []
-    for run in runs:
-        members = [groups[g] for g in run]
-        taken = np.concatenate(members) if members else np.zeros(0, np.intp)
-        ends = np.cumsum([len(m) for m in members])
-        batches.append((cand.take(taken), np.split(np.arange(len(taken)), ends[:-1]) if members else []))
-    for layers in executor.map(merge_and_finish, batches, ctx):
-        writer.write(_clip_layers(layers, aoi))
-    writer.flush()
 
 
 def merge_and_finish(batch: tuple[Pieces, list[np.ndarray]], ctx: LayerContext) -> dict[str, gpd.GeoDataFrame]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geounet.compute.grid import Box, TileGrid
+from geounet.compute.grid import Box, TileGrid, blocks
 
 
 @pytest.mark.parametrize("shape", [(1000, 700), (256, 256), (50, 31), (1, 1), (449, 1345)])
@@ -62,3 +62,21 @@ def test_chunk_regions_are_the_regions_a_chunk_contributes_to(grid):
     regions = list(grid.regions())
     for chunk in grid.chunks():
         assert grid.chunk_regions(*chunk.index) == [r for r in regions if chunk.index in r.chunks]
+
+
+def test_block_progress_completes_each_block_once_when_the_stitcher_regions_are_in():
+    from geounet.compute.grid import BlockProgress
+
+    grid = TileGrid(1000, 700, 128, 32, chunk_tiles=2)
+    progress = BlockProgress(1000, 700, 256)
+    done = []
+    regions = list(grid.regions())
+    for region in regions[::-1]:  # any order
+        done += progress.add(region.box)
+    expected = blocks(Box(0, 0, 1000, 700), 256)
+    assert sorted(done, key=lambda b: (b.row0, b.col0)) == expected
+    with pytest.raises(ValueError, match="twice"):
+        progress.add(regions[0].box)
+    # a block waits for its last pixel
+    p = BlockProgress(10, 10, 10)
+    assert p.add(Box(0, 0, 10, 9)) == [] and p.add(Box(0, 9, 10, 10)) == [Box(0, 0, 10, 10)]

@@ -100,6 +100,9 @@ class InReverse(Executor):
     def map(self, fn, items, *args, retries=2) -> list[Any]:
         raise NotImplementedError
 
+    def submit(self, fn, *args, retries=2) -> Any:
+        raise NotImplementedError
+
     def load_model(self, model_path, device, backend) -> None:
         pass
 

@@ -131,6 +131,41 @@ def test_vector_stage_in_worker_processes_gives_the_same_features(default_model,
     assert sym <= 1e-9 * a.geometry.area.sum()
 
 
+@pytest.mark.parametrize("res", [0.15, 0.25], ids=["scene-grid", "resampled"])
+def test_blocks_polygonized_while_predicting_give_what_the_finished_raster_gives(default_model, tmp_path, res):
+    """Vector blocks handed over as the raster writer completes them (during the chunks, or during stage 2
+    when resampled) give the same features as vectorizing the finished classes.tif afterwards."""
+    import geopandas as gpd
+
+    from geounet.engine.executors import ThreadedExecutor
+    from geounet.engine.vector_stage import vectorize_scene
+    from geounet.models.card import read_card
+
+    with rasterio.open(DEMO_SCENE) as src:
+        data = src.read()
+    data[:, 600:, :200] = 0  # a nodata corner: its blocks are never complete while predicting
+    scene = write_scene(tmp_path / "scene.tif", data, res=res, nodata=0)
+    [rep] = run([scene], tmp_path / "out", default_model, vector_block=128, precision="fp32")
+    assert rep.ok, rep.error
+    out = tmp_path / "out" / "scene"
+    vector = json.loads((out / "run.json").read_text())["vector"]
+    assert 0 < vector["blocks_while_predicting"] <= 36
+    executor = ThreadedExecutor(1)
+    try:
+        vectorize_scene(
+            out / "classes.tif", out / "scores.tif", tmp_path / "after.gpkg", read_card(default_model), executor, block=128
+        )
+    finally:
+        executor.close()
+
+    def rows(path: Path) -> list[tuple[float, float, float]]:
+        gdf = gpd.read_file(path, layer="buildings")
+        return sorted(zip(gdf.area_m2, gdf.score, gdf.geometry.normalize().to_wkb()))
+
+    streamed, after = rows(out / "features.gpkg"), rows(tmp_path / "after.gpkg")
+    assert len(streamed) > 5 and streamed == after
+
+
 def test_scene_smaller_than_a_tile(tiny_model, tmp_path):
     rng = np.random.default_rng(0)
     scene = write_scene(tmp_path / "small.tif", rng.integers(0, 255, (3, 30, 45), dtype=np.uint8), res=0.15)

@@ -200,13 +200,15 @@ def test_blocks_a_sparse_class_raster_does_not_store_are_not_visited(client, tmp
     write_cog(tiled, tmp_path / "classes.tif", "NEAREST", blocks=written_blocks(tiled))
     assert written_blocks(tmp_path / "classes.tif").sum() == 1
     seen = []
-    polygons = vs._polygons
+    imap = client.imap_unordered
 
-    def counted(executor, jobs, *args):
-        seen.extend(j.window for j in jobs)
-        return polygons(executor, jobs, *args)
+    def counted(fn, items, *args, **kwargs):
+        items = list(items)
+        if fn is vs.polygonize_task:
+            seen.extend(j.window for j in items)
+        return imap(fn, items, *args, **kwargs)
 
-    monkeypatch.setattr(vs, "_polygons", counted)
+    monkeypatch.setattr(client, "imap_unordered", counted)
     c = card(("building", "building", (230, 60, 60)))
     info = vectorize_scene(tmp_path / "classes.tif", None, tmp_path / "f.gpkg", c, client, rules=RAW, block=1024)
     assert seen == [(2048, 3072, 3072, 4096)]  # 1 of 30 blocks: the one holding the stored 512 px block
