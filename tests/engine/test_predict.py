@@ -153,7 +153,12 @@ def test_blocks_polygonized_while_predicting_give_what_the_finished_raster_gives
     executor = ThreadedExecutor(1)
     try:
         vectorize_scene(
-            out / "classes.tif", out / "scores.tif", tmp_path / "after.gpkg", read_card(default_model), executor, block=128
+            out / "classes.tif",
+            out / "scores.tif",
+            tmp_path / "after.gpkg",
+            read_card(default_model),
+            executor,
+            block=128,
         )
     finally:
         executor.close()
