@@ -190,7 +190,7 @@ def predict_scene(
             )
             stream = _vector_stream(plan, tmp, executor.vector_executor(n_blocks, plan.settings.vector_processes))
         try:
-            tiles = _predict_rasters(plan, tmp, executor, timings, stream.block_final if stream else None)
+            tiles = _predict_rasters(plan, tmp, executor, timings, stream)
         finally:
             if stream is not None:
                 stream.close()
@@ -224,15 +224,16 @@ def _predict_rasters(
     tmp: Path,
     executor: Executor,
     timings: dict[str, float],
-    on_block: Callable[[Box, np.ndarray, np.ndarray], None] | None = None,
+    stream: VectorStream | None = None,
 ) -> dict[str, int]:
     """Coverage -> chunks with data -> stitched regions -> tiled ``scores``/``classes`` (via stage 1 when resampled) -> COGs.
 
     The scene's mask, read at low resolution first (``geounet.io.coverage``), says which
     chunks hold data: only those run, and stage 2 and the COGs skip the blocks none of
-    them reaches, so a mostly empty scene costs what its data costs. ``on_block``: each
-    vector block of the final rasters, as soon as it is written (``FinalSink``).
+    them reaches, so a mostly empty scene costs what its data costs. ``stream``: the
+    vector stage, handed each vector block of the final rasters as soon as it is written.
     """
+    on_block = stream.block_final if stream is not None else None
     t0 = time.perf_counter()
     coverage = scene_coverage(plan.scene, plan.working, plan.tiles)
     area_px, in_area = None, None
@@ -255,7 +256,7 @@ def _predict_rasters(
         )
     t0 = time.perf_counter()
     if isinstance(executor, DistributedExecutor) and plan.settings.stitch_on == "workers":
-        tiles = _predict_rasters_on_workers(plan, tmp, executor, coverage, area_px, timings)
+        tiles = _predict_rasters_on_workers(plan, tmp, executor, coverage, area_px, timings, stream)
     elif plan.working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
         stage1 = tmp / "stage1_probabilities.tif"
         tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
@@ -286,9 +287,12 @@ def _predict_rasters_on_workers(
     coverage: Coverage,
     area_px: Any,
     timings: dict[str, float],
+    stream: VectorStream | None = None,
 ) -> dict[str, int]:
     """A cluster run: the workers blend and write whole blocks (``engine.worker_blocks``), then one worker
     task assembles them into the COGs (after stage 2 when resampled); the client only schedules.
+
+    On the scene's grid, the block tasks also polygonize their blocks for ``stream`` (the vector stage).
     """
     from geounet.engine.worker_blocks import run_blocks
 
@@ -312,6 +316,7 @@ def _predict_rasters_on_workers(
             s.vector_block,
             runs,
             lambda run, skipped: bar.update(run + skipped),
+            *_polygonizing(stream, plan.working.resampled),
         )
     timings["predict_and_stitch_s"] = time.perf_counter() - t0
     worker_timings = executor.client.submit(
@@ -328,6 +333,13 @@ def _predict_rasters_on_workers(
         "tile_size": grid.tile_size,
         "overlap": grid.overlap,
     }
+
+
+def _polygonizing(stream: VectorStream | None, resampled: bool) -> tuple[Any, Any, Any]:
+    """``run_blocks``' polygonize, vector_jobs and on_polygons: the vector stage's, on the scene's grid only."""
+    if stream is None or resampled:  # blocks on a working grid: polygonized after stage 2
+        return None, None, None
+    return stream.polygonizer(), stream.jobs, stream.block_polygonized
 
 
 def assemble_rasters(

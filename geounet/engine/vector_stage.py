@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -285,6 +286,7 @@ class VectorStream:
         self._queue: queue.Queue[tuple[VectorBlock, np.ndarray, np.ndarray] | None] = queue.Queue(QUEUED_BLOCKS)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._lock = threading.Lock()  # the writer and the seam pieces, taken from more than one thread
 
     def block_final(self, box: Box, classes: np.ndarray, scores: np.ndarray) -> None:
         """A block of the class raster is final: polygonize it now (``scores``: each pixel's own class's DN)."""
@@ -296,6 +298,19 @@ class VectorStream:
             self._thread = threading.Thread(target=self._send, name="geounet-vector-stream", daemon=True)
             self._thread.start()
         self._queue.put((job, classes, scores))
+
+    def block_polygonized(self, index: tuple[int, int], polygons: Any) -> None:
+        """A block polygonized elsewhere (a cluster's block task): its polygons, or None when it held none."""
+        self.streamed.add(index)
+        if polygons is not None:
+            layers, seam = polygons
+            with self._lock:
+                self.edge_pieces.append(seam)
+                self.writer.write(_clip_layers(layers, self.aoi))
+
+    def polygonizer(self) -> Callable[[VectorBlock, np.ndarray, np.ndarray], Any]:
+        """``polygonize_arrays`` with this scene's classes and context: ``f(job, classes, scores)`` (picklable)."""
+        return partial(polygonize_arrays, class_ids=self.poly_ids, ctx=self.ctx)
 
     def _send(self) -> None:
         """The thread: queued blocks to the executor, at most ``in_flight`` at once; results to the file."""
@@ -321,8 +336,9 @@ class VectorStream:
         for fut in done:
             layers, seam = fut.result()
             fut.release()
-            self.edge_pieces.append(seam)
-            self.writer.write(_clip_layers(layers, self.aoi))
+            with self._lock:
+                self.edge_pieces.append(seam)
+                self.writer.write(_clip_layers(layers, self.aoi))
         return pending - done
 
     def _in_flight(self) -> int:

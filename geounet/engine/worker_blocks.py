@@ -29,7 +29,7 @@ import numpy as np
 from geounet.compute.grid import Box, TileGrid, blocks
 from geounet.engine.tiles import predict_chunk
 from geounet.io.aoi import inside_block
-from geounet.io.rasters import STAGE_SCALE, finalize_block
+from geounet.io.rasters import NODATA, STAGE_SCALE, finalize_block
 
 if TYPE_CHECKING:
     from geounet.engine.executors import DistributedExecutor
@@ -108,12 +108,24 @@ def block_file(folder: Path, block: OutputBlock) -> Path:
     return folder / f"{block.index[0]}-{block.index[1]}.npz"
 
 
-def write_block(block: OutputBlock, folder: str, stage1: bool, area_px: Any, n_classes: int, *pieces: Piece) -> bool:
-    """Dask task: add a block's pieces in chunk order and write the finished block file; False when all nodata.
+def write_block(
+    block: OutputBlock,
+    folder: str,
+    stage1: bool,
+    area_px: Any,
+    n_classes: int,
+    polygonize: Callable[[Any, np.ndarray, np.ndarray], Any] | None,
+    vector_job: Any,
+    *pieces: Piece,
+) -> tuple[bool, Any]:
+    """Dask task: add a block's pieces in chunk order and write the finished block file.
 
     ``stage1``: uint16 probabilities (DN / 65535) on the working grid, for stage 2;
     else uint8 scores and classes (``finalize_block``), nodata outside the scene's mask
-    and outside ``area_px`` (an area of interest in scene pixels; None: none).
+    and outside ``area_px`` (an area of interest in scene pixels; None: none), and, with
+    ``polygonize``, the block's polygons too: ``polygonize(vector_job, classes, scores of
+    each pixel's own class)`` (``vector_stage.polygonize_arrays``). Returns (whether a file
+    was written: False when all nodata, the polygons or None).
     """
     box = block.box
     total = np.zeros((n_classes, box.height, box.width), np.float32)
@@ -126,8 +138,9 @@ def write_block(block: OutputBlock, folder: str, stage1: bool, area_px: Any, n_c
             valid[rows, cols] |= piece.valid
             any_data = True
     if not any_data:
-        return False
+        return False, None
     arrays: dict[str, np.ndarray]
+    polygons = None
     if stage1:
         # where no piece has data the sum is 0: what the sparse stage-1 raster reads where nothing is written
         arrays = {"probabilities": np.rint(np.clip(total, 0.0, 1.0) * STAGE_SCALE).astype(np.uint16)}
@@ -135,14 +148,17 @@ def write_block(block: OutputBlock, folder: str, stage1: bool, area_px: Any, n_c
         if area_px is not None:
             valid &= inside_block(area_px, box.row0, box.col0, box.height, box.width)
             if not valid.any():
-                return False
+                return False, None
         scores, classes = finalize_block(total, valid)
         arrays = {"scores": scores, "classes": classes}
+        if polygonize is not None:
+            own = np.take_along_axis(scores, np.where(classes == NODATA, 0, classes)[None].astype(np.intp), 0)[0]
+            polygons = polygonize(vector_job, classes, own)
     path = block_file(Path(folder), block)
     part = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
     np.savez(part, **arrays)  # type: ignore[arg-type]  # (numpy's stub reads ** as its allow_pickle)
     os.replace(part, path)  # a rerun of this task (a worker lost) replaces it whole
-    return True
+    return True, polygons
 
 
 def run_blocks(
@@ -157,11 +173,17 @@ def run_blocks(
     block_size: int,
     runs: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    polygonize: Callable[[Any, np.ndarray, np.ndarray], Any] | None = None,
+    vector_jobs: dict[tuple[int, int], Any] | None = None,
+    on_polygons: Callable[[tuple[int, int], Any], None] | None = None,
 ) -> tuple[list[OutputBlock], dict[str, int]]:
     """Predict every chunk (among ``runs``) and write every block of ``grid`` it reaches into ``folder``.
 
     ``chunk_args(ci, cj)``: ``predict_chunk``'s arguments for a chunk. ``progress(run,
     skipped)``: called (in this thread) with each chunk's tile counts as they come.
+    ``polygonize``, ``vector_jobs``: each block polygonized in its task too (see
+    :func:`write_block`; the blocks are the vector stage's, ``vector_jobs`` by block
+    index); ``on_polygons(block index, polygons)`` takes them here as blocks finish.
     Returns the blocks written (those with data, in raster order) and the tile counts of
     the chunks that ran.
     """
@@ -201,7 +223,10 @@ def run_blocks(
                 if c not in pieces:
                     submit_chunk(c)
             args = [pieces[c].pop(b.index) for c in b.chunks]
-            fut = client.submit(write_block, b, str(folder), stage1, area_px, n_classes, *args, pure=False, retries=2)
+            job = None if vector_jobs is None else vector_jobs[b.index]
+            fut = client.submit(
+                write_block, b, str(folder), stage1, area_px, n_classes, polygonize, job, *args, pure=False, retries=2
+            )
             futures[fut] = b
         return futures
 
@@ -220,8 +245,11 @@ def run_blocks(
     with executor.cluster_errors(label):
         for k in range(len(rows)):
             for fut in as_completed(list(in_flight[k])):
-                written[in_flight[k][fut].index] = bool(fut.result())
+                index = in_flight[k][fut].index
+                written[index], polygons = fut.result()
                 fut.release()
+                if polygonize is not None and on_polygons is not None:
+                    on_polygons(index, polygons)
             in_flight[k] = {}
             if k + ahead < len(rows):
                 in_flight.append(submit_row(rows[k + ahead]))

@@ -223,6 +223,8 @@ def test_workers_write_the_blocks_and_outputs_equal_a_local_run(cluster, default
     assert not (Path(remote.out_dir) / "blocks").exists()
     run = json.loads((Path(remote.out_dir) / "run.json").read_text())
     assert run["settings"]["stitch_on"] == "workers" and run["timings"]["cog_s"] > 0
+    # on the scene's grid the block tasks polygonize too; a resampled scene's blocks are on the working grid
+    assert (run["vector"]["blocks_while_predicting"] > 0) == (res == 0.15)
 
 
 @pytest.mark.parametrize("stitch_on", ["workers", "client"])
