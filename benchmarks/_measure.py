@@ -37,6 +37,38 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]
     return seconds, max(peak, maxrss) / 2**20
 
 
+def run_measured_cpu(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """Run ``cmd``; return (seconds, CPU seconds, peak RSS in MiB), both over the process and all its descendants.
+
+    CPU is each process's last sampled ``cpu_times`` (every 0.1 s, so a process that lives
+    less than that may be missed), which counts worker processes that the command's own
+    process never waits for (a forkserver's children) and that ``RUSAGE_CHILDREN`` misses.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}))
+    root = psutil.Process(proc.pid)
+    peak, cpu_by_pid = 0, {}
+    while proc.poll() is None:
+        try:
+            total = 0
+            for p in [root] + root.children(recursive=True):
+                try:
+                    with p.oneshot():
+                        total += p.memory_info().rss
+                        t = p.cpu_times()
+                    cpu_by_pid[p.pid] = t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+            peak = max(peak, total)
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
+    return seconds, sum(cpu_by_pid.values()), peak / 2**20
+
+
 def write_repeated(path, block, size: int, profile: dict, step: int = 2048):
     """Write a size x size scene by repeating ``block`` (bands, >= step, >= step), one step x step window at a time."""
     import rasterio

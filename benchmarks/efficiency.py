@@ -32,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,7 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _CACHE_DIR = tempfile.mkdtemp(prefix="geounet-eff-cache-")  # exported models: measured cold once, then warm
 os.environ["GEOUNET_CACHE_DIR"] = _CACHE_DIR
 
-from _measure import write_repeated  # noqa: E402
+from _measure import run_measured_cpu, write_repeated  # noqa: E402
 
 from geounet.compute.grid import TileGrid  # noqa: E402
 from geounet.models.hardware import cpu_cores, default_batch_size, default_chunk_pixels, default_workers  # noqa: E402
@@ -181,15 +180,17 @@ def floor_seconds(size: int, tile: int = 512, overlap: int = 64, backend: str = 
 
 
 def predict_cli(scenes: list[Path], out: Path, *extra: str) -> tuple[float, list[dict]]:
+    wall, _, _, runs = predict_cli_measured(scenes, out, *extra)
+    return wall, runs
+
+
+def predict_cli_measured(scenes: list[Path], out: Path, *extra: str) -> tuple[float, float, float, list[dict]]:
+    """``geounet predict`` in a child process: (wall s, CPU s and peak RSS MiB of its process tree, run.json of each)."""
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    subprocess.run(
-        [str(GEOUNET), "predict", *map(str, scenes), "--out", str(out), "--quiet", *extra],
-        check=True,
-        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    wall, cpu, peak = run_measured_cpu(
+        [str(GEOUNET), "predict", *map(str, scenes), "--out", str(out), "--quiet", *extra]
     )
-    wall = time.perf_counter() - t0
-    return wall, [json.loads((out / s.stem / "run.json").read_text()) for s in scenes]
+    return wall, cpu, peak, [json.loads((out / s.stem / "run.json").read_text()) for s in scenes]
 
 
 def _rest(t: dict, floor: float) -> str:
@@ -218,16 +219,27 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
 
     def measure(label, scenes, backend, *extra):
         """``backend``: the one whose floor applies (the CLI runs with its default unless ``extra`` says)."""
-        wall, runs = predict_cli(scenes, work / "out", *extra)
+        wall, cpu, peak, runs = predict_cli_measured(scenes, work / "out", *extra)
         assert runs[0]["settings"]["backend"] == backend, runs[0]["settings"]["backend"]
         label += f" [{runs[0]['settings']['precision']}]"
         floors[backend].append(floor_seconds(size, backend=backend)[0])
         floor = (floors[backend][-2] + floors[backend][-1]) / 2
-        rows.append((label, len(scenes), wall, runs, floor))
+        rows.append((label, len(scenes), wall, runs, floor, cpu, peak))
 
     measure("geounet predict --no-vector (default: ONNX Runtime)", [scene], "onnx", "--no-vector")
     measure("geounet predict --no-vector --backend torch", [scene], "torch", "--no-vector", "--backend", "torch")
     measure("geounet predict (with vectors)", [scene], "onnx")
+    measure("geounet predict --precision fp32 (with vectors)", [scene], "onnx", "--precision", "fp32")
+    naive = run_measured_cpu(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "naive_predict.py"),
+            str(scene),
+            str(MODEL),
+            str(work / "naive"),
+        ]
+    )
+    floors["onnx"].append(floor_seconds(size)[0])
     copies = []
     for i in range(batch):
         copies.append(work / f"scene{i}.tif")
@@ -240,13 +252,14 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
             f"({size * size / min(fl) / 1e6:.3f} MP/s at best)"
         )
     print("each row uses the mean of its backend's floors before and after it")
-    for label, n, wall, runs, floor in rows:
+    for label, n, wall, runs, floor, cpu, peak in rows:
         t = runs[0]["timings"]
         per_scene = [r["timings"]["total_s"] for r in runs]
         startup = wall - sum(per_scene)
         print(
             f"{label}: {wall:.1f} s wall ({n * size * size / wall / 1e6:.3f} MP/s), floor {n * floor:.1f} s, "
-            f"efficiency floor/wall = {n * floor / wall:.3f}"
+            f"efficiency floor/wall = {n * floor / wall:.3f}; CPU {cpu:.1f} s, peak RSS {peak:.0f} MiB "
+            "(the command's process tree)"
         )
         print(
             f"   per scene in the process: {', '.join(f'{x:.1f}' for x in per_scene)} s -> efficiency "
@@ -254,6 +267,14 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
             f"cluster, model load) {startup:.1f} s"
         )
         print(f"   first scene: {_rest(t, floor)}")
+    wall, cpu, peak = naive
+    vec = next(r for r in rows if r[0].startswith("geounet predict (with vectors)"))
+    print(
+        f"a user's naive script (benchmarks/naive_predict.py: whole scene in RAM, torch, the same network, "
+        f"whole-raster polygons): {wall:.1f} s wall, CPU {cpu:.1f} s, peak RSS {peak:.0f} MiB; "
+        f"geounet predict with vectors is {wall / vec[2]:.2f}x faster, CPU {cpu / vec[5]:.2f}x less, "
+        f"peak RSS {peak / vec[6]:.2f}x less"
+    )
 
 
 def section_warm(scene: Path, size: int, work: Path, repeats: int = 2) -> None:
