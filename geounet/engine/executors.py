@@ -38,6 +38,11 @@ log = logging.getLogger("geounet")
 
 CONNECT_TIMEOUT = "20s"  # to reach a --scheduler
 VECTOR_STAGE = "geounet.engine.vector_stage"  # what vector worker processes import when they start
+# Vector worker processes pay for themselves only with cores to spare: blocks are polygonized
+# while the chunks run, and on fewer cores the model keeps them all busy, so the processes'
+# start-up, copies and memory add CPU time that threads in this process do not
+# (benchmarks/README.md, "vectors while predicting").
+VECTOR_PROCESS_MIN_CORES = 4
 
 
 class ClusterError(RuntimeError):
@@ -389,13 +394,15 @@ class ThreadedExecutor(Executor):
         return self.distributed().submit(fn, *args, retries=retries)
 
     def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
-        """Local worker processes for scenes of 4 vector blocks or more (``processes=None``) on 2+ cores.
+        """Local worker processes for scenes of 4 vector blocks or more on ``VECTOR_PROCESS_MIN_CORES`` cores or more.
 
-        Otherwise this process's threads, whose in-process client starts now, in the
-        background, while the chunks run.
+        (``processes=None``; True or False decides.) Otherwise this process's threads, whose
+        in-process client starts now, in the background, while the chunks run.
         """
-        use_processes = processes if processes is not None else n_blocks >= 4
-        if not use_processes or (cpu_cores() < 2 and processes is None):
+        use_processes = (
+            processes if processes is not None else n_blocks >= 4 and cpu_cores() >= VECTOR_PROCESS_MIN_CORES
+        )
+        if not use_processes:
             self.start_distributed()
             return self
         with self._lock:

@@ -81,7 +81,8 @@ class PredictSettings:
     vector_block: int = 1024  # polygonize block side, pixels of the scene grid
     vector_format: str = "gpkg"  # VECTOR_FORMATS: gpkg (one file, QGIS styles), fgb or parquet (one file per layer)
     # Local vector stage in worker processes (True), in this process's threads (False), or
-    # None: processes for scenes of 4 vector blocks or more. Worker processes import the
+    # None: processes for scenes of 4 vector blocks or more on a machine of 4 cores or more
+    # (executors.VECTOR_PROCESS_MIN_CORES). Worker processes import the
     # caller's __main__ module (multiprocessing), so a script needs the usual
     # ``if __name__ == "__main__":`` guard; the CLI, whose __main__ has it, uses None.
     vector_processes: bool | None = False

@@ -318,3 +318,24 @@ def test_unreachable_scheduler_is_one_line_error(monkeypatch):
     monkeypatch.setattr(executors, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(ClusterError, match=r"^tcp://127\.0\.0\.1:9: cannot connect to the Dask scheduler"):
         make_executor(PredictSettings(scheduler="tcp://127.0.0.1:9"))
+
+
+def test_vector_stage_uses_processes_only_with_cores_to_spare(monkeypatch):
+    """Local runs: vector worker processes for scenes of 4+ blocks on 4+ cores; otherwise this process's
+    threads (the model keeps fewer cores busy while the blocks come); True/False decide."""
+    started = []
+    monkeypatch.setattr(executors, "VectorPool", lambda n, fallback: started.append(n) or "pool")
+    local = executors.ThreadedExecutor(1)
+    monkeypatch.setattr(local, "start_distributed", lambda: None)
+    for cores, n_blocks, processes, expected in [
+        (2, 16, None, "threads"),
+        (4, 16, None, "pool"),
+        (8, 3, None, "threads"),
+        (2, 16, True, "pool"),
+        (8, 16, False, "threads"),
+    ]:
+        monkeypatch.setattr(executors, "cpu_cores", lambda c=cores: c)
+        local._pools.clear()
+        got = local.vector_executor(n_blocks, processes)
+        assert ("pool" if got == "pool" else "threads") == expected, (cores, n_blocks, processes)
+    assert started == [4, 2]
