@@ -71,6 +71,7 @@ class RulesOverride:
     simplify_m: float | None = None
     regularize: bool | None = None
     split_m: float | None = None
+    seed_m: float | None = None
     spur_m: float | None = None
     min_length_m: float | None = None
 

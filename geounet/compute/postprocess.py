@@ -30,6 +30,9 @@ class ClassRules:
     simplify_m: float = 0.0  # Douglas-Peucker tolerance (topology preserving)
     regularize: bool = False  # straight walls and right angles (buildingregulariser)
     split_m: float = 0.0  # split touching objects: watershed seeds at least this far apart (0: off)
+    # models with a contact class: buildings are seeded by their cores, the pixels at least this far
+    # from any pixel that is not building (0: by whole components of building pixels)
+    seed_m: float = 0.0
     spur_m: float = 0.0  # road centre lines: prune spurs shorter than this
     min_length_m: float = 0.0  # road centre lines: drop lines shorter than this
 
@@ -38,7 +41,7 @@ class ClassRules:
 
 
 DEFAULT_RULES: dict[str, ClassRules] = {
-    "building": ClassRules(min_area_m2=4.0, hole_area_m2=4.0, simplify_m=0.5, regularize=True),
+    "building": ClassRules(min_area_m2=4.0, hole_area_m2=4.0, simplify_m=0.5, regularize=True, seed_m=1.25),
     "road": ClassRules(min_area_m2=20.0, hole_area_m2=20.0, simplify_m=0.5, spur_m=10.0, min_length_m=5.0),
     "landcover": ClassRules(min_area_m2=400.0, hole_area_m2=400.0, simplify_m=5.0),
 }

@@ -49,6 +49,7 @@ from geounet.compute.vectorize import (
     merge_groups,
     polygonize_block,
     seam_groups,
+    split_at_contacts,
     split_touching,
 )
 from geounet.errors import InputError
@@ -65,6 +66,8 @@ log = logging.getLogger("geounet")
 QUEUED_BLOCKS = 8  # final blocks waiting to be sent to the vector executor
 LAYER_FOR_KIND = {"building": "buildings", "road": "roads", "landcover": "landcover"}
 NODATA = 255
+# The class raster under a pixel box (col0, row0, col1, row1; whole-raster pixels), as its (rows, cols) array.
+ClassWindow = Callable[[tuple[int, int, int, int]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,18 @@ class LayerContext:
     rules: dict[str, ClassRules]
     pixel_size_m: tuple[float, float] = (1.0, 1.0)  # ground size of a pixel step in x and y
 
+    @property
+    def contact_join(self) -> tuple[int, list[int]] | None:
+        """``(building class, contact classes)`` when buildings are split at contacts, else None.
+
+        A model with a contact class (``ModelCard.contact_ids``) and one building class: its
+        buildings are the components of building and contact pixels, split by seeds
+        (``vectorize.split_at_contacts``). Otherwise contacts stay background.
+        """
+        buildings = [i for i, c in enumerate(self.card.classes) if c.kind == "building"]
+        contacts = self.card.contact_ids
+        return (buildings[0], contacts) if contacts and len(buildings) == 1 else None
+
 
 def polygonize_task(
     job: VectorBlock, classes_path: str, scores_path: str | None, class_ids: list[int], ctx: LayerContext
@@ -131,18 +146,30 @@ def polygonize_arrays(
     """Dask task: one block's finished polygons (cleaned, by layer) and its raw seam pieces.
 
     ``classes``: the block's class indexes (``job.window``); ``scores``: each pixel's score
-    of its own class (uint8 DN), or None.
+    of its own class (uint8 DN), or None. With a contact class (``LayerContext.contact_join``)
+    building and contact pixels are polygonized together, then split at the contacts.
     """
     r0, c0 = job.window[:2]
-    pieces = polygonize_block(classes, (r0, c0), class_ids, scores, job.inner_edges)
-    return pieces_to_layers(pieces.take(~pieces.on_edge), ctx), pieces.take(pieces.on_edge)
+    join = ctx.contact_join
+    polygonized = classes if join is None else np.where(np.isin(classes, join[1]), join[0], classes)
+    pieces = polygonize_block(polygonized, (r0, c0), class_ids, scores, job.inner_edges)
+
+    def class_window(box: tuple[int, int, int, int]) -> np.ndarray:
+        x0, y0, x1, y1 = box
+        return classes[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
+
+    return pieces_to_layers(pieces.take(~pieces.on_edge), ctx, class_window), pieces.take(pieces.on_edge)
 
 
-def pieces_to_layers(pieces: Pieces, ctx: LayerContext) -> dict[str, gpd.GeoDataFrame]:
+def pieces_to_layers(
+    pieces: Pieces, ctx: LayerContext, class_window: ClassWindow | None = None
+) -> dict[str, gpd.GeoDataFrame]:
     """Complete polygons (pixel coordinates) -> cleaned rows per layer, in the scene's CRS.
 
-    Pixel coordinates go to the local equal-area CRS in one pass (affine, then pyproj),
-    are cleaned there and measured in metres, and are projected back to the scene's CRS.
+    Buildings of a model with a contact class are split at its contacts first
+    (``class_window`` gives the class raster under each). Pixel coordinates go to the
+    local equal-area CRS in one pass (affine, then pyproj), are cleaned there and
+    measured in metres, and are projected back to the scene's CRS.
     """
     to_metric = _transformer(ctx.crs_wkt, ctx.metric_wkt)
     from_metric = _transformer(ctx.metric_wkt, ctx.crs_wkt)
@@ -153,7 +180,13 @@ def pieces_to_layers(pieces: Pieces, ctx: LayerContext) -> dict[str, gpd.GeoData
         if not sel.any():
             continue
         rules = ctx.rules[kind]
-        p = split_touching(pieces.take(sel), ctx.pixel_size_m, rules.split_m)
+        p = pieces.take(sel)
+        if kind == "building" and ctx.contact_join is not None:
+            if class_window is None:
+                raise ValueError("buildings of a model with a contact class need the class raster under them")
+            windows = [class_window(tuple(b)) for b in shapely.bounds(p.geometry).astype(np.int64).tolist()]
+            p = split_at_contacts(p, windows, ids, ctx.pixel_size_m, rules.seed_m)
+        p = split_touching(p, ctx.pixel_size_m, rules.split_m)
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
         metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))
         if rules.regularize:  # buildingregulariser works on GeoDataFrames; rows carry their attributes
@@ -366,7 +399,7 @@ class VectorStream:
         ):
             self.edge_pieces.append(seam)
             self.writer.write(_clip_layers(layers, self.aoi))
-        self._merge_seams()
+        self._merge_seams(classes_path)
         writer, rules, grid = self.writer, self.rules, self.grid
         if self.kinds["road"]:
             res_m = ground_resolution(CRS.from_wkt(grid.crs_wkt), grid.affine, grid.width, grid.height)
@@ -392,8 +425,11 @@ class VectorStream:
             "metric_crs": self.metric.srs,
         }
 
-    def _merge_seams(self) -> None:
-        """Pieces that touch block edges joined (groups found here, cheap; unions and clean-up as tasks)."""
+    def _merge_seams(self, classes_path: Path) -> None:
+        """Pieces that touch block edges joined (groups found here, cheap; unions and clean-up as tasks).
+
+        ``classes_path``: the finished class raster (the merge tasks read it under buildings to split).
+        """
         cand = Pieces.concat(self.edge_pieces)
         groups = seam_groups(cand)
         runs = np.array_split(np.arange(len(groups)), max(1, min(self.executor.workers, len(groups) // 50)))
@@ -403,7 +439,7 @@ class VectorStream:
             taken = np.concatenate(members) if members else np.zeros(0, np.intp)
             ends = np.cumsum([len(m) for m in members])
             batches.append((cand.take(taken), np.split(np.arange(len(taken)), ends[:-1]) if members else []))
-        for layers in self.executor.map(merge_and_finish, batches, self.ctx):
+        for layers in self.executor.map(merge_and_finish, batches, self.ctx, str(classes_path)):
             self.writer.write(_clip_layers(layers, self.aoi))
         self.writer.flush()
 
@@ -415,10 +451,21 @@ def _stored(present: np.ndarray, internal: tuple[int, int], window: tuple[int, i
     return bool(present[r0 // bh : -(-r1 // bh), c0 // bw : -(-c1 // bw)].any())
 
 
-def merge_and_finish(batch: tuple[Pieces, list[np.ndarray]], ctx: LayerContext) -> dict[str, gpd.GeoDataFrame]:
-    """Dask task: seam groups (pieces, and each group's indexes into them) joined, then cleaned as layer rows."""
+def merge_and_finish(
+    batch: tuple[Pieces, list[np.ndarray]], ctx: LayerContext, classes_path: str
+) -> dict[str, gpd.GeoDataFrame]:
+    """Dask task: seam groups (pieces, and each group's indexes into them) joined, then cleaned as layer rows.
+
+    ``classes_path``: the class raster, read under each joined building where the model has a contact class.
+    """
     pieces, groups = batch
-    return pieces_to_layers(merge_groups(pieces, groups), ctx)
+    with rasterio.open(classes_path) as src:
+
+        def class_window(box: tuple[int, int, int, int]) -> np.ndarray:
+            x0, y0, x1, y1 = box
+            return src.read(1, window=Window(x0, y0, x1 - x0, y1 - y0))
+
+        return pieces_to_layers(merge_groups(pieces, groups), ctx, class_window)
 
 
 def _clip_layers(layers: dict[str, gpd.GeoDataFrame], aoi: Any) -> dict[str, gpd.GeoDataFrame]:

@@ -64,6 +64,9 @@ ENCODERS = (
     *(f"mobileone_s{n}" for n in range(5)),
 )
 TIMM_PREFIX = "tu-"  # smp's "timm universal" encoders: tu-<any timm model>, checked by timm when built
+# The class a model marks where two buildings touch (kind background), unless the card's training
+# section names another (``training.contact_class``, written by geounet train from labels.contact_class).
+CONTACT_CLASS = "contact"
 
 
 @dataclass
@@ -104,6 +107,17 @@ class ModelCard:
     @property
     def in_channels(self) -> int:
         return len(self.bands)
+
+    @property
+    def contact_ids(self) -> list[int]:
+        """Indexes of the classes that mark where two buildings touch (``labels.contact_class`` in training).
+
+        Such a class has kind ``background``; its name is ``training.contact_class`` where the
+        card records one, else ``contact`` (model files written before that field existed).
+        The first class (the background) is never one.
+        """
+        name = self.training.get("contact_class") or CONTACT_CLASS
+        return [i for i, c in enumerate(self.classes) if i > 0 and c.kind == "background" and c.name == name]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -108,6 +108,11 @@ def training_facts(
         "machine": machine_description(device),
         "software": f"geounet {__version__}, torch {torch.__version__}",
         "val": best_val,
+        **(
+            {"contact_class": cfg.labels.contact_class, "contact_m": cfg.labels.contact_m}
+            if cfg.labels.contact_class is not None
+            else {}
+        ),
     }
 
 

@@ -126,3 +126,64 @@ def test_seam_groups_merged_in_separate_runs_equal_one_merge():
     split = Pieces.concat(pieces)
     assert list(split.class_id) == list(whole.class_id) and list(split.pixels) == list(whole.pixels)
     assert all(shapely.equals_exact(split.geometry, whole.geometry, 0))
+
+
+def _split_whole(classes, seed_m=0.0, pixel_m=0.1):
+    """Buildings of a (rows, cols) raster of 0 background, 1 building, 2 contact, split at contacts (pixel units)."""
+    from geounet.compute.vectorize import split_at_contacts
+
+    whole = polygonize_block(np.where(classes == 2, 1, classes), (0, 0), [1], np.full(classes.shape, 100, np.uint8))
+    windows = [classes[y0:y1, x0:x1] for x0, y0, x1, y1 in shapely.bounds(whole.geometry).astype(int)]
+    return whole, split_at_contacts(whole, windows, [1], (pixel_m, pixel_m), seed_m)
+
+
+def test_roofs_touching_through_contact_pixels_become_one_polygon_each():
+    classes = np.zeros((30, 50), np.uint8)
+    classes[5:25, 5:23] = 1
+    classes[8:22, 27:45] = 1
+    classes[5:25, 23:27] = 2  # the contact band between them, taller than the right roof
+    whole, split = _split_whole(classes)
+    assert len(whole) == 1 and len(split) == 2
+    assert split.pixels.sum() == whole.pixels.sum() == np.isin(classes, [1, 2]).sum()
+    assert shapely.union_all(split.geometry).symmetric_difference(whole.geometry[0]).area == 0
+    assert shapely.area(shapely.intersection(split.geometry[0], split.geometry[1])) == 0
+    assert all(g.geom_type == "Polygon" for g in split.geometry)  # each part is one 4-connected piece
+    left, right = sorted(split.geometry, key=lambda g: g.bounds[0])
+    assert left.contains(shapely.box(5, 5, 25, 25)) and right.contains(shapely.box(25, 8, 45, 22))  # nearest roof
+    assert np.allclose(split.score_sum / split.pixels, 100)
+
+
+def test_a_roof_with_one_seed_keeps_its_contacts_and_contacts_alone_are_no_building():
+    classes = np.zeros((30, 60), np.uint8)
+    classes[5:25, 5:25] = 1
+    classes[5:25, 25:28] = 2  # contacts along one side, no roof beyond them
+    classes[5:25, 40:43] = 2  # a band of contacts with no roof at all
+    whole, split = _split_whole(classes)
+    assert len(whole) == 2 and len(split) == 1
+    assert split.geometry[0].equals(shapely.box(5, 5, 28, 25)) and split.pixels[0] == 20 * 23
+
+
+def test_seed_cores_split_roofs_joined_without_contacts_and_never_join_components():
+    classes = np.zeros((40, 90), np.uint8)
+    classes[5:35, 5:30] = 1
+    classes[5:35, 34:60] = 1
+    classes[17:23, 30:34] = 1  # a 6 px (0.6 m) building neck, no contact pixel
+    classes[5:35, 60:62] = 2
+    classes[5:35, 62:66] = 1  # a 4 px (0.4 m) wide roof: no core, its own seed beyond the contacts
+    whole, split = _split_whole(classes, seed_m=0.5)
+    assert len(whole) == 1 and len(split) == 3
+    assert shapely.union_all(split.geometry).symmetric_difference(whole.geometry[0]).area == 0
+    narrow = [g for g in split.geometry if g.bounds[0] >= 60]
+    assert len(narrow) == 1 and narrow[0].equals(shapely.box(61, 5, 66, 35))  # its roof and the nearer contacts
+    # seeded by whole components: the neck holds the two big roofs together
+    assert len(_split_whole(classes, seed_m=0.0)[1]) == 2
+
+
+def test_split_at_contacts_refuses_a_window_that_does_not_cover_the_polygon():
+    from geounet.compute.vectorize import split_at_contacts
+
+    classes = np.zeros((10, 10), np.uint8)
+    classes[2:6, 2:6] = 1
+    whole = polygonize_block(classes, (0, 0), [1])
+    with pytest.raises(ValueError, match="does not cover"):
+        split_at_contacts(whole, [classes], [1], (0.1, 0.1))

@@ -215,3 +215,42 @@ def test_blocks_a_sparse_class_raster_does_not_store_are_not_visited(client, tmp
     assert info["layers"]["buildings"] == 1
     b = gpd.read_file(tmp_path / "f.gpkg", layer="buildings")
     assert b.area_m2.iloc[0] == pytest.approx(40 * 60 * 0.25, rel=1e-3)  # on the ground, not in UTM metres
+
+
+def _terraces() -> tuple[np.ndarray, int]:
+    """A 600 px square class raster of terraced roofs (1) with contact bands (2) between them; and the roof count."""
+    classes = np.zeros((600, 600), np.uint8)
+    roofs = 0
+    for r in range(15, 560, 75):  # rows of terraces, across the 256 px block edges
+        for c in range(8, 540, 64):
+            classes[r : r + 45, c : c + 60] = 1
+            classes[r : r + 45, c + 60 : c + 64] = 2  # the contact band between this roof and the next
+            roofs += 1
+        classes[r : r + 45, 520:600] = 0
+        roofs -= 1
+    return classes, roofs
+
+
+def test_buildings_split_at_contacts_do_not_depend_on_the_block_size(client, tmp_path):
+    """A model with a contact class: one building per roof of a terrace, the same with 256 and 1024 px blocks."""
+    classes, roofs = _terraces()
+    path = write_classes(tmp_path / "classes.tif", classes, "EPSG:32636", Affine(0.1, 0, 400000, 0, -0.1, 40000))
+    c = card(("building", "building", (230, 60, 60)), ("contact", "background", (60, 60, 230)))
+    rules = {"building": ClassRules(seed_m=1.0)}
+    results = {}
+    for block in (256, 1024):
+        gpkg = tmp_path / f"f{block}.gpkg"
+        vectorize_scene(path, None, gpkg, c, client, rules=rules, block=block)
+        results[block] = gpd.read_file(gpkg, layer="buildings")
+    a, b = results[256], results[1024]
+    assert len(a) == len(b) == roofs
+    assert np.allclose(np.sort(a.area_m2), np.sort(b.area_m2))
+    # contacts kept, in the roofs (UTM grid metres, within its scale factor of ground metres)
+    assert a.area_m2.sum() == pytest.approx(np.isin(classes, [1, 2]).sum() * 0.01, rel=1e-3)
+    sym = shapely.union_all(a.geometry.values).symmetric_difference(shapely.union_all(b.geometry.values)).area
+    assert sym <= 1e-6 * a.geometry.area.sum()
+    # The same raster read by a model without a contact class: contacts are background, as before.
+    plain = card(("building", "building", (230, 60, 60)), ("edge", "background", (60, 60, 230)))
+    vectorize_scene(path, None, tmp_path / "plain.gpkg", plain, client, rules=rules, block=256)
+    p = gpd.read_file(tmp_path / "plain.gpkg", layer="buildings")
+    assert len(p) == roofs and p.area_m2.sum() == pytest.approx((classes == 1).sum() * 0.01, rel=1e-3)

@@ -186,3 +186,19 @@ def test_the_card_choices_are_what_smp_builds():
 
     assert sorted(ENCODERS) == sorted(smp.encoders.get_encoder_names())
     assert set(ARCHITECTURES) <= {name for name in dir(smp) if isinstance(getattr(smp, name), type)}
+
+
+def test_the_contact_class_is_found_by_the_training_record_or_by_its_name():
+    """A card's contact class: ``training.contact_class`` (geounet train writes it), else a background class
+    named ``contact`` (model files trained before the record existed, e.g. configs/buildings_contact.yaml's)."""
+    from tests.helpers import make_card
+
+    old = make_card(("building", "building", (230, 60, 60)), ("contact", "background", (60, 60, 230)))
+    assert ModelCard.from_json(old.to_json()).contact_ids == [2]
+    named = make_card(("building", "building", (230, 60, 60)), ("touch", "background", (60, 60, 230)))
+    assert named.contact_ids == []
+    named.training = {"contact_class": "touch", "contact_m": 0.75}
+    assert ModelCard.from_json(named.to_json()).contact_ids == [2]
+    not_background = make_card(("building", "building", (230, 60, 60)), ("contact", "building", (60, 60, 230)))
+    assert not_background.contact_ids == []
+    assert make_card(("building", "building", (230, 60, 60))).contact_ids == []

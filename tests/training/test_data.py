@@ -91,6 +91,11 @@ def test_contact_class_marks_where_two_roofs_meet(
     assert contact.sum() == 2 * 16  # one pixel column each side of x = 16 m, rows 8..24 m
     assert contact[8:24, 15].all() and contact[8:24, 16].all()
     assert int((label == 1).sum()) + int(contact.sum()) == 256 + 16 * 12 + 12 * 8 + 20 * 12  # the same roofs
+    # the card says which class marks contacts, so that predict splits buildings at them
+    from geounet.training.card import training_facts
+
+    facts = training_facts(cfg, None, [], 0, {}, 0.0, "cpu", "fp32", 0)
+    assert facts["contact_class"] == "contact" and facts["contact_m"] == 1.0
     train_raw["labels"]["contact_class"] = "background"
     with pytest.raises(GeounetError, match="labels.contact_class: 'background' must be a class of kind background"):
         load_config(write_config(train_raw))
