@@ -18,8 +18,8 @@ from tests.helpers import DEMO_SCENE, shared_file
 
 
 def _probabilities(scene, out, model, tile, overlap):
-    # fp32: tiling and blending are what is measured (auto may take the int8 version; at 256/64 on
-    # the demo scene int8 measured 99.53 %, mean |dp| 0.00503, fp32 see the card)
+    # fp32: tiling and blending are what is measured (auto may take the int8 version; fp32 figures:
+    # the model's card)
     settings = PredictSettings(tile_size=tile, overlap=overlap, quiet=True, vector=False, precision="fp32")
     predict_batch([scene], out, model, settings)
     stem = scene.name.split(".")[0]

@@ -145,6 +145,7 @@ def test_cli_reports_errors_in_one_line(tmp_path: Path, train_raw, write_config)
         ("roads_lasvegas_pretrained.yaml", "roads"),
         ("landcover_brandenburg_s2_10bands.yaml", "landcover"),
         ("buildings_satellite.yaml", "buildings_satellite"),
+        ("buildings_contact.yaml", "buildings"),
     ],
 )
 def test_shipped_configs_match_their_default_models(config: str, model: str) -> None:
