@@ -14,16 +14,23 @@ maps them to the raster's CRS once they are merged.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 from scipy import ndimage
 
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, as rasterio.features.shapes
+# Everything here works in pixel coordinates: a block or polygon at the raster's origin has the
+# identity transform, which GDAL's in-memory rasters under shapes/rasterize report as "no
+# geotransform". Only those warnings, from rasterio.features, are silenced (a scene without
+# a geotransform is refused where it is opened: io.scene.check_scene).
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 
 @dataclass
@@ -267,6 +274,7 @@ def split_at_contacts(
     building_ids: Sequence[int],
     pixel_size_m: tuple[float, float],
     seed_m: float = 0.0,
+    member_ids: Sequence[int] | None = None,
 ) -> Pieces:
     """Split each polygon of building and contact pixels into one building per seed.
 
@@ -286,7 +294,9 @@ def split_at_contacts(
     seeds, then to the roofs, so each part is one 4-connected polygon around one seed. A polygon with
     fewer than two seeds is kept whole, contacts included; one without a building pixel
     (contacts only) is dropped. Parts keep the parent's class and mean score. Pure;
-    pixel coordinates in and out.
+    pixel coordinates in and out. ``member_ids``: the classes the polygons are made of
+    (building and contact), when known: a polygon's pixels are then its 4-connected
+    component in the window (the same pixels, without rasterizing it).
     """
     if not len(pieces):
         return pieces
@@ -303,7 +313,14 @@ def split_at_contacts(
         if window.shape != (y1 - y0, x1 - x0):
             raise ValueError(f"window {window.shape} does not cover polygon {i}'s bounds {(x0, y0, x1, y1)}")
         origin = Affine.translation(x0, y0)
-        mask = rasterize([(pieces.geometry[i], 1)], out_shape=window.shape, transform=origin, dtype="uint8") > 0
+        if member_ids is None:
+            mask = rasterize([(pieces.geometry[i], 1)], out_shape=window.shape, transform=origin, dtype="uint8") > 0
+        else:  # the component under the polygon's top-left pixel (its first vertex in raster order)
+            labels, _ = ndimage.label(np.isin(window, member_ids), structure=_FOUR)
+            xy = shapely.get_coordinates(shapely.get_exterior_ring(pieces.geometry[i]))
+            top = xy[xy[:, 1] == xy[:, 1].min()]
+            col, row = int(top[:, 0].min()) - x0, int(top[0, 1]) - y0
+            mask = labels == labels[row, col]
         building = mask & np.isin(window, building_ids)
         if not building.any():
             kept[i] = False  # contacts only: the edge between buildings, not one

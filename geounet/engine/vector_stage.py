@@ -185,7 +185,8 @@ def pieces_to_layers(
             if class_window is None:
                 raise ValueError("buildings of a model with a contact class need the class raster under them")
             windows = [class_window(tuple(b)) for b in shapely.bounds(p.geometry).astype(np.int64).tolist()]
-            p = split_at_contacts(p, windows, ids, ctx.pixel_size_m, rules.seed_m)
+            members = [*ids, *ctx.contact_join[1]]
+            p = split_at_contacts(p, windows, ids, ctx.pixel_size_m, rules.seed_m, members)
         p = split_touching(p, ctx.pixel_size_m, rules.split_m)
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
         metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))

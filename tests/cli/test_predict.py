@@ -209,3 +209,16 @@ def test_an_unknown_choice_is_refused_listing_the_valid_ones(option, value, vali
     assert result.exit_code == 2
     [line] = error_lines(result)
     assert line.startswith(f"error: {option}: ") and valid in line and repr(value) in line
+
+
+def test_quiet_run_prints_nothing_in_a_real_process(tmp_path):
+    """`geounet predict --quiet` with the default model, as cron runs it: nothing on stderr or stdout
+    (pytest hides the warnings of in-process runs; a real process shows every one)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "geounet.cli.main", "predict", str(DEMO_SCENE), "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""

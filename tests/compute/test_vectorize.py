@@ -134,7 +134,13 @@ def _split_whole(classes, seed_m=0.0, pixel_m=0.1):
 
     whole = polygonize_block(np.where(classes == 2, 1, classes), (0, 0), [1], np.full(classes.shape, 100, np.uint8))
     windows = [classes[y0:y1, x0:x1] for x0, y0, x1, y1 in shapely.bounds(whole.geometry).astype(int)]
-    return whole, split_at_contacts(whole, windows, [1], (pixel_m, pixel_m), seed_m)
+    split = split_at_contacts(whole, windows, [1], (pixel_m, pixel_m), seed_m)
+    # the polygons' pixels found as components of their classes: the same result as rasterizing them
+    labelled = split_at_contacts(whole, windows, [1], (pixel_m, pixel_m), seed_m, member_ids=[1, 2])
+    assert list(labelled.pixels) == list(split.pixels) and all(
+        shapely.equals_exact(labelled.geometry, split.geometry, 0)
+    )
+    return whole, split
 
 
 def test_roofs_touching_through_contact_pixels_become_one_polygon_each():
