@@ -433,7 +433,7 @@ class VectorStream:
         """
         cand = Pieces.concat(self.edge_pieces)
         groups = seam_groups(cand)
-        runs = np.array_split(np.arange(len(groups)), max(1, min(self.executor.workers, len(groups) // 50)))
+        runs = balanced_runs([int(cand.pixels[g].sum()) for g in groups], 2 * self.executor.workers)
         batches = []
         for run in runs:
             members = [groups[g] for g in run]
@@ -443,6 +443,19 @@ class VectorStream:
         for layers in self.executor.map(merge_and_finish, batches, self.ctx, str(classes_path)):
             self.writer.write(_clip_layers(layers, self.aoi))
         self.writer.flush()
+
+
+def balanced_runs(weights: list[int], n: int, min_weight: int = 50_000) -> list[np.ndarray]:
+    """Consecutive runs of indexes into ``weights``, at most ``n``, of about equal total weight (pixels).
+
+    Runs weigh ``min_weight`` at least (a task's overhead is paid for), except the last;
+    at least one run, empty when ``weights`` is.
+    """
+    total = sum(weights)
+    k = max(1, min(n, len(weights), total // max(1, min_weight)))
+    cum = np.cumsum(weights)
+    cuts = np.searchsorted(cum, [total * i / k for i in range(1, k)], side="right")
+    return [r for r in np.split(np.arange(len(weights)), np.unique(cuts)) if len(r)] or [np.zeros(0, np.intp)]
 
 
 def _stored(present: np.ndarray, internal: tuple[int, int], window: tuple[int, int, int, int]) -> bool:

@@ -215,7 +215,16 @@ def test_quiet_run_prints_nothing_in_a_real_process(tmp_path):
     """`geounet predict --quiet` with the default model, as cron runs it: nothing on stderr or stdout
     (pytest hides the warnings of in-process runs; a real process shows every one)."""
     done = subprocess.run(
-        [sys.executable, "-m", "geounet.cli.main", "predict", str(DEMO_SCENE), "--out", str(tmp_path / "out"), "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "geounet.cli.main",
+            "predict",
+            str(DEMO_SCENE),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -254,3 +254,15 @@ def test_buildings_split_at_contacts_do_not_depend_on_the_block_size(client, tmp
     vectorize_scene(path, None, tmp_path / "plain.gpkg", plain, client, rules=rules, block=256)
     p = gpd.read_file(tmp_path / "plain.gpkg", layer="buildings")
     assert len(p) == roofs and p.area_m2.sum() == pytest.approx((classes == 1).sum() * 0.01, rel=1e-3)
+
+
+def test_seam_groups_are_cut_into_runs_of_about_equal_pixels():
+    from geounet.engine.vector_stage import balanced_runs
+
+    runs = balanced_runs([10**6, 10, 10, 10**6, 5, 10**6], 4)
+    assert [r.tolist() for r in runs] == [[0, 1, 2], [3, 4], [5]]  # one heavy group each
+    assert np.concatenate(runs).tolist() == list(range(6))  # consecutive, every group once
+    assert len(balanced_runs([10] * 100, 8)) == 1  # too little work to split
+    assert [len(r) for r in balanced_runs([], 4)] == [0]
+    heavy = balanced_runs([100_000] * 40, 4)
+    assert len(heavy) == 4 and all(len(r) == 10 for r in heavy)
