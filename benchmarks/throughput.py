@@ -2,7 +2,7 @@
 
 The proxy for GPU hosts, where the model is nearly free. A scene (the demo crop repeated,
 at the model's resolution, so every pixel is run) is predicted end to end, with vectors,
-as the CLI runs it (vector worker processes), with the model replaced by a trivial one:
+as the CLI runs it (the vector stage in worker processes on 4+ cores, else threads), with the model replaced by a trivial one:
 building probability a smooth function of the red band smoothed over 15 px (a few numpy
 operations per pixel), brighter than the scene's mean red being building (the demo's
 metal roofs). The script prints the class map's shape beside the real drone model's on
@@ -246,8 +246,8 @@ def main() -> None:
             f"CPU {cpu_nv:.1f} s (of which the trivial model's: see 'model' below)"
         )
         print(
-            f"end to end, with vectors (vector worker processes, as the CLI): {wall:.2f} s wall, "
-            f"{mp / wall / cores:.2f} MP/s per core; CPU of this process {cpu_s:.1f} s (the vector processes' not counted)"
+            f"end to end, with vectors (vector stage as the CLI runs it: {record['vector']['ran_on']}): {wall:.2f} s wall, "
+            f"{mp / wall / cores:.2f} MP/s per core; CPU of this process {cpu_s:.1f} s (worker processes, if any, not counted)"
         )
         print(
             "   run.json: "
