@@ -11,30 +11,11 @@ import psutil
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run ``cmd``; return (seconds, peak RSS in MiB summed over the process and its children)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}))
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            procs = [root] + root.children(recursive=True)
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-            peak = max(peak, total)
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.1)
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
+    """Run ``cmd``; return (seconds, peak RSS in MiB summed over the process and its descendants)."""
+    seconds, _, peak = run_measured_cpu(cmd, env)
     # the kernel's high-water mark of the largest single child catches spikes between samples
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return seconds, max(peak, maxrss) / 2**20
+    return seconds, max(peak, maxrss / 2**20)
 
 
 def run_measured_cpu(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:

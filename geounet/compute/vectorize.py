@@ -251,21 +251,22 @@ def split_touching(pieces: Pieces, pixel_size_m: tuple[float, float], min_distan
         markers = np.zeros(shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         basins = watershed(-dist, markers, mask=mask).astype(np.int32)
-        found = list(shapes(basins, mask=basins > 0, transform=origin, connectivity=4))
-        geoms = _polygons_from_geojson([g for g, _ in found])
-        pixels = np.rint(shapely.area(geoms)).astype(np.int64)
-        mean = pieces.score_sum[i] / max(pieces.pixels[i], 1)
         kept[i] = False
-        parts.append(
-            Pieces(
-                np.full(len(geoms), pieces.class_id[i], np.int32),
-                geoms,
-                pixels,
-                pixels * mean,
-                np.zeros(len(geoms), bool),
-            )
-        )
+        parts.append(_parts(basins, origin, pieces, i))
     return Pieces.concat([pieces.take(kept), *parts])
+
+
+def _parts(basins: np.ndarray, origin: Affine, pieces: Pieces, i: int) -> Pieces:
+    """The basins (labels > 0, pixels of a window at ``origin``) of polygon ``i`` as its parts.
+
+    Each part keeps the polygon's class and mean score.
+    """
+    found = list(shapes(basins, mask=basins > 0, transform=origin, connectivity=4))
+    geoms = _polygons_from_geojson([g for g, _ in found])
+    pixels = np.rint(shapely.area(geoms)).astype(np.int64)
+    mean = pieces.score_sum[i] / max(pieces.pixels[i], 1)
+    n = len(geoms)
+    return Pieces(np.full(n, pieces.class_id[i], np.int32), geoms, pixels, pixels * mean, np.zeros(n, bool))
 
 
 def split_at_contacts(
@@ -335,20 +336,8 @@ def split_at_contacts(
             roofs = watershed(ndimage.distance_transform_edt(seeds == 0, sampling=(dy, dx)), seeds, mask=building)
         dist = ndimage.distance_transform_edt(roofs == 0, sampling=(dy, dx))
         basins = watershed(dist, roofs, mask=mask, connectivity=1).astype(np.int32)
-        found = list(shapes(basins, mask=basins > 0, transform=origin, connectivity=4))
-        geoms = _polygons_from_geojson([g for g, _ in found])
-        pixels = np.rint(shapely.area(geoms)).astype(np.int64)
-        mean = pieces.score_sum[i] / max(pieces.pixels[i], 1)
         kept[i] = False
-        parts.append(
-            Pieces(
-                np.full(len(geoms), pieces.class_id[i], np.int32),
-                geoms,
-                pixels,
-                pixels * mean,
-                np.zeros(len(geoms), bool),
-            )
-        )
+        parts.append(_parts(basins, origin, pieces, i))
     return Pieces.concat([pieces.take(kept), *parts])
 
 
