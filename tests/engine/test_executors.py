@@ -189,6 +189,39 @@ def _features(folder: Path) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("res", [0.15, 0.3], ids=["scene-grid", "resampled"])
+def test_workers_write_only_the_blocks_an_area_of_interest_reaches(cluster, tiny_model, tmp_path, res):
+    """With --bbox, chunks outside the area never run and blocks they alone reach are never written:
+    the cluster run's rasters equal a local run's (nodata outside the area)."""
+    scene = _scene(tmp_path / "scene.tif", 480)
+    with rasterio.open(scene) as src:
+        b = src.bounds
+    w, h = b.right - b.left, b.top - b.bottom
+    box = (b.left + 0.1 * w, b.bottom + 0.55 * h, b.left + 0.4 * w, b.bottom + 0.9 * h)  # a corner's worth
+    base = dict(chunk_pixels=96, vector_block=128, quiet=True, precision="fp32", bbox=box, bbox_crs="EPSG:32633")
+    scene = write_scene(tmp_path / "scene.tif", _read_scene(scene), res=res)
+    local = predict_scene(
+        scene, tmp_path / "local", tiny_model, PredictSettings(**base), make_executor(PredictSettings())
+    )
+    settings = PredictSettings(**base, scheduler=cluster.address)
+    executor = make_executor(settings)
+    try:
+        remote = predict_scene(scene, tmp_path / "remote", tiny_model, settings, executor)
+    finally:
+        executor.close()
+    assert local.ok and remote.ok, (local.error, remote.error)
+    assert remote.tiles == local.tiles and local.tiles["skipped_aoi"] > 0
+    for a, b2 in zip(_read(Path(local.out_dir)), _read(Path(remote.out_dir))):
+        np.testing.assert_array_equal(a, b2)
+    classes = _read(Path(remote.out_dir))[1]
+    assert 0 < (classes != 255).mean() < 0.3
+
+
+def _read_scene(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+@pytest.mark.parametrize("res", [0.15, 0.3], ids=["scene-grid", "resampled"])
 def test_workers_write_the_blocks_and_outputs_equal_a_local_run(cluster, default_model, tmp_path, res):
     """A cluster run's workers blend and write whole blocks (the client receives no chunk): the same
     scores, classes and features as a local run, on the scene's grid and through stage 2 when resampled;
