@@ -39,7 +39,15 @@ from geounet.engine.executors import (
     lost_cluster,
 )
 from geounet.engine.settings import PredictSettings, resolve_settings, rules_with_overrides
-from geounet.engine.stitch import FinalSink, Stage1Sink, final_writer, progress_bar, stage1_writer, stitching
+from geounet.engine.stitch import (
+    FinalSink,
+    Stage1Sink,
+    final_writer,
+    progress_bar,
+    stage1_writer,
+    stitching,
+    tile_counts,
+)
 from geounet.engine.tiles import predict_chunk
 from geounet.errors import GeounetError, scene_failure
 from geounet.io.aoi import area_of_interest, to_pixels
@@ -256,24 +264,23 @@ def _predict_rasters(
         )
     t0 = time.perf_counter()
     if isinstance(executor, DistributedExecutor) and plan.settings.stitch_on == "workers":
-        tiles = _predict_rasters_on_workers(plan, tmp, executor, coverage, area_px, timings, stream)
-    elif plan.working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
-        stage1 = tmp / "stage1_probabilities.tif"
-        tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
-        timings["predict_and_stitch_s"] = time.perf_counter() - t0
+        tiles = _predict_rasters_on_workers(plan, tmp, executor, coverage, area_px, timings, stream)  # COGs too
+    else:
+        if plan.working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
+            stage1 = tmp / "stage1_probabilities.tif"
+            tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
+            timings["predict_and_stitch_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _finalize(plan, stage1, tmp, coverage, area_px, on_block)
+            stage1.unlink()
+            timings["finalize_s"] = time.perf_counter() - t0
+        else:  # the stitched regions are final: straight to uint8 scores and classes
+            writer = final_writer(tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block)
+            tiles = run_chunks(plan, executor, writer, coverage)
+            timings["predict_and_stitch_s"] = time.perf_counter() - t0
+            timings["finalize_s"] = 0.0
         t0 = time.perf_counter()
-        _finalize(plan, stage1, tmp, coverage, area_px, on_block)
-        stage1.unlink()
-        timings["finalize_s"] = time.perf_counter() - t0
-    else:  # the stitched regions are final: straight to uint8 scores and classes
-        writer = final_writer(tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block)
-        tiles = run_chunks(plan, executor, writer, coverage)
-        timings["predict_and_stitch_s"] = time.perf_counter() - t0
-        timings["finalize_s"] = 0.0
-    if "cog_s" not in timings:
-        t0 = time.perf_counter()
-        blocks = None if coverage.complete else coverage.scene_blocks(BLOCK)
-        _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")), blocks)
+        _write_scene_cogs(tmp, coverage)
         timings["cog_s"] = time.perf_counter() - t0
     if in_area is not None:
         tiles["skipped_aoi"] = int((~in_area).sum())  # tiles outside the area of interest, never run
@@ -324,15 +331,7 @@ def _predict_rasters_on_workers(
     ).result()
     timings.update(worker_timings)
     folder.rmdir()
-    return {
-        "total": grid.n_tiles,
-        "run": counts["run"],
-        "skipped": grid.n_tiles - counts["run"],
-        "chunks": n_chunks,
-        "chunks_run": len(chunks),
-        "tile_size": grid.tile_size,
-        "overlap": grid.overlap,
-    }
+    return tile_counts(grid, counts["run"], n_chunks, len(chunks))
 
 
 def _polygonizing(stream: VectorStream | None, resampled: bool) -> tuple[Any, Any, Any]:
@@ -370,9 +369,14 @@ def assemble_rasters(
 
             copy_blocks_into(written, tmp / "blocks", write)
     t1 = time.perf_counter()
+    _write_scene_cogs(tmp, coverage)
+    return {"finalize_s": t1 - t0, "cog_s": time.perf_counter() - t1}
+
+
+def _write_scene_cogs(tmp: Path, coverage: Coverage) -> None:
+    """``tmp``'s tiled scores and classes -> their COGs, skipping the blocks no chunk with data reaches."""
     blocks = None if coverage.complete else coverage.scene_blocks(BLOCK)
     _write_cogs(tmp, (("scores", "AVERAGE"), ("classes", "NEAREST")), blocks)
-    return {"finalize_s": t1 - t0, "cog_s": time.perf_counter() - t1}
 
 
 def _window(box: Any) -> rasterio.windows.Window:

@@ -26,7 +26,15 @@ from rasterio.windows import Window
 from geounet.compute.grid import BlockProgress, Box, Region, TileGrid
 from geounet.engine.tiles import ChunkResult
 from geounet.io.aoi import inside_block
-from geounet.io.rasters import NODATA, STAGE_SCALE, describe_classes, describe_scores, finalize_block, tiled_profile
+from geounet.io.rasters import (
+    NODATA,
+    STAGE_SCALE,
+    describe_classes,
+    describe_scores,
+    finalize_block,
+    own_class_scores,
+    tiled_profile,
+)
 from geounet.io.remote import scene_name
 from geounet.io.scene import WorkingGrid
 from geounet.models.card import ModelCard
@@ -114,7 +122,8 @@ class FinalSink:
                 window = Window(block.col0, block.row0, block.width, block.height)
                 classes = self.classes.read(1, window=window)
                 scores = self.scores.read(window=window)
-                own = np.take_along_axis(scores, np.where(classes == NODATA, 0, classes)[None].astype(np.intp), 0)[0]
+                own = own_class_scores(scores, classes)
+                assert own is not None  # written here from the model's own classes
                 self.on_block(block, classes, own)
 
     def _write(self, box: Box, probabilities: np.ndarray | None, valid: np.ndarray | None) -> None:
@@ -215,13 +224,18 @@ class Tally:
             self.bar.update(result.tiles_run + result.tiles_skipped)
 
     def report(self, grid: TileGrid, n_chunks: int, chunks_run: int | None = None) -> dict:
-        """Tile counts for run.json: every tile not run is a skipped one (no valid pixel), run or not its chunk."""
-        return {
-            "total": grid.n_tiles,
-            "run": self.run,
-            "skipped": grid.n_tiles - self.run,
-            "chunks": n_chunks,
-            "chunks_run": n_chunks if chunks_run is None else chunks_run,
-            "tile_size": grid.tile_size,
-            "overlap": grid.overlap,
-        }
+        """Tile counts for run.json (:func:`tile_counts`)."""
+        return tile_counts(grid, self.run, n_chunks, n_chunks if chunks_run is None else chunks_run)
+
+
+def tile_counts(grid: TileGrid, run: int, n_chunks: int, chunks_run: int) -> dict:
+    """Tile counts for run.json: every tile not run is a skipped one (no valid pixel), run or not its chunk."""
+    return {
+        "total": grid.n_tiles,
+        "run": run,
+        "skipped": grid.n_tiles - run,
+        "chunks": n_chunks,
+        "chunks_run": chunks_run,
+        "tile_size": grid.tile_size,
+        "overlap": grid.overlap,
+    }

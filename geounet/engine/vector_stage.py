@@ -53,7 +53,7 @@ from geounet.compute.vectorize import (
     split_touching,
 )
 from geounet.errors import InputError
-from geounet.io.rasters import written_blocks
+from geounet.io.rasters import own_class_scores, written_blocks
 from geounet.io.scene import ground_pixel_size, ground_resolution
 from geounet.io.vectors import LayerWriter, export_layers
 from geounet.models.card import ModelCard
@@ -134,9 +134,7 @@ def polygonize_task(
     if scores_path is not None:
         with rasterio.open(scores_path) as s:
             all_scores = s.read(window=win)
-        idx = np.where(classes == NODATA, 0, classes).astype(np.intp)
-        if idx.max(initial=0) < all_scores.shape[0]:
-            scores = np.take_along_axis(all_scores, idx[None], axis=0)[0]
+        scores = own_class_scores(all_scores, classes)
     return polygonize_arrays(job, classes, scores, class_ids, ctx)
 
 
@@ -337,10 +335,13 @@ class VectorStream:
         """A block polygonized elsewhere (a cluster's block task): its polygons, or None when it held none."""
         self.streamed.add(index)
         if polygons is not None:
-            layers, seam = polygons
-            with self._lock:
-                self.edge_pieces.append(seam)
-                self.writer.write(_clip_layers(layers, self.aoi))
+            self._add(*polygons)
+
+    def _add(self, layers: dict[str, gpd.GeoDataFrame], seam: Pieces) -> None:
+        """One block's polygons: the finished ones to the file, those on its edges kept for the seams."""
+        with self._lock:
+            self.edge_pieces.append(seam)
+            self.writer.write(_clip_layers(layers, self.aoi))
 
     def polygonizer(self) -> Callable[[VectorBlock, np.ndarray, np.ndarray], Any]:
         """``polygonize_arrays`` with this scene's classes and context: ``f(job, classes, scores)`` (picklable)."""
@@ -368,11 +369,8 @@ class VectorStream:
             wait_for(list(pending), return_when="FIRST_COMPLETED")
         done = {f for f in pending if f.done()}
         for fut in done:
-            layers, seam = fut.result()
+            self._add(*fut.result())
             fut.release()
-            with self._lock:
-                self.edge_pieces.append(seam)
-                self.writer.write(_clip_layers(layers, self.aoi))
         return pending - done
 
     def _in_flight(self) -> int:
@@ -398,8 +396,7 @@ class VectorStream:
         for layers, seam in self.executor.imap_unordered(
             polygonize_task, jobs, str(classes_path), scores, self.poly_ids, self.ctx, in_flight=self._in_flight()
         ):
-            self.edge_pieces.append(seam)
-            self.writer.write(_clip_layers(layers, self.aoi))
+            self._add(layers, seam)
         self._merge_seams(classes_path)
         writer, rules, grid = self.writer, self.rules, self.grid
         if self.kinds["road"]:

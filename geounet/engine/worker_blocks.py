@@ -29,7 +29,7 @@ import numpy as np
 from geounet.compute.grid import Box, TileGrid, blocks
 from geounet.engine.tiles import predict_chunk
 from geounet.io.aoi import inside_block
-from geounet.io.rasters import NODATA, STAGE_SCALE, finalize_block
+from geounet.io.rasters import STAGE_SCALE, finalize_block, own_class_scores
 
 if TYPE_CHECKING:
     from geounet.engine.executors import DistributedExecutor
@@ -152,7 +152,8 @@ def write_block(
         scores, classes = finalize_block(total, valid)
         arrays = {"scores": scores, "classes": classes}
         if polygonize is not None:
-            own = np.take_along_axis(scores, np.where(classes == NODATA, 0, classes)[None].astype(np.intp), 0)[0]
+            own = own_class_scores(scores, classes)
+            assert own is not None  # classes come from these scores
             polygons = polygonize(vector_job, classes, own)
     path = block_file(Path(folder), block)
     part = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")

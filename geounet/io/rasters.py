@@ -101,6 +101,18 @@ def finalize_block(probabilities: np.ndarray, valid: np.ndarray) -> tuple[np.nda
     return scores, classes
 
 
+def own_class_scores(scores: np.ndarray, classes: np.ndarray) -> np.ndarray | None:
+    """Each pixel's score of its own class: ``scores`` (classes, h, w) picked by ``classes`` (h, w).
+
+    Nodata pixels take band 0's value (their score is never used); None when ``classes``
+    holds an index beyond the bands.
+    """
+    idx = np.where(classes == NODATA, 0, classes).astype(np.intp)
+    if idx.max(initial=0) >= scores.shape[0]:
+        return None
+    return np.take_along_axis(scores, idx[None], axis=0)[0]
+
+
 def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
     """Overview decimation factors 2, 4, ... until a level fits in one ``block`` (the COG driver's rule)."""
     factors, f = [], 2

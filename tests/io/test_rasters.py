@@ -151,3 +151,12 @@ def read_all(path):
 
     with rasterio.open(path) as ds:
         return ds.read()
+
+
+def test_own_class_scores_picks_each_pixels_class_band():
+    from geounet.io.rasters import NODATA, own_class_scores
+
+    scores = np.stack([np.full((2, 2), 10, np.uint8), np.full((2, 2), 200, np.uint8)])
+    classes = np.array([[0, 1], [NODATA, 1]], np.uint8)
+    assert own_class_scores(scores, classes).tolist() == [[10, 200], [10, 200]]
+    assert own_class_scores(scores, np.array([[2, 0], [0, 0]], np.uint8)) is None  # a class with no band
