@@ -8,7 +8,6 @@ poles included, where a UTM zone would not exist.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 
 import geopandas as gpd
@@ -16,9 +15,7 @@ import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 
-# buildingregulariser warns once per polygon it leaves as it was ("... Returning original.")
-# or repairs; geounet repairs every geometry afterwards, so these are noise in cron logs.
-warnings.filterwarnings("ignore", message=r".*(Returning original|Found invalid geometries).*", category=UserWarning)
+from geounet.compute.regularize import regularize_outlines
 
 
 @dataclass
@@ -28,7 +25,7 @@ class ClassRules:
     min_area_m2: float = 0.0  # drop polygons smaller than this (after filling holes)
     hole_area_m2: float = 0.0  # fill holes smaller than this
     simplify_m: float = 0.0  # Douglas-Peucker tolerance (topology preserving)
-    regularize: bool = False  # straight walls and right angles (buildingregulariser)
+    regularize: bool = False  # straight walls and right angles that keep the pixels (compute.regularize)
     split_m: float = 0.0  # split touching objects: watershed seeds at least this far apart (0: off)
     # models with a contact class: buildings are seeded by their cores, the pixels at least this far
     # from any pixel that is not building (0: by whole components of building pixels)
@@ -72,7 +69,7 @@ def fill_holes(geoms: np.ndarray, max_hole_area: float) -> np.ndarray:
 
 
 def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``rules`` (not ``regularize``) to polygons in a metric CRS.
+    """Apply ``rules`` to polygons in a metric CRS (metres).
 
     Returns the cleaned geometries and the indexes (into ``geoms``) of those kept.
     """
@@ -85,7 +82,10 @@ def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, 
     geoms = fill_holes(shapely.normalize(shapely.simplify(geoms, 0.0)), rules.hole_area_m2)
     big = shapely.area(geoms) >= max(rules.min_area_m2, 1e-12)
     geoms, keep = geoms[big], keep[big]
-    if rules.simplify_m > 0 and len(geoms):
+    if rules.regularize and len(geoms):
+        tolerance = max(rules.simplify_m, 0.1)
+        geoms = regularize_outlines(geoms, simplify_m=tolerance, min_wall_m=2 * tolerance)
+    elif rules.simplify_m > 0 and len(geoms):
         geoms = shapely.simplify(geoms, rules.simplify_m, preserve_topology=True)
     geoms = repair_polygons(geoms)
     ok = ~shapely.is_empty(geoms) & (shapely.area(geoms) >= max(rules.min_area_m2, 1e-12))
@@ -94,31 +94,9 @@ def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, 
 
 def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame:
     """Apply ``rules`` to polygons in a metric CRS; adds ``area_m2`` and ``perimeter_m``."""
-    if gdf.empty:
-        return gdf.assign(area_m2=np.zeros(0), perimeter_m=np.zeros(0))
-    if rules.regularize:
-        geoms = shapely.normalize(shapely.simplify(np.asarray(gdf.geometry.values, dtype=object), 0.0))
-        geoms = fill_holes(geoms, rules.hole_area_m2)
-        gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))
-        gdf = gdf[gdf.geometry.area >= max(rules.min_area_m2, 1e-12)]
-        if not gdf.empty:
-            from buildingregulariser import regularize_geodataframe
-
-            gdf = regularize_geodataframe(
-                gdf,
-                parallel_threshold=1.0,
-                simplify=True,
-                simplify_tolerance=max(rules.simplify_m, 0.1),
-                allow_45_degree=False,
-                allow_circles=False,
-                num_cores=1,
-            )
-        gdf = gdf.set_geometry(valid_polygons(gdf.geometry))
-        gdf = gdf[~gdf.geometry.is_empty & (gdf.geometry.area >= max(rules.min_area_m2, 1e-12))]
-    else:
-        geoms, keep = clean_geometries(np.asarray(gdf.geometry.values, dtype=object), rules)
-        gdf = gdf.iloc[keep].set_geometry(gpd.GeoSeries(geoms, index=gdf.index[keep], crs=gdf.crs))
-    return gdf.assign(area_m2=gdf.geometry.area.to_numpy(), perimeter_m=gdf.geometry.length.to_numpy())
+    geoms, keep = clean_geometries(np.asarray(gdf.geometry.values, dtype=object), rules)
+    gdf = gdf.iloc[keep].set_geometry(gpd.GeoSeries(geoms, index=gdf.index[keep], crs=gdf.crs))
+    return gdf.assign(area_m2=shapely.area(geoms), perimeter_m=shapely.length(geoms))
 
 
 def repair_polygons(geoms: np.ndarray) -> np.ndarray:

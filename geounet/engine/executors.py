@@ -442,8 +442,9 @@ def _process_cluster(workers: int) -> DistributedExecutor:
 class VectorPool(Executor):
     """Local Dask worker processes for the vector stage, started in the background on first use.
 
-    Regularising building outlines (buildingregulariser) is pure Python: the GIL runs it
-    one thread at a time, worker processes run it on every core (benchmarks/README.md).
+    Part of the vector stage holds the GIL (the per-outline loop of building
+    regularisation, contact splits): worker processes run it on every core, threads one
+    at a time (benchmarks/README.md).
     The pool is kept for the rest of the batch and closed with the executor that made it.
     When the processes cannot start, the work runs on ``fallback`` (logged once).
     """

@@ -39,7 +39,6 @@ from geounet.compute.postprocess import (
     DEFAULT_RULES,
     ClassRules,
     clean_geometries,
-    clean_polygons,
     metric_crs,
     repair_polygons,
 )
@@ -188,13 +187,8 @@ def pieces_to_layers(
         p = split_touching(p, ctx.pixel_size_m, rules.split_m)
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
         metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))
-        if rules.regularize:  # buildingregulariser works on GeoDataFrames; rows carry their attributes
-            gdf = gpd.GeoDataFrame({"class_id": p.class_id, "score": score}, geometry=metric_geoms)
-            gdf = clean_polygons(gdf, rules)
-            class_id, score, geoms_m = gdf.class_id.to_numpy(), gdf.score.to_numpy(), np.asarray(gdf.geometry.values)
-        else:
-            geoms_m, keep = clean_geometries(metric_geoms, rules)
-            class_id, score = p.class_id[keep], score[keep]
+        geoms_m, keep = clean_geometries(metric_geoms, rules)
+        class_id, score = p.class_id[keep], score[keep]
         if not len(geoms_m):
             continue
         data = {
