@@ -317,12 +317,12 @@ def split_at_contacts(
         if member_ids is None:
             mask = rasterize([(pieces.geometry[i], 1)], out_shape=window.shape, transform=origin, dtype="uint8") > 0
         else:  # the component under the polygon's top-left pixel (its first vertex in raster order)
-            labels, _ = ndimage.label(np.isin(window, member_ids), structure=_FOUR)
+            labels, _ = ndimage.label(_one_of(window, member_ids), structure=_FOUR)
             xy = shapely.get_coordinates(shapely.get_exterior_ring(pieces.geometry[i]))
             top = xy[xy[:, 1] == xy[:, 1].min()]
             col, row = int(top[:, 0].min()) - x0, int(top[0, 1]) - y0
             mask = labels == labels[row, col]
-        building = mask & np.isin(window, building_ids)
+        building = mask & _one_of(window, building_ids)
         if not building.any():
             kept[i] = False  # contacts only: the edge between buildings, not one
             continue
@@ -339,6 +339,15 @@ def split_at_contacts(
         kept[i] = False
         parts.append(_parts(basins, origin, pieces, i))
     return Pieces.concat([pieces.take(kept), *parts])
+
+
+def _one_of(window: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """``np.isin(window, ids)``, by table lookup for the uint8 class rasters (many small windows)."""
+    if window.dtype != np.uint8:
+        return np.isin(window, ids)
+    table = np.zeros(256, bool)
+    table[list(ids)] = True
+    return table[window]
 
 
 def _seeds(building: np.ndarray, pixel_size_m: tuple[float, float], seed_m: float, min_core_px: int) -> np.ndarray:
