@@ -80,7 +80,9 @@ def test_default_buildings_model_on_held_out_kampala_b(default_model, tmp_path):
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     print(res.output)
-    assert result["pixel"]["classes"]["building"]["iou"] >= 0.70
-    assert 0 < result["objects"]["f1"] <= 1
-    # features.gpkg keeps most of classes.tif's pixels (cleaning and regularising cost a few)
-    assert 0.6 <= result["objects"]["polygon_iou"] <= result["pixel"]["classes"]["building"]["iou"]
+    raster_iou = result["pixel"]["classes"]["building"]["iou"]
+    assert raster_iou >= 0.70
+    assert result["objects"]["f1"] >= 0.60  # issue 14's target: touching roofs split at their contacts
+    # features.gpkg keeps classes.tif's pixels: regularised walls stay on them (issue 14: within 0.02)
+    assert result["objects"]["polygon_iou"] >= 0.75
+    assert abs(result["objects"]["polygon_iou"] - raster_iou) <= 0.02
