@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from geounet.cli.main import app
 from geounet.engine.predict import PredictSettings, predict_batch
 from geounet.training.evaluate import LabelOptions, evaluate_model, parse_window
-from tests.helpers import DEMO_SCENE, shared_file, write_scene
+from tests.helpers import DEMO_SCENE, REPO, shared_file, write_scene
 
 SETTINGS = PredictSettings(quiet=True)
 
@@ -86,3 +86,18 @@ def test_default_buildings_model_on_held_out_kampala_b(default_model, tmp_path):
     # features.gpkg keeps classes.tif's pixels: regularised walls stay on them (issue 14: within 0.02)
     assert result["objects"]["polygon_iou"] >= 0.75
     assert abs(result["objects"]["polygon_iou"] - raster_iou) <= 0.02
+
+
+def test_default_landcover_model_on_the_held_out_eastern_half(tmp_path):
+    """The land-cover card's score, reproduced through the CLI (needs ../shared/data): issue 14's target 0.40."""
+    labels = shared_file("brandenburg_s2/landuse_osm.gpkg")
+    vrt = REPO / "configs" / "brandenburg_s2_10bands.vrt"  # the bands, read from ../shared/data/brandenburg_s2
+    out = tmp_path / "scores.json"
+    args = ["evaluate", str(REPO / "data" / "models" / "landcover.safetensors"), str(vrt), str(labels)]
+    args += ["--window", "0.5,0,1,1"]
+    args += ["--class-field", "fclass", "--value-map", "grass=meadow", "--unlabelled", "ignore", "--json", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["pixel"]["pixels_scored"] > 200_000
+    assert result["pixel"]["mean_iou"] >= 0.40
