@@ -115,10 +115,12 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
         rng.bit_generator.state = ckpt["numpy_rng"]
 
     cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    if init is not None and ckpt is None:
+        _score_start(run, state, val_scenes)
     stopped_early = _train_epochs(run, state, sampler, val_scenes, progress)
     state.seconds = run.elapsed()
     card.training = _facts(run, state)
-    assert state.best_state is not None  # the first epoch is always the best so far
+    assert state.best_state is not None  # the starting weights or the first epoch: always a best so far
     save_model_file(cfg.output, card, state.best_state, t.save_dtype)
     return TrainResult(
         model=cfg.output,
@@ -334,6 +336,32 @@ def _autocast(precision: str, device: str) -> contextlib.AbstractContextManager[
     if precision == "bf16":
         return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _score_start(run: _Run, state: Progress, val_scenes: list[Scene]) -> None:
+    """Fine-tuning: the starting weights validated as epoch 0, the best until an epoch beats them.
+
+    So a fine-tune never writes a model worse on the validation scenes than the one it began with.
+    """
+    val = evaluate(run.kept, val_scenes, run.card, precision=run.precision)
+    state.best_score, state.best_epoch, state.best_val = val["mean_iou"], 0, val
+    state.best_state = {k: v.detach().cpu().clone() for k, v in run.kept.state_dict().items()}
+    state.history.append(
+        {
+            "epoch": 0,
+            "step": 0,
+            "lr": 0.0,
+            "train_loss": "",
+            "val_mean_iou": val["mean_iou"],
+            **{f"val_iou_{k}": v for k, v in val["iou"].items()},
+            "val_accuracy": val["accuracy"],
+            "seconds": 0.0,
+        }
+    )
+    write_csv(run.cfg.csv_path, state.history)
+    from tqdm import tqdm
+
+    tqdm.write(f"starting weights (epoch 0): val IoU {val['mean_iou']:.4f}, kept unless an epoch does better")
 
 
 def _end_epoch(run: _Run, state: Progress, losses: list[float], val_scenes: list[Scene], bar: tqdm) -> float:

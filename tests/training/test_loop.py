@@ -52,6 +52,30 @@ def test_train_end_to_end_and_resume(tmp_path: Path, train_raw, write_config) ->
         train_model(other, progress=False)
 
 
+def test_a_fine_tune_never_writes_a_model_worse_than_its_start(tmp_path: Path, train_raw, write_config) -> None:
+    """The starting weights are validated as epoch 0; an epoch that does worse does not replace them."""
+    from safetensors.torch import load_file
+
+    start = tmp_path / "start.safetensors"
+    train_raw["output"] = str(start)
+    first = train_model(
+        load_config(write_config(train_raw), {"train.epochs": 6, "train.steps_per_epoch": 10}), progress=False
+    )
+    assert first.best_val["mean_iou"] > 0.3  # a start worth keeping
+    out = tmp_path / "tuned.safetensors"
+    # a learning rate that wrecks the network in one epoch
+    overrides = {"train.init_weights": str(start), "train.lr": 50.0, "train.warmup_steps": 1, "train.ema_decay": 0.0}
+    train_raw["output"] = str(out)
+    tuned = train_model(load_config(write_config(train_raw), overrides), progress=False)
+    rows = list(csv.DictReader(open(tuned.csv)))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert float(rows[0]["val_mean_iou"]) == pytest.approx(first.best_val["mean_iou"], abs=1e-3)
+    assert float(rows[1]["val_mean_iou"]) < float(rows[0]["val_mean_iou"])  # the epoch did worse
+    assert tuned.best_epoch == 0 and read_card(out).training["best_epoch"] == 0
+    a, b = load_file(str(start)), load_file(str(out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # --------------------------------------------------------------------------- bad input, before any training
 
 
