@@ -16,7 +16,8 @@ Invariants:
   otherwise the simplified outline is kept. Regularising never moves a building away
   from its pixels.
 - Outlines with diagonal or curved walls (more than ``max_off_axis`` of the perimeter
-  further than 15 degrees from both wall directions) keep their simplified outline.
+  further than 15 degrees from both wall directions), and rings of more than
+  ``MAX_RING_VERTICES`` vertices once simplified, keep their simplified outline.
 - The result depends only on each outline's coordinates (and their order), not on how
   the outline was assembled: callers pass canonical rings (``shapely.normalize``).
 """
@@ -29,6 +30,9 @@ import numpy as np
 import shapely
 
 _OFF_AXIS_SIN = math.sin(math.radians(15.0))  # an edge further than this from both wall directions is diagonal
+# A simplified ring with more vertices than this is no single building's outline (joining short walls
+# costs the square of the vertices): it keeps its simplified form.
+MAX_RING_VERTICES = 500
 
 
 def dominant_angles(geoms: np.ndarray) -> np.ndarray:
@@ -124,7 +128,7 @@ def _regularize_ring(coords, cos_a: float, sin_a: float, min_wall_m: float, max_
     # turn by -angle: u along the dominant wall direction, v across it
     uv = [(x * cos_a + y * sin_a, -x * sin_a + y * cos_a) for x, y in list(coords)[:-1]]
     n = len(uv)
-    if n < 4:
+    if n < 4 or n > MAX_RING_VERTICES:
         return None
     horizontal, weight, position = [], [], []
     off_axis = total = 0.0

@@ -99,3 +99,22 @@ def test_a_courtyard_is_regularised_too():
 
 def test_no_outlines():
     assert len(regularize_outlines(np.array([], dtype=object), simplify_m=0.5, min_wall_m=1.0)) == 0
+
+
+def test_an_outline_of_too_many_walls_keeps_its_simplified_form():
+    """A comb of many teeth, its corners jittered: no walls are fitted (the work grows as the vertices squared)."""
+    from geounet.compute.regularize import MAX_RING_VERTICES
+
+    teeth = MAX_RING_VERTICES // 4 + 25  # four corners a tooth: over the limit
+    xs = np.repeat(np.arange(teeth * 2) * 2.0, 2)  # 2 m teeth, 2 m apart, 3 m deep
+    ys = np.tile([0.0, 3.0, 3.0, 0.0], teeth)
+    corners = np.column_stack([xs, ys]) + np.random.default_rng(1).uniform(-0.15, 0.15, (len(xs), 2))
+    comb = shapely.Polygon([(0.0, -5.0), *map(tuple, corners), (xs[-1], -5.0)])
+    assert comb.is_valid and len(comb.exterior.coords) > MAX_RING_VERTICES
+    (out,) = regularize_outlines(np.array([comb]), simplify_m=0.5, min_wall_m=1.0)
+    assert out.equals(shapely.simplify(comb, 0.5, preserve_topology=True))
+    # the same comb, short enough, gets its walls (the corners aligned): the limit is what kept it above
+    short = shapely.Polygon([(0.0, -5.0), *map(tuple, corners[:40]), (xs[39], -5.0)])
+    (walls,) = regularize_outlines(np.array([short]), simplify_m=0.5, min_wall_m=1.0)
+    assert not walls.equals(shapely.simplify(short, 0.5, preserve_topology=True))
+    assert np.allclose(corner_angles(walls), 90.0, atol=1e-6)
