@@ -78,11 +78,12 @@ def right_angle_share(geoms: np.ndarray) -> float:
 
 
 def report(name: str, pixels: np.ndarray, result: np.ndarray, cpu: float) -> None:
+    from geounet.compute.metrics import pairwise_iou
+
     result = shapely.make_valid(result)
+    iou = pairwise_iou(result, pixels)
     inter = shapely.area(shapely.intersection(result, pixels))
-    union = shapely.area(result) + shapely.area(pixels) - inter
-    iou = inter / np.maximum(union, 1e-12)
-    total = inter.sum() / union.sum()
+    total = inter.sum() / (shapely.area(result).sum() + shapely.area(pixels).sum() - inter.sum())
     vertices = shapely.get_num_coordinates(result) / np.maximum(shapely.get_num_geometries(result), 1)
     print(
         f"{name:<22} {1000 * cpu / len(pixels):10.2f} {iou.mean():8.3f} {np.percentile(iou, 5):8.3f} {total:8.3f}"

@@ -80,6 +80,13 @@ class ObjectScores:
         return asdict(self)
 
 
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``a[i]`` and ``b[i]`` for each i (arrays of polygons in one CRS); 0 where both are empty."""
+    inter = shapely.area(shapely.intersection(a, b))
+    union = shapely.area(a) + shapely.area(b) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def match_polygons(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[int, int, float]]:
     """Pairs ``(pred index, truth index, IoU)`` matched one to one, greedily by decreasing IoU.
 
@@ -94,9 +101,7 @@ def match_polygons(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0
     p_idx, t_idx = tree.query(pred, predicate="intersects")
     if not len(p_idx):
         return []
-    inter = shapely.area(shapely.intersection(pred[p_idx], truth[t_idx]))
-    union = shapely.area(pred[p_idx]) + shapely.area(truth[t_idx]) - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou = pairwise_iou(pred[p_idx], truth[t_idx])
     ok = iou >= iou_threshold
     p_idx, t_idx, iou = p_idx[ok], t_idx[ok], iou[ok]
     used_p, used_t, pairs = set(), set(), []

@@ -29,6 +29,8 @@ import math
 import numpy as np
 import shapely
 
+from geounet.compute.metrics import pairwise_iou
+
 _OFF_AXIS_SIN = math.sin(math.radians(15.0))  # an edge further than this from both wall directions is diagonal
 # A simplified ring with more vertices than this is no single building's outline (joining short walls
 # costs the square of the vertices): it keeps its simplified form.
@@ -92,17 +94,10 @@ def regularize_outlines(
         cand = candidates[todo]
         ok = np.array([c is not None for c in cand], dtype=bool)
         ok[ok] = shapely.is_valid(cand[ok]) & ~shapely.is_empty(cand[ok])
-        ok[ok] = _iou(cand[ok], geoms[todo][ok]) >= least_iou
+        ok[ok] = pairwise_iou(cand[ok], geoms[todo][ok]) >= least_iou
         out[todo[ok]] = cand[ok]
         todo = todo[~ok]
     return out
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of two arrays of polygons (0 where both are empty)."""
-    inter = shapely.area(shapely.intersection(a, b))
-    union = shapely.area(a) + shapely.area(b) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-300), 0.0)
 
 
 def _regularize_geometry(geom, angle: float, min_wall_m: float, max_off_axis: float):

@@ -15,7 +15,7 @@ maps them to the raster's CRS once they are merged.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -309,20 +309,22 @@ def split_at_contacts(
     kept = np.ones(len(pieces), bool)
     parts: list[Pieces] = []
     bounds = shapely.bounds(pieces.geometry).astype(np.int64)
+    is_member = None if member_ids is None else _membership(member_ids)
+    is_building = _membership(building_ids)
     for i, (x0, y0, x1, y1) in enumerate(bounds):
         window = windows[i]
         if window.shape != (y1 - y0, x1 - x0):
             raise ValueError(f"window {window.shape} does not cover polygon {i}'s bounds {(x0, y0, x1, y1)}")
         origin = Affine.translation(x0, y0)
-        if member_ids is None:
+        if is_member is None:
             mask = rasterize([(pieces.geometry[i], 1)], out_shape=window.shape, transform=origin, dtype="uint8") > 0
         else:  # the component under the polygon's top-left pixel (its first vertex in raster order)
-            labels, _ = ndimage.label(_one_of(window, member_ids), structure=_FOUR)
+            labels, _ = ndimage.label(is_member(window), structure=_FOUR)
             xy = shapely.get_coordinates(shapely.get_exterior_ring(pieces.geometry[i]))
             top = xy[xy[:, 1] == xy[:, 1].min()]
             col, row = int(top[:, 0].min()) - x0, int(top[0, 1]) - y0
             mask = labels == labels[row, col]
-        building = mask & _one_of(window, building_ids)
+        building = mask & is_building(window)
         if not building.any():
             kept[i] = False  # contacts only: the edge between buildings, not one
             continue
@@ -341,13 +343,12 @@ def split_at_contacts(
     return Pieces.concat([pieces.take(kept), *parts])
 
 
-def _one_of(window: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-    """``np.isin(window, ids)``, by table lookup for the uint8 class rasters (many small windows)."""
-    if window.dtype != np.uint8:
-        return np.isin(window, ids)
+def _membership(ids: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """``f(window) == np.isin(window, ids)``, by one table lookup for uint8 class rasters (many small windows)."""
     table = np.zeros(256, bool)
-    table[list(ids)] = True
-    return table[window]
+    table[[i for i in ids if 0 <= i < 256]] = True
+    ids = list(ids)
+    return lambda w: table[w] if w.dtype == np.uint8 else np.isin(w, ids)
 
 
 def _seeds(building: np.ndarray, pixel_size_m: tuple[float, float], seed_m: float, min_core_px: int) -> np.ndarray:

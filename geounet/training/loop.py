@@ -343,55 +343,26 @@ def _score_start(run: _Run, state: Progress, val_scenes: list[Scene]) -> None:
 
     So a fine-tune never writes a model worse on the validation scenes than the one it began with.
     """
-    val = evaluate(run.kept, val_scenes, run.card, precision=run.precision)
-    state.best_score, state.best_epoch, state.best_val = val["mean_iou"], 0, val
-    state.best_state = {k: v.detach().cpu().clone() for k, v in run.kept.state_dict().items()}
-    state.history.append(
-        {
-            "epoch": 0,
-            "step": 0,
-            "lr": 0.0,
-            "train_loss": "",
-            "val_mean_iou": val["mean_iou"],
-            **{f"val_iou_{k}": v for k, v in val["iou"].items()},
-            "val_accuracy": val["accuracy"],
-            "seconds": 0.0,
-        }
-    )
-    write_csv(run.cfg.csv_path, state.history)
     from tqdm import tqdm
 
+    val = evaluate(run.kept, val_scenes, run.card, precision=run.precision)
+    _keep_if_best(run, state, val)
+    state.history.append(_history_row(run, state, val, train_loss=""))
+    write_csv(run.cfg.csv_path, state.history)
     tqdm.write(f"starting weights (epoch 0): val IoU {val['mean_iou']:.4f}, kept unless an epoch does better")
 
 
 def _end_epoch(run: _Run, state: Progress, losses: list[float], val_scenes: list[Scene], bar: tqdm) -> float:
     """Validate, keep the best weights, log the epoch (CSV, bar), save model and checkpoint; the val mean IoU."""
     val = evaluate(run.kept, val_scenes, run.card, precision=run.precision)
-    improved = val["mean_iou"] > state.best_score
-    best_state = None
-    if improved:
-        state.best_score, state.best_epoch, state.best_val, state.bad_epochs = val["mean_iou"], state.epoch, val, 0
-        state.best_state = best_state = {k: v.detach().cpu().clone() for k, v in run.kept.state_dict().items()}
-    else:
-        state.bad_epochs += 1
+    best_state = _keep_if_best(run, state, val)
     state.seconds = run.elapsed()
-    state.history.append(
-        {
-            "epoch": state.epoch,
-            "step": state.step,
-            "lr": run.opt.param_groups[0]["lr"],
-            "train_loss": round(float(np.mean(losses)), 5),
-            "val_mean_iou": val["mean_iou"],
-            **{f"val_iou_{k}": v for k, v in val["iou"].items()},
-            "val_accuracy": val["accuracy"],
-            "seconds": round(state.seconds, 1),
-        }
-    )
+    state.history.append(_history_row(run, state, val, train_loss=round(float(np.mean(losses)), 5)))
     write_csv(run.cfg.csv_path, state.history)
     bar.write(
         f"epoch {state.epoch}/{run.cfg.train.epochs}: loss {state.history[-1]['train_loss']:.4f}, "
         f"val IoU {val['mean_iou']:.4f} ({', '.join(f'{k} {_fmt(v)}' for k, v in val['iou'].items())}), "
-        f"{state.seconds:.0f} s" + (" *best*" if improved else "")
+        f"{state.seconds:.0f} s" + (" *best*" if best_state is not None else "")
     )
     run.card.training = _facts(run, state)
     if best_state is not None:
@@ -401,6 +372,30 @@ def _end_epoch(run: _Run, state: Progress, losses: list[float], val_scenes: list
         checkpoint_state(run.card, run.net, run.opt, run.sched, run.ema, state, run.gen, run.rng),
     )
     return val["mean_iou"]
+
+
+def _keep_if_best(run: _Run, state: Progress, val: dict[str, Any]) -> dict[str, Any] | None:
+    """The kept weights (a CPU copy) when ``val`` beats the best so far, recorded in ``state``; else None."""
+    if val["mean_iou"] <= state.best_score:
+        state.bad_epochs += 1
+        return None
+    state.best_score, state.best_epoch, state.best_val, state.bad_epochs = val["mean_iou"], state.epoch, val, 0
+    state.best_state = {k: v.detach().cpu().clone() for k, v in run.kept.state_dict().items()}
+    return state.best_state
+
+
+def _history_row(run: _Run, state: Progress, val: dict[str, Any], train_loss: float | str) -> dict[str, Any]:
+    """The CSV log's row for the epoch ``state`` is at (0: the starting weights of a fine-tune)."""
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": run.opt.param_groups[0]["lr"] if state.step else 0.0,
+        "train_loss": train_loss,
+        "val_mean_iou": val["mean_iou"],
+        **{f"val_iou_{k}": v for k, v in val["iou"].items()},
+        "val_accuracy": val["accuracy"],
+        "seconds": round(state.seconds, 1),
+    }
 
 
 def _facts(run: _Run, state: Progress) -> dict[str, Any]:
