@@ -52,12 +52,16 @@ class SceneConfig:
 
     ``window`` keeps a part of the scene: ``[x0, y0, x1, y1]`` as fractions of its width
     and height from the top-left corner, e.g. ``[0, 0, 0.75, 1]`` for the left 75 %.
+    ``labels_offset_m`` moves vector labels ``[east, north]`` metres on the ground before they
+    are rasterized: footprints drawn on other imagery (or at ground level, under roofs that lean
+    in an off-nadir view) sit beside the roofs; ``geounet evaluate`` measures the offset.
     """
 
     image: Path  # a file (relative: to the config file), or an http(s)://, s3:// or /vsi... URL kept as a str
     labels: Path
     window: list[float] | None = None
     weight: float = 1.0  # share of the random chips, relative to the scene's labelled area
+    labels_offset_m: list[float] | None = None  # [east, north] metres, vector labels only
 
 
 @dataclass
@@ -374,6 +378,8 @@ def _data_problems(d: DataConfig) -> list[str]:
             w = s.window
             if w is not None and (len(w) != 4 or not (0 <= w[0] < w[2] <= 1 and 0 <= w[1] < w[3] <= 1)):
                 problems.append(f"data.{role}[{i}].window: must be [x0, y0, x1, y1] fractions, x0 < x1, y0 < y1")
+            if s.labels_offset_m is not None and len(s.labels_offset_m) != 2:
+                problems.append(f"data.{role}[{i}].labels_offset_m: must be [east, north] in metres")
     return problems
 
 

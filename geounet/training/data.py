@@ -63,7 +63,7 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
 
     path = scene.image
     image, valid, dtype, grid = _read_image(path, cfg.data)
-    label = _read_labels(scene.labels, grid, cfg)
+    label = _read_labels(scene.labels, grid, cfg, scene.labels_offset_m)
     label[~valid] = IGNORE_INDEX
     transform = grid.transform
     if scene.window is not None:
@@ -120,11 +120,17 @@ def _read_image(path: str | Path, d: DataConfig) -> tuple[np.ndarray, np.ndarray
         return image, valid, dtypes.pop(), _Grid(ds.crs, transform, (height, width), ds.bounds)
 
 
-def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig) -> np.ndarray:
-    """Class indexes (rows, cols) uint8 on the scene's grid from a class raster or a vector file."""
+def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig, offset_m: list[float] | None = None) -> np.ndarray:
+    """Class indexes (rows, cols) uint8 on the scene's grid from a class raster or a vector file.
+
+    ``offset_m`` ``[east, north]`` moves vector labels by that many metres on the ground (the
+    grid's pixels are ``cfg.data.resolution_m`` on the ground, so it is exact in degrees too).
+    """
     names = cfg.class_names
     lab = cfg.labels
     if path.suffix.lower() in RASTER_LABEL_SUFFIXES:
+        if offset_m is not None:
+            raise GeounetError(path, "labels_offset_m moves vector labels only")
         return read_label_raster(path, grid.crs, grid.transform, grid.shape, names, lab.value_map or None)
     gdf = read_vector_labels(
         path,
@@ -137,6 +143,9 @@ def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig) -> np.ndarray:
         line_width_m=lab.line_width_m,
         layer=lab.layer,
     )
+    if offset_m is not None:
+        east_px, north_px = (v / cfg.data.resolution_m for v in offset_m)
+        gdf = gdf.set_geometry(gdf.translate(east_px * grid.transform.a, -north_px * grid.transform.e))
     fill = background_index(cfg) if lab.unlabelled == "background" else IGNORE_INDEX
     y = labels_to_raster(gdf, grid.shape, grid.transform, all_touched=lab.all_touched, unlabelled=fill)
     if lab.contact_class is not None:
