@@ -6,6 +6,8 @@
   one to one, greedily by decreasing IoU, a pair counting only when IoU >= 0.5.
 - Centre-line precision and recall (road graphs): the share of predicted centre-line
   pixels within a tolerance (metres) of a true centre-line pixel, and the reverse.
+- Label registration: the whole-pixel shift of the true mask that best overlaps the
+  predicted mask (labels drawn on other imagery, or footprints under leaning roofs).
 """
 
 from __future__ import annotations
@@ -163,3 +165,49 @@ def centerline_scores(
         "pred_pixels": n_pred,
         "true_pixels": n_true,
     }
+
+
+@dataclass(frozen=True)
+class LabelShift:
+    """How far the true mask sits from the predicted one, in whole pixels of their shared grid.
+
+    Moving the truth ``rows`` down and ``cols`` right (negative: up, left) overlaps the
+    prediction best: IoU ``iou_moved`` there against ``iou`` where it is.
+    """
+
+    rows: int
+    cols: int
+    iou: float
+    iou_moved: float
+
+
+def label_shift(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, max_shift: int = 8) -> LabelShift | None:
+    """The shift of the true mask (rows, cols; bool) within ``max_shift`` pixels that best overlaps ``pred``.
+
+    Only pixels where ``valid`` is true at both ends of a shift count. None when neither
+    mask has a pixel in the scored area.
+    """
+    m = max_shift
+    h, w = pred.shape
+    if h <= 2 * m or w <= 2 * m:
+        return None
+    core = np.s_[m : h - m, m : w - m]
+    a, va = pred[core], valid[core]
+    best, at_zero = (-1.0, 0, 0), 0.0
+    for dr in range(-m, m + 1):
+        for dc in range(-m, m + 1):
+            moved = np.s_[m - dr : h - m - dr, m - dc : w - m - dc]  # truth pixel that lands on each core pixel
+            scored = va & valid[moved]
+            b = truth[moved] & scored
+            aa = a & scored
+            union = int((aa | b).sum())
+            if not union:
+                continue
+            iou = float((aa & b).sum() / union)
+            if (dr, dc) == (0, 0):
+                at_zero = iou
+            if iou > best[0] + 1e-9 or (abs(iou - best[0]) <= 1e-9 and abs(dr) + abs(dc) < abs(best[1]) + abs(best[2])):
+                best = (iou, dr, dc)
+    if best[0] < 0:
+        return None
+    return LabelShift(best[1], best[2], at_zero, best[0])

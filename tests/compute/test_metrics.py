@@ -89,3 +89,20 @@ def test_centerline_half_a_road_found():
     s = centerline_scores(pred, truth, (1.0, 1.0), 3.0)
     assert s["precision"] == 1.0
     assert s["recall"] == pytest.approx(93 / 180)  # 90 px found + 3 px within 3 m of its end
+
+
+def test_label_shift_finds_how_far_the_truth_sits_from_the_prediction() -> None:
+    from geounet.compute.metrics import label_shift
+
+    pred = np.zeros((60, 80), bool)
+    pred[10:25, 10:30] = pred[35:50, 40:70] = True
+    truth = np.roll(np.roll(pred, -3, axis=0), 2, axis=1)  # 3 rows up, 2 columns right
+    valid = np.ones_like(pred)
+    shift = label_shift(pred, truth, valid, max_shift=6)
+    assert shift is not None and (shift.rows, shift.cols) == (3, -2)  # move the truth down 3, left 2
+    assert shift.iou_moved == 1.0 and shift.iou < 0.7
+    aligned = label_shift(pred, pred, valid, max_shift=6)
+    assert aligned is not None and (aligned.rows, aligned.cols, aligned.iou) == (0, 0, 1.0)
+    # unscored pixels do not count: the truth's copy in an invalid area cannot pull the shift
+    valid[:, 60:] = False
+    assert label_shift(np.zeros_like(pred), np.zeros_like(pred), valid) is None

@@ -128,3 +128,36 @@ def test_a_scene_url_loads_as_the_local_file(roof_scene, train_raw, write_config
             load_scene(cfg.data.train[0], cfg)
     assert remote.name == mine.name == "roof.tif" and remote.transform == mine.transform
     assert np.array_equal(remote.image, mine.image) and np.array_equal(remote.label, mine.label)
+
+
+def test_labels_offset_moves_labels_east_and_north_in_metres(
+    tmp_path: Path, roof_scene, train_raw, write_config, write_geojson
+) -> None:
+    """labels_offset_m: [east, north] metres on the scene's grid, whatever the labels' own CRS."""
+    import shapely
+    from pyproj import Transformer
+
+    plain = load_config(write_config(train_raw))
+    base = load_scene(plain.data.train[0], plain)
+    train_raw["data"]["train"][0]["labels_offset_m"] = [3.0, -2.0]  # 3 px east, 2 px south at 1 m
+    cfg = load_config(write_config(train_raw))
+    moved = load_scene(cfg.data.train[0], cfg).label
+    roofs, moved_roofs = base.label == 1, moved == 1
+    assert moved_roofs.sum() > 0
+    assert (moved_roofs[2:, 3:] == roofs[:-2, :-3])[:, 4:].mean() > 0.99  # right of the masked columns
+    assert not (moved_roofs == roofs).all()
+
+    to_wgs84 = Transformer.from_crs(roof_scene.crs, "EPSG:4326", always_xy=True).transform
+    geoms = [
+        shapely.transform(roof_scene.box(*s), lambda xy: np.column_stack(to_wgs84(xy[:, 0], xy[:, 1])))
+        for s in roof_scene.squares
+    ]
+    train_raw["data"]["train"][0]["labels"] = str(
+        write_geojson(tmp_path / "wgs84.geojson", geoms, [{"kind": "roof"}] * len(geoms), crs_epsg=None)
+    )
+    cfg = load_config(write_config(train_raw))
+    assert (load_scene(cfg.data.train[0], cfg).label != moved).mean() < 0.01
+
+    train_raw["data"]["train"][0]["labels_offset_m"] = [3.0]
+    with pytest.raises(GeounetError, match=r"labels_offset_m: must be \[east, north\]"):
+        load_config(write_config(train_raw))
