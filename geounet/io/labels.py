@@ -67,6 +67,7 @@ def read_vector_labels(
     value_map: Mapping[str, str] | None = None,
     line_width_m: float = 3.0,
     layer: str | None = None,
+    allow_empty: bool = False,
 ):
     """Read the label features that overlap a scene, ready to rasterize on its grid.
 
@@ -75,7 +76,9 @@ def read_vector_labels(
     taken as a class name) or, without a field, is ``default_class``. A value mapped to
     ``"ignore"`` marks its area as unlabelled. Line features become polygons
     ``line_width_m`` metres wide. Returns a GeoDataFrame in ``scene_crs`` with columns
-    ``geometry`` and ``class_value`` (class index, or ``IGNORE_INDEX``).
+    ``geometry`` and ``class_value`` (class index, or ``IGNORE_INDEX``). No feature over the
+    scene is an error (a wrong file or CRS, most often) unless ``allow_empty``: a training
+    scene with no buildings is a fair negative example.
     """
     import geopandas as gpd
     from pyproj import CRS
@@ -95,6 +98,8 @@ def read_vector_labels(
     if len(gdf):
         gdf = gdf.to_crs(scene_crs)
         gdf = gdf[gdf.geometry.intersects(box(*scene_bounds))]
+    if not len(gdf) and allow_empty:
+        return gpd.GeoDataFrame({"class_value": np.zeros(0, np.int64)}, geometry=[], crs=scene_crs)
     if not len(gdf):
         raise GeounetError(
             path,

@@ -142,6 +142,7 @@ def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig, offset_m: list[float
         value_map=lab.value_map,
         line_width_m=lab.line_width_m,
         layer=lab.layer,
+        allow_empty=True,  # a scene with no labels: every pixel is background (a negative example)
     )
     if offset_m is not None:
         east_px, north_px = (v / cfg.data.resolution_m for v in offset_m)

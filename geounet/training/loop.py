@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet.errors import GeounetError
+from geounet.io.labels import IGNORE_INDEX
 from geounet.models.card import ModelCard
 from geounet.models.hardware import resolve_precision
 from geounet.models.network import build_network
@@ -147,6 +148,12 @@ def _load_scenes(cfg: TrainConfig) -> tuple[list[Scene], list[Scene], float]:
     """``(train scenes, val scenes, scale)``: DN per model unit from the config, else 255 for uint8 scenes."""
     train_scenes = [load_scene(s, cfg) for s in cfg.data.train]
     val_scenes = [load_scene(s, cfg) for s in cfg.data.val]
+    from tqdm import tqdm
+
+    background = {i for i, c in enumerate(cfg.classes) if c.kind == "background"} | {IGNORE_INDEX}
+    for scene in train_scenes + val_scenes:
+        if not (~np.isin(scene.label, list(background))).any():
+            tqdm.write(f"{scene.name}: no labels of any foreground class: a negative example (all background)")
     scale = cfg.data.scale
     if scale is None:
         dtypes = {s.dtype for s in train_scenes + val_scenes}

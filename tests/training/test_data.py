@@ -161,3 +161,18 @@ def test_labels_offset_moves_labels_east_and_north_in_metres(
     train_raw["data"]["train"][0]["labels_offset_m"] = [3.0]
     with pytest.raises(GeounetError, match=r"labels_offset_m: must be \[east, north\]"):
         load_config(write_config(train_raw))
+
+
+def test_a_scene_no_label_overlaps_is_a_negative_example(
+    tmp_path: Path, roof_scene, train_raw, write_config, write_geojson
+) -> None:
+    """Training: labels that miss the scene leave it all background (evaluation still refuses them)."""
+    far = write_geojson(tmp_path / "far.geojson", [roof_scene.box(1000, 1000, 1010, 1010)], [{"kind": "roof"}])
+    train_raw["data"]["train"][0]["labels"] = str(far)
+    cfg = load_config(write_config(train_raw))
+    label = load_scene(cfg.data.train[0], cfg).label
+    assert (label[:, 4:] == 0).all() and (label[:, :2] == IGNORE_INDEX).all()
+    from geounet.io.labels import read_vector_labels
+
+    with pytest.raises(GeounetError, match="no labels overlap the scene"):
+        read_vector_labels(far, roof_scene.crs, (450000.0, 40000.0, 450064.0, 40064.0), ["background", "building"])
