@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from geounet.models.hardware import cpu_cores, threads_per_task
-from geounet.models.registry import cached_model
+from geounet.models.registry import cached_model, release_models
 
 log = logging.getLogger("geounet")
 
@@ -121,6 +121,13 @@ class Executor(ABC):
     def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
         """Where a scene's vector tasks run: this executor, or local worker processes (:class:`VectorPool`)."""
         return self
+
+    def release_model(self) -> None:
+        """No more chunks for now: free the memory of the models this executor's own process holds.
+
+        A later chunk loads its model again. Executors whose models live on other workers keep them.
+        """
+        return None
 
     @abstractmethod
     def close(self) -> None:
@@ -352,6 +359,9 @@ class ThreadedExecutor(Executor):
             cached_model(model_path, device, backend)
         else:
             cached_model(model_path, device, backend, self.threads, precision)
+
+    def release_model(self) -> None:
+        release_models()
 
     def run_chunks(self, tasks: Sequence[ChunkTask], take: Callable[[Any], None], label: str) -> None:
         """One task per chunk, each followed by a task handing its result to ``take``.

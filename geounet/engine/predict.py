@@ -169,11 +169,19 @@ def resolve_model(model: str | Path, scene: str | Path) -> tuple[Path, str | Non
 
 
 def predict_scene(
-    scene: str | Path, out_root: str | Path, model: str | Path, settings: PredictSettings, executor: Executor
+    scene: str | Path,
+    out_root: str | Path,
+    model: str | Path,
+    settings: PredictSettings,
+    executor: Executor,
+    *,
+    last: bool = False,
 ) -> SceneReport:
     """Predict one scene into ``OUTDIR/<stem>/``: scores.tif, classes.tif, features.gpkg, quicklook, item.json, run.json.
 
     ``model``: a model file, or the name of a bundled model (its variant closest to the scene's resolution).
+    ``last``: no scene follows on this executor, so the model's memory is freed once the last
+    chunk has run, before the COGs and the rest of the vector stage.
     """
     t_start = time.perf_counter()
     scene = as_scene(scene)
@@ -198,7 +206,7 @@ def predict_scene(
             )
             stream = _vector_stream(plan, tmp, executor.vector_executor(n_blocks, plan.settings.vector_processes))
         try:
-            tiles = _predict_rasters(plan, tmp, executor, timings, stream)
+            tiles = _predict_rasters(plan, tmp, executor, timings, stream, release_model=last)
         finally:
             if stream is not None:
                 stream.close()
@@ -233,6 +241,7 @@ def _predict_rasters(
     executor: Executor,
     timings: dict[str, float],
     stream: VectorStream | None = None,
+    release_model: bool = False,
 ) -> dict[str, int]:
     """Coverage -> chunks with data -> stitched regions -> tiled ``scores``/``classes`` (via stage 1 when resampled) -> COGs.
 
@@ -240,6 +249,7 @@ def _predict_rasters(
     chunks hold data: only those run, and stage 2 and the COGs skip the blocks none of
     them reaches, so a mostly empty scene costs what its data costs. ``stream``: the
     vector stage, handed each vector block of the final rasters as soon as it is written.
+    ``release_model``: free the model's memory once the chunks are done (no scene follows).
     """
     on_block = stream.block_final if stream is not None else None
     t0 = time.perf_counter()
@@ -269,6 +279,8 @@ def _predict_rasters(
         if plan.working.resampled:  # stage 1 on the working grid, then warped back to the scene's grid
             stage1 = tmp / "stage1_probabilities.tif"
             tiles = run_chunks(plan, executor, stage1_writer(stage1, plan.working, plan.card), coverage)
+            if release_model:
+                executor.release_model()
             timings["predict_and_stitch_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             _finalize(plan, stage1, tmp, coverage, area_px, on_block)
@@ -277,6 +289,8 @@ def _predict_rasters(
         else:  # the stitched regions are final: straight to uint8 scores and classes
             writer = final_writer(tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block)
             tiles = run_chunks(plan, executor, writer, coverage)
+            if release_model:
+                executor.release_model()
             timings["predict_and_stitch_s"] = time.perf_counter() - t0
             timings["finalize_s"] = 0.0
         t0 = time.perf_counter()
@@ -632,7 +646,7 @@ def predict_batch(
         seen[d] = p
     executor = make_executor(settings, _first_model(model_path, paths, default))
     try:
-        for p in paths:
+        for n, p in enumerate(paths, 1):
             t0 = time.perf_counter()
             stem = output_dir_for(p, out).name
             lock = scene_lock(out, stem)  # as geounet run: one process per scene at a time
@@ -643,7 +657,7 @@ def predict_batch(
                 with lock:
                     for what in recover_interrupted(out, stem):
                         log.warning("%s: after an interrupted run: %s", p, what)
-                    reports.append(predict_scene(p, out, model_path, settings, executor))
+                    reports.append(predict_scene(p, out, model_path, settings, executor, last=n == len(paths)))
             except Exception as exc:  # noqa: BLE001  one bad scene never sinks the batch
                 if isinstance(exc, ClusterError) or lost_cluster(exc):
                     raise  # not about this scene: the caller stops the batch

@@ -6,11 +6,15 @@ Bundled models install with the package (package data ``geounet.bundled``, the r
 0.5 m). A user names a model by its name and :func:`pick_variant` takes the variant
 trained closest to the scene's ground resolution (ratio on a log scale), or gives a path.
 ``cached_model`` is what every Dask task calls: the first call in a process loads the
-network (torch or ONNX Runtime) and later calls reuse it.
+network (torch or ONNX Runtime) and later calls reuse it; :func:`release_models` drops
+them when a run needs the memory more than the model (its last scene's vector stage).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import math
 import os
 import threading
@@ -114,3 +118,30 @@ def cached_model(
                 net = net.to(memory_format=torch.channels_last)
                 _CACHE[key] = (net, card)
         return _CACHE[key]
+
+
+def release_models() -> int:
+    """Drop every model this process has loaded (a later :func:`cached_model` loads it again).
+
+    Returns how many were dropped. ONNX Runtime's memory arenas go with their sessions;
+    glibc is then asked to hand freed heap pages back to the system (``malloc_trim``), so
+    that the process's resident memory falls, not only its heap's free lists.
+    """
+    with _CACHE_LOCK:
+        n = len(_CACHE)
+        _CACHE.clear()
+    gc.collect()
+    _trim_heap()
+    return n
+
+
+def _trim_heap() -> None:
+    """``malloc_trim(0)`` where the C library is glibc; elsewhere nothing."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)

@@ -299,3 +299,33 @@ def test_test_time_augmentation_averages_views_on_both_backends(default_model, t
     assert np.abs(a - p).mean() > 0.5  # and the views do change the answer
     with pytest.raises(GeounetError, match="--tta: must be one of none, flip, flips, d4"):
         run([DEMO_SCENE], tmp_path / "bad", default_model, tta="d8", **kw)
+
+
+def test_the_model_is_freed_after_the_last_scene_s_chunks_only(tiny_model, tmp_path, monkeypatch):
+    """A batch keeps its model between scenes and drops it once the last scene's chunks are done.
+
+    Dropped before that scene's COGs and vectors (their peak memory then holds no model); the
+    second run shows a later chunk loads the model again, with the same result.
+    """
+    from geounet.engine import executors
+    from geounet.models import registry
+
+    released: list[int] = []
+    real = registry.release_models
+
+    def spy() -> int:
+        n = real()
+        released.append(n)
+        return n
+
+    monkeypatch.setattr(executors, "release_models", spy)
+    scenes = [write_scene(tmp_path / f"s{i}.tif", np.full((3, 96, 96), 60 * i, np.uint8)) for i in (1, 2)]
+    reports = run(scenes, tmp_path / "out", tiny_model)
+    assert all(r.ok for r in reports)
+    assert released == [1]  # once, after the second scene: the first scene's model stayed
+    assert not registry._CACHE
+    [again] = run(scenes[:1], tmp_path / "again", tiny_model)
+    assert again.ok and released == [1, 1]
+    np.testing.assert_array_equal(
+        read(tmp_path / "out" / "s1" / "classes.tif"), read(tmp_path / "again" / "s1" / "classes.tif")
+    )
