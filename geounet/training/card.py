@@ -117,8 +117,12 @@ def training_facts(
 
 
 def _scene_text(s: SceneConfig) -> str:
-    """``image (labels file) [window ...]``: a scene in a few words, file names without folders."""
-    text = f"{scene_name(s.image)} (labels {s.labels.name})"
+    """``image (labels file[, moved E, N m]) [window ...]``: a scene in a few words, file names without folders."""
+    moved = ""
+    if s.labels_offset_m is not None:
+        east, north = s.labels_offset_m
+        moved = f", moved {east:+g} m east, {north:+g} m north"
+    text = f"{scene_name(s.image)} (labels {s.labels.name}{moved})"
     return text + (f" window {s.window}" if s.window else "")
 
 

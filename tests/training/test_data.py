@@ -146,6 +146,10 @@ def test_labels_offset_moves_labels_east_and_north_in_metres(
     assert moved_roofs.sum() > 0
     assert (moved_roofs[2:, 3:] == roofs[:-2, :-3])[:, 4:].mean() > 0.99  # right of the masked columns
     assert not (moved_roofs == roofs).all()
+    from geounet.training.card import training_facts
+
+    facts = training_facts(cfg, None, [], 0, {}, 0.0, "cpu", "fp32", 0)
+    assert "moved +3 m east, -2 m north" in facts["train_scenes"][0]  # the card says how labels were moved
 
     to_wgs84 = Transformer.from_crs(roof_scene.crs, "EPSG:4326", always_xy=True).transform
     geoms = [
