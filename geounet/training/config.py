@@ -55,6 +55,8 @@ class SceneConfig:
     ``labels_offset_m`` moves vector labels ``[east, north]`` metres on the ground before they
     are rasterized: footprints drawn on other imagery (or at ground level, under roofs that lean
     in an off-nadir view) sit beside the roofs; ``geounet evaluate`` measures the offset.
+    ``negative``: the scene holds none of the classes, so labels that miss it are no error (else
+    they are: most often a wrong file or CRS).
     """
 
     image: Path  # a file (relative: to the config file), or an http(s)://, s3:// or /vsi... URL kept as a str
@@ -62,6 +64,7 @@ class SceneConfig:
     window: list[float] | None = None
     weight: float = 1.0  # share of the random chips, relative to the scene's labelled area
     labels_offset_m: list[float] | None = None  # [east, north] metres, vector labels only
+    negative: bool = False  # a scene with none of the classes: no label needs to overlap it (all background)
 
 
 @dataclass

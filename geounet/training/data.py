@@ -63,7 +63,7 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
 
     path = scene.image
     image, valid, dtype, grid = _read_image(path, cfg.data)
-    label = _read_labels(scene.labels, grid, cfg, scene.labels_offset_m)
+    label = _read_labels(scene.labels, grid, cfg, scene.labels_offset_m, scene.negative)
     label[~valid] = IGNORE_INDEX
     transform = grid.transform
     if scene.window is not None:
@@ -120,11 +120,14 @@ def _read_image(path: str | Path, d: DataConfig) -> tuple[np.ndarray, np.ndarray
         return image, valid, dtypes.pop(), _Grid(ds.crs, transform, (height, width), ds.bounds)
 
 
-def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig, offset_m: list[float] | None = None) -> np.ndarray:
+def _read_labels(
+    path: Path, grid: _Grid, cfg: TrainConfig, offset_m: list[float] | None = None, negative: bool = False
+) -> np.ndarray:
     """Class indexes (rows, cols) uint8 on the scene's grid from a class raster or a vector file.
 
     ``offset_m`` ``[east, north]`` moves vector labels by that many metres on the ground (the
     grid's pixels are ``cfg.data.resolution_m`` on the ground, so it is exact in degrees too).
+    ``negative``: labels that miss the scene leave it all background instead of failing.
     """
     names = cfg.class_names
     lab = cfg.labels
@@ -142,7 +145,7 @@ def _read_labels(path: Path, grid: _Grid, cfg: TrainConfig, offset_m: list[float
         value_map=lab.value_map,
         line_width_m=lab.line_width_m,
         layer=lab.layer,
-        allow_empty=True,  # a scene with no labels: every pixel is background (a negative example)
+        allow_empty=negative,  # a negative scene: no label needs to overlap it
     )
     if offset_m is not None:
         east_px, north_px = (v / cfg.data.resolution_m for v in offset_m)

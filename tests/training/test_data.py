@@ -170,9 +170,13 @@ def test_labels_offset_moves_labels_east_and_north_in_metres(
 def test_a_scene_no_label_overlaps_is_a_negative_example(
     tmp_path: Path, roof_scene, train_raw, write_config, write_geojson
 ) -> None:
-    """Training: labels that miss the scene leave it all background (evaluation still refuses them)."""
+    """``negative: true``: labels that miss the scene leave it all background; without it they are an error."""
     far = write_geojson(tmp_path / "far.geojson", [roof_scene.box(1000, 1000, 1010, 1010)], [{"kind": "roof"}])
     train_raw["data"]["train"][0]["labels"] = str(far)
+    cfg = load_config(write_config(train_raw))
+    with pytest.raises(GeounetError, match="no labels overlap the scene"):
+        load_scene(cfg.data.train[0], cfg)  # most often a wrong file or CRS
+    train_raw["data"]["train"][0]["negative"] = True
     cfg = load_config(write_config(train_raw))
     label = load_scene(cfg.data.train[0], cfg).label
     assert (label[:, 4:] == 0).all() and (label[:, :2] == IGNORE_INDEX).all()
