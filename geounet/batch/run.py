@@ -181,7 +181,7 @@ def _run_scenes(cfg: PipelineConfig, force: bool, quiet: bool, summary: RunSumma
             final = output_dir_for(scene, cfg.out)
             res = SceneResult(str(scene), "failed", out_dir=str(final))
             summary.scenes.append(res)
-            runner.run(scene, final, res, f"[{i}/{len(scenes)}]")
+            runner.run(scene, final, res, f"[{i}/{len(scenes)}]", last=i == len(scenes))
             finished = i
             if res.status == "failed":  # console: the CLI's summary says it; the log file gets it now
                 log.info("%s", res.reason if res.reason.startswith(str(scene)) else f"{scene}: {res.reason}")
@@ -212,8 +212,11 @@ class _SceneRunner:
         self.cluster_error: str | None = None  # set: the rest of the batch is not run
         self.owners: dict[str, str | Path] = {}  # output folder name -> the scene that writes it
 
-    def run(self, scene: str | Path, final: Path, res: SceneResult, step: str) -> None:
-        """One scene into ``final``, recorded in ``res`` (``step``: its place in the batch, for the log)."""
+    def run(self, scene: str | Path, final: Path, res: SceneResult, step: str, last: bool = False) -> None:
+        """One scene into ``final``, recorded in ``res`` (``step``: its place in the batch, for the log).
+
+        ``last``: no scene of this segment follows (the model is freed once its chunks are done).
+        """
         res.reason = self._refusal(scene, final)
         if res.reason:
             return
@@ -241,7 +244,7 @@ class _SceneRunner:
                 log.info("%s %s: up to date, skipped", step, scene)
             else:
                 log.info("%s %s: computing (%s)", step, scene, why)
-                self._predict(scene, res, why)
+                self._predict(scene, res, why, last)
 
     def model_for(self, scene: str | Path) -> tuple[str, dict[str, Any]]:
         """The sha256 and requested output settings of the model file this scene uses (a name: its variant)."""
@@ -260,12 +263,12 @@ class _SceneRunner:
             return f"writes to the same output folder {final} as {self.owners[final.name]}: rename one of them"
         return ""
 
-    def _predict(self, scene: str | Path, res: SceneResult, why: str) -> None:
+    def _predict(self, scene: str | Path, res: SceneResult, why: str, last: bool = False) -> None:
         """Predict the scene (the lock held); an error is recorded in ``res``, not raised."""
         try:
             if self.executor is None:
                 self.executor = make_executor(self.settings, resolve_model(self.cfg.model, scene)[0])
-            predict_scene(scene, self.cfg.out, self.cfg.model, self.settings, self.executor)
+            predict_scene(scene, self.cfg.out, self.cfg.model, self.settings, self.executor, last=last)
             res.status, res.reason = "done", why
         except GeounetError as exc:
             res.reason = str(exc)

@@ -115,7 +115,7 @@ def detect_footprints(
     own = executor is None
     runner = make_executor(ps, model_path) if executor is None else executor
     try:
-        predict_scene(pre_vrt, work, model_path, ps, runner)
+        predict_scene(pre_vrt, work, model_path, ps, runner, last=own)  # an executor of its own: no scene follows
     finally:
         if own:
             runner.close()
