@@ -121,12 +121,21 @@ def _score_sums(
             labels[m] = lab[m] + first
             first += n
     sums = np.bincount(labels.ravel(), weights=scores.ravel().astype(np.float64), minlength=first + 1)
+    rows, cols = first_pixels(geoms)
+    return sums[labels[rows - offset[0], cols - offset[1]]]
+
+
+def first_pixels(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each polygon's first pixel in raster order (row, column arrays; whole-raster pixels).
+
+    For polygons traced along pixel edges it is the top-left exterior vertex: the
+    smallest row, then the smallest column on it; the pixel below and right of it is inside.
+    """
     xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
     order = np.lexsort((xy[:, 0], xy[:, 1], idx))  # by polygon, then row (y), then column (x)
     starts = np.searchsorted(idx[order], np.arange(len(geoms)))
     corner = xy[order[starts]].astype(np.int64)
-    lab = labels[corner[:, 1] - offset[0], corner[:, 0] - offset[1]]
-    return sums[lab]
+    return corner[:, 1], corner[:, 0]
 
 
 def _polygons_from_geojson(geoms: list[dict]) -> np.ndarray:
@@ -276,6 +285,7 @@ def split_at_contacts(
     pixel_size_m: tuple[float, float],
     seed_m: float = 0.0,
     member_ids: Sequence[int] | None = None,
+    seed_counts: np.ndarray | None = None,
 ) -> Pieces:
     """Split each polygon of building and contact pixels into one building per seed.
 
@@ -297,7 +307,9 @@ def split_at_contacts(
     (contacts only) is dropped. Parts keep the parent's class and mean score. Pure;
     pixel coordinates in and out. ``member_ids``: the classes the polygons are made of
     (building and contact), when known: a polygon's pixels are then its 4-connected
-    component in the window (the same pixels, without rasterizing it).
+    component in the window (the same pixels, without rasterizing it). ``seed_counts``:
+    each polygon's number of seeds when already counted (:func:`contact_seed_counts`, one
+    pass over a block): polygons with fewer than two are then settled without their window.
     """
     if not len(pieces):
         return pieces
@@ -312,6 +324,9 @@ def split_at_contacts(
     is_member = None if member_ids is None else _membership(member_ids)
     is_building = _membership(building_ids)
     for i, (x0, y0, x1, y1) in enumerate(bounds):
+        if seed_counts is not None and seed_counts[i] < 2:
+            kept[i] = seed_counts[i] > 0  # one seed: one building; none: contacts only, dropped
+            continue
         window = windows[i]
         if window.shape != (y1 - y0, x1 - x0):
             raise ValueError(f"window {window.shape} does not cover polygon {i}'s bounds {(x0, y0, x1, y1)}")
@@ -333,14 +348,75 @@ def split_at_contacts(
         seeds = _seeds(building, (dx, dy), seed_m, min_core_px)
         if seeds.max() < 2:
             continue
-        roofs = seeds
-        if seed_m > 0:  # each building pixel to the nearest core of its own component first
-            roofs = watershed(ndimage.distance_transform_edt(seeds == 0, sampling=(dy, dx)), seeds, mask=building)
-        dist = ndimage.distance_transform_edt(roofs == 0, sampling=(dy, dx))
-        basins = watershed(dist, roofs, mask=mask, connectivity=1).astype(np.int32)
+        roofs = seeds if seed_m <= 0 else _roofs(seeds, building, (dx, dy))
+        if building.sum() == mask.sum():
+            basins = roofs.astype(np.int32)  # no contact pixel to hand out
+        else:
+            dist = distance_m(roofs == 0, (dx, dy), edges=False)
+            basins = watershed(dist, roofs, mask=mask, connectivity=1).astype(np.int32)
         kept[i] = False
         parts.append(_parts(basins, origin, pieces, i))
     return Pieces.concat([pieces.take(kept), *parts])
+
+
+def contact_seed_counts(
+    classes: np.ndarray,
+    offset: tuple[int, int],
+    geoms: np.ndarray,
+    building_ids: Sequence[int],
+    member_ids: Sequence[int],
+    pixel_size_m: tuple[float, float],
+    seed_m: float = 0.0,
+) -> np.ndarray:
+    """How many seeds :func:`split_at_contacts` finds in each polygon, counted in one pass over a window.
+
+    ``classes``: (rows, cols) class raster that holds every polygon of ``geoms`` whole;
+    ``offset``: (row, col) of its first pixel in whole-raster pixels. ``geoms``: polygons
+    (whole-raster pixel coordinates), each a 4-connected component of ``member_ids``
+    pixels. 0: contact pixels only; 1: one building, kept whole; 2 or more: split.
+
+    The counts equal those of each polygon's own window: a pixel's distance to the nearest
+    pixel that is not building is never shortened by another polygon's pixels, since a
+    pixel outside both polygons lies between them no farther away; the window's edges
+    count as not building, as there.
+    """
+    if not len(geoms):
+        return np.zeros(0, np.int64)
+    building = _membership(building_ids)(classes)
+    components, n = ndimage.label(_membership(member_ids)(classes), structure=_FOUR)
+    roofs, n_roofs = ndimage.label(building, structure=_FOUR)
+    owner = np.zeros(n_roofs + 1, np.int64)
+    owner[roofs[building]] = components[building]  # each roof (building component) lies in one polygon
+    per_roof = np.ones(n_roofs + 1, np.int64)  # a roof without a core is its own seed
+    if seed_m > 0:
+        dx, dy = pixel_size_m
+        min_core_px = max(1, int(np.ceil(seed_m * seed_m / (dx * dy))))
+        cores, m = ndimage.label(distance_m(building, (dx, dy)) >= seed_m, structure=_FOUR)
+        size = np.bincount(cores.ravel(), minlength=m + 1)
+        core_roof = np.zeros(m + 1, np.int64)
+        core_roof[cores.ravel()] = roofs.ravel()
+        valid = size >= min_core_px
+        valid[0] = False
+        per_roof = np.maximum(np.bincount(core_roof[valid], minlength=n_roofs + 1), 1)
+    per_roof[0] = 0
+    seeds = np.bincount(owner, weights=per_roof, minlength=n + 1).astype(np.int64)
+    rows, cols = first_pixels(geoms)
+    return seeds[components[rows - offset[0], cols - offset[1]]]
+
+
+def distance_m(mask: np.ndarray, pixel_size_m: tuple[float, float], edges: bool = True) -> np.ndarray:
+    """Each True pixel's distance in metres to the nearest False pixel (0 on False pixels); float32.
+
+    ``pixel_size_m``: ground size of a pixel step in x and y. ``edges``: pixels beyond the
+    window count as False (else only the window's own False pixels count; a window with
+    none gives no finite distance). The exact Euclidean transform of the ``edt`` package:
+    one implementation for every window, so a polygon's distances are the same whichever
+    window (block or its own bounds) holds it.
+    """
+    import edt
+
+    dx, dy = pixel_size_m
+    return edt.edt(np.ascontiguousarray(mask, dtype=bool), anisotropy=(dy, dx), black_border=edges, parallel=1)
 
 
 def _membership(ids: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
@@ -351,15 +427,32 @@ def _membership(ids: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda w: table[w] if w.dtype == np.uint8 else np.isin(w, ids)
 
 
+def _roofs(seeds: np.ndarray, building: np.ndarray, pixel_size_m: tuple[float, float]) -> np.ndarray:
+    """Each building pixel labelled with the nearest seed of its own 4-connected component.
+
+    A watershed of the distance to the seeds, run only when a component holds two seeds
+    or more; a component with one seed is all that seed's (what the watershed gives it).
+    """
+    from skimage.segmentation import watershed
+
+    components, n = ndimage.label(building, structure=_FOUR)
+    found = seeds > 0
+    component_of = np.zeros(int(seeds.max()) + 1, np.int64)
+    component_of[seeds[found]] = components[found]  # a seed lies in one component
+    if np.bincount(component_of[1:], minlength=n + 1).max() > 1:
+        return watershed(distance_m(seeds == 0, pixel_size_m, edges=False), seeds, mask=building)
+    seed_of = np.zeros(n + 1, seeds.dtype)
+    seed_of[component_of[1:]] = np.arange(1, len(component_of), dtype=seeds.dtype)
+    return seed_of[components]
+
+
 def _seeds(building: np.ndarray, pixel_size_m: tuple[float, float], seed_m: float, min_core_px: int) -> np.ndarray:
     """Seed labels (1..n, 0 elsewhere) of :func:`split_at_contacts` in a (rows, cols) building mask."""
     components, n = ndimage.label(building, structure=_FOUR)
     if seed_m <= 0 or n == 0:
         return components
     dx, dy = pixel_size_m
-    # distance to the nearest pixel that is not building; outside the window counts as not building
-    depth = ndimage.distance_transform_edt(np.pad(building, 1), sampling=(dy, dx))[1:-1, 1:-1]
-    cores, m = ndimage.label(depth >= seed_m, structure=_FOUR)
+    cores, m = ndimage.label(distance_m(building, (dx, dy)) >= seed_m, structure=_FOUR)
     size = np.bincount(cores.ravel(), minlength=m + 1)
     size[0] = 0
     cores[(size < min_core_px)[cores]] = 0

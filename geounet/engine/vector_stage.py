@@ -45,6 +45,7 @@ from geounet.compute.postprocess import (
 from geounet.compute.vectorize import (
     Pieces,
     apply_affine,
+    contact_seed_counts,
     merge_groups,
     polygonize_block,
     seam_groups,
@@ -155,16 +156,22 @@ def polygonize_arrays(
         x0, y0, x1, y1 = box
         return classes[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0]
 
-    return pieces_to_layers(pieces.take(~pieces.on_edge), ctx, class_window), pieces.take(pieces.on_edge)
+    complete = pieces.take(~pieces.on_edge)
+    return pieces_to_layers(complete, ctx, class_window, (classes, (r0, c0))), pieces.take(pieces.on_edge)
 
 
 def pieces_to_layers(
-    pieces: Pieces, ctx: LayerContext, class_window: ClassWindow | None = None
+    pieces: Pieces,
+    ctx: LayerContext,
+    class_window: ClassWindow | None = None,
+    plane: tuple[np.ndarray, tuple[int, int]] | None = None,
 ) -> dict[str, gpd.GeoDataFrame]:
     """Complete polygons (pixel coordinates) -> cleaned rows per layer, in the scene's CRS.
 
     Buildings of a model with a contact class are split at its contacts first
-    (``class_window`` gives the class raster under each). Pixel coordinates go to the
+    (``class_window`` gives the class raster under each; ``plane``, when given, is a class
+    raster that holds them all, with its (row, col) offset: their seeds are counted in one
+    pass over it, and only the buildings to split read their windows). Pixel coordinates go to the
     local equal-area CRS in one pass (affine, then pyproj), are cleaned there and
     measured in metres, and are projected back to the scene's CRS.
     """
@@ -183,7 +190,10 @@ def pieces_to_layers(
                 raise ValueError("buildings of a model with a contact class need the class raster under them")
             windows = [class_window(tuple(b)) for b in shapely.bounds(p.geometry).astype(np.int64).tolist()]
             members = [*ids, *ctx.contact_join[1]]
-            p = split_at_contacts(p, windows, ids, ctx.pixel_size_m, rules.seed_m, members)
+            counts = None
+            if plane is not None:
+                counts = contact_seed_counts(*plane, p.geometry, ids, members, ctx.pixel_size_m, rules.seed_m)
+            p = split_at_contacts(p, windows, ids, ctx.pixel_size_m, rules.seed_m, members, counts)
         p = split_touching(p, ctx.pixel_size_m, rules.split_m)
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
         metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))

@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 import shapely
 from affine import Affine
+from rasterio.features import rasterize
 from scipy import ndimage
 
-from geounet.compute.vectorize import Pieces, apply_affine, merge_across_blocks, polygonize_block
+from geounet.compute.vectorize import (
+    Pieces,
+    apply_affine,
+    contact_seed_counts,
+    merge_across_blocks,
+    polygonize_block,
+)
 
 T = Affine(0.0746455354, 0, 3627854.2364710346, 0, -0.0746455354, 38830.0103688)  # inexact, like real scenes
 
@@ -140,7 +147,40 @@ def _split_whole(classes, seed_m=0.0, pixel_m=0.1):
     assert list(labelled.pixels) == list(split.pixels) and all(
         shapely.equals_exact(labelled.geometry, split.geometry, 0)
     )
+    # seeds counted in one pass over the raster: the same parts
+    counts = contact_seed_counts(classes, (0, 0), whole.geometry, [1], [1, 2], (pixel_m, pixel_m), seed_m)
+    counted = split_at_contacts(whole, windows, [1], (pixel_m, pixel_m), seed_m, [1, 2], counts)
+    assert list(counted.pixels) == list(split.pixels) and all(shapely.equals_exact(counted.geometry, split.geometry, 0))
     return whole, split
+
+
+@pytest.mark.parametrize("seed_m", [0.0, 0.3, 0.5])
+def test_seeds_counted_over_a_whole_raster_equal_each_polygons_own(seed_m):
+    """contact_seed_counts over a raster of many touching roofs: per polygon, the count its own window gives."""
+    from geounet.compute.vectorize import _seeds, split_at_contacts
+
+    rng = np.random.default_rng(7)
+    field = ndimage.gaussian_filter(rng.random((160, 200)), 3)
+    classes = np.where(field > 0.5, 1, 0).astype(np.uint8)
+    edges = ndimage.morphological_gradient(ndimage.label(field > 0.52)[0], size=3) > 0
+    classes[(classes == 1) & edges & (rng.random(classes.shape) > 0.3)] = 2  # contacts where roofs meet
+    classes[:, 150:] = 0
+    classes[10:40, 170:173] = 2  # contacts alone: no building
+    pixel = (0.1, 0.13)  # anisotropic pixels (a scene in degrees)
+    whole = polygonize_block(np.where(classes == 2, 1, classes), (0, 0), [1], np.full(classes.shape, 9, np.uint8))
+    counts = contact_seed_counts(classes, (0, 0), whole.geometry, [1], [1, 2], pixel, seed_m)
+    bounds = shapely.bounds(whole.geometry).astype(int)
+    windows = [classes[y0:y1, x0:x1] for x0, y0, x1, y1 in bounds]
+    own = []
+    for (x0, y0, x1, y1), g in zip(bounds, whole.geometry):
+        mask = rasterize([(g, 1)], out_shape=(y1 - y0, x1 - x0), transform=Affine.translation(x0, y0)) > 0
+        building = mask & (classes[y0:y1, x0:x1] == 1)
+        min_core = max(1, int(np.ceil(seed_m * seed_m / (pixel[0] * pixel[1]))))
+        own.append(int(_seeds(building, pixel, seed_m, min_core).max()) if building.any() else 0)
+    assert list(counts) == own and {0, 1} < set(own) and max(own) >= 3  # drops, keeps and splits all occur
+    plain = split_at_contacts(whole, windows, [1], pixel, seed_m, [1, 2])
+    fast = split_at_contacts(whole, windows, [1], pixel, seed_m, [1, 2], counts)
+    assert list(fast.pixels) == list(plain.pixels) and all(shapely.equals_exact(fast.geometry, plain.geometry, 0))
 
 
 def test_roofs_touching_through_contact_pixels_become_one_polygon_each():
