@@ -122,7 +122,9 @@ def _scene_text(s: SceneConfig) -> str:
     if s.labels_offset_m is not None:
         east, north = s.labels_offset_m
         moved = f", moved {east:+g} m east, {north:+g} m north"
-    text = f"{scene_name(s.image)} (labels {s.labels.name}{moved})"
+    labels = f"labels {s.labels.name}" if s.labels is not None else "no labels"
+    negative = ", negative: all background" if s.negative else ""
+    text = f"{scene_name(s.image)} ({labels}{moved}{negative})"
     return text + (f" window {s.window}" if s.window else "")
 
 

@@ -56,11 +56,12 @@ class SceneConfig:
     are rasterized: footprints drawn on other imagery (or at ground level, under roofs that lean
     in an off-nadir view) sit beside the roofs; ``geounet evaluate`` measures the offset.
     ``negative``: the scene holds none of the classes, so labels that miss it are no error (else
-    they are: most often a wrong file or CRS).
+    they are: most often a wrong file or CRS); such a scene needs no ``labels`` at all (e.g. the
+    rubble of destroyed buildings: all background, whatever footprints cover it).
     """
 
     image: Path  # a file (relative: to the config file), or an http(s)://, s3:// or /vsi... URL kept as a str
-    labels: Path
+    labels: Path | None = None  # only a negative scene goes without
     window: list[float] | None = None
     weight: float = 1.0  # share of the random chips, relative to the scene's labelled area
     labels_offset_m: list[float] | None = None  # [east, north] metres, vector labels only
@@ -381,6 +382,8 @@ def _data_problems(d: DataConfig) -> list[str]:
             w = s.window
             if w is not None and (len(w) != 4 or not (0 <= w[0] < w[2] <= 1 and 0 <= w[1] < w[3] <= 1)):
                 problems.append(f"data.{role}[{i}].window: must be [x0, y0, x1, y1] fractions, x0 < x1, y0 < y1")
+            if s.labels is None and not s.negative:
+                problems.append(f"data.{role}[{i}].labels: missing (only a scene with negative: true needs none)")
             if s.labels_offset_m is not None and len(s.labels_offset_m) != 2:
                 problems.append(f"data.{role}[{i}].labels_offset_m: must be [east, north] in metres")
     return problems

@@ -121,16 +121,21 @@ def _read_image(path: str | Path, d: DataConfig) -> tuple[np.ndarray, np.ndarray
 
 
 def _read_labels(
-    path: Path, grid: _Grid, cfg: TrainConfig, offset_m: list[float] | None = None, negative: bool = False
+    path: Path | None, grid: _Grid, cfg: TrainConfig, offset_m: list[float] | None = None, negative: bool = False
 ) -> np.ndarray:
     """Class indexes (rows, cols) uint8 on the scene's grid from a class raster or a vector file.
 
     ``offset_m`` ``[east, north]`` moves vector labels by that many metres on the ground (the
     grid's pixels are ``cfg.data.resolution_m`` on the ground, so it is exact in degrees too).
-    ``negative``: labels that miss the scene leave it all background instead of failing.
+    ``negative``: labels that miss the scene leave it all background instead of failing;
+    without labels (``path`` None) a negative scene is all background.
     """
     names = cfg.class_names
     lab = cfg.labels
+    if path is None:
+        if not negative:
+            raise ValueError("a scene without labels must be negative")
+        return np.full(grid.shape, background_index(cfg), np.uint8)
     if path.suffix.lower() in RASTER_LABEL_SUFFIXES:
         if offset_m is not None:
             raise GeounetError(path, "labels_offset_m moves vector labels only")

@@ -184,3 +184,21 @@ def test_a_scene_no_label_overlaps_is_a_negative_example(
 
     with pytest.raises(GeounetError, match="no labels overlap the scene"):
         read_vector_labels(far, roof_scene.crs, (450000.0, 40000.0, 450064.0, 40064.0), ["background", "building"])
+
+
+def test_a_negative_scene_needs_no_labels_and_ignores_footprints_it_is_not_given(
+    roof_scene, train_raw, write_config
+) -> None:
+    """A negative scene without ``labels`` (e.g. the rubble of destroyed houses) is all background; other scenes need labels."""
+    scene = train_raw["data"]["train"][0]
+    del scene["labels"]
+    with pytest.raises(GeounetError, match=r"data.train\[0\].labels: missing \(only a scene with negative: true"):
+        load_config(write_config(train_raw))
+    scene["negative"] = True
+    cfg = load_config(write_config(train_raw))
+    label = load_scene(cfg.data.train[0], cfg).label
+    assert (label[:, 4:] == 0).all() and (label[:, :2] == IGNORE_INDEX).all()  # nodata stays ignored
+    from geounet.training.card import training_facts
+
+    facts = training_facts(cfg, None, [], 0, {}, 0.0, "cpu", "fp32", 0)
+    assert "no labels" in facts["train_scenes"][0] and "negative: all background" in facts["train_scenes"][0]
