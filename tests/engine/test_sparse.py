@@ -93,8 +93,9 @@ def test_a_200000_px_vrt_with_one_source_runs_its_chunks_only(model, tmp_path):
         crs="EPSG:32615",
         res=RES,
     )
-    sparse = predict_in_child(vrt, tmp_path / "out", model)
-    dense = predict_in_child(full, tmp_path / "out_full", model)
+    # fp32: ONNX Runtime, one tile per chunk (auto takes bf16 on torch, 2048 px chunks, on CPUs with AMX)
+    sparse = predict_in_child(vrt, tmp_path / "out", model, precision="fp32")
+    dense = predict_in_child(full, tmp_path / "out_full", model, precision="fp32")
     assert sparse["ok"] and dense["ok"], (sparse["error"], dense["error"])
 
     # (a) chunks: one tile each (ONNX Runtime on the CPU); only those touching the source ran
@@ -111,7 +112,9 @@ def test_a_200000_px_vrt_with_one_source_runs_its_chunks_only(model, tmp_path):
     assert sparse["peak_kib"] < dense["peak_kib"], (sparse["peak_kib"], dense["peak_kib"])
 
     # (c) over the source: the predictions of the source alone (the tiles line up), a halo's width from its edges
-    [alone] = predict_batch([source], tmp_path / "alone", model, PredictSettings(quiet=True, vector=False))
+    [alone] = predict_batch(
+        [source], tmp_path / "alone", model, PredictSettings(quiet=True, vector=False, precision="fp32")
+    )
     assert alone.ok and alone.tiles["run"] == 36
     at = Window(COL, ROW, 512, 512)
     out = tmp_path / "out/mosaic"
@@ -146,7 +149,7 @@ def test_a_mostly_empty_resampled_scene_skips_stage_2_and_its_empty_blocks(tmp_p
     row, col = 7003, 9011
     source = write_source(tmp_path / "source.tif", row, col, seed=2)
     vrt = sparse_vrt(tmp_path / "mosaic.vrt", 20_000, source, row, col)
-    [rep] = predict_batch([vrt], tmp_path / "out", model, PredictSettings(quiet=True, vector=False))
+    [rep] = predict_batch([vrt], tmp_path / "out", model, PredictSettings(quiet=True, vector=False, precision="fp32"))
     assert rep.ok, rep.error
     record = json.loads((tmp_path / "out/mosaic/run.json").read_text())
     wg = record["working_grid"]
