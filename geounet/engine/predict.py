@@ -659,8 +659,14 @@ def predict_batch(
                         log.warning("%s: after an interrupted run: %s", p, what)
                     reports.append(predict_scene(p, out, model_path, settings, executor, last=n == len(paths)))
             except Exception as exc:  # noqa: BLE001  one bad scene never sinks the batch
-                if isinstance(exc, ClusterError) or lost_cluster(exc):
+                if isinstance(exc, ClusterError):
                     raise  # not about this scene: the caller stops the batch
+                if lost_cluster(exc):  # lost outside the chunk loop (loading, stitching): the same one line
+                    raise ClusterError(
+                        getattr(executor, "address", None) or "local cluster",
+                        f"lost the Dask scheduler while predicting {Path(str(p)).name} ({type(exc).__name__}); "
+                        "no output written for this scene",
+                    ) from None
                 log.debug("%s: traceback", p, exc_info=True)
                 error = str(scene_failure(p, exc, out))
                 reports.append(SceneReport(str(p), None, False, error, time.perf_counter() - t0))

@@ -329,3 +329,18 @@ def test_the_model_is_freed_after_the_last_scene_s_chunks_only(tiny_model, tmp_p
     np.testing.assert_array_equal(
         read(tmp_path / "out" / "s1" / "classes.tif"), read(tmp_path / "again" / "s1" / "classes.tif")
     )
+
+
+def test_a_cluster_lost_outside_the_chunk_loop_is_one_line_naming_the_scene(monkeypatch, tmp_path):
+    """Lost while loading or stitching (not inside the chunk loop): the same ClusterError as inside it."""
+    from concurrent.futures import CancelledError
+
+    import geounet.engine.predict as predict_module
+    from geounet.engine.executors import ClusterError
+
+    def lost(*args, **kwargs):
+        raise CancelledError("scheduler gone")
+
+    monkeypatch.setattr(predict_module, "predict_scene", lost)
+    with pytest.raises(ClusterError, match=r"lost the Dask scheduler while predicting kampala_demo\.tif \(Cancel"):
+        predict_batch([DEMO_SCENE], tmp_path / "out", "buildings", PredictSettings(quiet=True))
