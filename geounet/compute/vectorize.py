@@ -323,6 +323,7 @@ def split_at_contacts(
     bounds = shapely.bounds(pieces.geometry).astype(np.int64)
     is_member = None if member_ids is None else _membership(member_ids)
     is_building = _membership(building_ids)
+    first_rows, first_cols = first_pixels(pieces.geometry)
     for i, (x0, y0, x1, y1) in enumerate(bounds):
         if seed_counts is not None and seed_counts[i] < 2:
             kept[i] = seed_counts[i] > 0  # one seed: one building; none: contacts only, dropped
@@ -333,22 +334,19 @@ def split_at_contacts(
         origin = Affine.translation(x0, y0)
         if is_member is None:
             mask = rasterize([(pieces.geometry[i], 1)], out_shape=window.shape, transform=origin, dtype="uint8") > 0
-        else:  # the component under the polygon's top-left pixel (its first vertex in raster order)
+        else:  # the component under the polygon's first pixel in raster order
             labels, _ = ndimage.label(is_member(window), structure=_FOUR)
-            xy = shapely.get_coordinates(shapely.get_exterior_ring(pieces.geometry[i]))
-            top = xy[xy[:, 1] == xy[:, 1].min()]
-            col, row = int(top[:, 0].min()) - x0, int(top[0, 1]) - y0
-            mask = labels == labels[row, col]
+            mask = labels == labels[first_rows[i] - y0, first_cols[i] - x0]
         building = mask & is_building(window)
         if not building.any():
             kept[i] = False  # contacts only: the edge between buildings, not one
             continue
         if seed_m <= 0 and building.sum() == mask.sum():
             continue  # no contact pixel: one component of building pixels, one building
-        seeds = _seeds(building, (dx, dy), seed_m, min_core_px)
+        seeds, components = _seeds(building, (dx, dy), seed_m, min_core_px)
         if seeds.max() < 2:
             continue
-        roofs = seeds if seed_m <= 0 else _roofs(seeds, building, (dx, dy))
+        roofs = seeds if seed_m <= 0 else _roofs(seeds, components, building, (dx, dy))
         if building.sum() == mask.sum():
             basins = roofs.astype(np.int32)  # no contact pixel to hand out
         else:
@@ -427,15 +425,17 @@ def _membership(ids: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda w: table[w] if w.dtype == np.uint8 else np.isin(w, ids)
 
 
-def _roofs(seeds: np.ndarray, building: np.ndarray, pixel_size_m: tuple[float, float]) -> np.ndarray:
-    """Each building pixel labelled with the nearest seed of its own 4-connected component.
+def _roofs(
+    seeds: np.ndarray, components: np.ndarray, building: np.ndarray, pixel_size_m: tuple[float, float]
+) -> np.ndarray:
+    """Each building pixel labelled with the nearest seed of its own 4-connected component (``components``).
 
     A watershed of the distance to the seeds, run only when a component holds two seeds
     or more; a component with one seed is all that seed's (what the watershed gives it).
     """
     from skimage.segmentation import watershed
 
-    components, n = ndimage.label(building, structure=_FOUR)
+    n = int(components.max())
     found = seeds > 0
     component_of = np.zeros(int(seeds.max()) + 1, np.int64)
     component_of[seeds[found]] = components[found]  # a seed lies in one component
@@ -446,11 +446,14 @@ def _roofs(seeds: np.ndarray, building: np.ndarray, pixel_size_m: tuple[float, f
     return seed_of[components]
 
 
-def _seeds(building: np.ndarray, pixel_size_m: tuple[float, float], seed_m: float, min_core_px: int) -> np.ndarray:
-    """Seed labels (1..n, 0 elsewhere) of :func:`split_at_contacts` in a (rows, cols) building mask."""
+def _seeds(
+    building: np.ndarray, pixel_size_m: tuple[float, float], seed_m: float, min_core_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seed labels (1..n, 0 elsewhere) of :func:`split_at_contacts` in a (rows, cols) building mask,
+    and the mask's 4-connected components (labels) they were found in."""
     components, n = ndimage.label(building, structure=_FOUR)
     if seed_m <= 0 or n == 0:
-        return components
+        return components, components
     dx, dy = pixel_size_m
     cores, m = ndimage.label(distance_m(building, (dx, dy)) >= seed_m, structure=_FOUR)
     size = np.bincount(cores.ravel(), minlength=m + 1)
@@ -465,4 +468,4 @@ def _seeds(building: np.ndarray, pixel_size_m: tuple[float, float], seed_m: floa
     found = seeds > 0
     labels = np.zeros(seeds.shape, np.int32)
     labels[found] = 1 + np.searchsorted(np.unique(seeds[found]), seeds[found])  # numbered 1..n
-    return labels
+    return labels, components

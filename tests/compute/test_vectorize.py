@@ -176,7 +176,7 @@ def test_seeds_counted_over_a_whole_raster_equal_each_polygons_own(seed_m):
         mask = rasterize([(g, 1)], out_shape=(y1 - y0, x1 - x0), transform=Affine.translation(x0, y0)) > 0
         building = mask & (classes[y0:y1, x0:x1] == 1)
         min_core = max(1, int(np.ceil(seed_m * seed_m / (pixel[0] * pixel[1]))))
-        own.append(int(_seeds(building, pixel, seed_m, min_core).max()) if building.any() else 0)
+        own.append(int(_seeds(building, pixel, seed_m, min_core)[0].max()) if building.any() else 0)
     assert list(counts) == own and {0, 1} < set(own) and max(own) >= 3  # drops, keeps and splits all occur
     plain = split_at_contacts(whole, windows, [1], pixel, seed_m, [1, 2])
     fast = split_at_contacts(whole, windows, [1], pixel, seed_m, [1, 2], counts)
