@@ -59,6 +59,14 @@ class ClusterError(RuntimeError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.address, self.problem))
 
+    @classmethod
+    def lost(cls, address: str | None, label: str, exc: BaseException) -> ClusterError:
+        """The scheduler (or the connection to it) lost while predicting the scene ``label``."""
+        return cls(
+            address or "local cluster",
+            f"lost the Dask scheduler while predicting {label} ({type(exc).__name__}); no output written for this scene",
+        )
+
 
 def lost_cluster(exc: BaseException) -> bool:
     """Whether ``exc`` is how dask.distributed reports a lost scheduler or connection (outside the chunk loop)."""
@@ -254,11 +262,7 @@ class DistributedExecutor(Executor):
         except (CancelledError, CommClosedError, OSError, TimeoutError) as exc:
             if isinstance(exc, OSError) and self.client.status == "running" and not isinstance(exc, ConnectionError):
                 raise  # a file error of this scene, not the cluster
-            raise ClusterError(
-                self.address,
-                f"lost the Dask scheduler while predicting {label} "
-                f"({type(exc).__name__}); no output written for this scene",
-            ) from None
+            raise ClusterError.lost(self.address, label, exc) from None
 
     def close(self) -> None:
         cluster = getattr(self.client, "cluster", None) if self.owns_cluster else None

@@ -662,11 +662,7 @@ def predict_batch(
                 if isinstance(exc, ClusterError):
                     raise  # not about this scene: the caller stops the batch
                 if lost_cluster(exc):  # lost outside the chunk loop (loading, stitching): the same one line
-                    raise ClusterError(
-                        getattr(executor, "address", None) or "local cluster",
-                        f"lost the Dask scheduler while predicting {Path(str(p)).name} ({type(exc).__name__}); "
-                        "no output written for this scene",
-                    ) from None
+                    raise ClusterError.lost(getattr(executor, "address", None), Path(str(p)).name, exc) from None
                 log.debug("%s: traceback", p, exc_info=True)
                 error = str(scene_failure(p, exc, out))
                 reports.append(SceneReport(str(p), None, False, error, time.perf_counter() - t0))
