@@ -207,7 +207,8 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
     print(
         f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64; "
         f"ONNX Runtime as geounet predict runs it: {tasks} task(s) at once x {tiles} tile(s) per call; the floor "
-        "is fp32, the runs take the CLI's precision (auto: int8 where the model's record allows it, on VNNI CPUs)"
+        "is fp32 on the backend a run used, the runs take the CLI's precision (auto: int8 on ONNX Runtime where the "
+        "model's record allows it, on VNNI CPUs; bf16 on torch on CPUs with AMX)"
     )
     cache = Path(os.environ["GEOUNET_CACHE_DIR"])
     shutil.rmtree(cache, ignore_errors=True)
@@ -218,17 +219,20 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
     rows = []
 
     def measure(label, scenes, backend, *extra):
-        """``backend``: the one whose floor applies (the CLI runs with its default unless ``extra`` says)."""
+        """``backend``: the one whose (fp32) floor applies, or None: the one the CLI chose (``auto``)."""
         wall, cpu, peak, runs = predict_cli_measured(scenes, work / "out", *extra)
-        assert runs[0]["settings"]["backend"] == backend, runs[0]["settings"]["backend"]
+        chosen = runs[0]["settings"]["backend"]
+        assert backend in (None, chosen), chosen
+        backend = chosen
+        label += f" [{chosen}]" if "backend" not in label else ""
         label += f" [{runs[0]['settings']['precision']}]"
         floors[backend].append(floor_seconds(size, backend=backend)[0])
         floor = (floors[backend][-2] + floors[backend][-1]) / 2
         rows.append((label, len(scenes), wall, runs, floor, cpu, peak))
 
-    measure("geounet predict --no-vector (default: ONNX Runtime)", [scene], "onnx", "--no-vector")
+    measure("geounet predict --no-vector (default precision)", [scene], None, "--no-vector")
     measure("geounet predict --no-vector --backend torch", [scene], "torch", "--no-vector", "--backend", "torch")
-    measure("geounet predict (with vectors)", [scene], "onnx")
+    measure("geounet predict (with vectors)", [scene], None)
     measure("geounet predict --precision fp32 (with vectors)", [scene], "onnx", "--precision", "fp32")
     naive = run_measured_cpu(
         [
@@ -245,7 +249,7 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
         copies.append(work / f"scene{i}.tif")
         if not copies[-1].exists():
             os.symlink(scene, copies[-1])
-    measure(f"geounet predict --no-vector, {batch} scenes in one command", copies, "onnx", "--no-vector")
+    measure(f"geounet predict --no-vector, {batch} scenes in one command", copies, None, "--no-vector")
     for b, fl in floors.items():
         print(
             f"floor ({b}): {tiles} tiles per scene; measured {', '.join(f'{f:.1f}' for f in fl)} s "

@@ -58,14 +58,14 @@ def has_vnni(flags: set[str] | None = None) -> bool:
 
 
 def resolve_precision(device: str, precision: str = "auto", int8_ok: bool = False) -> str:
-    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs bf16 with AMX tiles, int8 or fp32.
+    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs int8 or fp32 (ONNX Runtime), never bf16.
 
     Without native bf16 (AVX2) torch emulates it, several times slower than fp32. With
-    AVX-512 BF16 but no AMX, bf16 runs on torch while fp32 runs on ONNX Runtime, which was
-    faster end to end on such a CPU (an AMD EPYC; the session notes hold the numbers).
-    ``int8_ok``: the model has an int8 version whose record says it kept pixel IoU within
-    0.01 of fp32 and ran faster (``geounet.models.quantize.Int8Record.auto_ok``); auto
-    takes it on a CPU with VNNI (without it, ONNX Runtime's int8 kernels lose their edge).
+    AVX-512 BF16 (an AMD EPYC) and with AMX tiles (an Intel Xeon), bf16 on torch was slower
+    end to end than fp32 on ONNX Runtime, and int8 faster than both (docs/cli.md holds the
+    measurements). ``int8_ok``: the model has an int8 version whose record says it kept
+    pixel IoU within 0.01 of fp32 and ran faster (``geounet.models.quantize.Int8Record.auto_ok``);
+    auto takes it on a CPU with VNNI (without it, ONNX Runtime's int8 kernels lose their edge).
     """
     if precision != "auto":
         return precision
@@ -73,15 +73,7 @@ def resolve_precision(device: str, precision: str = "auto", int8_ok: bool = Fals
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    flags = cpu_flags()
-    if not flags:  # no /proc/cpuinfo: ask torch
-        import torch
-
-        cap = torch.backends.cpu.get_cpu_capability().upper()
-        return "bf16" if "AMX" in cap else "fp32"
-    if "amx_bf16" in flags:
-        return "bf16"
-    return "int8" if int8_ok and has_vnni(flags) else "fp32"
+    return "int8" if int8_ok and has_vnni() else "fp32"
 
 
 BACKENDS = ("auto", "torch", "onnx")

@@ -158,7 +158,8 @@ def test_auto_ok_needs_every_iou_within_001_and_a_speed_up():
         ({"avx2", "avx_vnni"}, True, "int8"),
         ({"avx2", "avx512f"}, True, "fp32"),  # no VNNI
         ({"avx2", "avx512_vnni"}, False, "fp32"),  # the record does not allow it
-        ({"avx512_vnni", "amx_bf16"}, True, "bf16"),
+        ({"avx512_vnni", "amx_bf16", "amx_int8"}, True, "int8"),  # AMX: int8 measured faster than bf16
+        ({"avx512_vnni", "amx_bf16"}, False, "fp32"),
     ],
 )
 def test_auto_precision_on_the_cpu(monkeypatch, flags, int8_ok, expected):
