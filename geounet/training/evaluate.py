@@ -125,7 +125,9 @@ def _crop(scene: Path, window: tuple[float, float, float, float], dst: Path) -> 
         c0, r0 = int(round(x0 * src.width)), int(round(y0 * src.height))
         c1, r1 = int(round(x1 * src.width)), int(round(y1 * src.height))
         win = Window(c0, r0, c1 - c0, r1 - r0)
-        profile = src.profile | {
+        # the copy is deflated: JPEG's own settings (YCbCr, quality) would make GDAL refuse it
+        kept = {k: v for k, v in src.profile.items() if k not in ("photometric", "jpeg_quality", "jpegtablesmode")}
+        profile = kept | {
             "driver": "GTiff",
             "width": win.width,
             "height": win.height,

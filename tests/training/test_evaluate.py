@@ -86,6 +86,22 @@ def test_window_scores_only_that_part(scene_and_prediction, tiny_model):
     assert result["window"] == [0.5, 0.0, 1.0, 0.5]
 
 
+def test_a_window_of_a_jpeg_ycbcr_scene_with_a_mask(scene_and_prediction, tiny_model, tmp_path):
+    """A window is copied deflated: JPEG's YCbCr setting must not go with it; the mask does."""
+    scene, out = scene_and_prediction
+    with rasterio.open(scene) as src:
+        img, profile = src.read(), src.profile
+    profile.update(compress="jpeg", photometric="ycbcr", jpeg_quality=95, nodata=None, tiled=True, blockxsize=64, blockysize=64)
+    mask = np.full(img.shape[1:], 255, np.uint8)
+    mask[:, :40] = 0  # the left eighth has no data
+    jpeg = tmp_path / "scene_jpeg.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(jpeg, "w", **profile) as dst:
+        dst.write(img)
+        dst.write_mask(mask)
+    result = evaluate_model(tiny_model, jpeg, out / "classes.tif", window=(0.0, 0.0, 0.5, 1.0), settings=SETTINGS)
+    assert result["pixel"]["pixels_scored"] == (160 - 40) * 320  # the window, less the masked columns
+
+
 def test_bad_window_and_missing_labels_are_one_line_errors(tiny_model, tmp_path):
     with pytest.raises(Exception, match="x0 < x1"):
         parse_window("0.5,0,0.2,1")
