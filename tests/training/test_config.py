@@ -201,3 +201,44 @@ def test_an_unknown_precision_flag_is_refused(train_raw, write_config) -> None:
     assert error_lines(result) == [
         f"error: {write_config(train_raw)}: train.precision: expected one of auto, fp32, bf16, got str 'int8'"
     ]
+
+
+def _ground(path: Path, window: list[float] | None = None):
+    """The ground a scene's valid pixels cover (within ``window``: fractions x0, y0, x1, y1), lon/lat."""
+    import rasterio
+    import shapely
+    from rasterio.features import shapes
+    from rasterio.warp import transform_geom
+    from shapely.geometry import shape
+
+    with rasterio.open(path) as src:
+        x0, y0, x1, y1 = window or [0.0, 0.0, 1.0, 1.0]
+        mask = src.dataset_mask()
+        r0, r1, c0, c1 = round(y0 * src.height), round(y1 * src.height), round(x0 * src.width), round(x1 * src.width)
+        mask[:r0], mask[r1:], mask[:, :c0], mask[:, c1:] = 0, 0, 0, 0
+        parts = [shape(g) for g, v in shapes(mask, mask=mask > 0, transform=src.transform) if v]
+        ground = shapely.union_all(parts).segmentize(max(abs(src.transform.a), abs(src.transform.e)) * 16)
+        return shape(transform_geom(src.crs, "EPSG:4326", ground.__geo_interface__))
+
+
+@pytest.mark.parametrize("config", ["buildings_satellite.yaml", "tried/buildings_satellite_other_places.yaml"])
+def test_the_satellite_configs_never_train_on_held_out_ground(config: str) -> None:
+    """No training or validation scene of a satellite building config lies on a held-out scene's ground.
+
+    Held out: the eastern Joplin pre tiles and kampala_b (../shared/data, checked when present) and
+    the held-out parts of data/training/satellite (always checked).
+    """
+    cfg = load_config(REPO / "configs" / config)
+    held_out = [REPO / "data/training/satellite/oam_area4.tif", REPO / "data/training/satellite/spacenet_rio_heldout.tif"]
+    shared = REPO.parent / "shared" / "data"
+    held_out += [shared / "joplin/pre/tile_1361-9136.tif", shared / "joplin/pre/tile_1361-10160.tif"]
+    held_out.append(shared / "kampala/kampala_b.tif")
+    held_out = [p for p in held_out if p.exists()]
+    scenes = [s for s in [*cfg.data.train, *cfg.data.val] if Path(s.image).exists()]
+    if "other_places" in config:  # the repo's own scenes are always checked
+        assert sum(Path(s.image).resolve().is_relative_to(REPO) for s in scenes) >= 4
+    for scene in scenes:
+        ground = _ground(scene.image, scene.window)
+        for other in held_out:
+            overlap = ground.intersection(_ground(other)).area / ground.area
+            assert overlap < 1e-6, f"{scene.image} {scene.window} lies on held-out {other.name} ({overlap:.1%})"
