@@ -229,7 +229,10 @@ def test_the_satellite_configs_never_train_on_held_out_ground(config: str) -> No
     the held-out parts of data/training/satellite (always checked).
     """
     cfg = load_config(REPO / "configs" / config)
-    held_out = [REPO / "data/training/satellite/oam_area4.tif", REPO / "data/training/satellite/spacenet_rio_heldout.tif"]
+    held_out = [
+        REPO / "data/training/satellite/oam_area4.tif",
+        REPO / "data/training/satellite/spacenet_rio_heldout.tif",
+    ]
     shared = REPO.parent / "shared" / "data"
     held_out += [shared / "joplin/pre/tile_1361-9136.tif", shared / "joplin/pre/tile_1361-10160.tif"]
     held_out.append(shared / "kampala/kampala_b.tif")

@@ -91,7 +91,9 @@ def test_a_window_of_a_jpeg_ycbcr_scene_with_a_mask(scene_and_prediction, tiny_m
     scene, out = scene_and_prediction
     with rasterio.open(scene) as src:
         img, profile = src.read(), src.profile
-    profile.update(compress="jpeg", photometric="ycbcr", jpeg_quality=95, nodata=None, tiled=True, blockxsize=64, blockysize=64)
+    profile.update(
+        compress="jpeg", photometric="ycbcr", jpeg_quality=95, nodata=None, tiled=True, blockxsize=64, blockysize=64
+    )
     mask = np.full(img.shape[1:], 255, np.uint8)
     mask[:, :40] = 0  # the left eighth has no data
     jpeg = tmp_path / "scene_jpeg.tif"
