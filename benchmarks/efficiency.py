@@ -208,7 +208,7 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
         f"\n## end to end, {size}^2 RGB uint8 at 0.15 m, default buildings model, tile 512 / overlap 64; "
         f"ONNX Runtime as geounet predict runs it: {tasks} task(s) at once x {tiles} tile(s) per call; the floor "
         "is fp32 on the backend a run used, the runs take the CLI's precision (auto: int8 on ONNX Runtime where the "
-        "model's record allows it, on VNNI CPUs; bf16 on torch on CPUs with AMX)"
+        "model's record allows it, on VNNI CPUs; else fp32)"
     )
     cache = Path(os.environ["GEOUNET_CACHE_DIR"])
     shutil.rmtree(cache, ignore_errors=True)
