@@ -42,7 +42,7 @@ def evaluate(
         "auto",
         help="auto, fp32, bf16, fp16 (autocast) or int8 (the model's quantized ONNX file beside it, CPU, "
         "ONNX Runtime; made by geounet quantize). auto on a CPU: int8 where the model's int8 record measured "
-        "pixel IoU within 0.01 of fp32 and a speed-up, and the CPU has VNNI; else fp32 (bf16 with AMX).",
+        "pixel IoU within 0.01 of fp32 and a speed-up, and the CPU has VNNI; else fp32 (never bf16 on a CPU).",
     ),
     tta: str = typer.Option("none", help="Test-time augmentation: none, flip, flips or d4 (as geounet predict)."),
 ) -> None:

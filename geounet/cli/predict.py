@@ -45,7 +45,7 @@ def predict(
         "auto",
         help="auto, fp32, bf16, fp16 (autocast) or int8 (the model's quantized ONNX file beside it, CPU, "
         "ONNX Runtime; made by geounet quantize). auto on a CPU: int8 where the model's int8 record measured "
-        "pixel IoU within 0.01 of fp32 and a speed-up, and the CPU has VNNI; else fp32 (bf16 with AMX).",
+        "pixel IoU within 0.01 of fp32 and a speed-up, and the CPU has VNNI; else fp32 (never bf16 on a CPU).",
     ),
     backend: str = typer.Option(
         "auto",

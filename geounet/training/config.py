@@ -133,7 +133,7 @@ class TrainOptions:
     patience: int = 5  # epochs without a better val IoU before stopping
     ema_decay: float = 0.0  # >0: validate and keep an exponential moving average of the weights
     seed: int = 0
-    precision: Precision = "auto"  # auto: bf16 on CUDA or AVX512/AMX CPUs, else fp32
+    precision: Precision = "auto"  # auto: bf16 on CUDA GPUs (fp16 without bf16), fp32 on CPUs
     channels_last: bool = True
     device: Device = "auto"  # auto: cuda if available, else cpu
     threads: int | None = None  # torch CPU threads; None: torch's default
