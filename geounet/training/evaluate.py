@@ -34,6 +34,7 @@ from geounet.io.labels import (
     read_label_raster,
     read_vector_labels,
 )
+from geounet.io.rasters import tiled_profile
 from geounet.io.run_record import RunRecord
 from geounet.io.scene import check_scene, ground_pixel_size, open_scene
 from geounet.models.card import ModelCard, file_sha256, read_card
@@ -125,18 +126,10 @@ def _crop(scene: Path, window: tuple[float, float, float, float], dst: Path) -> 
         c0, r0 = int(round(x0 * src.width)), int(round(y0 * src.height))
         c1, r1 = int(round(x1 * src.width)), int(round(y1 * src.height))
         win = Window(c0, r0, c1 - c0, r1 - r0)
-        # the copy is deflated: JPEG's own settings (YCbCr, quality) would make GDAL refuse it
-        kept = {k: v for k, v in src.profile.items() if k not in ("photometric", "jpeg_quality", "jpegtablesmode")}
-        profile = kept | {
-            "driver": "GTiff",
-            "width": win.width,
-            "height": win.height,
-            "transform": src.window_transform(win),
-            "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
-            "compress": "deflate",
-        }
+        # a fresh profile (the source's own creation options, e.g. JPEG's YCbCr, need not suit a deflated copy)
+        profile = tiled_profile(
+            src.crs, src.window_transform(win), win.width, win.height, src.count, src.dtypes[0], src.nodata
+        ) | {"compress": "deflate"}
         has_mask = src.nodata is None and any(rasterio.enums.MaskFlags.per_dataset in f for f in src.mask_flag_enums)
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dst, "w", **profile) as out:
             for r in range(0, win.height, 1024):
