@@ -27,6 +27,11 @@ def evaluate(
     ),
     value_map: list[str] = typer.Option([], "--value-map", help="VALUE=CLASS (or VALUE=ignore); repeatable."),
     unlabelled: str = typer.Option("background", help="Pixels no label covers: background or ignore."),
+    unlabelled_ignore_in: Path | None = typer.Option(
+        None,
+        help="Vector file of areas where the labels may miss objects (e.g. footprints newer than the image): "
+        "there, pixels no label covers are not scored, nor predicted buildings that meet no label.",
+    ),
     line_width_m: float = typer.Option(3.0, help="Width (metres) line labels are buffered to."),
     centerlines: Path | None = typer.Option(None, help="True road centre lines (vector) for the road metric."),
     tolerance_m: float = typer.Option(3.0, help="Centre-line match distance, metres."),
@@ -64,6 +69,7 @@ def evaluate(
             default_class=default_class,
             value_map=pairs,
             unlabelled=unlabelled,
+            unlabelled_ignore_in=unlabelled_ignore_in,
             line_width_m=line_width_m,
         )
         settings = PredictSettings(

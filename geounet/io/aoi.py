@@ -138,6 +138,12 @@ def read_area(path: str | Path) -> AreaOfInterest:
     return AreaOfInterest(geom, CRS.from_user_input(crs).to_wkt(), str(path))
 
 
+def area_pixels(path: str | Path, crs: Any, transform: Any, shape: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) bool: the pixels of a grid (``crs``, ``transform``) whose centre is in the vector file's polygons."""
+    area_px = to_pixels(read_area(path).in_crs(CRS.from_user_input(crs).to_wkt()), transform)
+    return inside_block(area_px, 0, 0, *shape)
+
+
 def inside_block(area_px: Any, row0: int, col0: int, height: int, width: int) -> np.ndarray:
     """(height, width) bool: the pixels of a block whose centre is inside ``area_px`` (pixel coordinates)."""
     box = shapely.box(col0, row0, col0 + width, row0 + height)

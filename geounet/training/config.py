@@ -58,6 +58,10 @@ class SceneConfig:
     ``negative``: the scene holds none of the classes, so labels that miss it are no error (else
     they are: most often a wrong file or CRS); such a scene needs no ``labels`` at all (e.g. the
     rubble of destroyed buildings: all background, whatever footprints cover it).
+    ``unlabelled_ignore_in``: a vector file of areas (any CRS) where a pixel that no label covers
+    may still hold a class, so it is ignored instead of taken as background; labelled pixels
+    there are kept. E.g. footprints captured years after the image, where buildings were
+    destroyed and not rebuilt in between: their ground carries no footprint, yet the image shows them.
     """
 
     image: Path  # a file (relative: to the config file), or an http(s)://, s3:// or /vsi... URL kept as a str
@@ -66,6 +70,7 @@ class SceneConfig:
     weight: float = 1.0  # share of the random chips, relative to the scene's labelled area
     labels_offset_m: list[float] | None = None  # [east, north] metres, vector labels only
     negative: bool = False  # a scene with none of the classes: no label needs to overlap it (all background)
+    unlabelled_ignore_in: Path | None = None  # areas where unlabelled pixels are ignored, not background
 
 
 @dataclass

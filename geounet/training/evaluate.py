@@ -27,6 +27,7 @@ from geounet.compute.metrics import centerline_scores, confusion_matrix, label_s
 from geounet.compute.postprocess import DEFAULT_RULES, metric_crs
 from geounet.engine.predict import PredictSettings, predict_batch
 from geounet.errors import GeounetError
+from geounet.io.aoi import area_pixels
 from geounet.io.labels import (
     IGNORE_INDEX,
     RASTER_LABEL_SUFFIXES,
@@ -52,6 +53,8 @@ class LabelOptions:
     default_class: str | None = None
     value_map: dict[str, str] = field(default_factory=dict)
     unlabelled: str = "background"  # pixels no label covers: "background" or "ignore"
+    # areas where labels may miss objects: unlabelled pixels there are ignored, and predicted buildings meeting no label
+    unlabelled_ignore_in: Path | None = None
     line_width_m: float = 3.0
     all_touched: bool = False
     layer: str | None = None
@@ -113,7 +116,7 @@ def evaluate_model(
         "labels": str(labels_path),
         "centerlines_file": str(centerlines_path) if centerlines_path else None,
         "window": list(window) if window else None,
-        "label_options": asdict(opts),
+        "label_options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "settings": record.settings,
         **result,
     }
@@ -167,6 +170,12 @@ def _score(
     fill = _unlabelled_fill(card, opts)
     truth, label_gdf = _truth(labels_path, card, opts, pred, fill)
     names = card.class_names
+    building_ids = [i for i, c in enumerate(card.classes) if c.kind == "building"]
+    unscored = None
+    if opts.unlabelled_ignore_in is not None:
+        in_area = area_pixels(opts.unlabelled_ignore_in, pred.crs, pred.transform, pred.shape)
+        unscored = _unlabelled_detections(pred.classes, truth, building_ids, in_area)
+        truth[unscored] = IGNORE_INDEX
     cm = confusion_matrix(pred.classes, truth, len(names))
     pixel = pixel_scores(cm, names)
     fg = [pixel["classes"][c.name]["iou"] for c in card.classes if c.kind != "background"]
@@ -174,9 +183,8 @@ def _score(
     pixel["mean_iou_foreground"] = float(np.mean(fg)) if fg else None  # as training's validation reports it
     result: dict = {"pixel": pixel, "confusion_matrix": cm.tolist()}
 
-    building_ids = [i for i, c in enumerate(card.classes) if c.kind == "building"]
     if building_ids:
-        result["objects"] = _object_result(out, pred, truth, label_gdf, building_ids, iou_threshold)
+        result["objects"] = _object_result(out, pred, truth, label_gdf, building_ids, iou_threshold, unscored)
         result["label_offset"] = _label_offset(pred, truth, building_ids)
     road_ids = [i for i, c in enumerate(card.classes) if c.kind == "road"]
     if road_ids:
@@ -186,6 +194,24 @@ def _score(
         if lines_src is not None:
             result["centerlines"] = _centerline_result(out, Path(lines_src), pred, tolerance_m)
     return result
+
+
+def _unlabelled_detections(
+    classes: np.ndarray, truth: np.ndarray, building_ids: list[int], in_area: np.ndarray
+) -> np.ndarray:
+    """(rows, cols) bool: the predicted buildings (8-connected regions) in ``in_area`` that touch no true building.
+
+    Where labels may miss buildings (footprints newer than the image, say), such a detection
+    may be right or wrong: its pixels and its polygon are left unscored.
+    """
+    from scipy import ndimage
+
+    predicted = np.isin(classes, building_ids)
+    regions, _ = ndimage.label(predicted, structure=np.ones((3, 3), bool))
+    meets_truth = np.unique(regions[predicted & np.isin(truth, building_ids)])
+    outside = np.unique(regions[predicted & ~in_area])
+    keep = np.union1d(meets_truth, outside)
+    return predicted & ~np.isin(regions, keep)
 
 
 def _unlabelled_fill(card: ModelCard, opts: LabelOptions) -> int:
@@ -233,8 +259,13 @@ def _object_result(
     label_gdf: gpd.GeoDataFrame | None,
     building_ids: list[int],
     iou_threshold: float,
+    unscored_px: np.ndarray | None = None,
 ) -> dict:
-    """Object scores of the ``buildings`` layer against the true buildings, matched in a metric CRS."""
+    """Object scores of the ``buildings`` layer against the true buildings, matched in a metric CRS.
+
+    ``unscored_px``: predicted building pixels left unscored (:func:`_unlabelled_detections`);
+    a polygon whose representative point is on them is not scored (neither right nor wrong).
+    """
     import geopandas as gpd
     import pyogrio
     from shapely.geometry import box
@@ -259,9 +290,23 @@ def _object_result(
     true_m = true.to_crs(metric)
     true_m = true_m[true_m.area >= DEFAULT_RULES["building"].min_area_m2]
     pred_m = preds.geometry.to_crs(metric) if preds is not None else gpd.GeoSeries([], crs=metric)
+    unscored = 0
+    if unscored_px is not None and preds is not None and len(pred_m):
+        at = preds.geometry.representative_point()
+        p_rows, p_cols = rasterio.transform.rowcol(pred.transform, at.x, at.y)
+        p_rows = np.clip(p_rows, 0, pred.shape[0] - 1)
+        p_cols = np.clip(p_cols, 0, pred.shape[1] - 1)
+        keep = ~unscored_px[p_rows, p_cols]
+        unscored = int((~keep).sum())
+        pred_m = pred_m[keep]
     scores = object_scores(np.asarray(pred_m.values), np.asarray(true_m.values), iou_threshold)
     polygon_iou = _polygon_iou(preds.geometry if preds is not None else [], truth, pred, building_ids)
-    return scores.to_dict() | {"predicted": len(pred_m), "true": len(true_m), "polygon_iou": polygon_iou}
+    return scores.to_dict() | {
+        "predicted": len(pred_m),
+        "true": len(true_m),
+        "polygon_iou": polygon_iou,
+        "unscored_in_area": unscored,
+    }
 
 
 def _label_offset(pred: _Prediction, truth: np.ndarray, building_ids: list[int], max_px: int = 8) -> dict | None:
@@ -384,6 +429,11 @@ def format_report(result: dict) -> str:
             f"buildings, objects at IoU >= {o['iou_threshold']}: F1 {o['f1']:.3f} "
             f"precision {o['precision']:.3f} recall {o['recall']:.3f} "
             f"({o['true_positives']} matched of {o['predicted']} predicted, {o['true']} true)"
+            + (
+                f"; {o['unscored_in_area']} predicted in the areas without a label to meet: not scored"
+                if o.get("unscored_in_area")
+                else ""
+            )
         )
         if o.get("polygon_iou") is not None:
             lines.append(f"buildings, polygons (features.gpkg) burnt on the grid: IoU {o['polygon_iou']:.3f}")

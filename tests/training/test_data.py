@@ -202,3 +202,30 @@ def test_a_negative_scene_needs_no_labels_and_ignores_footprints_it_is_not_given
 
     facts = training_facts(cfg, None, [], 0, {}, 0.0, "cpu", "fp32", 0)
     assert "no labels" in facts["train_scenes"][0] and "negative: all background" in facts["train_scenes"][0]
+
+
+def test_unlabelled_pixels_in_the_stale_label_areas_are_ignored_and_labelled_ones_kept(
+    tmp_path: Path, roof_scene, train_raw, write_config, write_geojson
+) -> None:
+    """``unlabelled_ignore_in``: labels newer than the image (houses since destroyed): no background there."""
+    import shapely
+    from pyproj import Transformer
+
+    plain = load_config(write_config(train_raw))
+    base = load_scene(plain.data.train[0], plain).label
+    # the left half of the scene (32 m), given in lon/lat: the area is put on the scene's CRS
+    to_wgs84 = Transformer.from_crs(roof_scene.crs, "EPSG:4326", always_xy=True).transform
+    half = shapely.transform(roof_scene.box(-10, -10, 32, 80), lambda xy: np.column_stack(to_wgs84(xy[:, 0], xy[:, 1])))
+    area = write_geojson(tmp_path / "zone.geojson", [half], [{}], crs_epsg=None)
+    train_raw["data"]["train"][0]["unlabelled_ignore_in"] = str(area)
+    cfg = load_config(write_config(train_raw))
+    label = load_scene(cfg.data.train[0], cfg).label  # 1 m pixels: columns 0..31 are in the area
+    left, right = label[:, :31], label[:, 33:]
+    assert not (left == 0).any()  # no background left in the area
+    assert np.array_equal(left == 1, base[:, :31] == 1) and (left == 1).any()  # the labelled roofs kept
+    assert np.array_equal(right, base[:, 33:]) and (right == 0).any()  # outside it nothing changes
+
+    train_raw["data"]["train"][0]["unlabelled_ignore_in"] = str(tmp_path / "missing.geojson")
+    cfg = load_config(write_config(train_raw))
+    with pytest.raises(GeounetError, match="missing.geojson"):
+        load_scene(cfg.data.train[0], cfg)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 from scipy import ndimage
+from shapely.geometry import box
 from typer.testing import CliRunner
 
 from geounet.cli.main import app
@@ -77,6 +78,34 @@ def test_labels_beside_the_buildings_report_their_offset_in_metres(default_model
     # EPSG:3857 near the equator: metres on the ground within 0.1 % of the CRS units; reported to the mm
     assert (off["east_m"], off["north_m"]) == pytest.approx((cols * px_x, -rows * px_y), abs=2e-3)
     assert off["iou_moved"] > off["iou"] + 0.03
+
+
+def test_detections_in_areas_where_labels_may_miss_buildings_are_not_scored(default_model, tmp_path):
+    """--unlabelled-ignore-in: the demo's buildings as labels, less those in the left half; that half as the area."""
+    [rep] = predict_batch([DEMO_SCENE], tmp_path / "out", default_model, SETTINGS)
+    assert rep.ok, rep.error
+    buildings = gpd.read_file(tmp_path / "out" / DEMO_SCENE.stem / "features.gpkg", layer="buildings")
+    with rasterio.open(DEMO_SCENE) as ds:
+        b = ds.bounds
+    mid = (b.left + b.right) / 2
+    left = buildings.geometry.bounds.maxx < mid  # wholly in the left half
+    assert 3 <= left.sum() < len(buildings) - 3
+    labels = tmp_path / "right.geojson"
+    buildings.loc[~left, ["geometry"]].to_file(labels)
+    area = tmp_path / "left.geojson"
+    gpd.GeoDataFrame(geometry=[box(b.left, b.bottom, mid, b.top)], crs=buildings.crs).to_file(area)
+    opts = LabelOptions(default_class="building")
+    plain = evaluate_model(default_model, DEMO_SCENE, labels, label_options=opts, settings=SETTINGS)["objects"]
+    opts.unlabelled_ignore_in = area
+    result = evaluate_model(default_model, DEMO_SCENE, labels, label_options=opts, settings=SETTINGS)
+    o = result["objects"]
+    assert plain["false_positives"] >= left.sum()  # the unlabelled buildings are false positives ...
+    assert o["unscored_in_area"] == left.sum()  # ... but not where labels may miss them
+    assert o["false_positives"] == plain["false_positives"] - left.sum()
+    assert o["true_positives"] == plain["true_positives"] and o["f1"] > plain["f1"]
+    # their pixels are not scored either: the building class keeps its precision
+    assert result["pixel"]["classes"]["building"]["precision"] > 0.9
+    assert result["label_options"]["unlabelled_ignore_in"] == str(area)  # recorded (as JSON can hold it)
 
 
 def test_window_scores_only_that_part(scene_and_prediction, tiny_model):
