@@ -29,8 +29,8 @@ def evaluate(
     unlabelled: str = typer.Option("background", help="Pixels no label covers: background or ignore."),
     unlabelled_ignore_in: Path | None = typer.Option(
         None,
-        help="Vector file of areas where the labels may miss objects (e.g. footprints newer than the image): "
-        "there, pixels no label covers are not scored, nor predicted buildings that meet no label.",
+        help="Vector file of areas where the labels may miss buildings (e.g. footprints newer than the image): "
+        "a predicted building there that overlaps no labelled one is not scored (its pixels, its polygon).",
     ),
     line_width_m: float = typer.Option(3.0, help="Width (metres) line labels are buffered to."),
     centerlines: Path | None = typer.Option(None, help="True road centre lines (vector) for the road metric."),

@@ -53,7 +53,7 @@ class LabelOptions:
     default_class: str | None = None
     value_map: dict[str, str] = field(default_factory=dict)
     unlabelled: str = "background"  # pixels no label covers: "background" or "ignore"
-    # areas where labels may miss objects: unlabelled pixels there are ignored, and predicted buildings meeting no label
+    # areas where labels may miss buildings: a predicted building there that overlaps no label is not scored
     unlabelled_ignore_in: Path | None = None
     line_width_m: float = 3.0
     all_touched: bool = False
@@ -199,7 +199,7 @@ def _score(
 def _unlabelled_detections(
     classes: np.ndarray, truth: np.ndarray, building_ids: list[int], in_area: np.ndarray
 ) -> np.ndarray:
-    """(rows, cols) bool: the predicted buildings (8-connected regions) in ``in_area`` that touch no true building.
+    """(rows, cols) bool: the predicted buildings (8-connected regions) inside ``in_area`` that overlap no true one.
 
     Where labels may miss buildings (footprints newer than the image, say), such a detection
     may be right or wrong: its pixels and its polygon are left unscored.
