@@ -27,7 +27,7 @@ from geounet.compute.metrics import centerline_scores, confusion_matrix, label_s
 from geounet.compute.postprocess import DEFAULT_RULES, metric_crs
 from geounet.engine.predict import PredictSettings, predict_batch
 from geounet.errors import GeounetError
-from geounet.io.aoi import area_pixels
+from geounet.io.aoi import area_pixels, read_area
 from geounet.io.labels import (
     IGNORE_INDEX,
     RASTER_LABEL_SUFFIXES,
@@ -95,6 +95,8 @@ def evaluate_model(
         raise GeounetError(labels_path, "label file not found")
     if centerlines_path is not None and not Path(centerlines_path).exists():
         raise GeounetError(centerlines_path, "centre-line file not found")
+    if opts.unlabelled_ignore_in is not None:
+        read_area(opts.unlabelled_ignore_in)  # a bad area file fails before the prediction, not after
     with open_scene(scene_path) as src:
         check_scene(src, card)
     settings = replace(settings or PredictSettings(quiet=True), vector=True)

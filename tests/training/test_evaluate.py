@@ -139,6 +139,10 @@ def test_bad_window_and_missing_labels_are_one_line_errors(tiny_model, tmp_path)
     res = CliRunner().invoke(app, ["evaluate", str(tiny_model), str(DEMO_SCENE), str(tmp_path / "none.geojson")])
     assert res.exit_code == 2
     assert "none.geojson: label file not found" in res.output
+    labels = REPO / "data" / "training" / "satellite" / "oam_area4_buildings.geojson"
+    args = ["evaluate", str(tiny_model), str(DEMO_SCENE), str(labels), "--unlabelled-ignore-in", str(labels) + ".zip"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "oam_area4_buildings.geojson.zip: cannot read it as a vector file" in res.output
 
 
 def test_default_buildings_model_on_held_out_kampala_b(default_model, tmp_path):
