@@ -49,6 +49,11 @@ class AreaOfInterest:
             raise GeounetError(self.source, f"cannot be put on the scene's CRS ({dst.name})")
         return _polygonal(out)
 
+    def on_grid(self, crs: Any, transform: Any, shape: tuple[int, int]) -> np.ndarray:
+        """(rows, cols) bool: the pixels of a grid (``crs``, ``transform``, ``shape``) whose centre is in the area."""
+        area_px = to_pixels(self.in_crs(CRS.from_user_input(crs).to_wkt()), transform)
+        return inside_block(area_px, 0, 0, *shape)
+
 
 def to_pixels(geom: Any, transform: Any) -> Any:
     """``geom`` (in a grid's CRS) in that grid's pixel coordinates (x = column, y = row); ``transform``: its affine."""
@@ -136,12 +141,6 @@ def read_area(path: str | Path) -> AreaOfInterest:
     if geom.is_empty:
         raise InputError(path, "no polygon in it")
     return AreaOfInterest(geom, CRS.from_user_input(crs).to_wkt(), str(path))
-
-
-def area_pixels(path: str | Path, crs: Any, transform: Any, shape: tuple[int, int]) -> np.ndarray:
-    """(rows, cols) bool: the pixels of a grid (``crs``, ``transform``) whose centre is in the vector file's polygons."""
-    area_px = to_pixels(read_area(path).in_crs(CRS.from_user_input(crs).to_wkt()), transform)
-    return inside_block(area_px, 0, 0, *shape)
 
 
 def inside_block(area_px: Any, row0: int, col0: int, height: int, width: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from geounet.compute.instances import contact_pixels
 from geounet.errors import GeounetError
-from geounet.io.aoi import area_pixels
+from geounet.io.aoi import read_area
 from geounet.io.labels import (
     IGNORE_INDEX,
     RASTER_LABEL_SUFFIXES,
@@ -66,7 +66,7 @@ def load_scene(scene: SceneConfig, cfg: TrainConfig) -> Scene:
     image, valid, dtype, grid = _read_image(path, cfg.data)
     label = _read_labels(scene.labels, grid, cfg, scene.labels_offset_m, scene.negative)
     if scene.unlabelled_ignore_in is not None:
-        in_area = area_pixels(scene.unlabelled_ignore_in, grid.crs, grid.transform, grid.shape)
+        in_area = read_area(scene.unlabelled_ignore_in).on_grid(grid.crs, grid.transform, grid.shape)
         label[(label == background_index(cfg)) & in_area] = IGNORE_INDEX
     label[~valid] = IGNORE_INDEX
     transform = grid.transform

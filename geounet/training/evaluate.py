@@ -27,7 +27,7 @@ from geounet.compute.metrics import centerline_scores, confusion_matrix, label_s
 from geounet.compute.postprocess import DEFAULT_RULES, metric_crs
 from geounet.engine.predict import PredictSettings, predict_batch
 from geounet.errors import GeounetError
-from geounet.io.aoi import area_pixels, read_area
+from geounet.io.aoi import AreaOfInterest, read_area
 from geounet.io.labels import (
     IGNORE_INDEX,
     RASTER_LABEL_SUFFIXES,
@@ -95,8 +95,8 @@ def evaluate_model(
         raise GeounetError(labels_path, "label file not found")
     if centerlines_path is not None and not Path(centerlines_path).exists():
         raise GeounetError(centerlines_path, "centre-line file not found")
-    if opts.unlabelled_ignore_in is not None:
-        read_area(opts.unlabelled_ignore_in)  # a bad area file fails before the prediction, not after
+    # read before the prediction: a bad area file fails first, not after minutes of work
+    stale_area = None if opts.unlabelled_ignore_in is None else read_area(opts.unlabelled_ignore_in)
     with open_scene(scene_path) as src:
         check_scene(src, card)
     settings = replace(settings or PredictSettings(quiet=True), vector=True)
@@ -108,7 +108,7 @@ def evaluate_model(
             raise GeounetError(scene_path, f"prediction failed: {report.error}")
         assert report.out_dir is not None  # an ok report names its folder
         out = Path(report.out_dir)
-        result = _score(out, card, labels_path, opts, centerlines_path, tolerance_m, iou_threshold)
+        result = _score(out, card, labels_path, opts, centerlines_path, tolerance_m, iou_threshold, stale_area)
         record = RunRecord.read(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -165,8 +165,12 @@ def _score(
     centerlines_path: str | Path | None,
     tolerance_m: float,
     iou_threshold: float,
+    stale_area: AreaOfInterest | None = None,
 ) -> dict:
-    """Pixel, object (buildings) and centre-line (roads) scores of the prediction in ``out`` against the labels."""
+    """Pixel, object (buildings) and centre-line (roads) scores of the prediction in ``out`` against the labels.
+
+    ``stale_area``: where the labels may miss buildings (``opts.unlabelled_ignore_in``, read).
+    """
     with rasterio.open(out / "classes.tif") as ds:
         pred = _Prediction(ds.read(1), ds.crs, ds.transform, (ds.height, ds.width), ds.bounds)
     fill = _unlabelled_fill(card, opts)
@@ -174,8 +178,8 @@ def _score(
     names = card.class_names
     building_ids = [i for i, c in enumerate(card.classes) if c.kind == "building"]
     unscored = None
-    if opts.unlabelled_ignore_in is not None:
-        in_area = area_pixels(opts.unlabelled_ignore_in, pred.crs, pred.transform, pred.shape)
+    if stale_area is not None:
+        in_area = stale_area.on_grid(pred.crs, pred.transform, pred.shape)
         unscored = _unlabelled_detections(pred.classes, truth, building_ids, in_area)
         truth[unscored] = IGNORE_INDEX
     cm = confusion_matrix(pred.classes, truth, len(names))
