@@ -130,8 +130,10 @@ def first_pixels(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     For polygons traced along pixel edges it is the top-left exterior vertex: the
     smallest row, then the smallest column on it; the pixel below and right of it is inside.
+    A hole never reaches the top row, so every vertex is searched; a MultiPolygon of
+    pieces (``merge_groups(..., dissolve=False)``) gives the first pixel of their union.
     """
-    xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
+    xy, idx = shapely.get_coordinates(geoms, return_index=True)
     order = np.lexsort((xy[:, 0], xy[:, 1], idx))  # by polygon, then row (y), then column (x)
     starts = np.searchsorted(idx[order], np.arange(len(geoms)))
     corner = xy[order[starts]].astype(np.int64)
@@ -199,22 +201,38 @@ def seam_groups(cand: Pieces) -> list[np.ndarray]:
     return np.split(order, starts[1:])
 
 
-def merge_groups(cand: Pieces, groups: list[np.ndarray]) -> Pieces:
+def merge_groups(cand: Pieces, groups: list[np.ndarray], dissolve: bool = True) -> Pieces:
     """One piece per group of ``cand`` (:func:`seam_groups`): geometries unioned, pixels and score sums added.
 
-    Independent per group: groups may be merged in separate tasks with the same result.
+    ``dissolve=False``: each group's geometry is the MultiPolygon of its pieces instead,
+    for buildings that :func:`split_at_contacts` may cut apart again (it needs only their
+    bounds and pixels); :func:`dissolve_pieces` unions what is kept whole, with the same
+    result. Independent per group: groups may be merged in separate tasks with the same result.
     """
     merged_geoms = np.empty(len(groups), object)
     pixels = np.zeros(len(groups), np.int64)
     ssum = np.zeros(len(groups))
     cls = np.zeros(len(groups), np.int32)
     for k, members in enumerate(groups):
-        geom = cand.geometry[members[0]] if len(members) == 1 else shapely.union_all(cand.geometry[members])
-        merged_geoms[k] = shapely.simplify(geom, 0.0)  # drop collinear vertices left on the seams
+        if not dissolve:
+            merged_geoms[k] = shapely.multipolygons(cand.geometry[members])
+        elif len(members) == 1:
+            merged_geoms[k] = shapely.simplify(cand.geometry[members[0]], 0.0)
+        else:  # drop collinear vertices left on the seams
+            merged_geoms[k] = shapely.simplify(shapely.union_all(cand.geometry[members]), 0.0)
         pixels[k] = cand.pixels[members].sum()
         ssum[k] = cand.score_sum[members].sum()
         cls[k] = cand.class_id[members[0]]
     return Pieces(cls, merged_geoms, pixels, ssum, np.zeros(len(groups), bool))
+
+
+def dissolve_pieces(geoms: np.ndarray) -> np.ndarray:
+    """MultiPolygons of pieces (``merge_groups(..., dissolve=False)``) unioned as ``merge_groups`` does; Polygons kept."""
+    geoms = np.asarray(geoms, dtype=object).copy()
+    for k in np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.MULTIPOLYGON):
+        parts = shapely.get_parts(geoms[k])
+        geoms[k] = shapely.simplify(parts[0] if len(parts) == 1 else shapely.union_all(parts), 0.0)
+    return geoms
 
 
 def apply_affine(geoms: np.ndarray, transform: Affine) -> np.ndarray:
@@ -290,7 +308,8 @@ def split_at_contacts(
     """Split each polygon of building and contact pixels into one building per seed.
 
     ``pieces``: complete polygons (whole-raster pixel coordinates), each a 4-connected
-    component of building and contact pixels (any class not in ``building_ids`` that the
+    component of building and contact pixels (or the MultiPolygon of its seam pieces,
+    ``merge_groups(..., dissolve=False)``: unioned only when it is kept whole) (any class not in ``building_ids`` that the
     polygon covers counts as contact). ``windows[i]``: the class raster under
     ``pieces.geometry[i]``'s bounds (rows ``miny:maxy``, columns ``minx:maxx``).
     ``pixel_size_m``: ground size of a pixel step in x and y (metres).
@@ -354,7 +373,9 @@ def split_at_contacts(
             basins = watershed(dist, roofs, mask=mask, connectivity=1).astype(np.int32)
         kept[i] = False
         parts.append(_parts(basins, origin, pieces, i))
-    return Pieces.concat([pieces.take(kept), *parts])
+    whole = pieces.take(kept)
+    whole.geometry = dissolve_pieces(whole.geometry)
+    return Pieces.concat([whole, *parts])
 
 
 def contact_seed_counts(

@@ -46,6 +46,7 @@ from geounet.compute.vectorize import (
     Pieces,
     apply_affine,
     contact_seed_counts,
+    dissolve_pieces,
     merge_groups,
     polygonize_block,
     seam_groups,
@@ -194,6 +195,8 @@ def pieces_to_layers(
             if plane is not None:
                 counts = contact_seed_counts(*plane, p.geometry, ids, members, ctx.pixel_size_m, rules.seed_m)
             p = split_at_contacts(p, windows, ids, ctx.pixel_size_m, rules.seed_m, members, counts)
+        else:
+            p.geometry = dissolve_pieces(p.geometry)  # seam groups merged without their union
         p = split_touching(p, ctx.pixel_size_m, rules.split_m)
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
         metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))
@@ -480,7 +483,8 @@ def merge_and_finish(
             x0, y0, x1, y1 = box
             return src.read(1, window=Window(x0, y0, x1 - x0, y1 - y0))
 
-        return pieces_to_layers(merge_groups(pieces, groups), ctx, class_window)
+        # buildings cut at contacts are never unioned: split_at_contacts needs only their pixels
+        return pieces_to_layers(merge_groups(pieces, groups, dissolve=ctx.contact_join is None), ctx, class_window)
 
 
 def _clip_layers(layers: dict[str, gpd.GeoDataFrame], aoi: Any) -> dict[str, gpd.GeoDataFrame]:

@@ -183,6 +183,37 @@ def test_seeds_counted_over_a_whole_raster_equal_each_polygons_own(seed_m):
     assert list(fast.pixels) == list(plain.pixels) and all(shapely.equals_exact(fast.geometry, plain.geometry, 0))
 
 
+@pytest.mark.parametrize("seed_m", [0.0, 0.4])
+def test_seam_pieces_split_at_contacts_without_their_union_equal_the_unioned_ones(seed_m):
+    """Buildings across block seams are split from their pieces (never unioned): the same parts, and the
+    ones kept whole equal the unioned polygons exactly."""
+    from geounet.compute.vectorize import dissolve_pieces, merge_groups, seam_groups, split_at_contacts
+
+    rng = np.random.default_rng(11)
+    field = ndimage.gaussian_filter(rng.random((128, 160)), 3)
+    classes = np.where(field > 0.5, 1, 0).astype(np.uint8)
+    edges = ndimage.morphological_gradient(ndimage.label(field > 0.52)[0], size=3) > 0
+    classes[(classes == 1) & edges & (rng.random(classes.shape) > 0.3)] = 2
+    joined = np.where(classes == 2, 1, classes)
+    h, w = classes.shape
+    parts = [
+        polygonize_block(joined[r : r + 32, c : c + 32], (r, c), [1], None, (r > 0, r + 32 < h, c > 0, c + 32 < w))
+        for r in range(0, h, 32)
+        for c in range(0, w, 32)
+    ]
+    cand = Pieces.concat(parts)
+    cand = cand.take(cand.on_edge)
+    groups = seam_groups(cand)
+    unioned, pieces = merge_groups(cand, groups), merge_groups(cand, groups, dissolve=False)
+    assert (shapely.get_type_id(pieces.geometry) == shapely.GeometryType.MULTIPOLYGON).all()
+    assert all(shapely.equals_exact(dissolve_pieces(pieces.geometry), unioned.geometry, 0))
+    windows = [classes[y0:y1, x0:x1] for x0, y0, x1, y1 in shapely.bounds(unioned.geometry).astype(int)]
+    args = ([1], (0.1, 0.1), seed_m, [1, 2])
+    want, got = split_at_contacts(unioned, windows, *args), split_at_contacts(pieces, windows, *args)
+    assert len(got) > len(unioned) > 1 and list(got.pixels) == list(want.pixels)
+    assert all(shapely.equals_exact(got.geometry, want.geometry, 0))
+
+
 def test_roofs_touching_through_contact_pixels_become_one_polygon_each():
     classes = np.zeros((30, 50), np.uint8)
     classes[5:25, 5:23] = 1
