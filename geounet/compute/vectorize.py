@@ -308,9 +308,9 @@ def split_at_contacts(
     """Split each polygon of building and contact pixels into one building per seed.
 
     ``pieces``: complete polygons (whole-raster pixel coordinates), each a 4-connected
-    component of building and contact pixels (or the MultiPolygon of its seam pieces,
-    ``merge_groups(..., dissolve=False)``: unioned only when it is kept whole) (any class not in ``building_ids`` that the
-    polygon covers counts as contact). ``windows[i]``: the class raster under
+    component of building and contact pixels (any class not in ``building_ids`` that the
+    polygon covers counts as contact), or the MultiPolygon of such a component's seam pieces
+    (``merge_groups(..., dissolve=False)``), unioned only if it is kept whole. ``windows[i]``: the class raster under
     ``pieces.geometry[i]``'s bounds (rows ``miny:maxy``, columns ``minx:maxx``).
     ``pixel_size_m``: ground size of a pixel step in x and y (metres).
 
