@@ -86,6 +86,16 @@ def make_scene(path: Path, size: int, res: float = 0.15) -> Path:
     return write_repeated(path, block, size, profile)
 
 
+def predicted_classes(folder: Path, size: int) -> Path:
+    """``classes.tif`` of the default drone model on a size x size efficiency scene written in ``folder``."""
+    import subprocess
+
+    scene = make_scene(folder / "scene.tif", size)
+    cmd = [sys.executable, "-m", "geounet.cli.main", "predict", str(scene), "--out", str(folder), "--no-vector"]
+    subprocess.run([*cmd, "--quiet"], check=True)
+    return folder / "scene" / "classes.tif"
+
+
 def n_tiles(size: int, tile: int, overlap: int) -> int:
     return TileGrid(size, size, tile, overlap, 4).n_tiles
 

@@ -25,7 +25,6 @@ the IoU of all of them together), the share of corners that are right angles (tu
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,12 +99,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geounet-regularize-") as tmp:
         classes = args.classes
         if classes is None:
-            from efficiency import make_scene
+            from efficiency import predicted_classes
 
-            scene = make_scene(Path(tmp) / "scene.tif", args.size)
-            cmd = [sys.executable, "-m", "geounet.cli.main", "predict", str(scene), "--out", tmp, "--no-vector"]
-            subprocess.run([*cmd, "--quiet"], check=True)
-            classes = Path(tmp) / "scene" / "classes.tif"
+            classes = predicted_classes(Path(tmp), args.size)
         pixels = outlines(classes)
     print(f"{len(pixels)} building outlines (pixel staircases, metres), from {args.classes or f'{args.size}^2 scene'}")
     print(

@@ -20,7 +20,6 @@ It checks that both give the same polygons (exactly) and prints the CPU ratio.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,12 +81,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geounet-seam-split-") as tmp:
         classes_path = args.classes
         if classes_path is None:
-            from efficiency import make_scene
+            from efficiency import predicted_classes
 
-            scene = make_scene(Path(tmp) / "scene.tif", args.size)
-            cmd = [sys.executable, "-m", "geounet.cli.main", "predict", str(scene), "--out", tmp, "--no-vector"]
-            subprocess.run([*cmd, "--quiet"], check=True)
-            classes_path = Path(tmp) / "scene" / "classes.tif"
+            classes_path = predicted_classes(Path(tmp), args.size)
         data = seam_pieces(classes_path, args.block)
     classes, cand, groups = data[:3]
     print(
