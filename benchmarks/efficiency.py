@@ -243,6 +243,7 @@ def section_e2e(scene: Path, size: int, work: Path, batch: int = 3) -> None:
     measure("geounet predict --no-vector (default precision)", [scene], None, "--no-vector")
     measure("geounet predict --no-vector --backend torch", [scene], "torch", "--no-vector", "--backend", "torch")
     measure("geounet predict (with vectors)", [scene], None)
+    measure("geounet predict --vectors-while-predicting (with vectors)", [scene], None, "--vectors-while-predicting")
     measure("geounet predict --precision fp32 (with vectors)", [scene], "onnx", "--precision", "fp32")
     naive = run_measured_cpu(
         [

@@ -69,6 +69,14 @@ def predict(
         "gpkg",
         help="gpkg: features.gpkg (all layers, QGIS styles); fgb: one FlatGeobuf per layer, features.<layer>.fgb.",
     ),
+    vectors_while_predicting: bool | None = typer.Option(
+        None,
+        "--vectors-while-predicting/--vectors-after-predicting",
+        help="Polygonize each block as soon as it is final, while later rows are still predicted, or all of them "
+        "after the last chunk. Default: while, where the vector stage has cores of its own (worker processes from "
+        "4 cores, a cluster, a GPU); after, where it would share the model's CPU cores (lower peak memory).",
+        show_default=False,
+    ),
     web: bool = typer.Option(
         False,
         "--web/--no-web",
@@ -137,6 +145,7 @@ def predict(
         scheduler=scheduler,
         vector=vector,
         vector_format=vector_format,
+        vector_while_predicting=vectors_while_predicting,
         web=web,
         quiet=quiet,
         tta=tta,

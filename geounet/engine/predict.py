@@ -205,8 +205,9 @@ def predict_scene(
                 -plan.grid.height // plan.settings.vector_block
             )
             stream = _vector_stream(plan, tmp, executor.vector_executor(n_blocks, plan.settings.vector_processes))
+        streaming = stream if stream is not None and _vectors_while_predicting(plan, stream.executor) else None
         try:
-            tiles = _predict_rasters(plan, tmp, executor, timings, stream, release_model=last)
+            tiles = _predict_rasters(plan, tmp, executor, timings, streaming, release_model=last)
         finally:
             if stream is not None:
                 stream.close()
@@ -214,6 +215,8 @@ def predict_scene(
         if tiles["run"] == 0 and tiles.get("skipped_aoi", 0) < tiles["total"]:  # (a missed area is said already)
             log.warning("%s: every pixel is nodata (its mask or nodata value): the outputs are all nodata", plan.scene)
         vector = _vectorize(tmp, stream, timings) if stream is not None else None
+        if vector is not None:
+            vector["while_predicting"] = streaming is not None
         timings["total_s"] = time.perf_counter() - t_start
         record = _run_record(plan, tiles, vector, timings)
         record.model.requested = requested
@@ -457,6 +460,18 @@ def _vector_stream(plan: ScenePlan, tmp: Path, executor: Executor) -> VectorStre
     return VectorStream(
         tmp / "features.gpkg", plan.card, executor, plan.grid, rules, s.vector_block, s.vector_format, plan.aoi
     )
+
+
+def _vectors_while_predicting(plan: ScenePlan, vector_executor: Executor) -> bool:
+    """Whether vector blocks are polygonized while the chunks run (``PredictSettings.vector_while_predicting``).
+
+    Unset: yes, unless the model runs on the CPU and the vector tasks in this process's
+    threads (``ThreadedExecutor``), where both would share the same cores.
+    """
+    chosen = plan.settings.vector_while_predicting
+    if chosen is not None:
+        return chosen
+    return plan.settings.device != "cpu" or not isinstance(vector_executor, ThreadedExecutor)
 
 
 def _vectorize(tmp: Path, stream: VectorStream, timings: dict[str, float]) -> dict[str, Any]:

@@ -86,6 +86,12 @@ class PredictSettings:
     # caller's __main__ module (multiprocessing), so a script needs the usual
     # ``if __name__ == "__main__":`` guard; the CLI, whose __main__ has it, uses None.
     vector_processes: bool | None = False
+    # Blocks handed to the vector stage while the chunks still run (True), or all polygonized
+    # after the last chunk (False), or None: while they run only where the vector stage has
+    # cores of its own (worker processes, a cluster, a model on a GPU). On a CPU whose cores
+    # the model fills, with the vector tasks in this process's threads, overlapping hides
+    # nothing and adds the vector stage's memory to the model's (benchmarks/README.md).
+    vector_while_predicting: bool | None = None
     postprocess: dict | None = None  # per kind ('building', ...) overrides of postprocess.DEFAULT_RULES fields
     tta: str = "none"  # test-time augmentation: none, flip, flips or d4 (geounet.compute.tta.TTA_SETS)
     aoi: str | None = None  # area of interest: a vector file's polygons (any CRS); only tiles meeting it run

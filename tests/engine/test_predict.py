@@ -132,9 +132,15 @@ def test_vector_stage_in_worker_processes_gives_the_same_features(default_model,
 
 
 @pytest.mark.parametrize("res", [0.15, 0.25], ids=["scene-grid", "resampled"])
-def test_blocks_polygonized_while_predicting_give_what_the_finished_raster_gives(default_model, tmp_path, res):
+@pytest.mark.parametrize("while_predicting", [True, None], ids=["while-predicting", "auto-cpu-threads"])
+def test_blocks_polygonized_while_predicting_give_what_the_finished_raster_gives(
+    default_model, tmp_path, res, while_predicting
+):
     """Vector blocks handed over as the raster writer completes them (during the chunks, or during stage 2
-    when resampled) give the same features as vectorizing the finished classes.tif afterwards."""
+    when resampled) give the same features as vectorizing the finished classes.tif afterwards.
+
+    Left to choose (None), a CPU run whose vector tasks share the model's threads polygonizes
+    every block after the chunks instead, with the same features."""
     import geopandas as gpd
 
     from geounet.engine.executors import ThreadedExecutor
@@ -145,11 +151,22 @@ def test_blocks_polygonized_while_predicting_give_what_the_finished_raster_gives
         data = src.read()
     data[:, 600:, :200] = 0  # a nodata corner: its blocks are never complete while predicting
     scene = write_scene(tmp_path / "scene.tif", data, res=res, nodata=0)
-    [rep] = run([scene], tmp_path / "out", default_model, vector_block=128, precision="fp32")
+    [rep] = run(
+        [scene],
+        tmp_path / "out",
+        default_model,
+        vector_block=128,
+        precision="fp32",
+        device="cpu",
+        vector_while_predicting=while_predicting,
+    )
     assert rep.ok, rep.error
     out = tmp_path / "out" / "scene"
     vector = json.loads((out / "run.json").read_text())["vector"]
-    assert 0 < vector["blocks_while_predicting"] <= 36
+    if while_predicting:
+        assert vector["while_predicting"] and 0 < vector["blocks_while_predicting"] <= 36
+    else:
+        assert not vector["while_predicting"] and vector["blocks_while_predicting"] == 0
     executor = ThreadedExecutor(1)
     try:
         vectorize_scene(
@@ -344,3 +361,25 @@ def test_a_cluster_lost_outside_the_chunk_loop_is_one_line_naming_the_scene(monk
     monkeypatch.setattr(predict_module, "predict_scene", lost)
     with pytest.raises(ClusterError, match=r"lost the Dask scheduler while predicting kampala_demo\.tif \(Cancel"):
         predict_batch([DEMO_SCENE], tmp_path / "out", "buildings", PredictSettings(quiet=True))
+
+
+def test_vector_blocks_go_with_the_chunks_only_where_the_vector_stage_has_cores_of_its_own():
+    """Unset, blocks are polygonized while predicting unless the model is on the CPU and the
+    vector tasks share its threads; a given setting is kept."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from geounet.engine.executors import ThreadedExecutor, VectorPool
+    from geounet.engine.predict import _vectors_while_predicting
+
+    threads = ThreadedExecutor(1)
+    processes = mock.Mock(spec=VectorPool)  # local worker processes (none started here)
+
+    def plan(device: str, chosen: bool | None = None) -> SimpleNamespace:
+        return SimpleNamespace(settings=PredictSettings(device=device, vector_while_predicting=chosen))
+
+    assert not _vectors_while_predicting(plan("cpu"), threads)  # type: ignore[arg-type]
+    assert _vectors_while_predicting(plan("cuda"), threads)  # type: ignore[arg-type]
+    assert _vectors_while_predicting(plan("cpu"), processes)  # type: ignore[arg-type]
+    assert _vectors_while_predicting(plan("cpu", True), threads)  # type: ignore[arg-type]
+    assert not _vectors_while_predicting(plan("cuda", False), processes)  # type: ignore[arg-type]
