@@ -112,15 +112,20 @@ def _score_sums(
     A polygon's first pixel in raster order is its top-left exterior vertex (smallest
     row, then smallest column), which finds its component in the label array.
     """
-    labels = np.zeros(classes.shape, np.int32)
-    first = 0
-    for cid in class_ids:
-        m = classes == cid
-        if m.any():
-            lab, n = ndimage.label(m, structure=_FOUR)
-            labels[m] = lab[m] + first
-            first += n
-    sums = np.bincount(labels.ravel(), weights=scores.ravel().astype(np.float64), minlength=first + 1)
+    if len(class_ids) == 1:
+        labels, first = ndimage.label(classes == class_ids[0], structure=_FOUR)
+    else:
+        labels = np.zeros(classes.shape, np.int32)
+        first = 0
+        for cid in class_ids:
+            m = classes == cid
+            if m.any():
+                lab, n = ndimage.label(m, structure=_FOUR)
+                labels[m] = lab[m] + first
+                first += n
+    inside = labels > 0  # only the polygons' pixels: a block's worth of float64 weights is never made
+    sums = np.bincount(labels[inside], weights=scores[inside], minlength=first + 1)
+    del inside
     rows, cols = first_pixels(geoms)
     return sums[labels[rows - offset[0], cols - offset[1]]]
 
@@ -411,9 +416,11 @@ def contact_seed_counts(
         dx, dy = pixel_size_m
         min_core_px = max(1, int(np.ceil(seed_m * seed_m / (dx * dy))))
         cores, m = ndimage.label(distance_m(building, (dx, dy)) >= seed_m, structure=_FOUR)
-        size = np.bincount(cores.ravel(), minlength=m + 1)
+        inside = cores > 0  # a core lies in one roof: its pixels alone say which, and its size
+        size = np.bincount(cores[inside], minlength=m + 1)
         core_roof = np.zeros(m + 1, np.int64)
-        core_roof[cores.ravel()] = roofs.ravel()
+        core_roof[cores[inside]] = roofs[inside]
+        del cores, inside
         valid = size >= min_core_px
         valid[0] = False
         per_roof = np.maximum(np.bincount(core_roof[valid], minlength=n_roofs + 1), 1)

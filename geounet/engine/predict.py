@@ -199,13 +199,18 @@ def predict_scene(
     final_dir = output_dir_for(plan.scene, out_root)
     timings: dict[str, float] = {}
     with staged_folder(final_dir) as tmp:
-        stream = None
+        stream = streaming = None
         if plan.settings.vector:  # worker processes start in the background while the chunks run
             n_blocks = -(-plan.grid.width // plan.settings.vector_block) * -(
                 -plan.grid.height // plan.settings.vector_block
             )
-            stream = _vector_stream(plan, tmp, executor.vector_executor(n_blocks, plan.settings.vector_processes))
-        streaming = stream if stream is not None and _vectors_while_predicting(plan, stream.executor) else None
+            processes = plan.settings.vector_processes
+            vector_executor = executor.vector_executor(n_blocks, processes, start=False)
+            while_predicting = _vectors_while_predicting(plan, vector_executor)
+            if while_predicting:  # an in-process client starts now, in the background (else on the first task)
+                executor.vector_executor(n_blocks, processes)
+            stream = _vector_stream(plan, tmp, vector_executor)
+            streaming = stream if while_predicting else None
         try:
             tiles = _predict_rasters(plan, tmp, executor, timings, streaming, release_model=last)
         finally:
