@@ -82,7 +82,7 @@ def polygonize_block(
     need the connected components (``ndimage.label``), so they are labelled only when
     scores are given.
     """
-    mask = np.isin(classes, class_ids)
+    mask = _membership(class_ids)(classes)
     if not mask.any():
         return Pieces()
     r0, c0 = offset
@@ -138,11 +138,15 @@ def first_pixels(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     A hole never reaches the top row, so every vertex is searched; a MultiPolygon of
     pieces (``merge_groups(..., dissolve=False)``) gives the first pixel of their union.
     """
-    xy, idx = shapely.get_coordinates(geoms, return_index=True)
-    order = np.lexsort((xy[:, 0], xy[:, 1], idx))  # by polygon, then row (y), then column (x)
-    starts = np.searchsorted(idx[order], np.arange(len(geoms)))
-    corner = xy[order[starts]].astype(np.int64)
-    return corner[:, 1], corner[:, 0]
+    if not len(geoms):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    xy, idx = shapely.get_coordinates(geoms, return_index=True)  # grouped by polygon, in order
+    col, row = xy[:, 0].astype(np.int64), xy[:, 1].astype(np.int64)  # pixel corners: whole numbers
+    c0, r0 = int(col.min()), int(row.min())
+    width = int(col.max()) - c0 + 1
+    key = (row - r0) * width + (col - c0)  # raster order
+    first = np.minimum.reduceat(key, np.searchsorted(idx, np.arange(len(geoms))))
+    return first // width + r0, first % width + c0
 
 
 def _polygons_from_geojson(geoms: list[dict]) -> np.ndarray:
