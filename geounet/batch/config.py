@@ -55,11 +55,13 @@ class TilingSpec:
 
 @dataclass
 class VectorSpec:
-    """``vector: {enabled, block, format}`` (``vector: true`` / ``false`` sets ``enabled`` alone)."""
+    """``vector: {enabled, block, format, while_predicting}`` (``vector: true`` / ``false`` sets ``enabled`` alone)."""
 
     enabled: bool = True  # also write features.gpkg
     block: int | None = None  # polygonize block side, pixels of the scene grid; None: PredictSettings' default
     format: VectorFormat = "gpkg"  # features.gpkg, or features.<layer>.fgb (FlatGeobuf, one file per layer)
+    # blocks polygonized while the chunks run, or after them; None: PredictSettings.vector_while_predicting's choice
+    while_predicting: bool | None = None
 
 
 @dataclass
@@ -258,6 +260,7 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
         scheduler=spec.scheduler,
         vector=vector.enabled,
         vector_format=vector.format,
+        vector_while_predicting=vector.while_predicting,
         web=spec.web,
         vector_processes=None,
         tta=spec.tta,

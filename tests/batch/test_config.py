@@ -232,3 +232,14 @@ def test_a_segment_config_takes_int8_and_a_damage_config_refuses_it(tmp_path, ti
     with pytest.raises(ConfigError) as info:
         load_config(d)
     assert info.value.problems == ["damage.precision: expected one of auto, fp32, bf16, fp16, got str 'int8'"]
+
+
+def test_vector_while_predicting_reaches_the_settings_and_is_checked(tmp_path, tiny_model, write_config):
+    base = (tiny_model, [DEMO_SCENE], tmp_path / "o")
+    assert load_config(write_config(tmp_path / "a.yaml", *base)).settings.vector_while_predicting is None
+    cfg = write_config(tmp_path / "b.yaml", *base, vector={"while_predicting": False})
+    assert load_config(cfg).settings.vector_while_predicting is False
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path / "c.yaml", *base, vector={"while_predicting": "later"}))
+    [problem] = info.value.problems
+    assert problem.startswith("vector.while_predicting: expected") and problem.endswith("'later'")
