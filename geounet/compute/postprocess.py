@@ -9,13 +9,16 @@ poles included, where a UTM zone would not exist.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 
 from geounet.compute.regularize import regularize_outlines
+
+if TYPE_CHECKING:  # geopandas (and pandas) only where a GeoDataFrame is cleaned: not at every command's start
+    import geopandas as gpd
 
 
 @dataclass
@@ -94,6 +97,8 @@ def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, 
 
 def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame:
     """Apply ``rules`` to polygons in a metric CRS; adds ``area_m2`` and ``perimeter_m``."""
+    import geopandas as gpd
+
     geoms, keep = clean_geometries(np.asarray(gdf.geometry.values, dtype=object), rules)
     gdf = gdf.iloc[keep].set_geometry(gpd.GeoSeries(geoms, index=gdf.index[keep], crs=gdf.crs))
     return gdf.assign(area_m2=shapely.area(geoms), perimeter_m=shapely.length(geoms))
@@ -117,4 +122,6 @@ def repair_polygons(geoms: np.ndarray) -> np.ndarray:
 
 def valid_polygons(geoms: gpd.GeoSeries) -> gpd.GeoSeries:
     """:func:`repair_polygons` for a GeoSeries."""
+    import geopandas as gpd
+
     return gpd.GeoSeries(repair_polygons(geoms.values), index=geoms.index, crs=geoms.crs)

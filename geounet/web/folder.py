@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyogrio
-
 from geounet import __version__
 from geounet.compute.change import GRADE_COLOURS, GRADES, NOT_ASSESSED
 from geounet.io.quicklook import display_bands
@@ -112,6 +110,8 @@ def _class_field(source: Path, layer: str | None) -> str | None:
 
         names = set(pq.ParquetFile(source).schema_arrow.names)
     else:
+        import pyogrio  # here, not at import: it imports geopandas, which a command's start need not pay for
+
         names = {str(f) for f in pyogrio.read_info(source, layer=layer)["fields"]}
     return "class_name" if "class_name" in names else "class" if "class" in names else None
 
@@ -217,6 +217,8 @@ def _feature_layers(folder: Path) -> list[tuple[Path, str | None, str]]:
     gpkg = folder / "features.gpkg"
     found: list[tuple[Path, str | None, str]] = []
     if gpkg.is_file():
+        import pyogrio
+
         found += [(gpkg, str(name), str(name)) for name, geom in pyogrio.list_layers(gpkg) if geom is not None]
     for f in sorted(folder.glob("features.*")):
         if f.suffix in VECTOR_SUFFIXES and f.name.count(".") == 2:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyogrio.raw
 
 BATCH = 10_000  # features per Arrow batch
 MAX_VECTOR_ZOOM = 17  # vector tiles stop here (4096 units a tile: about 7 cm at the equator); the map overzooms them
@@ -63,6 +62,8 @@ def write_vector_tiles(
                 yield batch
 
         stream = pa.RecordBatchReader.from_batches(reader.schema, counted())
+        import pyogrio.raw  # here, not at import: pyogrio imports geopandas, which a command's start need not pay for
+
         pyogrio.raw.write_arrow(
             stream,
             out,
@@ -82,6 +83,8 @@ def _batches(source: Path, layer: str | None) -> Iterator[tuple[dict[str, Any], 
     if source.suffix.lower() == ".parquet":
         yield _parquet_batches(source)
         return
+    import pyogrio.raw
+
     with pyogrio.raw.open_arrow(source, layer=layer, use_pyarrow=True, batch_size=BATCH) as (meta, reader):
         geometry_name = meta.get("geometry_name") or "wkb_geometry"
         yield {"crs": meta["crs"], "geometry_type": meta["geometry_type"], "geometry_name": geometry_name}, reader
