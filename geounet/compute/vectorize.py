@@ -125,7 +125,6 @@ def _score_sums(
                 first += n
     inside = labels > 0  # only the polygons' pixels: a block's worth of float64 weights is never made
     sums = np.bincount(labels[inside], weights=scores[inside], minlength=first + 1)
-    del inside
     rows, cols = first_pixels(geoms)
     return sums[labels[rows - offset[0], cols - offset[1]]]
 
@@ -223,20 +222,17 @@ def merge_groups(cand: Pieces, groups: list[np.ndarray], dissolve: bool = True) 
     ssum = np.zeros(len(groups))
     cls = np.zeros(len(groups), np.int32)
     for k, members in enumerate(groups):
-        if not dissolve:
-            merged_geoms[k] = shapely.multipolygons(cand.geometry[members])
-        elif len(members) == 1:
-            merged_geoms[k] = shapely.simplify(cand.geometry[members[0]], 0.0)
-        else:  # drop collinear vertices left on the seams
-            merged_geoms[k] = shapely.simplify(shapely.union_all(cand.geometry[members]), 0.0)
+        merged_geoms[k] = shapely.multipolygons(cand.geometry[members])
         pixels[k] = cand.pixels[members].sum()
         ssum[k] = cand.score_sum[members].sum()
         cls[k] = cand.class_id[members[0]]
-    return Pieces(cls, merged_geoms, pixels, ssum, np.zeros(len(groups), bool))
+    return Pieces(
+        cls, dissolve_pieces(merged_geoms) if dissolve else merged_geoms, pixels, ssum, np.zeros(len(groups), bool)
+    )
 
 
 def dissolve_pieces(geoms: np.ndarray) -> np.ndarray:
-    """MultiPolygons of pieces (``merge_groups(..., dissolve=False)``) unioned as ``merge_groups`` does; Polygons kept."""
+    """MultiPolygons of pieces (``merge_groups(..., dissolve=False)``) unioned, seam vertices dropped; Polygons kept."""
     geoms = np.asarray(geoms, dtype=object).copy()
     for k in np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.MULTIPOLYGON):
         parts = shapely.get_parts(geoms[k])

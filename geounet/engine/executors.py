@@ -126,11 +126,8 @@ class Executor(ABC):
     def load_model(self, model_path: str | Path, device: str, backend: str, precision: str = "fp32") -> None:
         """Load the model where tasks will run, now (its start-up is not part of the first scene)."""
 
-    def vector_executor(self, n_blocks: int, processes: bool | None, start: bool = True) -> Executor:
-        """Where a scene's vector tasks run: this executor, or local worker processes (:class:`VectorPool`).
-
-        ``start``: start what they need now, in the background (else on their first task).
-        """
+    def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
+        """Where a scene's vector tasks run: this executor, or local worker processes (:class:`VectorPool`)."""
         return self
 
     def release_model(self) -> None:
@@ -410,19 +407,16 @@ class ThreadedExecutor(Executor):
     def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
         return self.distributed().submit(fn, *args, retries=retries)
 
-    def vector_executor(self, n_blocks: int, processes: bool | None, start: bool = True) -> Executor:
+    def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
         """Local worker processes for scenes of 4 vector blocks or more on ``VECTOR_PROCESS_MIN_CORES`` cores or more.
 
         (``processes=None``; True or False decides.) Otherwise this process's threads, whose
-        in-process client starts now, in the background, while the chunks run (``start``;
-        else on the first vector task).
+        in-process client starts with their first task.
         """
         use_processes = (
             processes if processes is not None else n_blocks >= 4 and cpu_cores() >= VECTOR_PROCESS_MIN_CORES
         )
         if not use_processes:
-            if start:
-                self.start_distributed()
             return self
         with self._lock:
             if not self._pools:

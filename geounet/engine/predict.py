@@ -204,13 +204,8 @@ def predict_scene(
             n_blocks = -(-plan.grid.width // plan.settings.vector_block) * -(
                 -plan.grid.height // plan.settings.vector_block
             )
-            processes = plan.settings.vector_processes
-            vector_executor = executor.vector_executor(n_blocks, processes, start=False)
-            while_predicting = _vectors_while_predicting(plan, vector_executor)
-            if while_predicting:  # an in-process client starts now, in the background (else on the first task)
-                executor.vector_executor(n_blocks, processes)
-            stream = _vector_stream(plan, tmp, vector_executor)
-            streaming = stream if while_predicting else None
+            stream = _vector_stream(plan, tmp, executor.vector_executor(n_blocks, plan.settings.vector_processes))
+            streaming = stream if _vectors_while_predicting(plan, stream.executor) else None
         try:
             tiles = _predict_rasters(plan, tmp, executor, timings, streaming, release_model=last)
         finally:

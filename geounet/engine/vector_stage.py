@@ -483,8 +483,8 @@ def merge_and_finish(
             x0, y0, x1, y1 = box
             return src.read(1, window=Window(x0, y0, x1 - x0, y1 - y0))
 
-        # buildings cut at contacts are never unioned: split_at_contacts needs only their pixels
-        return pieces_to_layers(merge_groups(pieces, groups, dissolve=ctx.contact_join is None), ctx, class_window)
+        # unioned in pieces_to_layers, and only what is not cut again at contacts (which needs only their pixels)
+        return pieces_to_layers(merge_groups(pieces, groups, dissolve=False), ctx, class_window)
 
 
 def _clip_layers(layers: dict[str, gpd.GeoDataFrame], aoi: Any) -> dict[str, gpd.GeoDataFrame]:
