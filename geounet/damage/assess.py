@@ -38,7 +38,7 @@ BLOCK_TIMINGS = tuple(
     f"{part}_{kind}" for part in ("read_pre", "warp_post", "model", "zonal") for kind in ("s", "cpu_s")
 )
 IN_FLIGHT = 4  # block tasks submitted at once to an executor
-RETRIES = 1  # a failed block task is retried this often
+RETRIES = 1  # a failed block task is retried this often (locally: after an OSError only)
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Where the tasks of a run execute: one :class:`Executor` interface, a threaded and a dask.distributed one.
 
 - :class:`ThreadedExecutor` (local runs, no ``--scheduler``): chunk tasks go through
-  dask's threaded scheduler in this process, sharing one copy of the model; a command
-  that never needs futures does not import dask.distributed nor start a cluster
-  (measured in benchmarks/README.md, "local schedulers"). Work that needs futures (the
-  vector stage, the damage run's blocks) runs on an in-process dask.distributed client
-  that is started then, or in the background while the chunks run.
+  dask's threaded scheduler in this process, sharing one copy of the model; work that
+  needs futures (the vector stage, the damage run's blocks) goes to a
+  ``concurrent.futures`` thread pool of as many threads. A local run never imports
+  dask.distributed nor starts a cluster (an in-process one cost the vector stage
+  40 MiB and 0.6 s of CPU per scene: benchmarks/README.md, "local schedulers").
 - :class:`DistributedExecutor`: a dask.distributed client, either connected to a
   ``--scheduler`` cluster or over local worker processes (:class:`VectorPool`, for the
   pure-Python building regulariser). Futures are bounded in flight; a chunk whose worker
@@ -25,7 +25,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +116,17 @@ class Executor(ABC):
 
     @abstractmethod
     def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
-        """``fn(*args)`` started now; a ``distributed.Future`` (``done()``, ``result()``)."""
+        """``fn(*args)`` started now; a future (``done()``; its answer through :meth:`result`)."""
+
+    def wait_first(self, pending: set[Any]) -> set[Any]:
+        """Wait until one of ``pending`` (futures of :meth:`submit`) is done; returns the done ones."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        return set(wait(pending, return_when=FIRST_COMPLETED).done)
+
+    def result(self, future: Any) -> Any:
+        """A done future's answer (its error raised); the executor lets go of it."""
+        return future.result()
 
     def run_on_workers(self, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
         """``fn(*args)`` on each worker process of a cluster: ``{worker address: answer}``; ``{}`` locally."""
@@ -200,6 +210,17 @@ class DistributedExecutor(Executor):
 
     def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
         return self.client.submit(fn, *args, pure=False, retries=retries)
+
+    def wait_first(self, pending: set[Any]) -> set[Any]:
+        from distributed import wait
+
+        wait(list(pending), return_when="FIRST_COMPLETED")
+        return {f for f in pending if f.done()}
+
+    def result(self, future: Any) -> Any:
+        answer = future.result()
+        future.release()
+        return answer
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
         futures = [self.client.submit(fn, i, *args, pure=False, retries=retries) for i in items]
@@ -320,21 +341,18 @@ class _Background:
             self.executor.close()
 
 
-def _in_process_cluster(workers: int) -> DistributedExecutor:
-    import dask
-    from distributed import Client, LocalCluster
+_END = object()
 
-    # Dask's statistical profiler samples every worker thread's stack 100 times a
-    # second, holding the GIL (3-15 % of a chunk phase here); no dashboard shows it.
-    dask.config.set({"distributed.worker.profile.enabled": False})
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=workers,
-        processes=False,
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-    )
-    return DistributedExecutor(Client(cluster), "in-process threads", owns_cluster=True)
+
+def _retrying(fn: Callable[..., Any], args: tuple[Any, ...], retries: int) -> Any:
+    """``fn(*args)``, run up to ``retries`` more times while it raises ``OSError``."""
+    for attempt in range(retries + 1):
+        try:
+            return fn(*args)
+        except OSError:
+            if attempt == retries:
+                raise
+    raise AssertionError("unreachable")
 
 
 class ThreadedExecutor(Executor):
@@ -346,7 +364,7 @@ class ThreadedExecutor(Executor):
         self._workers = max(1, workers)
         self.threads = threads or max(1, cpu_cores() // self._workers)
         self.task_threads = self.threads
-        self._distributed: _Background | None = None
+        self._tasks: ThreadPoolExecutor | None = None  # for futures; started with the first
         self._pools: list[VectorPool] = []
         self._lock = threading.Lock()
 
@@ -384,34 +402,50 @@ class ThreadedExecutor(Executor):
         # the scheduler as a function: by name, dask would import dask.distributed to look for a client
         dask.compute(*taken, scheduler=dask.threaded.get, num_workers=self._workers)
 
-    def start_distributed(self) -> None:
-        """Start the in-process dask.distributed client in the background (no-op if started)."""
+    def _task_pool(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._distributed is None:
-                self._distributed = _Background(lambda: _in_process_cluster(self._workers), "geounet-local-cluster")
+            if self._tasks is None:
+                self._tasks = ThreadPoolExecutor(self._workers, thread_name_prefix="geounet-task")
+            return self._tasks
 
-    def distributed(self) -> DistributedExecutor:
-        """The in-process dask.distributed executor (started now if it was not)."""
-        self.start_distributed()
-        assert self._distributed is not None
-        return self._distributed.get()
+    def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
+        """``fn(*args)`` on the pool; ``retries``: times it is run again after an ``OSError`` (a remote read).
+
+        In one process any other error would only repeat itself.
+        """
+        return self._task_pool().submit(_retrying, fn, args, retries)
 
     def imap_unordered(
         self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
     ) -> Iterator[Any]:
-        yield from self.distributed().imap_unordered(fn, items, *args, in_flight=in_flight, retries=retries)
+        queue = iter(items)
+        pending = {
+            self.submit(fn, i, *args, retries=retries) for _, i in zip(range(in_flight or 2 * self._workers), queue)
+        }
+        try:
+            while pending:
+                for fut in self.wait_first(pending):
+                    pending.discard(fut)
+                    yield fut.result()
+                    nxt = next(queue, _END)
+                    if nxt is not _END:
+                        pending.add(self.submit(fn, nxt, *args, retries=retries))
+        finally:
+            for fut in pending:  # the caller stopped early (an error): nothing more starts
+                fut.cancel()
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
-        return self.distributed().map(fn, items, *args, retries=retries)
-
-    def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
-        return self.distributed().submit(fn, *args, retries=retries)
+        futures = [self.submit(fn, i, *args, retries=retries) for i in items]
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
 
     def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
         """Local worker processes for scenes of 4 vector blocks or more on ``VECTOR_PROCESS_MIN_CORES`` cores or more.
 
-        (``processes=None``; True or False decides.) Otherwise this process's threads, whose
-        in-process client starts with their first task.
+        (``processes=None``; True or False decides.) Otherwise this process's thread pool.
         """
         use_processes = (
             processes if processes is not None else n_blocks >= 4 and cpu_cores() >= VECTOR_PROCESS_MIN_CORES
@@ -427,9 +461,9 @@ class ThreadedExecutor(Executor):
         for pool in self._pools:
             pool.close()
         self._pools.clear()
-        if self._distributed is not None:
-            self._distributed.close()
-            self._distributed = None
+        if self._tasks is not None:
+            self._tasks.shutdown(wait=True, cancel_futures=True)
+            self._tasks = None
 
 
 def _process_cluster(workers: int) -> DistributedExecutor:
@@ -498,6 +532,12 @@ class VectorPool(Executor):
 
     def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
         return self._target().submit(fn, *args, retries=retries)
+
+    def wait_first(self, pending: set[Any]) -> set[Any]:
+        return self._target().wait_first(pending)
+
+    def result(self, future: Any) -> Any:
+        return self._target().result(future)
 
     def load_model(self, model_path: str | Path, device: str, backend: str, precision: str = "fp32") -> None:
         pass  # vector tasks need no model

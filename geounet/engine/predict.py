@@ -199,13 +199,14 @@ def predict_scene(
     final_dir = output_dir_for(plan.scene, out_root)
     timings: dict[str, float] = {}
     with staged_folder(final_dir) as tmp:
-        stream = streaming = None
+        vector_executor = stream = streaming = None
         if plan.settings.vector:  # worker processes start in the background while the chunks run
             n_blocks = -(-plan.grid.width // plan.settings.vector_block) * -(
                 -plan.grid.height // plan.settings.vector_block
             )
-            stream = _vector_stream(plan, tmp, executor.vector_executor(n_blocks, plan.settings.vector_processes))
-            streaming = stream if _vectors_while_predicting(plan, stream.executor) else None
+            vector_executor = executor.vector_executor(n_blocks, plan.settings.vector_processes)
+            if _vectors_while_predicting(plan, vector_executor):
+                stream = streaming = _vector_stream(plan, tmp, vector_executor)
         try:
             tiles = _predict_rasters(plan, tmp, executor, timings, streaming, release_model=last)
         finally:
@@ -214,8 +215,9 @@ def predict_scene(
         # all nodata is kept (a mosaic's empty tile is no error) but said: a failed download looks like this
         if tiles["run"] == 0 and tiles.get("skipped_aoi", 0) < tiles["total"]:  # (a missed area is said already)
             log.warning("%s: every pixel is nodata (its mask or nodata value): the outputs are all nodata", plan.scene)
-        vector = _vectorize(tmp, stream, timings) if stream is not None else None
-        if vector is not None:
+        vector = None
+        if vector_executor is not None:
+            vector = _vectorize(plan, tmp, stream, vector_executor, timings)
             vector["while_predicting"] = streaming is not None
         timings["total_s"] = time.perf_counter() - t_start
         record = _run_record(plan, tiles, vector, timings)
@@ -474,9 +476,16 @@ def _vectors_while_predicting(plan: ScenePlan, vector_executor: Executor) -> boo
     return plan.settings.device != "cpu" or not isinstance(vector_executor, ThreadedExecutor)
 
 
-def _vectorize(tmp: Path, stream: VectorStream, timings: dict[str, float]) -> dict[str, Any]:
-    """The rest of the vector stage, once the COGs are written: timed as ``vectorize_s``."""
+def _vectorize(
+    plan: ScenePlan, tmp: Path, stream: VectorStream | None, executor: Executor, timings: dict[str, float]
+) -> dict[str, Any]:
+    """The rest of the vector stage, once the COGs are written: timed as ``vectorize_s``.
+
+    ``stream``: the stage that took blocks while the chunks ran; None: it starts now, on
+    ``executor``, so its libraries and memory are taken only once the model's are freed.
+    """
     t0 = time.perf_counter()
+    stream = stream or _vector_stream(plan, tmp, executor)
     vector = stream.finish(tmp / "classes.tif", tmp / "scores.tif")
     vector["ran_on"] = stream.executor.description
     timings["vectorize_s"] = time.perf_counter() - t0

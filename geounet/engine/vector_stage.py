@@ -370,14 +370,9 @@ class VectorStream:
                 pass
 
     def _take(self, pending: set[Any], wait: bool) -> set[Any]:
-        if wait:
-            from distributed import wait as wait_for
-
-            wait_for(list(pending), return_when="FIRST_COMPLETED")
-        done = {f for f in pending if f.done()}
+        done = self.executor.wait_first(pending) if wait else {f for f in pending if f.done()}
         for fut in done:
-            self._add(*fut.result())
-            fut.release()
+            self._add(*self.executor.result(fut))
         return pending - done
 
     def _in_flight(self) -> int:

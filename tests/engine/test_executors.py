@@ -359,7 +359,6 @@ def test_vector_stage_uses_processes_only_with_cores_to_spare(monkeypatch):
     started = []
     monkeypatch.setattr(executors, "VectorPool", lambda n, fallback: started.append(n) or "pool")
     local = executors.ThreadedExecutor(1)
-    monkeypatch.setattr(local, "start_distributed", lambda: None)
     for cores, n_blocks, processes, expected in [
         (2, 16, None, "threads"),
         (4, 16, None, "pool"),
@@ -372,3 +371,41 @@ def test_vector_stage_uses_processes_only_with_cores_to_spare(monkeypatch):
         got = local.vector_executor(n_blocks, processes)
         assert ("pool" if got == "pool" else "threads") == expected, (cores, n_blocks, processes)
     assert started == [4, 2]
+
+
+def test_local_futures_run_on_a_thread_pool_bounded_in_order_and_retried_only_after_io_errors():
+    """ThreadedExecutor's futures: imap_unordered keeps at most ``in_flight`` running, map keeps
+    order, an OSError is retried ``retries`` times, any other error is raised at once."""
+    import threading
+
+    local = executors.ThreadedExecutor(2)
+    running, most, lock = [0], [0], threading.Lock()
+
+    def slow(i: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    calls: dict[str, int] = {"io": 0, "bad": 0}
+
+    def flaky(kind: str, fail_times: int) -> str:
+        calls[kind] += 1
+        if calls[kind] <= fail_times:
+            raise OSError("transient") if kind == "io" else ValueError("wrong input")
+        return kind
+
+    try:
+        assert sorted(local.imap_unordered(slow, range(12), in_flight=1)) == [i * i for i in range(12)]
+        assert most[0] == 1, "in_flight=1 ran tasks at once"
+        assert local.map(slow, list(range(6))) == [0, 1, 4, 9, 16, 25]
+        assert local.result(local.submit(flaky, "io", 2, retries=2)) == "io" and calls["io"] == 3
+        with pytest.raises(ValueError, match="wrong input"):
+            local.map(flaky, ["bad"], 1, retries=2)
+        assert calls["bad"] == 1
+        assert "distributed" not in local.description
+    finally:
+        local.close()

@@ -281,8 +281,10 @@ def test_a_cpu_run_through_onnx_never_imports_torch(tiny_model, tmp_path):
     assert run_json["settings"]["backend"] == "onnx" and run_json["vector"]["layers"]
 
 
-def test_a_local_raster_run_never_imports_dask_distributed(tiny_model, tmp_path):
-    """Local chunks run on dask's threaded scheduler: no dask.distributed import, no cluster (0.5 s per command)."""
+@pytest.mark.parametrize("vector", [False, True])
+def test_a_local_run_never_imports_dask_distributed(tiny_model, tmp_path, vector):
+    """Local chunks run on dask's threaded scheduler and vector tasks on a thread pool: no
+    dask.distributed import, no cluster (0.5 s per command, 40 MiB for the vector stage)."""
     import os
     import subprocess
     import sys
@@ -292,7 +294,7 @@ def test_a_local_raster_run_never_imports_dask_distributed(tiny_model, tmp_path)
         "from pathlib import Path\n"
         "from geounet.engine.predict import PredictSettings, predict_batch\n"
         f"[r] = predict_batch([Path({str(DEMO_SCENE)!r})], Path({str(tmp_path)!r}), Path({str(tiny_model)!r}), "
-        "PredictSettings(quiet=True, vector=False, workers=2))\n"
+        f"PredictSettings(quiet=True, vector={vector}, workers=2))\n"
         "assert r.ok, r.error\n"
         "print(json.dumps(['dask' in sys.modules, 'distributed' in sys.modules]))\n"
     )
