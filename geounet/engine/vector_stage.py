@@ -4,7 +4,7 @@ Each task reads one window of ``classes.tif`` (and of ``scores.tif``) and return
 polygons (``vectorize.polygonize_block``) or road centre-line pieces
 (``centerlines.centerlines_block``, read with a halo). Polygons wholly inside their
 block are final: they are cleaned (``postprocess``) and appended to the GeoPackage as
-results arrive. Pieces that touch a block edge wait, and are joined at the end
+results arrive, in the blocks' raster order (the same rows in the same order in every run). Pieces that touch a block edge wait, and are joined at the end
 (``vectorize.seam_groups``, then ``merge_groups`` in tasks). Blocks the class raster does not store (a sparse
 COG leaves out blocks of nodata: a mostly empty scene) hold nothing and are not visited.
 Layers follow the model's class kinds:
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("geounet")
 
 QUEUED_BLOCKS = 8  # final blocks waiting to be sent to the vector executor
+SEAM_RUNS = 16  # seam-merge tasks at most (fewer for little work: balanced_runs)
+WAITING_ROWS = 200_000  # finished rows held back at most for the file's raster order (VectorStream._settle)
 LAYER_FOR_KIND = {"building": "buildings", "road": "roads", "landcover": "landcover"}
 NODATA = 255
 # The class raster under a pixel box (col0, row0, col1, row1; whole-raster pixels), as its (rows, cols) array.
@@ -319,7 +321,11 @@ class VectorStream:
             self.writer.create("road_centerlines", "road_centerline")
         self.jobs = {j.index: j for j in vector_blocks(grid.height, grid.width, block)}
         self.poly_ids = [i for k in LAYER_FOR_KIND for i in self.kinds[k]]
-        self.edge_pieces: list[Pieces] = []
+        # rows go to the file in the blocks' raster order whatever order they finish in (a few wait)
+        self._rank = {index: k for k, index in enumerate(self.jobs)}
+        self._waiting: dict[int, dict[str, gpd.GeoDataFrame] | None] = {}
+        self._next_rank = 0
+        self._edge_pieces: dict[int, Pieces] = {}
         self.streamed: set[tuple[int, int]] = set()
         # blocks waiting for the thread: a few MB each; when full, the raster writer waits (vectors lag far behind)
         self._queue: queue.Queue[tuple[VectorBlock, np.ndarray, np.ndarray] | None] = queue.Queue(QUEUED_BLOCKS)
@@ -332,6 +338,7 @@ class VectorStream:
         job = self.jobs[(box.row0 // self.block, box.col0 // self.block)]
         self.streamed.add(job.index)
         if self._error is not None or not np.isin(classes, self.poly_ids).any():
+            self._settle(job.index, None)
             return  # nothing to polygonize (or the stage failed: finish says why)
         if self._thread is None:
             self._thread = threading.Thread(target=self._send, name="geounet-vector-stream", daemon=True)
@@ -341,14 +348,40 @@ class VectorStream:
     def block_polygonized(self, index: tuple[int, int], polygons: Any) -> None:
         """A block polygonized elsewhere (a cluster's block task): its polygons, or None when it held none."""
         self.streamed.add(index)
-        if polygons is not None:
-            self._add(*polygons)
+        self._settle(index, polygons)
 
-    def _add(self, layers: dict[str, gpd.GeoDataFrame], seam: Pieces) -> None:
-        """One block's polygons: the finished ones to the file, those on its edges kept for the seams."""
+    def _settle(self, index: tuple[int, int], polygons: tuple[dict[str, gpd.GeoDataFrame], Pieces] | None) -> None:
+        """Block ``index`` is done (``polygons``: its finished layers and edge pieces; None: it held none).
+
+        Its finished polygons go to the file once every block before it in raster order is
+        done, so the file's rows (and their fids) come in the same order in every run; the
+        edge pieces wait for the seams. Rows that wait are a few blocks' worth, unless a block
+        is never handed over while predicting (no tile reached it): past ``WAITING_ROWS`` the
+        waiting rows are written as they are (the order then depends on the run).
+        """
         with self._lock:
-            self.edge_pieces.append(seam)
+            rank = self._rank[index]
+            layers = None
+            if polygons is not None:
+                layers, self._edge_pieces[rank] = polygons
+            self._waiting[rank] = layers
+            while self._next_rank in self._waiting:
+                self._write(self._waiting.pop(self._next_rank))
+                self._next_rank += 1
+            if sum(len(g) for ls in self._waiting.values() if ls for g in ls.values()) > WAITING_ROWS:
+                for r in sorted(self._waiting):
+                    self._write(self._waiting[r])
+                    self._waiting[r] = None
+
+    def _write(self, layers: dict[str, gpd.GeoDataFrame] | None) -> None:
+        if layers:
             self.writer.write(_clip_layers(layers, self.aoi))
+
+    def _settle_rest(self) -> None:
+        """Every block not done by now held nothing to polygonize: the rows waiting on them go to the file."""
+        for index in self.jobs:
+            if self._rank[index] >= self._next_rank and self._rank[index] not in self._waiting:
+                self._settle(index, None)
 
     def polygonizer(self) -> Callable[[VectorBlock, np.ndarray, np.ndarray], Any]:
         """``polygonize_arrays`` with this scene's classes and context: ``f(job, classes, scores)`` (picklable)."""
@@ -360,7 +393,7 @@ class VectorStream:
         try:
             while (item := self._queue.get()) is not None:
                 if self._error is None:
-                    pending.add(self.executor.submit(polygonize_arrays, *item, self.poly_ids, self.ctx))
+                    pending.add(self.executor.submit(_polygonize_indexed, *item, self.poly_ids, self.ctx))
                     pending = self._take(pending, wait=len(pending) >= self._in_flight())
             while pending:
                 pending = self._take(pending, wait=True)
@@ -372,7 +405,7 @@ class VectorStream:
     def _take(self, pending: set[Any], wait: bool) -> set[Any]:
         done = self.executor.wait_first(pending) if wait else {f for f in pending if f.done()}
         for fut in done:
-            self._add(*self.executor.result(fut))
+            self._settle(*self.executor.result(fut))
         return pending - done
 
     def _in_flight(self) -> int:
@@ -395,10 +428,17 @@ class VectorStream:
         present = written_blocks(classes_path)
         jobs = [j for j in self.jobs.values() if j.index not in self.streamed and _stored(present, internal, j.window)]
         scores = str(scores_path) if scores_path else None
-        for layers, seam in self.executor.imap_unordered(
-            polygonize_task, jobs, str(classes_path), scores, self.poly_ids, self.ctx, in_flight=self._in_flight()
+        for index, polygons in self.executor.imap_unordered(
+            _polygonize_task_indexed,
+            jobs,
+            str(classes_path),
+            scores,
+            self.poly_ids,
+            self.ctx,
+            in_flight=self._in_flight(),
         ):
-            self._add(layers, seam)
+            self._settle(index, polygons)
+        self._settle_rest()
         self._merge_seams(classes_path)
         writer, rules, grid = self.writer, self.rules, self.grid
         if self.kinds["road"]:
@@ -430,9 +470,10 @@ class VectorStream:
 
         ``classes_path``: the finished class raster (the merge tasks read it under buildings to split).
         """
-        cand = Pieces.concat(self.edge_pieces)
+        cand = Pieces.concat([self._edge_pieces[r] for r in sorted(self._edge_pieces)])
         groups = seam_groups(cand)
-        runs = balanced_runs([int(cand.pixels[g].sum()) for g in groups], 2 * self.executor.workers)
+        # as many runs whatever the workers, so that the merged rows come in the same order everywhere
+        runs = balanced_runs([int(cand.pixels[g].sum()) for g in groups], SEAM_RUNS)
         batches = []
         for run in runs:
             members = [groups[g] for g in run]
@@ -442,6 +483,16 @@ class VectorStream:
         for layers in self.executor.map(merge_and_finish, batches, self.ctx, str(classes_path)):
             self.writer.write(_clip_layers(layers, self.aoi))
         self.writer.flush()
+
+
+def _polygonize_indexed(job: VectorBlock, *args: Any) -> tuple[tuple[int, int], Any]:
+    """Dask task: ``(job.index, polygonize_arrays(job, ...))``."""
+    return job.index, polygonize_arrays(job, *args)
+
+
+def _polygonize_task_indexed(job: VectorBlock, *args: Any) -> tuple[tuple[int, int], Any]:
+    """Dask task: ``(job.index, polygonize_task(job, ...))``."""
+    return job.index, polygonize_task(job, *args)
 
 
 def balanced_runs(weights: list[int], n: int, min_weight: int = 50_000) -> list[np.ndarray]:
