@@ -4,8 +4,8 @@
   dask's threaded scheduler in this process, sharing one copy of the model; work that
   needs futures (the vector stage, the damage run's blocks) goes to a
   ``concurrent.futures`` thread pool of as many threads. A local run never imports
-  dask.distributed nor starts a cluster (an in-process one cost the vector stage
-  40 MiB and 0.6 s of CPU per scene: benchmarks/README.md, "local schedulers").
+  dask.distributed nor starts a cluster (an in-process one cost the vector stage memory
+  and CPU time: benchmarks/README.md, "Vectors on a thread pool").
 - :class:`DistributedExecutor`: a dask.distributed client, either connected to a
   ``--scheduler`` cluster or over local worker processes (:class:`VectorPool`, for the
   pure-Python building regulariser). Futures are bounded in flight; a chunk whose worker

@@ -4,7 +4,8 @@ Each task reads one window of ``classes.tif`` (and of ``scores.tif``) and return
 polygons (``vectorize.polygonize_block``) or road centre-line pieces
 (``centerlines.centerlines_block``, read with a halo). Polygons wholly inside their
 block are final: they are cleaned (``postprocess``) and appended to the GeoPackage as
-results arrive, in the blocks' raster order (the same rows in the same order in every run). Pieces that touch a block edge wait, and are joined at the end
+results arrive, in the blocks' raster order (the same rows in the same order in every
+run). Pieces that touch a block edge wait, and are joined at the end
 (``vectorize.seam_groups``, then ``merge_groups`` in tasks). Blocks the class raster does not store (a sparse
 COG leaves out blocks of nodata: a mostly empty scene) hold nothing and are not visited.
 Layers follow the model's class kinds:

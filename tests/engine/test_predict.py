@@ -285,7 +285,7 @@ def test_a_cpu_run_through_onnx_never_imports_torch(tiny_model, tmp_path):
 @pytest.mark.parametrize("vector", [False, True])
 def test_a_local_run_never_imports_dask_distributed(tiny_model, tmp_path, vector):
     """Local chunks run on dask's threaded scheduler and vector tasks on a thread pool: no
-    dask.distributed import, no cluster (0.5 s per command, 40 MiB for the vector stage)."""
+    dask.distributed import, no cluster (its start-up, memory and event loop cost every command)."""
     import os
     import subprocess
     import sys
