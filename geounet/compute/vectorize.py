@@ -361,21 +361,26 @@ def split_at_contacts(
         else:  # the component under the polygon's first pixel in raster order
             labels, _ = ndimage.label(is_member(window), structure=_FOUR)
             mask = labels == labels[first_rows[i] - y0, first_cols[i] - x0]
+            del labels  # window-sized arrays are let go as soon as they are used: two tasks hold large windows at once
         building = mask & is_building(window)
         if not building.any():
             kept[i] = False  # contacts only: the edge between buildings, not one
             continue
-        if seed_m <= 0 and building.sum() == mask.sum():
+        contacts = building.sum() != mask.sum()
+        if seed_m <= 0 and not contacts:
             continue  # no contact pixel: one component of building pixels, one building
         seeds, components = _seeds(building, (dx, dy), seed_m, min_core_px)
         if seeds.max() < 2:
             continue
         roofs = seeds if seed_m <= 0 else _roofs(seeds, components, building, (dx, dy))
-        if building.sum() == mask.sum():
+        del seeds, components, building
+        if not contacts:
             basins = roofs.astype(np.int32)  # no contact pixel to hand out
         else:
             dist = distance_m(roofs == 0, (dx, dy), edges=False)
             basins = watershed(dist, roofs, mask=mask, connectivity=1).astype(np.int32)
+            del dist
+        del roofs
         kept[i] = False
         parts.append(_parts(basins, origin, pieces, i))
     whole = pieces.take(kept)
