@@ -3,7 +3,8 @@
     python benchmarks/compare_outputs.py OLD/<scene> NEW/<scene>
 
 Rasters: pixels and profiles; GeoPackages: every layer's attributes and geometries (WKB), the
-``layer_styles`` timestamps left out, rows in any order (blocks finish in any order); ``run.json`` and ``item.json``: their key sets (values hold
+``layer_styles`` timestamps left out, rows in any order (outputs made before 2026-12-03 hold
+them in the order their blocks finished); ``run.json`` and ``item.json``: their key sets (values hold
 times and paths); ``quicklook.png``: bytes. Exit code 0 when everything is the same.
 """
 
@@ -30,7 +31,7 @@ def _keys(doc: Any, prefix: str = "") -> set[str]:
 
 
 def _by_geometry(frame: Any) -> Any:
-    """Rows sorted by their geometry's WKB: blocks finish in any order, so rows are written in any order."""
+    """Rows sorted by their geometry's WKB (older outputs hold them in the order their blocks finished)."""
     order = np.argsort(frame.geometry.to_wkb().to_numpy(), kind="stable")
     return frame.iloc[order].reset_index(drop=True)
 
