@@ -283,8 +283,8 @@ class VectorStream:
 
     While the scene is predicted, :meth:`block_final` (called by the raster writer with a
     block's classes and scores) queues the block; a thread here sends it to ``executor``
-    and appends its finished polygons to the file as they come, so the polygons of the
-    first rows are made while later rows are still in the model. :meth:`finish` then
+    and appends its finished polygons to the file (in the blocks' raster order), so the
+    polygons of the first rows are made while later rows are still in the model. :meth:`finish` then
     polygonizes the blocks never handed over (read from ``classes.tif``), joins the
     pieces that touch block edges, adds road centre lines and writes the other formats.
     The result does not depend on which blocks were streamed: the same blocks, the same
