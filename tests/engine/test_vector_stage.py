@@ -266,3 +266,39 @@ def test_seam_groups_are_cut_into_runs_of_about_equal_pixels():
     assert [len(r) for r in balanced_runs([], 4)] == [0]
     heavy = balanced_runs([100_000] * 40, 4)
     assert len(heavy) == 4 and all(len(r) == 10 for r in heavy)
+
+
+@pytest.mark.parametrize("waiting_rows", [200_000, 0])
+def test_rows_go_to_the_file_in_the_blocks_raster_order(tmp_path, monkeypatch, waiting_rows):
+    """Blocks finish in any order; their rows are written in raster order (a block waits for those
+    before it; one never handed over is settled at the end). Past WAITING_ROWS rows waiting, they
+    are written as they are (bounded memory) and the order is the completion order."""
+    import geounet.engine.vector_stage as vs
+    from geounet.compute.grid import GeoGrid
+    from geounet.compute.vectorize import Pieces
+    from geounet.engine.executors import ThreadedExecutor
+
+    monkeypatch.setattr(vs, "WAITING_ROWS", waiting_rows)
+    crs = "EPSG:32615"
+    grid = GeoGrid(rasterio.crs.CRS.from_string(crs).to_wkt(), (0.5, 0, 400000, 0, -0.5, 4100000), 512, 512)
+    executor = ThreadedExecutor(1)
+    stream = vs.VectorStream(
+        tmp_path / "f.gpkg", card(("building", "building", (230, 60, 60))), executor, grid, RAW, 256
+    )
+    assert list(stream.jobs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+    def polygons(k: int) -> tuple[dict[str, gpd.GeoDataFrame], Pieces]:
+        row = {"class": ["building"], "score": [0.5], "area_m2": [float(k)], "perimeter_m": [4.0]}
+        geom = shapely.box(400000 + k, 4099000, 400001 + k, 4099001)
+        return {"buildings": gpd.GeoDataFrame(row, geometry=[geom], crs=crs)}, Pieces()
+
+    try:
+        stream.block_polygonized((1, 1), polygons(3))  # waits for the blocks before it
+        stream.block_polygonized((0, 1), polygons(1))
+        stream.block_polygonized((0, 0), polygons(0))  # (0, 0) and (0, 1) go; (1, 1) waits for (1, 0)
+        stream._settle_rest()  # (1, 0) was never handed over: it held nothing
+        stream.writer.flush()
+    finally:
+        executor.close()
+    written = list(gpd.read_file(tmp_path / "f.gpkg", layer="buildings").area_m2)
+    assert written == ([0.0, 1.0, 3.0] if waiting_rows else [3.0, 1.0, 0.0])
