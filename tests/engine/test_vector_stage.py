@@ -26,12 +26,18 @@ GEOD = Geod(ellps="WGS84")
 RAW = {"building": ClassRules(), "road": ClassRules(spur_m=5.0), "landcover": ClassRules()}  # no cleaning: exact shapes
 
 
-@pytest.fixture(scope="module")
-def client():
-    """An executor over an in-process dask.distributed cluster of 2 threads."""
-    from distributed import Client, LocalCluster
+@pytest.fixture(scope="module", params=["thread pool", "dask.distributed"])
+def client(request):
+    """An executor of 2 threads: the local runs' thread pool, or an in-process dask.distributed cluster
+    (the futures of a ``--scheduler`` run)."""
+    from geounet.engine.executors import DistributedExecutor, ThreadedExecutor
 
-    from geounet.engine.executors import DistributedExecutor
+    if request.param == "thread pool":
+        local = ThreadedExecutor(2)
+        yield local
+        local.close()
+        return
+    from distributed import Client, LocalCluster
 
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
