@@ -91,6 +91,7 @@ def polygonize_block(
     found = list(shapes(data, mask=mask, transform=Affine.translation(c0, r0), connectivity=4))
     geoms = _polygons_from_geojson([g for g, _ in found])
     cls = np.array([int(v) for _, v in found], np.int32)
+    del found, mask  # the GeoJSON dicts: several MB of Python objects per block
     pixels = np.rint(shapely.area(geoms)).astype(np.int64)
     minx, miny, maxx, maxy = shapely.bounds(geoms).T
     top, bottom, left, right = inner_edges
