@@ -215,6 +215,10 @@ def predict_scene(
         # all nodata is kept (a mosaic's empty tile is no error) but said: a failed download looks like this
         if tiles["run"] == 0 and tiles.get("skipped_aoi", 0) < tiles["total"]:  # (a missed area is said already)
             log.warning("%s: every pixel is nodata (its mask or nodata value): the outputs are all nodata", plan.scene)
+        from geounet.io.stac import finish_scene_folder, write_scene_quicklook
+
+        # drawn before the vector stage, so that its reads are not on top of that stage's memory
+        quicklook = write_scene_quicklook(tmp, plan.scene, plan.card)
         vector = None
         if vector_executor is not None:
             vector = _vectorize(plan, tmp, stream, vector_executor, timings)
@@ -222,11 +226,11 @@ def predict_scene(
         timings["total_s"] = time.perf_counter() - t_start
         record = _run_record(plan, tiles, vector, timings)
         record.model.requested = requested
-        from geounet.io.stac import finish_scene_folder  # quicklook.png + item.json in tmp, listed in the record
-
+        if quicklook is not None:
+            record.outputs["quicklook.png"] = quicklook
         if plan.settings.web:  # first, so that item.json lists it
             _write_web(plan, tmp, final_dir.name, record, timings)
-        finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
+        finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record, quicklook=False)
         record.write(tmp)
         replace_dir(tmp, final_dir)
     log.info(

@@ -193,21 +193,32 @@ def build_item(item_id: str, scene: str | Path, card: ModelCard, record: RunReco
     return item
 
 
-def finish_scene_folder(folder: Path, item_id: str, scene: str | Path, card: ModelCard, record: RunRecord) -> None:
-    """Add ``quicklook.png`` and ``item.json`` to a (still temporary) output folder and list them in ``record``.
+def write_scene_quicklook(folder: Path, scene: str | Path, card: ModelCard) -> dict[str, int] | None:
+    """``quicklook.png`` in a (still temporary) output folder, from its ``classes.tif``: its size, or None.
 
     A quicklook that cannot be drawn is a warning, not a lost scene.
     """
     from geounet.io.quicklook import write_quicklook
 
-    folder = Path(folder)
-    outputs = record.outputs
-    classes_tif = folder / "classes.tif"
     try:
-        rows, cols = write_quicklook(scene, classes_tif, card, folder / "quicklook.png")
-        outputs["quicklook.png"] = {"width": cols, "height": rows}
+        rows, cols = write_quicklook(scene, Path(folder) / "classes.tif", card, Path(folder) / "quicklook.png")
     except Exception as exc:  # noqa: BLE001  (a picture must never cost the scene)
         log.warning("%s: no quicklook.png (%s)", scene, exc)
+        return None
+    return {"width": cols, "height": rows}
+
+
+def finish_scene_folder(
+    folder: Path, item_id: str, scene: str | Path, card: ModelCard, record: RunRecord, quicklook: bool = True
+) -> None:
+    """Add ``item.json`` (and ``quicklook.png`` with ``quicklook``) to a (still temporary) output folder
+    and list them in ``record`` (a quicklook drawn earlier: listed there by its caller)."""
+    folder = Path(folder)
+    outputs = record.outputs
+    if quicklook:
+        size = write_scene_quicklook(folder, scene, card)
+        if size is not None:
+            outputs["quicklook.png"] = size
     layer_files = sorted(f for f in outputs if f not in ASSETS and _asset(f) and (folder / f).exists())
     files = [f for f in ASSETS if f == "run.json" or (folder / f).exists()] + layer_files
     item = build_item(item_id, scene, card, record, files)
