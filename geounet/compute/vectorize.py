@@ -367,15 +367,15 @@ def split_at_contacts(
         if not building.any():
             kept[i] = False  # contacts only: the edge between buildings, not one
             continue
-        contacts = building.sum() != mask.sum()
-        if seed_m <= 0 and not contacts:
+        has_contacts = building.sum() != mask.sum()
+        if seed_m <= 0 and not has_contacts:
             continue  # no contact pixel: one component of building pixels, one building
         seeds, components = _seeds(building, (dx, dy), seed_m, min_core_px)
         if seeds.max() < 2:
             continue
         roofs = seeds if seed_m <= 0 else _roofs(seeds, components, building, (dx, dy))
         del seeds, components, building
-        if not contacts:
+        if not has_contacts:
             basins = roofs.astype(np.int32)  # no contact pixel to hand out
         else:
             dist = distance_m(roofs == 0, (dx, dy), edges=False)
