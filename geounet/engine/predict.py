@@ -181,7 +181,9 @@ def predict_scene(
 
     ``model``: a model file, or the name of a bundled model (its variant closest to the scene's resolution).
     ``last``: no scene follows on this executor, so the model's memory is freed once the last
-    chunk has run, before the COGs and the rest of the vector stage.
+    chunk has run, before the COGs and the rest of the vector stage. It is freed there too when
+    this scene's vector stage runs after the chunks on this process's cores (a later scene loads
+    the model again).
     """
     t_start = time.perf_counter()
     scene = as_scene(scene)
@@ -208,7 +210,9 @@ def predict_scene(
             if _vectors_while_predicting(plan, vector_executor):
                 stream = streaming = _vector_stream(plan, tmp, vector_executor)
         try:
-            tiles = _predict_rasters(plan, tmp, executor, timings, streaming, release_model=last)
+            # the model's memory is freed when no scene follows, and before a vector stage that runs after the chunks
+            release = last or (vector_executor is not None and streaming is None)
+            tiles = _predict_rasters(plan, tmp, executor, timings, streaming, release_model=release)
         finally:
             if stream is not None:
                 stream.close()
@@ -258,7 +262,8 @@ def _predict_rasters(
     chunks hold data: only those run, and stage 2 and the COGs skip the blocks none of
     them reaches, so a mostly empty scene costs what its data costs. ``stream``: the
     vector stage, handed each vector block of the final rasters as soon as it is written.
-    ``release_model``: free the model's memory once the chunks are done (no scene follows).
+    ``release_model``: free the model's memory once the chunks are done (no scene follows, or the
+    vector stage comes next on these cores).
     """
     on_block = stream.block_final if stream is not None else None
     t0 = time.perf_counter()
@@ -488,10 +493,13 @@ def _vectorize(
     ``stream``: the stage that took blocks while the chunks ran; None: it starts now, on
     ``executor``, so its libraries and memory are taken only once the model's are freed.
     """
+    from geounet.models.registry import trim_heap
+
     t0 = time.perf_counter()
     stream = stream or _vector_stream(plan, tmp, executor)
     vector = stream.finish(tmp / "classes.tif", tmp / "scores.tif")
     vector["ran_on"] = stream.executor.description
+    trim_heap()  # what the stage freed goes back to the system before the next scene's model loads
     timings["vectorize_s"] = time.perf_counter() - t0
     return vector
 

@@ -131,12 +131,12 @@ def release_models() -> int:
         n = len(_CACHE)
         _CACHE.clear()
     gc.collect()
-    _trim_heap()
+    trim_heap()
     return n
 
 
-def _trim_heap() -> None:
-    """``malloc_trim(0)`` where the C library is glibc; elsewhere nothing."""
+def trim_heap() -> None:
+    """Hand freed heap pages back to the system: ``malloc_trim(0)`` where the C library is glibc; elsewhere nothing."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

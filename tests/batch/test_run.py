@@ -130,14 +130,17 @@ def test_an_interrupted_run_still_writes_its_summary(
 
 
 def test_a_batch_frees_its_model_after_the_last_scene_only(scenes, tiny_model, tmp_path, write_config, monkeypatch):
-    """As ``geounet predict``: the model stays between scenes and is freed once the last one's chunks are done."""
+    """As ``geounet predict``: without vectors the model stays between scenes and is freed once the
+    last one's chunks are done (with vectors on this process's cores: after each scene's chunks)."""
     from geounet.engine import executors
     from geounet.models import registry
 
     released: list[int] = []
     real = registry.release_models
     monkeypatch.setattr(executors, "release_models", lambda: released.append(real()) or released[-1])
-    cfg = write_config(tmp_path / "p.yaml", tiny_model, [scenes["a"], scenes["b"]], tmp_path / "out")
+    cfg = write_config(
+        tmp_path / "p.yaml", tiny_model, [scenes["a"], scenes["b"]], tmp_path / "out", vector={"enabled": False}
+    )
     summary = run_pipeline(load_config(cfg), quiet=True)
     assert summary.ok, summary.lines()
     assert released == [1] and not registry._CACHE

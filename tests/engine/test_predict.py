@@ -321,11 +321,16 @@ def test_test_time_augmentation_averages_views_on_both_backends(default_model, t
         run([DEMO_SCENE], tmp_path / "bad", default_model, tta="d8", **kw)
 
 
-def test_the_model_is_freed_after_the_last_scene_s_chunks_only(tiny_model, tmp_path, monkeypatch):
-    """A batch keeps its model between scenes and drops it once the last scene's chunks are done.
+@pytest.mark.parametrize("vector", [False, True])
+def test_the_model_is_freed_after_the_last_scene_s_chunks_and_before_vectors_on_its_cores(
+    tiny_model, tmp_path, monkeypatch, vector
+):
+    """A batch drops its model once the last scene's chunks are done, and also after each scene's
+    chunks when that scene's vectors then run on this process's cores (here: the 2-core CPU).
 
-    Dropped before that scene's COGs and vectors (their peak memory then holds no model); the
-    second run shows a later chunk loads the model again, with the same result.
+    Dropped before the COGs and vectors (their peak memory then holds no model); without
+    vectors the model stays between scenes. A later chunk loads the model again, with the
+    same result.
     """
     from geounet.engine import executors
     from geounet.models import registry
@@ -340,12 +345,13 @@ def test_the_model_is_freed_after_the_last_scene_s_chunks_only(tiny_model, tmp_p
 
     monkeypatch.setattr(executors, "release_models", spy)
     scenes = [write_scene(tmp_path / f"s{i}.tif", np.full((3, 96, 96), 60 * i, np.uint8)) for i in (1, 2)]
-    reports = run(scenes, tmp_path / "out", tiny_model)
+    reports = run(scenes, tmp_path / "out", tiny_model, vector=vector, device="cpu")
     assert all(r.ok for r in reports)
-    assert released == [1]  # once, after the second scene: the first scene's model stayed
+    # without vectors, once after the second scene (the first scene's model stayed); with, after each
+    assert released == ([1, 1] if vector else [1])
     assert not registry._CACHE
-    [again] = run(scenes[:1], tmp_path / "again", tiny_model)
-    assert again.ok and released == [1, 1]
+    [again] = run(scenes[:1], tmp_path / "again", tiny_model, vector=vector, device="cpu")
+    assert again.ok and released[-1] == 1 and len(released) == (3 if vector else 2)
     np.testing.assert_array_equal(
         read(tmp_path / "out" / "s1" / "classes.tif"), read(tmp_path / "again" / "s1" / "classes.tif")
     )
