@@ -19,6 +19,7 @@ once (``geounet.models.registry.cached_model``).
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import sys
 import threading
@@ -104,15 +105,36 @@ class Executor(ABC):
         (the scene) in keys and errors.
         """
 
-    @abstractmethod
     def imap_unordered(
         self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
     ) -> Iterator[Any]:
-        """``fn(item, *args)`` for every item, at most ``in_flight`` at once, results as they complete."""
+        """``fn(item, *args)`` for every item, at most ``in_flight`` at once, results as they complete.
 
-    @abstractmethod
+        Built on :meth:`submit`, :meth:`wait_first` and :meth:`result`; if the caller stops
+        early (an error), the tasks not started yet are cancelled.
+        """
+        queue = iter(items)
+        n = in_flight or max(4, 2 * self.workers)
+        pending = {self.submit(fn, i, *args, retries=retries) for _, i in zip(range(n), queue)}
+        try:
+            while pending:
+                for fut in self.wait_first(pending):
+                    pending.discard(fut)
+                    yield self.result(fut)
+                    for nxt in itertools.islice(queue, 1):
+                        pending.add(self.submit(fn, nxt, *args, retries=retries))
+        finally:
+            for fut in pending:
+                fut.cancel()
+
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
         """``[fn(item, *args) for item in items]``, all submitted at once, results in order."""
+        futures = [self.submit(fn, i, *args, retries=retries) for i in items]
+        try:
+            return [self.result(f) for f in futures]
+        finally:
+            for f in futures:
+                f.cancel()
 
     @abstractmethod
     def submit(self, fn: Callable[..., Any], *args: Any, retries: int = 2) -> Any:
@@ -341,18 +363,14 @@ class _Background:
             self.executor.close()
 
 
-_END = object()
-
-
 def _retrying(fn: Callable[..., Any], args: tuple[Any, ...], retries: int) -> Any:
     """``fn(*args)``, run up to ``retries`` more times while it raises ``OSError``."""
-    for attempt in range(retries + 1):
+    for _ in range(retries):
         try:
             return fn(*args)
         except OSError:
-            if attempt == retries:
-                raise
-    raise AssertionError("unreachable")
+            pass
+    return fn(*args)
 
 
 class ThreadedExecutor(Executor):
@@ -414,33 +432,6 @@ class ThreadedExecutor(Executor):
         In one process any other error would only repeat itself.
         """
         return self._task_pool().submit(_retrying, fn, args, retries)
-
-    def imap_unordered(
-        self, fn: Callable[..., Any], items: Iterable[Any], *args: Any, in_flight: int | None = None, retries: int = 2
-    ) -> Iterator[Any]:
-        queue = iter(items)
-        pending = {
-            self.submit(fn, i, *args, retries=retries) for _, i in zip(range(in_flight or 2 * self._workers), queue)
-        }
-        try:
-            while pending:
-                for fut in self.wait_first(pending):
-                    pending.discard(fut)
-                    yield fut.result()
-                    nxt = next(queue, _END)
-                    if nxt is not _END:
-                        pending.add(self.submit(fn, nxt, *args, retries=retries))
-        finally:
-            for fut in pending:  # the caller stopped early (an error): nothing more starts
-                fut.cancel()
-
-    def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, retries: int = 2) -> list[Any]:
-        futures = [self.submit(fn, i, *args, retries=retries) for i in items]
-        try:
-            return [f.result() for f in futures]
-        finally:
-            for f in futures:
-                f.cancel()
 
     def vector_executor(self, n_blocks: int, processes: bool | None) -> Executor:
         """Local worker processes for scenes of 4 vector blocks or more on ``VECTOR_PROCESS_MIN_CORES`` cores or more.

@@ -234,7 +234,7 @@ def predict_scene(
             record.outputs["quicklook.png"] = quicklook
         if plan.settings.web:  # first, so that item.json lists it
             _write_web(plan, tmp, final_dir.name, record, timings)
-        finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record, quicklook=False)
+        finish_scene_folder(tmp, final_dir.name, plan.scene, plan.card, record)
         record.write(tmp)
         replace_dir(tmp, final_dir)
     log.info(

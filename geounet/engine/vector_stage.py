@@ -394,7 +394,9 @@ class VectorStream:
         try:
             while (item := self._queue.get()) is not None:
                 if self._error is None:
-                    pending.add(self.executor.submit(_polygonize_indexed, *item, self.poly_ids, self.ctx))
+                    job, classes, scores = item
+                    task = (job, polygonize_arrays, classes, scores, self.poly_ids, self.ctx)
+                    pending.add(self.executor.submit(_indexed, *task))
                     pending = self._take(pending, wait=len(pending) >= self._in_flight())
             while pending:
                 pending = self._take(pending, wait=True)
@@ -430,8 +432,9 @@ class VectorStream:
         jobs = [j for j in self.jobs.values() if j.index not in self.streamed and _stored(present, internal, j.window)]
         scores = str(scores_path) if scores_path else None
         for index, polygons in self.executor.imap_unordered(
-            _polygonize_task_indexed,
+            _indexed,
             jobs,
+            polygonize_task,
             str(classes_path),
             scores,
             self.poly_ids,
@@ -486,14 +489,9 @@ class VectorStream:
         self.writer.flush()
 
 
-def _polygonize_indexed(job: VectorBlock, *args: Any) -> tuple[tuple[int, int], Any]:
-    """Dask task: ``(job.index, polygonize_arrays(job, ...))``."""
-    return job.index, polygonize_arrays(job, *args)
-
-
-def _polygonize_task_indexed(job: VectorBlock, *args: Any) -> tuple[tuple[int, int], Any]:
-    """Dask task: ``(job.index, polygonize_task(job, ...))``."""
-    return job.index, polygonize_task(job, *args)
+def _indexed(job: VectorBlock, polygonize: Callable[..., Any], *args: Any) -> tuple[tuple[int, int], Any]:
+    """Dask task: ``(job.index, polygonize(job, *args))``: which block a result is, for the file's order."""
+    return job.index, polygonize(job, *args)
 
 
 def balanced_runs(weights: list[int], n: int, min_weight: int = 50_000) -> list[np.ndarray]:

@@ -208,17 +208,13 @@ def write_scene_quicklook(folder: Path, scene: str | Path, card: ModelCard) -> d
     return {"width": cols, "height": rows}
 
 
-def finish_scene_folder(
-    folder: Path, item_id: str, scene: str | Path, card: ModelCard, record: RunRecord, quicklook: bool = True
-) -> None:
-    """Add ``item.json`` (and ``quicklook.png`` with ``quicklook``) to a (still temporary) output folder
-    and list them in ``record`` (a quicklook drawn earlier: listed there by its caller)."""
+def finish_scene_folder(folder: Path, item_id: str, scene: str | Path, card: ModelCard, record: RunRecord) -> None:
+    """Add ``item.json`` to a (still temporary) output folder, its assets the files there, and list it in ``record``.
+
+    The quicklook, drawn earlier (:func:`write_scene_quicklook`), is an asset when it exists.
+    """
     folder = Path(folder)
     outputs = record.outputs
-    if quicklook:
-        size = write_scene_quicklook(folder, scene, card)
-        if size is not None:
-            outputs["quicklook.png"] = size
     layer_files = sorted(f for f in outputs if f not in ASSETS and _asset(f) and (folder / f).exists())
     files = [f for f in ASSETS if f == "run.json" or (folder / f).exists()] + layer_files
     item = build_item(item_id, scene, card, record, files)

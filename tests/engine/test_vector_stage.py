@@ -210,7 +210,7 @@ def test_blocks_a_sparse_class_raster_does_not_store_are_not_visited(client, tmp
 
     def counted(fn, items, *args, **kwargs):
         items = list(items)
-        if fn is vs._polygonize_task_indexed:
+        if fn is vs._indexed and args[0] is vs.polygonize_task:
             seen.extend(j.window for j in items)
         return imap(fn, items, *args, **kwargs)
 

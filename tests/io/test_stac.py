@@ -12,7 +12,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds, transform_geom
 
 from geounet.io.run_record import InputRecord, ModelRecord, RunRecord
-from geounet.io.stac import finish_scene_folder, footprint_and_bbox
+from geounet.io.stac import finish_scene_folder, footprint_and_bbox, write_scene_quicklook
 from geounet.models.card import ClassInfo, ModelCard
 from tests.helpers import write_scene
 
@@ -60,6 +60,9 @@ def test_item_lists_outputs_with_roles_and_georeference(tmp_path):
         vector=None,
         timings={},
     )
+    size = write_scene_quicklook(folder, scene, _card())
+    assert size is not None
+    record.outputs["quicklook.png"] = size
     finish_scene_folder(folder, "scene", scene, _card(), record)
 
     assert set(record.outputs) == {"quicklook.png", "item.json"}
