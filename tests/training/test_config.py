@@ -244,7 +244,10 @@ def test_the_satellite_configs_never_train_on_held_out_ground(config: str) -> No
     ]
     shared = REPO.parent / "shared" / "data"
     held_out += [(shared / "joplin/pre/tile_1361-9136.tif", None), (shared / "joplin/pre/tile_1361-10160.tif", None)]
-    held_out += [(shared / "joplin/post/tile_33548-5137.tif", [0.17, 0.0, 1.0, 1.0]), (shared / "kampala/kampala_b.tif", None)]
+    held_out += [
+        (shared / "joplin/post/tile_33548-5137.tif", [0.17, 0.0, 1.0, 1.0]),
+        (shared / "kampala/kampala_b.tif", None),
+    ]
     held_out_ground = {p.name: _ground(p, w) for p, w in held_out if p.exists()}
     scenes = [s for s in [*cfg.data.train, *cfg.data.val] if Path(s.image).exists()]
     if config != "buildings_satellite.yaml":  # the repo's own scenes are always checked
