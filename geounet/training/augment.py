@@ -1,4 +1,4 @@
-"""Chip augmentation with plain torch ops: flips, turns, zoom, colour and blur, drawn from one generator.
+"""Chip augmentation with plain torch ops: building removal, flips, turns, zoom, colour and blur, drawn from one generator.
 
 Options that are off draw no random numbers, so configs that do not use them get the same chips as before.
 """
@@ -6,7 +6,10 @@ Options that are off draw no random numbers, so configs that do not use them get
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from geounet.io.labels import IGNORE_INDEX
 from geounet.training.config import AugmentConfig
@@ -16,11 +19,18 @@ if TYPE_CHECKING:
 
 
 def augment(
-    x: torch.Tensor, y: torch.Tensor, aug: AugmentConfig, generator: torch.Generator
+    x: torch.Tensor,
+    y: torch.Tensor,
+    aug: AugmentConfig,
+    generator: torch.Generator,
+    object_ids: Sequence[int] = (),
+    ground_id: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augmented copies of a batch: ``x`` (B, C, H, W) float in DN / scale, ``y`` (B, H, W) class indexes.
 
-    Geometric: random horizontal/vertical flips and 90-degree rotations (square chips),
+    Removal (with ``aug.erase`` > 0, with probability ``p_erase`` per chip): objects taken
+    away, each with probability ``erase`` (:func:`erase_objects`; ``object_ids``: the
+    classes an object is made of, ``ground_id``: the class the ground left behind gets). Geometric: random horizontal/vertical flips and 90-degree rotations (square chips),
     and a zoom by up to ``scale`` (ground-resolution jitter; image bilinear, labels
     nearest, uncovered border ignored), applied to image and labels alike. Colour (with probability ``p_color`` per chip):
     contrast change around the chip mean, brightness shift, saturation change (towards
@@ -32,7 +42,10 @@ def augment(
 
     xs, ys = [], []
     for i in range(x.shape[0]):
-        xi, yi = _geometric(x[i], y[i], aug, generator)
+        xi, yi = x[i], y[i]
+        if aug.erase and object_ids and torch.rand((), generator=generator) < aug.p_erase:
+            xi, yi = erase_objects(xi, yi, object_ids, ground_id, aug.erase, generator)
+        xi, yi = _geometric(xi, yi, aug, generator)
         if aug.scale:
             xi, yi = zoom(xi, yi, 1.0 + aug.scale, generator)
         if torch.rand((), generator=generator) < aug.p_color:
@@ -42,6 +55,60 @@ def augment(
         xs.append(xi)
         ys.append(yi)
     return torch.stack(xs), torch.stack(ys)
+
+
+def erase_objects(
+    xi: torch.Tensor,
+    yi: torch.Tensor,
+    object_ids: Sequence[int],
+    ground_id: int,
+    share: float,
+    generator: torch.Generator,
+    margin: int = 3,
+    tries: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chip (C, H, W) and its labels (H, W) with some objects removed, as if cleared: the lot, not a roof.
+
+    Objects are the 4-connected components of ``object_ids`` pixels (a building with the
+    contact pixels around it, or a block of attached ones). Each is taken with probability
+    ``share``: it and ``margin`` pixels of ground around it (never another object or
+    unlabelled pixels) are covered by a copy of the chip's own pixels at a random offset
+    where every pixel is ground, and labelled ``ground_id``. An object with no such offset
+    in ``tries`` draws is kept. Real ground from the same image, not a synthetic fill.
+    """
+    import torch
+    from scipy import ndimage
+
+    labels = yi.numpy()
+    is_object = np.isin(labels, list(object_ids))
+    components, n = ndimage.label(is_object, structure=ndimage.generate_binary_structure(2, 1))
+    if n == 0:
+        return xi, yi
+    taken = np.flatnonzero((torch.rand(n, generator=generator) < share).numpy())
+    if not len(taken):
+        return xi, yi
+    ground = labels == ground_id
+    h, w = labels.shape
+    x, y = xi.clone(), yi.clone()
+    boxes = ndimage.find_objects(components)
+    for k in taken:
+        rows, cols = boxes[k]
+        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+        r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
+        own = components[r0:r1, c0:c1] == k + 1
+        lot = own | (ndimage.binary_dilation(own, iterations=margin) & ground[r0:r1, c0:c1])
+        bh, bw = r1 - r0, c1 - c0
+        if bh >= h or bw >= w:
+            continue
+        for _ in range(tries):
+            sr = int(torch.randint(h - bh + 1, (), generator=generator))
+            sc = int(torch.randint(w - bw + 1, (), generator=generator))
+            if ground[sr : sr + bh, sc : sc + bw][lot].all():
+                cover = torch.from_numpy(lot)
+                x[:, r0:r1, c0:c1][:, cover] = xi[:, sr : sr + bh, sc : sc + bw][:, cover]
+                y[r0:r1, c0:c1][cover] = ground_id
+                break
+    return x, y
 
 
 def _geometric(

@@ -164,6 +164,10 @@ class AugmentConfig:
     scale: float = 0.0  # ground-resolution jitter: chips zoomed by a factor in [1 / (1 + scale), 1 + scale]
     blur: float = 0.0  # max gaussian blur sigma, pixels (a softer sensor or resampling)
     p_blur: float = 0.3  # probability of blurring a chip (with blur > 0)
+    # building removal: with probability p_erase per chip, each object (a component of building and contact pixels)
+    # is covered, with probability erase, by ground copied from elsewhere in the chip and labelled ground (a cleared lot)
+    erase: float = 0.0
+    p_erase: float = 0.5
 
 
 @dataclass
@@ -333,15 +337,28 @@ def _value_problems(parts: dict[str, Any]) -> list[str]:
         problems += _train_problems(parts["train"], classes)
     if "augment" in parts:
         problems += _augment_problems(parts["augment"])
+        if parts["augment"].erase and classes is not None and erase_classes(classes, parts.get("labels")) is None:
+            problems.append("augment.erase: needs a class of kind building and one of kind background to leave behind")
     if "output" in parts and parts["output"].suffix != ".safetensors":
         problems.append("output: must be a .safetensors file")
     return problems
 
 
+def erase_classes(classes: list[ClassConfig], labels: LabelConfig | None) -> tuple[list[int], int] | None:
+    """What ``augment.erase`` removes and leaves: (indexes of the building classes and the contact class,
+    index of the first other background class), or None when there is no such pair."""
+    contact = labels.contact_class if labels is not None else None
+    objects = [i for i, c in enumerate(classes) if c.kind == "building" or c.name == contact]
+    ground = [i for i, c in enumerate(classes) if c.kind == "background" and c.name != contact]
+    return (objects, ground[0]) if objects and ground else None
+
+
 def _augment_problems(a: AugmentConfig) -> list[str]:
     """Shares in 0..1; zoom and blur not negative."""
     problems = [
-        f"augment.{k}: must be in 0..1" for k in ("grayscale", "p_color", "p_blur") if not 0 <= getattr(a, k) <= 1
+        f"augment.{k}: must be in 0..1"
+        for k in ("grayscale", "p_color", "p_blur", "erase", "p_erase")
+        if not 0 <= getattr(a, k) <= 1
     ]
     problems += [f"augment.{k}: must be at least 0" for k in ("scale", "blur", "noise") if getattr(a, k) < 0]
     return problems

@@ -31,7 +31,7 @@ from geounet.models.network import build_network
 from geounet.training.augment import augment
 from geounet.training.card import build_card, load_init_weights, save_model_file, training_facts
 from geounet.training.checkpoint import Progress, checkpoint_state, load_checkpoint, restore, save_checkpoint
-from geounet.training.config import TrainConfig, TrainOptions, foreground_classes
+from geounet.training.config import TrainConfig, TrainOptions, erase_classes, foreground_classes
 from geounet.training.data import ChipSampler, Scene, band_stats, load_scene
 from geounet.training.losses import Loss, make_loss
 from geounet.training.validation import evaluate
@@ -314,7 +314,8 @@ def _batch(run: _Run, sampler: ChipSampler) -> tuple[torch.Tensor, torch.Tensor]
     chips = [sampler.sample() for _ in range(t.batch_size)]
     x = torch.from_numpy(np.stack([c[0] for c in chips]).astype(np.float32)) / float(card.scale)
     y = torch.from_numpy(np.stack([c[1] for c in chips]).astype(np.int64))
-    x, y = augment(x, y, run.cfg.augment, run.gen)
+    objects, ground = erase_classes(run.cfg.classes, run.cfg.labels) or ([], 0)
+    x, y = augment(x, y, run.cfg.augment, run.gen, objects, ground)
     x = ((x - run.mean) / run.std).to(run.device)
     y = y.to(run.device)
     if t.channels_last:
