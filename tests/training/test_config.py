@@ -226,6 +226,7 @@ def _ground(path: Path, window: list[float] | None = None):
     [
         "buildings_satellite.yaml",
         "tried/buildings_satellite_places_contact_multival_lite2_e50.yaml",
+        "tried/buildings_satellite_erase.yaml",
         "tried/buildings_satellite_other_places.yaml",
     ],
 )
