@@ -30,7 +30,8 @@ def augment(
 
     Removal (with ``aug.erase`` > 0, with probability ``p_erase`` per chip): objects taken
     away, each with probability ``erase`` (:func:`erase_objects`; ``object_ids``: the
-    classes an object is made of, ``ground_id``: the class the ground left behind gets). Geometric: random horizontal/vertical flips and 90-degree rotations (square chips),
+    classes an object is made of, ``ground_id``: the class the ground left behind gets).
+    Geometric: random horizontal/vertical flips and 90-degree rotations (square chips),
     and a zoom by up to ``scale`` (ground-resolution jitter; image bilinear, labels
     nearest, uncovered border ignored), applied to image and labels alike. Colour (with probability ``p_color`` per chip):
     contrast change around the chip mean, brightness shift, saturation change (towards

@@ -258,3 +258,16 @@ def test_the_satellite_configs_never_train_on_held_out_ground(config: str) -> No
         for name, other in held_out_ground.items():
             overlap = ground.intersection(other).area / ground.area
             assert overlap < 1e-6, f"{scene.image} {scene.window} lies on held-out {name} ({overlap:.1%})"
+
+
+def test_building_removal_needs_buildings_to_remove_and_ground_to_leave(train_raw, write_config) -> None:
+    train_raw["augment"] = {"erase": 0.25}
+    train_raw["classes"][1]["kind"] = "landcover"
+    result = invoke("train", write_config(train_raw), "--no-progress")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"error: {write_config(train_raw)}: augment.erase: needs a class of kind building and one of kind "
+        "background to leave behind"
+    ]
+    train_raw["augment"] = {"erase": 1.5}
+    assert "augment.erase: must be in 0..1" in error_lines(invoke("train", write_config(train_raw), "--no-progress"))[0]
