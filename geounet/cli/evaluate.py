@@ -7,6 +7,14 @@ from pathlib import Path
 import typer
 
 from geounet.cli.logs import setup_logging
+from geounet.cli.options import (
+    batch_size_option,
+    device_option,
+    overlap_option,
+    precision_option,
+    tile_size_option,
+    tta_option,
+)
 from geounet.errors import GeounetError
 
 UNLABELLED = ("background", "ignore")  # what pixels no label covers count as (training.evaluate.LabelOptions)
@@ -37,19 +45,12 @@ def evaluate(
     tolerance_m: float = typer.Option(3.0, help="Centre-line match distance, metres."),
     iou_threshold: float = typer.Option(0.5, help="Object match IoU threshold."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
-    tile_size: int | None = typer.Option(None, help="Tile side in pixels (default: the model's)."),
-    overlap: int | None = typer.Option(None, help="Tile overlap in pixels (default: the model's)."),
-    batch_size: int | None = typer.Option(
-        None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."
-    ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option(
-        "auto",
-        help="auto, fp32, bf16, fp16 (autocast) or int8 (the model's quantized ONNX file beside it, CPU, "
-        "ONNX Runtime; made by geounet quantize). auto on a CPU: int8 where the model's int8 record measured "
-        "pixel IoU within 0.01 of fp32 and a speed-up, and the CPU has VNNI; else fp32 (never bf16 on a CPU).",
-    ),
-    tta: str = typer.Option("none", help="Test-time augmentation: none, flip, flips or d4 (as geounet predict)."),
+    tile_size: int | None = tile_size_option(),
+    overlap: int | None = overlap_option(),
+    batch_size: int | None = batch_size_option(),
+    device: str = device_option(),
+    precision: str = precision_option(),
+    tta: str = tta_option(),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
     from geounet.engine.settings import CLI_NAMES, PredictSettings

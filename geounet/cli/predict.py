@@ -8,6 +8,14 @@ import typer
 
 from geounet.cli.interrupts import interrupted_exit, stop_on_sigterm
 from geounet.cli.logs import setup_logging
+from geounet.cli.options import (
+    batch_size_option,
+    device_option,
+    overlap_option,
+    precision_option,
+    tile_size_option,
+    tta_option,
+)
 from geounet.engine.executors import ClusterError, lost_cluster
 from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
@@ -35,18 +43,11 @@ def predict(
         help="A bundled model's name (the variant trained closest to each scene's "
         "resolution is used; see geounet models) or a .safetensors model file.",
     ),
-    tile_size: int | None = typer.Option(None, help="Tile side in pixels (working grid); default: the model's."),
-    overlap: int | None = typer.Option(None, help="Overlap between tiles in pixels; default: the model's."),
-    batch_size: int | None = typer.Option(
-        None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."
-    ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option(
-        "auto",
-        help="auto, fp32, bf16, fp16 (autocast) or int8 (the model's quantized ONNX file beside it, CPU, "
-        "ONNX Runtime; made by geounet quantize). auto on a CPU: int8 where the model's int8 record measured "
-        "pixel IoU within 0.01 of fp32 and a speed-up, and the CPU has VNNI; else fp32 (never bf16 on a CPU).",
-    ),
+    tile_size: int | None = tile_size_option(),
+    overlap: int | None = overlap_option(),
+    batch_size: int | None = batch_size_option(),
+    device: str = device_option(),
+    precision: str = precision_option(),
     backend: str = typer.Option(
         "auto",
         help="auto, torch or onnx. auto: ONNX Runtime for fp32 on the CPU (the model is exported once to "
@@ -82,11 +83,7 @@ def predict(
         "--web/--no-web",
         help="Also write web/: a map of each scene that needs no internet (see it with geounet view OUT/<scene>).",
     ),
-    tta: str = typer.Option(
-        "none",
-        help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
-        "blending. none, flip (2 views), flips (4) or d4 (all 8); costs that many model calls.",
-    ),
+    tta: str = tta_option(),
     aoi: Path | None = typer.Option(
         None,
         help="Area of interest: a vector file (any CRS; its polygons unioned). Only the tiles meeting it run; "
