@@ -6,15 +6,8 @@ from pathlib import Path
 
 import typer
 
+from geounet.cli import options
 from geounet.cli.logs import setup_logging
-from geounet.cli.options import (
-    batch_size_option,
-    device_option,
-    overlap_option,
-    precision_option,
-    tile_size_option,
-    tta_option,
-)
 from geounet.errors import GeounetError
 
 UNLABELLED = ("background", "ignore")  # what pixels no label covers count as (training.evaluate.LabelOptions)
@@ -45,12 +38,12 @@ def evaluate(
     tolerance_m: float = typer.Option(3.0, help="Centre-line match distance, metres."),
     iou_threshold: float = typer.Option(0.5, help="Object match IoU threshold."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the scores to this JSON file."),
-    tile_size: int | None = tile_size_option(),
-    overlap: int | None = overlap_option(),
-    batch_size: int | None = batch_size_option(),
-    device: str = device_option(),
-    precision: str = precision_option(),
-    tta: str = tta_option(),
+    tile_size: int | None = options.tile_size(),
+    overlap: int | None = options.overlap(),
+    batch_size: int | None = options.batch_size(),
+    device: str = options.device(),
+    precision: str = options.precision(),
+    tta: str = options.tta(),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
     from geounet.engine.settings import CLI_NAMES, PredictSettings

@@ -1,7 +1,7 @@
 """Options that ``geounet predict`` and ``geounet evaluate`` share: one definition (name, default, help) each.
 
 Each function returns a fresh ``typer.Option`` for a subcommand's signature, e.g.
-``tile_size: int | None = tile_size_option()``.
+``tile_size: int | None = options.tile_size()``.
 """
 
 from __future__ import annotations
@@ -11,25 +11,25 @@ from typing import Any
 import typer
 
 
-def tile_size_option() -> Any:
+def tile_size() -> Any:
     return typer.Option(None, help="Tile side in pixels (on the model's working grid); default: the model's.")
 
 
-def overlap_option() -> Any:
+def overlap() -> Any:
     return typer.Option(None, help="Overlap between tiles in pixels; default: the model's.")
 
 
-def batch_size_option() -> Any:
+def batch_size() -> Any:
     return typer.Option(
         None, help="Tiles per model call. Default: 1 with ONNX Runtime on the CPU (same speed, less memory), else 4."
     )
 
 
-def device_option() -> Any:
+def device() -> Any:
     return typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
 
 
-def precision_option() -> Any:
+def precision() -> Any:
     return typer.Option(
         "auto",
         help="auto, fp32, bf16, fp16 (autocast) or int8 (the model's quantized ONNX file beside it, CPU, "
@@ -38,7 +38,7 @@ def precision_option() -> Any:
     )
 
 
-def tta_option() -> Any:
+def tta() -> Any:
     return typer.Option(
         "none",
         help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "

@@ -6,16 +6,9 @@ from pathlib import Path
 
 import typer
 
+from geounet.cli import options
 from geounet.cli.interrupts import interrupted_exit, stop_on_sigterm
 from geounet.cli.logs import setup_logging
-from geounet.cli.options import (
-    batch_size_option,
-    device_option,
-    overlap_option,
-    precision_option,
-    tile_size_option,
-    tta_option,
-)
 from geounet.engine.executors import ClusterError, lost_cluster
 from geounet.engine.predict import predict_batch
 from geounet.engine.settings import PredictSettings
@@ -43,11 +36,11 @@ def predict(
         help="A bundled model's name (the variant trained closest to each scene's "
         "resolution is used; see geounet models) or a .safetensors model file.",
     ),
-    tile_size: int | None = tile_size_option(),
-    overlap: int | None = overlap_option(),
-    batch_size: int | None = batch_size_option(),
-    device: str = device_option(),
-    precision: str = precision_option(),
+    tile_size: int | None = options.tile_size(),
+    overlap: int | None = options.overlap(),
+    batch_size: int | None = options.batch_size(),
+    device: str = options.device(),
+    precision: str = options.precision(),
     backend: str = typer.Option(
         "auto",
         help="auto, torch or onnx. auto: ONNX Runtime for fp32 on the CPU (the model is exported once to "
@@ -83,7 +76,7 @@ def predict(
         "--web/--no-web",
         help="Also write web/: a map of each scene that needs no internet (see it with geounet view OUT/<scene>).",
     ),
-    tta: str = tta_option(),
+    tta: str = options.tta(),
     aoi: Path | None = typer.Option(
         None,
         help="Area of interest: a vector file (any CRS; its polygons unioned). Only the tiles meeting it run; "

@@ -314,7 +314,8 @@ def _batch(run: _Run, sampler: ChipSampler) -> tuple[torch.Tensor, torch.Tensor]
     chips = [sampler.sample() for _ in range(t.batch_size)]
     x = torch.from_numpy(np.stack([c[0] for c in chips]).astype(np.float32)) / float(card.scale)
     y = torch.from_numpy(np.stack([c[1] for c in chips]).astype(np.int64))
-    objects, ground = erase_classes(run.cfg.classes, run.cfg.labels) or ([], 0)
+    removal = erase_classes(run.cfg.classes, run.cfg.labels) if run.cfg.augment.erase else None
+    objects, ground = removal or ([], 0)
     x, y = augment(x, y, run.cfg.augment, run.gen, objects, ground)
     x = ((x - run.mean) / run.std).to(run.device)
     y = y.to(run.device)
