@@ -148,6 +148,8 @@ class PipelineSpec:
     vector: bool | VectorSpec = True
     web: bool = False  # also write web/: a map of each scene that needs no internet (geounet view)
     tta: Tta = "none"  # test-time augmentation: views of each tile averaged
+    # class name -> factor on its probability before the winning class is picked; None: the model card's
+    decision_weights: dict[str, float] | None = None
     aoi: Path | None = None  # area of interest: a vector file (any CRS), its polygons unioned
     bbox: list[float] | None = None  # or [minx, miny, maxx, maxy] in bbox_crs
     bbox_crs: str = "EPSG:4326"
@@ -264,6 +266,7 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
         web=spec.web,
         vector_processes=None,
         tta=spec.tta,
+        decision_weights=spec.decision_weights,
         postprocess=spec.postprocess.overrides() or None,
         aoi=None if spec.aoi is None else str(spec.aoi),
         bbox=None if spec.bbox is None or len(spec.bbox) != 4 else (*map(float, spec.bbox),),  # type: ignore[arg-type]

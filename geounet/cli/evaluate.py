@@ -44,6 +44,7 @@ def evaluate(
     device: str = options.device(),
     precision: str = options.precision(),
     tta: str = options.tta(),
+    decision_weight: list[str] | None = options.decision_weight(),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
     from geounet.engine.settings import CLI_NAMES, PredictSettings
@@ -73,6 +74,7 @@ def evaluate(
             device=device,
             precision=precision,
             tta=tta,
+            decision_weights=options.parse_decision_weights(decision_weight),
             quiet=True,
         )
         unknown = settings.choice_problems(CLI_NAMES) + [

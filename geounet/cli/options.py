@@ -10,6 +10,8 @@ from typing import Any
 
 import typer
 
+from geounet.errors import GeounetError
+
 
 def tile_size() -> Any:
     return typer.Option(None, help="Tile side in pixels (on the model's working grid); default: the model's.")
@@ -44,3 +46,32 @@ def tta() -> Any:
         help="Test-time augmentation: each tile also seen mirrored and turned, probabilities averaged before "
         "blending. none, flip (2 views), flips (4) or d4 (all 8); costs that many model calls.",
     )
+
+
+def decision_weight() -> Any:
+    return typer.Option(
+        None,
+        "--decision-weight",
+        help="CLASS=FACTOR: multiply that class's probability by FACTOR before the winning class is picked "
+        "(classes.tif and the polygons; scores.tif keeps the probabilities). With two classes, building=3 "
+        "marks a building where its probability exceeds 1/(1+3) = 0.25. Repeatable; default: the model "
+        "card's decision weights (geounet info shows them), else 1.",
+        show_default=False,
+    )
+
+
+def parse_decision_weights(items: list[str] | None) -> dict[str, float] | None:
+    """``["building=3", ...]`` -> ``{"building": 3.0}``; None when none are given. Checked against the card later."""
+    if not items:
+        return None
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = None
+        if not sep or not name.strip() or factor is None:
+            raise GeounetError(None, f"--decision-weight expects CLASS=FACTOR (a number), got {item!r}")
+        weights[name.strip()] = factor
+    return weights

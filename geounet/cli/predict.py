@@ -77,6 +77,7 @@ def predict(
         help="Also write web/: a map of each scene that needs no internet (see it with geounet view OUT/<scene>).",
     ),
     tta: str = options.tta(),
+    decision_weight: list[str] | None = options.decision_weight(),
     aoi: Path | None = typer.Option(
         None,
         help="Area of interest: a vector file (any CRS; its polygons unioned). Only the tiles meeting it run; "
@@ -118,6 +119,7 @@ def predict(
     setup_logging(quiet)
     try:
         box = None if bbox is None else parse_bbox(bbox)
+        weights = options.parse_decision_weights(decision_weight)
         search = stac_search(stac_api, collection, datetime, query, max_items)
         if not scenes and search is None:
             raise GeounetError(None, "no scenes: give scene files or URLs, or a STAC API to search (--stac-api)")
@@ -139,6 +141,7 @@ def predict(
         web=web,
         quiet=quiet,
         tta=tta,
+        decision_weights=weights,
         aoi=None if aoi is None else str(aoi),
         bbox=box,
         bbox_crs=bbox_crs,

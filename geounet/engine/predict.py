@@ -67,7 +67,7 @@ from geounet.io.scene import (
     working_grid,
 )
 from geounet.io.stac_search import StacSearch, stac_scenes
-from geounet.models.card import ModelCard, file_sha256, read_card
+from geounet.models.card import ModelCard, decision_weight_array, file_sha256, read_card
 from geounet.models.registry import is_model_name, pick_variant
 
 if TYPE_CHECKING:
@@ -106,6 +106,11 @@ class ScenePlan:
     @property
     def chunk_tiles(self) -> int:
         return self.tiles.chunk_tiles
+
+    @property
+    def decision_weights(self) -> np.ndarray | None:
+        """Each class's factor on its probability before the winning class is picked; None: all 1."""
+        return decision_weight_array(self.card, self.settings.decision_weights)
 
     @property
     def scene_grid(self) -> tuple[CRS, Any, int, int]:
@@ -301,7 +306,9 @@ def _predict_rasters(
             stage1.unlink()
             timings["finalize_s"] = time.perf_counter() - t0
         else:  # the stitched regions are final: straight to uint8 scores and classes
-            writer = final_writer(tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block)
+            writer = final_writer(
+                tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block, plan.decision_weights
+            )
             tiles = run_chunks(plan, executor, writer, coverage)
             if release_model:
                 executor.release_model()
@@ -352,6 +359,7 @@ def _predict_rasters_on_workers(
             runs,
             lambda run, skipped: bar.update(run + skipped),
             *_polygonizing(stream, plan.working.resampled),
+            plan.decision_weights,
         )
     timings["predict_and_stitch_s"] = time.perf_counter() - t0
     worker_timings = executor.client.submit(
@@ -586,7 +594,9 @@ def _finalize(
             height=g.height,
             resampling=Resampling.bilinear,
         ) as view,
-        final_writer(tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block) as sink,
+        final_writer(
+            tmp, plan.card, plan.scene_grid, area_px, on_block, plan.settings.vector_block, plan.decision_weights
+        ) as sink,
     ):
         for box in blocks(g.extent, size):
             if keep is not None and not keep[box.row0 // size, box.col0 // size]:

@@ -19,7 +19,7 @@ from geounet.compute.postprocess import DEFAULT_RULES
 from geounet.compute.tta import TTA_SETS
 from geounet.errors import GeounetError, ModelError
 from geounet.io.scene import WorkBudget
-from geounet.models.card import ModelCard
+from geounet.models.card import ModelCard, decision_weights_problem
 from geounet.models.hardware import (
     BACKENDS,
     default_batch_size,
@@ -54,7 +54,7 @@ CLI_NAMES = {
         "max_working_pixels",
         "vector_format",
     )
-}
+} | {"decision_weights": "--decision-weight"}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -94,6 +94,9 @@ class PredictSettings:
     vector_while_predicting: bool | None = None
     postprocess: dict | None = None  # per kind ('building', ...) overrides of postprocess.DEFAULT_RULES fields
     tta: str = "none"  # test-time augmentation: none, flip, flips or d4 (geounet.compute.tta.TTA_SETS)
+    # class name -> factor on its probability before the winning class is picked (classes.tif, polygons);
+    # None: the model card's decision_weights. Resolved: every class's factor, the card's overridden by these.
+    decision_weights: dict[str, float] | None = None
     aoi: str | None = None  # area of interest: a vector file's polygons (any CRS); only tiles meeting it run
     bbox: tuple[float, float, float, float] | None = None  # or a box: minx, miny, maxx, maxy in bbox_crs
     bbox_crs: str = "EPSG:4326"
@@ -138,6 +141,8 @@ class PredictSettings:
         s = PredictSettings(**asdict(self))
         s.tile_size = s.tile_size or card.tile_size
         s.overlap = card.overlap if s.overlap is None else s.overlap
+        chosen = {**card.decision_weights, **(self.decision_weights or {})}
+        s.decision_weights = {n: float(chosen.get(n, 1.0)) for n in card.class_names}
         return s
 
     def tiling_problems(self, card: ModelCard, names: dict[str, str] | None = None) -> list[str]:
@@ -162,6 +167,11 @@ class PredictSettings:
             value = getattr(self, key)
             if value is not None and value < 1:
                 problems.append(f"{name(key, key)}: must be at least 1, got {value}")
+        if self.decision_weights is not None:
+            where = name("decision_weights", "decision_weights")
+            problem = decision_weights_problem(self.decision_weights, card.class_names, where)
+            if problem:
+                problems.append(problem)
         return problems
 
     def choice_problems(self, names: dict[str, str] | None = None) -> list[str]:

@@ -110,8 +110,9 @@ class FinalSink:
         area_px: Any = None,
         on_block: Callable[[Box, np.ndarray, np.ndarray], None] | None = None,
         block_size: int = 1024,
+        weights: np.ndarray | None = None,
     ) -> None:
-        self.scores, self.classes, self.area_px = scores, classes, area_px
+        self.scores, self.classes, self.area_px, self.weights = scores, classes, area_px, weights
         self.on_block = on_block
         self.progress = BlockProgress(classes.height, classes.width, block_size) if on_block else None
 
@@ -135,7 +136,7 @@ class FinalSink:
             valid = valid & inside_block(self.area_px, box.row0, box.col0, box.height, box.width)
             if not valid.any():
                 return
-        scores, classes = finalize_block(probabilities, valid)
+        scores, classes = finalize_block(probabilities, valid, self.weights)
         self.scores.write(scores, window=window)
         self.classes.write(classes, 1, window=window)
 
@@ -156,11 +157,13 @@ def final_writer(
     area_px: Any = None,
     on_block: Callable[[Box, np.ndarray, np.ndarray], None] | None = None,
     block_size: int = 1024,
+    weights: np.ndarray | None = None,
 ) -> Iterator[FinalSink]:
     """Tiled ``scores`` and ``classes`` in ``tmp`` on ``scene_grid`` (CRS, affine, width, height).
 
     ``area_px``: an area of interest in the scene's pixels, nodata outside it; ``on_block``,
-    ``block_size``: blocks handed on as they are complete (see :class:`FinalSink`).
+    ``block_size``: blocks handed on as they are complete (see :class:`FinalSink`); ``weights``:
+    each class's decision weight (``finalize_block``), None: none.
     """
     crs, transform, width, height = scene_grid
     n = len(card.classes)
@@ -175,7 +178,7 @@ def final_writer(
     ):
         describe_scores(scores_ds, card)
         describe_classes(classes_ds, card)
-        yield FinalSink(scores_ds, classes_ds, area_px, on_block, block_size)
+        yield FinalSink(scores_ds, classes_ds, area_px, on_block, block_size, weights)
 
 
 @contextmanager

@@ -116,13 +116,15 @@ def write_block(
     n_classes: int,
     polygonize: Callable[[Any, np.ndarray, np.ndarray], Any] | None,
     vector_job: Any,
+    weights: np.ndarray | None,
     *pieces: Piece,
 ) -> tuple[bool, Any]:
     """Dask task: add a block's pieces in chunk order and write the finished block file.
 
     ``stage1``: uint16 probabilities (DN / 65535) on the working grid, for stage 2;
     else uint8 scores and classes (``finalize_block``), nodata outside the scene's mask
-    and outside ``area_px`` (an area of interest in scene pixels; None: none), and, with
+    and outside ``area_px`` (an area of interest in scene pixels; None: none), the classes
+    picked with each class's decision ``weights`` (None: none), and, with
     ``polygonize``, the block's polygons too: ``polygonize(vector_job, classes, scores of
     each pixel's own class)`` (``vector_stage.polygonize_arrays``). Returns (whether a file
     was written: False when all nodata, the polygons or None).
@@ -149,7 +151,7 @@ def write_block(
             valid &= inside_block(area_px, box.row0, box.col0, box.height, box.width)
             if not valid.any():
                 return False, None
-        scores, classes = finalize_block(total, valid)
+        scores, classes = finalize_block(total, valid, weights)
         arrays = {"scores": scores, "classes": classes}
         if polygonize is not None:
             own = own_class_scores(scores, classes)
@@ -177,6 +179,7 @@ def run_blocks(
     polygonize: Callable[[Any, np.ndarray, np.ndarray], Any] | None = None,
     vector_jobs: dict[tuple[int, int], Any] | None = None,
     on_polygons: Callable[[tuple[int, int], Any], None] | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[list[OutputBlock], dict[str, int]]:
     """Predict every chunk (among ``runs``) and write every block of ``grid`` it reaches into ``folder``.
 
@@ -185,6 +188,7 @@ def run_blocks(
     ``polygonize``, ``vector_jobs``: each block polygonized in its task too (see
     :func:`write_block`; the blocks are the vector stage's, ``vector_jobs`` by block
     index); ``on_polygons(block index, polygons)`` takes them here as blocks finish.
+    ``weights``: each class's decision weight (:func:`write_block`).
     Returns the blocks written (those with data, in raster order) and the tile counts of
     the chunks that ran.
     """
@@ -226,7 +230,18 @@ def run_blocks(
             args = [pieces[c].pop(b.index) for c in b.chunks]
             job = None if vector_jobs is None else vector_jobs[b.index]
             fut = client.submit(
-                write_block, b, str(folder), stage1, area_px, n_classes, polygonize, job, *args, pure=False, retries=2
+                write_block,
+                b,
+                str(folder),
+                stage1,
+                area_px,
+                n_classes,
+                polygonize,
+                job,
+                weights,
+                *args,
+                pure=False,
+                retries=2,
             )
             futures[fut] = b
         return futures

@@ -73,23 +73,29 @@ def describe_classes(ds: rasterio.io.DatasetWriter, card: ModelCard) -> None:
     )
 
 
-def finalize_block(probabilities: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def finalize_block(
+    probabilities: np.ndarray, valid: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``(classes, h, w)`` in [0, 1] + valid mask -> (uint8 scores, uint8 classes).
 
     Classes: the index of the highest probability, the first one on ties (as ``np.argmax``),
     computed by pairwise comparison, which is several times faster than an argmax over
-    the first axis (measured 10x for 2 classes, benchmarks/README.md).
+    the first axis (measured 10x for 2 classes, benchmarks/README.md). ``weights``: one
+    factor per class on its probability for that choice only (the model card's
+    ``decision_weights``); the scores stay the probabilities.
     """
     n = probabilities.shape[0]
+    weighed = probabilities if weights is None else probabilities * weights.astype(np.float32)[:, None, None]
     classes = np.zeros(probabilities.shape[1:], np.uint8)
     if n == 2:
-        np.greater(probabilities[1], probabilities[0], out=classes, casting="unsafe")
+        np.greater(weighed[1], weighed[0], out=classes, casting="unsafe")
     elif n > 2:
-        best = probabilities[0].copy()
+        best = weighed[0].copy()
         for k in range(1, n):
-            better = probabilities[k] > best
+            better = weighed[k] > best
             classes[better] = k
-            np.maximum(best, probabilities[k], out=best)
+            np.maximum(best, weighed[k], out=best)
+    del weighed
     dn = np.multiply(probabilities, np.float32(SCORE_SCALE))
     np.clip(dn, 0.0, SCORE_SCALE, out=dn)
     np.rint(dn, out=dn)

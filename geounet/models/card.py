@@ -98,6 +98,9 @@ class ModelCard:
     encoder_depth: int = 5
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32, 16, 8])
     training: dict[str, Any] = field(default_factory=dict)
+    # class name -> factor on its probability before the winning class is picked (classes.tif and
+    # the polygons; scores.tif keeps the network's probabilities); classes not named: 1
+    decision_weights: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -162,6 +165,9 @@ class ModelCard:
             if c.kind not in CLASS_KINDS:
                 problems.append(f"class {c.name!r} has unknown kind {c.kind!r} (one of {', '.join(CLASS_KINDS)})")
         problems += [p for p in network_problems(self.architecture, self.encoder, "") if p]
+        problem = decision_weights_problem(self.decision_weights, self.class_names, "decision_weights")
+        if problem:
+            problems.append(problem)
         if problems:
             raise ModelError(source, "invalid model card: " + "; ".join(problems))
 
@@ -179,8 +185,10 @@ class ModelCard:
             "classes:",
         ]
         for i, c in enumerate(self.classes):
+            weight = self.decision_weights.get(c.name, 1.0)
             lines.append(
                 f"  {i}: {c.name:<14} kind={c.kind:<10} colour=#{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}"
+                + (f" decision weight {weight:g}" if weight != 1.0 else "")
             )
         if self.training:
             lines.append("training:")
@@ -225,6 +233,24 @@ class Header:
 
     metadata: dict[str, str]
     shapes: dict[str, tuple[int, ...]]
+
+
+def decision_weights_problem(weights: Any, class_names: list[str], where: str) -> str | None:
+    """What is wrong with a {class name: weight} map (``where``: how the messages name it), or None."""
+    if not isinstance(weights, dict):
+        return f"{where} must map class names to weights, got {weights!r}"
+    for name, weight in weights.items():
+        if name not in class_names:
+            return f"{where}: unknown class {name!r} (classes: {', '.join(class_names)})"
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
+            return f"{where}: the weight of {name!r} must be a positive number, got {weight!r}"
+    return None
+
+
+def decision_weight_array(card: ModelCard, weights: dict[str, float] | None) -> np.ndarray | None:
+    """One float32 factor per class of ``card`` (``weights`` by class name, the rest 1), or None when all are 1."""
+    factors = np.array([float((weights or {}).get(n, 1.0)) for n in card.class_names], np.float32)
+    return None if bool(np.all(factors == 1.0)) else factors
 
 
 def network_problems(architecture: str, encoder: str, where: str = "") -> list[str]:

@@ -38,6 +38,7 @@ def build_card(cfg: TrainConfig, scenes: list[Scene], mean: list[float], std: li
         encoder=m.encoder,
         encoder_depth=m.encoder_depth,
         decoder_channels=list(m.decoder_channels),
+        decision_weights={k: float(v) for k, v in cfg.card.decision_weights.items()},
     )
 
 

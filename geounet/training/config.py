@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from geounet.models.card import CLASS_KINDS, ClassInfo, network_problems
+from geounet.models.card import CLASS_KINDS, ClassInfo, decision_weights_problem, network_problems
 from geounet.schema import ConfigError, apply_setting, check_fields, choice_problem, config_fields, read_yaml
 
 ClassKind = Literal[CLASS_KINDS]  # type: ignore[valid-type]  # the model card's kinds
@@ -177,6 +177,8 @@ class CardConfig:
     description: str = ""
     data: str = ""  # where the training data comes from
     licence: str = ""  # licences of the training data
+    # class name -> factor on its probability when a pixel's class is picked (the card's decision_weights)
+    decision_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -341,6 +343,11 @@ def _value_problems(parts: dict[str, Any]) -> list[str]:
             problems.append("augment.erase: needs a class of kind building and one of kind background to leave behind")
     if "output" in parts and parts["output"].suffix != ".safetensors":
         problems.append("output: must be a .safetensors file")
+    if "card" in parts and classes is not None:
+        names = [c.name for c in classes]
+        problem = decision_weights_problem(parts["card"].decision_weights, names, "card.decision_weights")
+        if problem:
+            problems.append(problem)
     return problems
 
 

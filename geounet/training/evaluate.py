@@ -26,6 +26,7 @@ from rasterio.windows import Window
 from geounet.compute.metrics import centerline_scores, confusion_matrix, label_shift, object_scores, pixel_scores
 from geounet.compute.postprocess import DEFAULT_RULES, metric_crs
 from geounet.engine.predict import PredictSettings, predict_batch
+from geounet.engine.settings import CLI_NAMES
 from geounet.errors import GeounetError
 from geounet.io.aoi import AreaOfInterest, read_area
 from geounet.io.labels import (
@@ -100,6 +101,9 @@ def evaluate_model(
     with open_scene(scene_path) as src:
         check_scene(src, card)
     settings = replace(settings or PredictSettings(quiet=True), vector=True)
+    problems = settings.tiling_problems(card, CLI_NAMES)
+    if problems:  # before minutes of prediction, not after
+        raise GeounetError(None, "; ".join(problems))
     work = Path(tempfile.mkdtemp(prefix="geounet-eval-"))
     try:
         scene = _crop(scene_path, window, work / f"{scene_path.stem}.tif") if window else scene_path

@@ -243,3 +243,15 @@ def test_vector_while_predicting_reaches_the_settings_and_is_checked(tmp_path, t
         load_config(write_config(tmp_path / "c.yaml", *base, vector={"while_predicting": "later"}))
     [problem] = info.value.problems
     assert problem.startswith("vector.while_predicting: expected") and problem.endswith("'later'")
+
+
+def test_decision_weights_reach_the_settings_and_are_checked_against_the_model(tmp_path, tiny_model, write_config):
+    base = (tiny_model, [DEMO_SCENE], tmp_path / "o")
+    assert load_config(write_config(tmp_path / "a.yaml", *base)).settings.decision_weights is None
+    cfg = write_config(tmp_path / "b.yaml", *base, decision_weights={"building": 3})
+    assert load_config(cfg).settings.decision_weights == {"building": 3.0}
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path / "c.yaml", *base, decision_weights={"roof": 3, "building": "x"}))
+    problems = info.value.problems
+    assert problems and problems[0].startswith("decision_weights")
+    assert any("expected a number" in p or "unknown class 'roof'" in p for p in problems)

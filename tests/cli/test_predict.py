@@ -231,3 +231,44 @@ def test_quiet_run_prints_nothing_in_a_real_process(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "" and done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("building", "--decision-weight expects CLASS=FACTOR (a number), got 'building'"),
+        ("building=high", "--decision-weight expects CLASS=FACTOR (a number), got 'building=high'"),
+        ("roof=2", "--decision-weight: unknown class 'roof' (classes: background, building)"),
+        ("building=0", "--decision-weight: the weight of 'building' must be a positive number, got 0.0"),
+    ],
+)
+def test_a_bad_decision_weight_is_one_line_and_leaves_nothing(value, message, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("predict", DEMO_SCENE, "--out", out, "--model", tiny_model, "--decision-weight", value, "-q")
+    assert result.exit_code == 2
+    assert error_lines(result) == [f"error: {message}"]
+    assert_nothing_left(out)
+
+
+def test_a_decision_weight_moves_the_classes_and_polygons_not_the_scores(tiny_model, tmp_path):
+    """``--decision-weight building=3``: building where its probability exceeds 0.25; recorded in run.json."""
+    import json
+
+    runs = {}
+    for name, extra in (("plain", []), ("weighted", ["--decision-weight", "building=3"])):
+        out = tmp_path / name
+        result = invoke("predict", DEMO_SCENE, "--out", out, "--model", tiny_model, "--precision", "fp32", "-q", *extra)
+        assert result.exit_code == 0, result.output
+        folder = out / DEMO_SCENE.stem
+        with rasterio.open(folder / "scores.tif") as s, rasterio.open(folder / "classes.tif") as c:
+            runs[name] = (s.read(), c.read(1), json.loads((folder / "run.json").read_text())["settings"])
+    (scores, plain, settings), (weighted_scores, weighted, weighted_settings) = runs["plain"], runs["weighted"]
+    np.testing.assert_array_equal(weighted_scores, scores)
+    data = plain != 255
+    assert (weighted[data] == 1).sum() > (plain[data] == 1).sum()
+    # the scores hold p * 254 rounded: away from the 0.25 edge the classes are exactly the threshold's
+    building = scores[1].astype(np.float64) / 254.0
+    clear = data & (np.abs(building - 0.25) > 0.01)
+    np.testing.assert_array_equal(weighted[clear], (building[clear] > 0.25).astype(np.uint8))
+    assert settings["decision_weights"] == {"background": 1.0, "building": 1.0}
+    assert weighted_settings["decision_weights"] == {"background": 1.0, "building": 3.0}

@@ -23,10 +23,15 @@ def test_postprocess_overrides_replace_only_the_given_fields():
         rules_with_overrides({"building": {"min_area": 1}})
 
 
+def _card():
+    """What settling the tiling reads of a model card."""
+    return type("Card", (), {"tile_size": 512, "overlap": 64, "class_names": ["background"], "decision_weights": {}})()
+
+
 def test_workers_that_settle_differently_or_fail_are_named():
     from geounet.engine.settings import agree_on_settings
 
-    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    card = _card()
     gpu = {"device": "cuda", "precision": "bf16", "backend": "torch", "batch_size": 4, "chunk_pixels": 2048}
     cpu = {"device": "cpu", "precision": "fp32", "backend": "onnx", "batch_size": 1, "chunk_pixels": 448}
     s = PredictSettings(scheduler="tcp://h:8786")
@@ -60,7 +65,7 @@ def test_default_workers_and_batch_size_per_backend(monkeypatch):
                 nthreads = expected
 
         assert hardware.threads_per_task(Worker) == max(1, cores // expected)  # the cores shared, none oversubscribed
-    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    card = _card()
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1})
     assert PredictSettings(device="cpu", backend="torch").resolved(card).workers == 1
     assert PredictSettings(device="cpu", backend="torch", workers=3).resolved(card).workers == 3
@@ -73,7 +78,7 @@ def test_default_workers_and_batch_size_per_backend(monkeypatch):
 
 
 def test_every_bad_setting_is_named_at_once_as_the_user_wrote_it():
-    card = type("Card", (), {"tile_size": 512, "overlap": 64})()
+    card = _card()
     bad = PredictSettings(
         tile_size=100, batch_size=0, precision="int4", backend="tensorrt", tta="d8", device="tpu", vector_format="shp"
     )

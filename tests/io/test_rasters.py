@@ -160,3 +160,25 @@ def test_own_class_scores_picks_each_pixels_class_band():
     classes = np.array([[0, 1], [NODATA, 1]], np.uint8)
     assert own_class_scores(scores, classes).tolist() == [[10, 200], [10, 200]]
     assert own_class_scores(scores, np.array([[2, 0], [0, 0]], np.uint8)) is None  # a class with no band
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_decision_weights_change_the_classes_and_never_the_scores(n_classes):
+    rng = np.random.default_rng(n_classes)
+    probs = np.moveaxis(rng.dirichlet(np.ones(n_classes), (60, 80)), -1, 0).astype(np.float32)
+    valid = rng.random((60, 80)) > 0.1
+    weights = np.linspace(3.0, 0.5, n_classes)[::-1].copy()  # the last class favoured
+    plain_scores, plain = finalize_block(probs, valid)
+    scores, classes = finalize_block(probs, valid, weights)
+    np.testing.assert_array_equal(scores, plain_scores)
+    expected = np.argmax(probs * weights[:, None, None].astype(np.float32), axis=0)
+    np.testing.assert_array_equal(classes[valid], expected[valid])
+    assert np.all(classes[~valid] == NODATA)
+    assert (classes[valid] == n_classes - 1).sum() > (plain[valid] == n_classes - 1).sum()
+
+
+def test_a_weight_on_the_second_of_two_classes_is_a_probability_threshold():
+    p = np.linspace(0.0, 1.0, 101, dtype=np.float32)[None, :]
+    probs = np.stack([1.0 - p, p])
+    _, classes = finalize_block(probs, np.ones(p.shape, bool), np.array([1.0, 3.0]))
+    np.testing.assert_array_equal(classes[0], (p[0] > 0.25 + 1e-6).astype(np.uint8))  # 3p > 1 - p

@@ -1,5 +1,6 @@
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -60,6 +61,16 @@ def test_card_with_unknown_key_or_bad_values_is_refused(tiny_model, tmp_path):
     raw["std"] = [0.2, 0.0, 0.2]
     with pytest.raises(ModelError, match="std and scale must be positive"):
         ModelCard.from_json(json.dumps(raw))
+    for weights, message in (
+        ({"roof": 2.0}, "decision_weights: unknown class 'roof' (classes: background, building)"),
+        ({"building": 0}, "decision_weights: the weight of 'building' must be a positive number"),
+        ({"building": "high"}, "decision_weights: the weight of 'building' must be a positive number"),
+        ([2.0], "decision_weights must map class names to weights"),
+    ):
+        raw = json.loads(card.to_json())
+        raw["decision_weights"] = weights
+        with pytest.raises(ModelError, match=re.escape(message)):
+            ModelCard.from_json(json.dumps(raw))
 
 
 def test_weights_that_do_not_fit_the_card_are_refused(tiny_model, tmp_path):
@@ -78,9 +89,14 @@ def test_normalise_uses_scale_mean_and_std(tiny_model):
 
 
 def test_describe_lists_everything_a_user_needs(tiny_model):
-    text = read_card(tiny_model).describe()
+    card = read_card(tiny_model)
+    text = card.describe()
     for needle in ("Unet", "resnet18", "1=red", "uint8", "0.15 m/px", "building", "#e63c3c", "128 px"):
         assert needle in text
+    assert "decision weight" not in text
+    card.decision_weights = {"building": 3.0}
+    [line] = [x for x in card.describe().splitlines() if "decision weight" in x]
+    assert "building" in line and line.endswith("decision weight 3")
 
 
 def _with_card(src, dst, **changes):

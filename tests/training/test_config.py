@@ -157,6 +157,7 @@ def test_shipped_configs_match_their_default_models(config: str, model: str) -> 
     assert card.class_names == cfg.class_names and [c.kind for c in card.classes] == [c.kind for c in cfg.classes]
     assert card.bands == cfg.data.bands and card.resolution_m == cfg.data.resolution_m
     assert card.scale == cfg.data.scale and card.tile_size == cfg.model.tile_size
+    assert card.decision_weights == cfg.card.decision_weights
     assert card.training["command"] == f"geounet train configs/{config}"
     assert card.training["val"]["mean_iou"] > 0.2
     assert path.stat().st_size < 30e6
@@ -271,3 +272,11 @@ def test_building_removal_needs_buildings_to_remove_and_ground_to_leave(train_ra
     ]
     train_raw["augment"] = {"erase": 1.5}
     assert "augment.erase: must be in 0..1" in error_lines(invoke("train", write_config(train_raw), "--no-progress"))[0]
+
+
+def test_card_decision_weights_are_checked_against_the_classes(train_raw, write_config) -> None:
+    train_raw["card"] = {"decision_weights": {"building": 2.5}}
+    assert load_config(write_config(train_raw)).card.decision_weights == {"building": 2.5}
+    train_raw["card"] = {"decision_weights": {"roof": 2.5}}
+    [line] = error_lines(invoke("train", write_config(train_raw), "--no-progress"))
+    assert line.endswith("card.decision_weights: unknown class 'roof' (classes: background, building)")
