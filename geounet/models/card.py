@@ -123,7 +123,12 @@ class ModelCard:
         return [i for i, c in enumerate(self.classes) if i > 0 and c.kind == "background" and c.name == name]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The card as stored; ``decision_weights`` only when set, so that cards without them stay
+        readable by geounet versions that came before it."""
+        raw = asdict(self)
+        if not raw["decision_weights"]:
+            del raw["decision_weights"]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str | Path | None = None) -> ModelCard:

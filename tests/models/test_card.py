@@ -61,6 +61,10 @@ def test_card_with_unknown_key_or_bad_values_is_refused(tiny_model, tmp_path):
     raw["std"] = [0.2, 0.0, 0.2]
     with pytest.raises(ModelError, match="std and scale must be positive"):
         ModelCard.from_json(json.dumps(raw))
+    assert "decision_weights" not in json.loads(card.to_json())  # older readers refuse unknown keys
+    weighted = ModelCard.from_json(card.to_json())
+    weighted.decision_weights = {"building": 2.0}
+    assert ModelCard.from_json(weighted.to_json()).decision_weights == {"building": 2.0}
     for weights, message in (
         ({"roof": 2.0}, "decision_weights: unknown class 'roof' (classes: background, building)"),
         ({"building": 0}, "decision_weights: the weight of 'building' must be a positive number"),
