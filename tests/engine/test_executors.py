@@ -409,3 +409,34 @@ def test_local_futures_run_on_a_thread_pool_bounded_in_order_and_retried_only_af
         assert "distributed" not in local.description
     finally:
         local.close()
+
+
+def test_decision_weights_reach_the_cluster_workers_blocks(cluster, default_model, tmp_path):
+    """The workers pick each pixel's class with the run's decision weights, as a local run does."""
+    with rasterio.open(DEMO_SCENE) as src:
+        data = src.read(window=rasterio.windows.Window(0, 0, 320, 320))
+    scene = write_scene(tmp_path / "scene.tif", data)
+    base = dict(chunk_pixels=448, vector_block=128, quiet=True, precision="fp32", vector=False)
+    weights = {"building": 3.0, "contact": 0.5}
+    plain = predict_scene(
+        scene, tmp_path / "plain", default_model, PredictSettings(**base), make_executor(PredictSettings())
+    )
+    local = predict_scene(
+        scene,
+        tmp_path / "local",
+        default_model,
+        PredictSettings(**base, decision_weights=weights),
+        make_executor(PredictSettings()),
+    )
+    settings = PredictSettings(**base, decision_weights=weights, scheduler=cluster.address)
+    executor = make_executor(settings)
+    try:
+        remote = predict_scene(scene, tmp_path / "remote", default_model, settings, executor)
+    finally:
+        executor.close()
+    assert plain.ok and local.ok and remote.ok, (plain.error, local.error, remote.error)
+    (plain_scores, plain_classes), (scores, classes) = _read(Path(plain.out_dir)), _read(Path(local.out_dir))
+    np.testing.assert_array_equal(scores, plain_scores)
+    assert (classes == 1).sum() > (plain_classes == 1).sum()
+    for a, b in zip(_read(Path(local.out_dir)), _read(Path(remote.out_dir))):
+        np.testing.assert_array_equal(a, b)
