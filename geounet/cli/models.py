@@ -24,6 +24,9 @@ def models() -> None:
         typer.echo(f"{b.name}  ({b.variant}.safetensors)")
         typer.echo(f"  resolution: {c.resolution_m:g} m/px   bands: {', '.join(c.band_names)}")
         typer.echo(f"  classes:    {', '.join(c.class_names)}")
+        if c.decision_weights:
+            weights = ", ".join(f"{k} x{v:g}" for k, v in c.decision_weights.items())
+            typer.echo(f"  decision:   {weights} (--decision-weight overrides)")
         scores = b.path.with_name(f"{b.variant}.scores.json")
         if scores.is_file():
             for line in _score_lines(json.loads(scores.read_text())):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from geounet.errors import ModelError
 from geounet.models import registry
@@ -74,3 +75,22 @@ def test_predict_by_name_uses_each_scenes_variant_and_says_so(two_variants, tmp_
         model = json.loads((tmp_path / "out" / stem / "run.json").read_text())["model"]
         assert model["requested"] == "huts" and Path(model["path"]).stem == variant
     assert "coarse.tif: model huts: variant huts_satellite (0.5 m/px) for a 0.6 m/px scene" in caplog.text
+
+
+def test_models_lists_a_variants_decision_weights(two_variants):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from geounet.cli.main import app
+    from geounet.models.card import CARD_KEY, read_card
+
+    path = two_variants / "huts_satellite.safetensors"
+    card = read_card(path)
+    card.decision_weights = {"building": 3.0}
+    with safe_open(str(path), "np") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={CARD_KEY: card.to_json()})
+    output = CliRunner().invoke(app, ["models"]).output
+    [line] = [x for x in output.splitlines() if "decision" in x]
+    assert line.strip() == "decision:   building x3 (--decision-weight overrides)"
+    assert output.index("huts_satellite") < output.index("decision:")
