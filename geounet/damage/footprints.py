@@ -111,6 +111,7 @@ def detect_footprints(
         resample_tolerance=1e9,
         vector=True,
         quiet=True,
+        decision_weights=s.detect_decision_weights,
     )
     own = executor is None
     runner = make_executor(ps, model_path) if executor is None else executor

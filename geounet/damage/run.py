@@ -55,7 +55,7 @@ from geounet.io.folders import check_output_root, publish_files, staged_folder
 from geounet.io.remote import as_scene, scene_name
 from geounet.io.run_record import RUN_JSON, DamageRecord, fingerprint
 from geounet.io.scene import MIN_FIELD_OF_VIEW, open_scene, scene_ground_size
-from geounet.models.card import ModelCard, file_sha256, read_card
+from geounet.models.card import ModelCard, decision_weights_problem, file_sha256, read_card
 from geounet.models.hardware import resolve_device, resolve_precision
 from geounet.schema import ConfigError
 from geounet.web.folder import WEB, write_damage_web
@@ -160,6 +160,12 @@ def _check_inputs(
     card = read_card(model_path)
     if not any(c.kind == "building" for c in card.classes):
         raise GeounetError(model_path, f"model {card.name!r} has no building class: damage runs need a buildings model")
+    if footprints is None and s.detect_decision_weights is not None:
+        problem = decision_weights_problem(
+            s.detect_decision_weights, card.class_names, "damage.detect_decision_weights"
+        )
+        if problem:
+            raise GeounetError(None, problem)
     head = load_head(s.head) if s.head else None
     device = resolve_device(s.device)
     precision = resolve_precision(device, s.precision)

@@ -52,6 +52,9 @@ class DamageSettings:
     quiet: bool = False  # no progress bar
     head: str | None = None  # a trained damage head (geounet train, task: damage_head): grades from it, not thresholds
     web: bool = True  # also write web/: a map of pre, post and the graded buildings (geounet.web, geounet view)
+    # where footprints are detected (no footprints file): class name -> factor on its probability when each
+    # pixel's class is picked (as geounet predict --decision-weight); None: the model card's
+    detect_decision_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         self.thresholds = [float(t) for t in self.thresholds]

@@ -409,3 +409,28 @@ def test_damage_reads_pre_and_post_over_http_as_the_local_files(pair, tmp_path, 
     assert [i["path"] for i in record["inputs"]["pre"]] == [pre]
     assert missing.exit_code != 0 and f"error: {server.url}/gone.tif: HTTP 404 not found" in missing.output
     assert not (tmp_path / "m" / "run.json").exists()
+
+
+def test_detection_takes_its_decision_weights_and_checks_them_first(pair, tmp_path, default_model, monkeypatch):
+    """``detect_decision_weights`` reach the prediction that detects the buildings; a wrong class is one line."""
+    import geounet.damage.footprints as footprints
+    from geounet.errors import GeounetError
+
+    seen = []
+
+    def predict_scene(scene, work, model, settings, executor, last=False):
+        seen.append(settings.decision_weights)
+        raise GeounetError(None, "stopped after the settings were seen")
+
+    monkeypatch.setattr(footprints, "predict_scene", predict_scene)
+    args = ([pair.folder / "pre.tif"], [pair.folder / "post.tif"], tmp_path / "out", None, default_model)
+    with pytest.raises(GeounetError, match="stopped after the settings were seen"):
+        run_damage(*args, pair.settings(block=128, detect_decision_weights={"building": 3.0}))
+    assert seen == [{"building": 3.0}]
+    with pytest.raises(GeounetError) as info:
+        run_damage(*args, pair.settings(block=128, detect_decision_weights={"roof": 3.0}))
+    assert str(info.value) == (
+        "damage.detect_decision_weights: unknown class 'roof' (classes: background, building, contact)"
+    )
+    assert seen == [{"building": 3.0}]  # refused before any prediction
+    assert not (tmp_path / "out").exists() or not any(p for p in (tmp_path / "out").iterdir())
