@@ -85,17 +85,20 @@ def finalize_block(
     ``decision_weights``); the scores stay the probabilities.
     """
     n = probabilities.shape[0]
-    weighed = probabilities if weights is None else probabilities * weights.astype(np.float32)[:, None, None]
+
+    def weighed(k: int) -> np.ndarray:  # one class at a time: no weighted copy of the whole block
+        return probabilities[k] if weights is None else probabilities[k] * np.float32(weights[k])
+
     classes = np.zeros(probabilities.shape[1:], np.uint8)
     if n == 2:
-        np.greater(weighed[1], weighed[0], out=classes, casting="unsafe")
+        np.greater(weighed(1), weighed(0), out=classes, casting="unsafe")
     elif n > 2:
-        best = weighed[0].copy()
+        best = weighed(0).copy()
         for k in range(1, n):
-            better = weighed[k] > best
+            candidate = weighed(k)
+            better = candidate > best
             classes[better] = k
-            np.maximum(best, weighed[k], out=best)
-    del weighed
+            np.maximum(best, candidate, out=best)
     dn = np.multiply(probabilities, np.float32(SCORE_SCALE))
     np.clip(dn, 0.0, SCORE_SCALE, out=dn)
     np.rint(dn, out=dn)
