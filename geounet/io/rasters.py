@@ -26,8 +26,14 @@ BLOCK = 512
 
 
 def tiled_profile(crs, transform: Affine, width: int, height: int, count: int, dtype: str, nodata=None) -> dict:
-    """An uncompressed tiled GTiff profile for block-by-block writing (in any order)."""
+    """An uncompressed tiled GTiff profile for block-by-block writing (in any order).
+
+    Bands of several are measures, never colours: photometric MINISBLACK, so that GDAL does not
+    call 3 or 4 uint8 bands red, green, blue (and alpha: a fourth band would mask the others).
+    """
+    extra = {"photometric": "MINISBLACK"} if count > 1 else {}
     return dict(
+        **extra,
         driver="GTiff",
         width=width,
         height=height,

@@ -182,3 +182,30 @@ def test_a_weight_on_the_second_of_two_classes_is_a_probability_threshold():
     probs = np.stack([1.0 - p, p])
     _, classes = finalize_block(probs, np.ones(p.shape, bool), np.array([1.0, 3.0]))
     np.testing.assert_array_equal(classes[0], (p[0] > 0.25 + 1e-6).astype(np.uint8))  # 3p > 1 - p
+
+
+@pytest.mark.parametrize("count", [3, 4])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_measure_bands_are_never_called_colours_or_alpha(tmp_path, count, sparse, monkeypatch):
+    """3 or 4 uint8 bands (a 3-class scores.tif, change.tif) are measures: grey/undefined, no alpha band, nodata masks.
+
+    GDAL's default for such files is RGB (and alpha for a fourth band, which QGIS and GDAL then use as transparency)."""
+    import rasterio
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    from geounet.io import rasters
+
+    if sparse:
+        monkeypatch.setattr(rasters, "SPARSE_MIN_BLOCKS", 1)
+        monkeypatch.setattr(rasters, "SPARSE_MIN_EMPTY", 0.0)
+    _sparse_tiled(tmp_path / "m.tiled.tif", 1536, 1024, count, [(0, 0, 300, 400)])
+    rasters.write_cog(
+        tmp_path / "m.tiled.tif", tmp_path / "m.tif", "AVERAGE", blocks=rasters.written_blocks(tmp_path / "m.tiled.tif")
+    )
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert ds.colorinterp == (ColorInterp.gray,) + (ColorInterp.undefined,) * (count - 1)
+        assert all(flags == [MaskFlags.nodata] for flags in ds.mask_flag_enums)
+        band = ds.read(count)
+        np.testing.assert_array_equal(ds.read_masks(1) == 0, ds.read(1) == NODATA)
+        assert (band != NODATA).any()  # the last band is data, not a mask
