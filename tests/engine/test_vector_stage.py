@@ -183,7 +183,8 @@ def test_predict_writes_valid_regularised_buildings(demo_prediction):
         ring = np.asarray(poly.exterior.coords)[:-1]
         v1 = ring - np.roll(ring, 1, axis=0)
         v2 = np.roll(ring, -1, axis=0) - ring
-        turn = np.degrees(np.abs(np.arctan2(np.cross(v1, v2), (v1 * v2).sum(1))))
+        cross = v1[:, 0] * v2[:, 1] - v1[:, 1] * v2[:, 0]  # z of the 2-D cross product
+        turn = np.degrees(np.abs(np.arctan2(cross, (v1 * v2).sum(1))))
         angles.extend(turn[turn > 10])
     angles = np.asarray(angles)
     right = np.abs(angles - 90) < 10
