@@ -28,12 +28,12 @@ BLOCK = 512
 def tiled_profile(crs, transform: Affine, width: int, height: int, count: int, dtype: str, nodata=None) -> dict:
     """An uncompressed tiled GTiff profile for block-by-block writing (in any order).
 
-    Bands of several are measures, never colours: photometric MINISBLACK, so that GDAL does not
-    call 3 or 4 uint8 bands red, green, blue (and alpha: a fourth band would mask the others).
+    Several bands are measures (class scores, change terms), never colours: photometric MINISBLACK,
+    else GDAL tags 3 or 4 uint8 bands red, green, blue (and a fourth as alpha, which masks the others).
+    One band keeps GDAL's default, so that a colour table makes it a palette raster.
     """
-    extra = {"photometric": "MINISBLACK"} if count > 1 else {}
     return dict(
-        **extra,
+        **({"photometric": "MINISBLACK"} if count > 1 else {}),
         driver="GTiff",
         width=width,
         height=height,

@@ -186,7 +186,7 @@ def test_a_weight_on_the_second_of_two_classes_is_a_probability_threshold():
 
 @pytest.mark.parametrize("count", [3, 4])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_measure_bands_are_never_called_colours_or_alpha(tmp_path, count, sparse, monkeypatch):
+def test_measure_bands_are_never_called_colours_or_alpha(tmp_path, count, sparse, request):
     """3 or 4 uint8 bands (a 3-class scores.tif, change.tif) are measures: grey/undefined, no alpha band, nodata masks.
 
     GDAL's default for such files is RGB (and alpha for a fourth band, which QGIS and GDAL then use as transparency)."""
@@ -196,8 +196,7 @@ def test_measure_bands_are_never_called_colours_or_alpha(tmp_path, count, sparse
     from geounet.io import rasters
 
     if sparse:
-        monkeypatch.setattr(rasters, "SPARSE_MIN_BLOCKS", 1)
-        monkeypatch.setattr(rasters, "SPARSE_MIN_EMPTY", 0.0)
+        request.getfixturevalue("sparse_writer_always")
     _sparse_tiled(tmp_path / "m.tiled.tif", 1536, 1024, count, [(0, 0, 300, 400)])
     rasters.write_cog(
         tmp_path / "m.tiled.tif", tmp_path / "m.tif", "AVERAGE", blocks=rasters.written_blocks(tmp_path / "m.tiled.tif")
