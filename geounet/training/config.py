@@ -142,6 +142,10 @@ class TrainOptions:
     channels_last: bool = True
     device: Device = "auto"  # auto: cuda if available, else cpu
     threads: int | None = None  # torch CPU threads; None: torch's default
+    # >0: chips drawn and augmented in this many worker processes (a GPU outruns one process); each
+    # worker has its own random streams, seeded by (seed, step, worker), so a run is reproducible for
+    # the same count but not step for step against 0, and a resumed run starts new streams
+    loader_workers: int = 0
     save_dtype: SaveDtype = "float16"  # weights dtype in the model file
     resume: Path | None = None  # a checkpoint written by an earlier run
     init_weights: Path | None = None  # fine-tune: start from this geounet model file (same classes and network)

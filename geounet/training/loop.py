@@ -16,12 +16,13 @@ import csv
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
 from geounet.errors import GeounetError
 from geounet.io.labels import IGNORE_INDEX
@@ -280,9 +281,10 @@ def _train_epochs(run: _Run, state: Progress, sampler: ChipSampler, val_scenes: 
     )
     last_iou = state.best_val.get("mean_iou") if state.best_val else None
     run.seconds_before, run.started = state.seconds, time.perf_counter()
+    batches = _batches(run, sampler, state.step)
     try:
         while state.epoch < t.epochs:
-            losses = _train_epoch(run, state, sampler, bar, last_iou)
+            losses = _train_epoch(run, state, batches, bar, last_iou)
             state.epoch += 1
             last_iou = _end_epoch(run, state, losses, val_scenes, bar)
             if state.bad_epochs >= t.patience and state.epoch < t.epochs:
@@ -290,15 +292,24 @@ def _train_epochs(run: _Run, state: Progress, sampler: ChipSampler, val_scenes: 
                 return True
     finally:
         bar.close()
+        del batches  # ends the loader's worker processes
     return False
 
 
-def _train_epoch(run: _Run, state: Progress, sampler: ChipSampler, bar: tqdm, last_iou: float | None) -> list[float]:
+def _train_epoch(
+    run: _Run, state: Progress, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], bar: tqdm, last_iou: float | None
+) -> list[float]:
     """One epoch's optimiser steps; the loss of each."""
+    import torch
+
     run.net.train()
     losses: list[float] = []
     for _ in range(run.cfg.train.steps_per_epoch):
-        x, y = _batch(run, sampler)
+        x, y = next(batches)
+        x = ((x - run.mean) / run.std).to(run.device, non_blocking=True)
+        y = y.to(run.device, non_blocking=True)
+        if run.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         losses.append(_step(run, x, y))
         state.step += 1
         bar.update(1)
@@ -306,22 +317,61 @@ def _train_epoch(run: _Run, state: Progress, sampler: ChipSampler, bar: tqdm, la
     return losses
 
 
-def _batch(run: _Run, sampler: ChipSampler) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of augmented, normalised chips on the device: ``(x (B, C, H, W) float32, y (B, H, W) int64)``."""
+def host_batch(
+    cfg: TrainConfig, scale: float, sampler: ChipSampler, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of augmented chips on the host: ``(x (B, C, H, W) float32 in DN / scale, y (B, H, W) int64)``."""
     import torch
 
-    t, card = run.cfg.train, run.card
-    chips = [sampler.sample() for _ in range(t.batch_size)]
-    x = torch.from_numpy(np.stack([c[0] for c in chips]).astype(np.float32)) / float(card.scale)
+    chips = [sampler.sample() for _ in range(cfg.train.batch_size)]
+    x = torch.from_numpy(np.stack([c[0] for c in chips]).astype(np.float32)) / float(scale)
     y = torch.from_numpy(np.stack([c[1] for c in chips]).astype(np.int64))
-    removal = erase_classes(run.cfg.classes, run.cfg.labels) if run.cfg.augment.erase else None
+    removal = erase_classes(cfg.classes, cfg.labels) if cfg.augment.erase else None
     objects, ground = removal or ([], 0)
-    x, y = augment(x, y, run.cfg.augment, run.gen, objects, ground)
-    x = ((x - run.mean) / run.std).to(run.device)
-    y = y.to(run.device)
-    if t.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y
+    return augment(x, y, cfg.augment, gen, objects, ground)
+
+
+def _batches(run: _Run, sampler: ChipSampler, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless host batches: drawn here from the run's own random streams, or by ``train.loader_workers`` processes."""
+    workers = run.cfg.train.loader_workers
+    if not workers:
+        return iter(lambda: host_batch(run.cfg, run.card.scale, sampler, run.gen), None)
+    from torch.utils.data import DataLoader
+
+    stream = ChipBatches(run.cfg, run.card.scale, sampler, run.cfg.train.seed, step)
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=run.device.startswith("cuda"),
+        prefetch_factor=4,
+    )
+    return iter(loader)
+
+
+class ChipBatches(IterableDataset):
+    """Endless augmented batches for a DataLoader's workers, each worker with its own random streams.
+
+    Worker ``w`` of a run at optimiser step ``step`` draws chips and augmentations from
+    streams seeded by ``(seed, step, w)``: workers never repeat each other's chips, and
+    a run with the same worker count repeats itself.
+    """
+
+    def __init__(self, cfg: TrainConfig, scale: float, sampler: ChipSampler, seed: int, step: int) -> None:
+        self.cfg, self.scale, self.sampler, self.seed, self.step = cfg, scale, sampler, seed, step
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        streams = np.random.SeedSequence([self.seed, self.step, worker])
+        self.sampler.rng = np.random.default_rng(streams.spawn(1)[0])
+        gen = torch.Generator().manual_seed(int(streams.generate_state(1, np.uint64)[0] >> 1))
+        torch.set_num_threads(1)
+        while True:
+            yield host_batch(self.cfg, self.scale, self.sampler, gen)
 
 
 def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:

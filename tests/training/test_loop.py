@@ -207,3 +207,32 @@ def test_encoder_weights_problems_are_config_problems(tmp_path: Path, train_raw,
     train_raw["model"]["encoder_weights"] = "efficientnet-lite0"  # the encoder is resnet18
     with pytest.raises(GeounetError, match="fit encoder 'timm-tf_efficientnet_lite0', not 'resnet18'"):
         load_config(write_config(train_raw))
+
+
+def test_loader_workers_draw_their_own_chips_and_repeat_themselves(tmp_path: Path, train_raw, write_config) -> None:
+    """train.loader_workers: each worker its own chips (none repeats another's), the same again for the same run."""
+    from torch.utils.data import DataLoader
+
+    from geounet.training.config import foreground_classes
+    from geounet.training.data import ChipSampler
+    from geounet.training.loop import ChipBatches, _load_scenes
+
+    train_raw["train"] |= {"loader_workers": 2, "batch_size": 3}
+    cfg = load_config(write_config(train_raw))
+    scenes, _, scale = _load_scenes(cfg)
+
+    def first_batches(step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = ChipSampler(scenes, 32, foreground_classes(cfg.classes), 0.5, 0.2, np.random.default_rng(0))
+        loader = DataLoader(ChipBatches(cfg, scale, sampler, seed=0, step=step), batch_size=None, num_workers=2)
+        batches = iter(loader)
+        return [next(batches) for _ in range(4)]  # workers take turns: 0, 1, 0, 1
+
+    a, again, later = first_batches(0), first_batches(0), first_batches(8)
+    xs = [x for x, _ in a]
+    assert all(x.shape == (3, 3, 32, 32) and x.dtype == torch.float32 for x in xs)
+    assert all(not torch.equal(xs[i], xs[j]) for i in range(4) for j in range(i))
+    assert all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, again, strict=True))
+    assert not torch.equal(a[0][0], later[0][0])  # a resumed run draws new chips
+
+    result = train_model(cfg, progress=False)  # the loop with two worker processes
+    assert result.epochs == 1 and result.model.is_file()
