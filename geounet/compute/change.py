@@ -92,6 +92,8 @@ def pair_forward(
             dist += F.interpolate(d, size=size, mode="bilinear", align_corners=False)[:, 0]
         dist /= len(chosen)
     out = torch.stack([probs[:n], probs[n:], dist], dim=1)
+    if dtype is not None and not bool(torch.isfinite(out).all()):  # autocast overflowed (fp16 ends at 65504)
+        return pair_forward(net, pre, post, building_class, device, "fp32", stages)
     return out.cpu().numpy()
 
 

@@ -57,8 +57,14 @@ def has_vnni(flags: set[str] | None = None) -> bool:
     return any(f in flags for f in VNNI_FLAGS)
 
 
-def resolve_precision(device: str, precision: str = "auto", int8_ok: bool = False) -> str:
-    """'auto' -> bf16 on GPUs that have it (else fp16); on CPUs int8 or fp32 (ONNX Runtime), never bf16.
+def resolve_precision(device: str, precision: str = "auto", int8_ok: bool = False, training: bool = False) -> str:
+    """'auto' -> fp16 on GPUs (bf16 for ``training``); on CPUs int8 or fp32 (ONNX Runtime), never bf16.
+
+    Predicting on a GPU, fp16 autocast keeps fp32's class on more pixels than bf16 (its
+    mantissa is 3 bits longer) and ran as fast (``benchmarks/gpu.py``, benchmarks/README.md);
+    a batch that overflows fp16's range is computed again in fp32
+    (:func:`geounet.models.torch_backend.iter_probabilities`). Training keeps bf16: fp16
+    gradients would need loss scaling. GPUs without bf16 train in fp16.
 
     Without native bf16 (AVX2) torch emulates it, several times slower than fp32. With
     AVX-512 BF16 (an AMD EPYC) and with AMX tiles (an Intel Xeon), bf16 on torch was slower
@@ -72,7 +78,7 @@ def resolve_precision(device: str, precision: str = "auto", int8_ok: bool = Fals
     if device.startswith("cuda"):
         import torch
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if training and torch.cuda.is_bf16_supported() else "fp16"
     return "int8" if int8_ok and has_vnni() else "fp32"
 
 

@@ -24,28 +24,41 @@ def _forward_tensor(net, x, device: str, precision: str):
         return torch.softmax(logits.float(), dim=1)
 
 
+def _recomputed_if_not_finite(net, x, probs, device: str, precision: str):
+    """``probs``, or the batch again in fp32 where autocast overflowed (fp16's range ends at 65504)."""
+    import torch
+
+    if precision in ("bf16", "fp16") and not bool(torch.isfinite(probs).all()):
+        return _forward_tensor(net, x, device, "fp32")
+    return probs
+
+
 def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> Iterator[np.ndarray]:
     """Class probabilities for each batch ``(n, bands, h, w)`` of ``batches``, in order.
 
-    A batch is a normalised float32 array or CPU tensor (any memory format).
+    A batch is a normalised float32 array or CPU tensor (any memory format). A batch whose
+    bf16/fp16 probabilities are not all finite is computed again in fp32.
 
     On the CPU each batch is computed when asked for. On a CUDA device the work is
-    pipelined (GPU-only part, untested on this project's CPU-only machine): batches
-    are copied from pinned host memory on a side stream, and each result is handed
-    back one batch late, so that while the GPU computes batch i the caller blends
-    batch i-1 and this generator reads and stacks batch i+1 and starts its copy.
+    pipelined: batches are copied from pinned host memory on a side stream, and each
+    result is handed back one batch late, so that while the GPU computes batch i the
+    caller blends batch i-1 and this generator reads and stacks batch i+1 and starts its
+    copy. The finiteness check runs on the GPU and travels with the result, so it adds no
+    wait (the GPU branch runs only on CUDA: ``benchmarks/gpu.py`` measures it there).
     """
     import torch
 
     if not device.startswith("cuda"):
         for batch in batches:
-            yield _forward_tensor(net, torch.as_tensor(batch).to(device), device, precision).cpu().numpy()
+            x = torch.as_tensor(batch).to(device)
+            probs = _forward_tensor(net, x, device, precision)
+            yield _recomputed_if_not_finite(net, x, probs, device, precision).cpu().numpy()
         return
-    # --- GPU path (not run here: no GPU on this project's machine) ---------------------
+    # --- GPU path (benchmarks/gpu.py) -----------------------------------------------------
     dev = torch.device(device)
     copy_stream = torch.cuda.Stream(dev)
     compute = torch.cuda.current_stream(dev)
-    pending = None  # (pinned host result, CUDA event) of the previous batch
+    pending = None  # (pinned host result, its finiteness, CUDA event, device input) of the previous batch
     for batch in batches:
         host = torch.as_tensor(batch).pin_memory()
         with torch.cuda.stream(copy_stream):
@@ -55,12 +68,21 @@ def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> I
         probs = _forward_tensor(net, x, device, precision)
         out = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
         out.copy_(probs, non_blocking=True)
+        finite = torch.empty(1, dtype=torch.bool, pin_memory=True)
+        finite.copy_(torch.isfinite(probs).all().reshape(1), non_blocking=True)
         done = torch.cuda.Event()
         done.record(compute)
         if pending is not None:
-            pending[1].synchronize()
-            yield pending[0].numpy()
-        pending = (out, done)
+            yield _settled(net, pending, device, precision)
+        pending = (out, finite, done, x)
     if pending is not None:
-        pending[1].synchronize()
-        yield pending[0].numpy()
+        yield _settled(net, pending, device, precision)
+
+
+def _settled(net, pending: tuple, device: str, precision: str) -> np.ndarray:
+    """A pipelined batch's probabilities once its event has passed (fp32 again if autocast overflowed)."""
+    out, finite, done, x = pending
+    done.synchronize()
+    if precision in ("bf16", "fp16") and not bool(finite[0]):
+        return _forward_tensor(net, x, device, "fp32").cpu().numpy()
+    return out.numpy()

@@ -104,7 +104,7 @@ def train_model(cfg: TrainConfig, command: str | None = None, progress: bool = T
     if t.threads:
         torch.set_num_threads(t.threads)
     device = _device(t.device)
-    precision = resolve_precision(device, t.precision)
+    precision = resolve_precision(device, t.precision, training=True)
     ckpt = load_checkpoint(t.resume, cfg) if t.resume else None
     train_scenes, val_scenes, scale = _load_scenes(cfg)
     card, init = _card(cfg, ckpt, train_scenes, val_scenes, scale)

@@ -19,6 +19,16 @@ def test_auto_precision_on_a_cpu_is_never_bf16(monkeypatch):
     assert resolve_precision("cpu", "auto", int8_ok=True) == "fp32"
 
 
+def test_auto_precision_on_a_gpu_predicts_in_fp16_and_trains_in_bf16(monkeypatch):
+    # measured on an H200 (benchmarks/gpu.py): fp16 kept fp32's class on more pixels than bf16, as fast
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("cuda") == "fp16" and resolve_precision("cuda:1") == "fp16"
+    assert resolve_precision("cuda", training=True) == "bf16"
+    assert resolve_precision("cuda", "bf16") == "bf16"  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("cuda", training=True) == "fp16"
+
+
 def test_cpu_flags_agree_with_torch_on_this_machine():
     flags = hardware.cpu_flags()
     if not flags:

@@ -39,3 +39,30 @@ def test_batches_are_computed_in_order_and_pulled_lazily():
     for b, p in zip(batches, [first] + rest):
         np.testing.assert_allclose(p, forward_probabilities(net, b, "cpu", "fp32"), atol=1e-6)
         assert p.shape == (2, 4, 16, 16)
+
+
+class Overflowing(torch.nn.Module):
+    """Logits far beyond fp16's range (65504): fp16 autocast turns them into inf, the softmax into NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1000.0)
+            self.conv.weight[1] *= -1
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_a_batch_that_overflows_autocast_is_computed_again_in_fp32():
+    from geounet.models.torch_backend import _forward_tensor
+
+    net = Overflowing().eval()
+    batches = [np.full((1, 3, 8, 8), v, np.float32) for v in (0.001, 10.0)]  # the second overflows in fp16
+    assert not bool(_forward_tensor(net, torch.as_tensor(batches[1]), "cpu", "fp16").isfinite().all())
+    got = list(iter_probabilities(net, iter(batches), "cpu", "fp16"))
+    assert all(np.isfinite(p).all() for p in got)
+    np.testing.assert_array_equal(got[1], forward_probabilities(net, batches[1], "cpu", "fp32"))
+    np.testing.assert_allclose(got[0], forward_probabilities(net, batches[0], "cpu", "fp32"), atol=1e-2)
