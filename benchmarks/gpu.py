@@ -12,7 +12,8 @@ its card), and for each precision and batch size:
 * synchronous: one batch at a time, copy in, compute, copy back, wait
   (``forward_probabilities``), what the pipelining saves against;
 * agreement of bf16/fp16 with fp32: share of pixels whose class (argmax) is the same, and
-  the largest probability difference.
+  the largest probability difference;
+* first, a check that a batch overflowing fp16 is computed again in fp32 on the pipelined path.
 
 Megapixels per second count every pixel of every tile (halo included), as the CPU floor
 in ``efficiency.py`` does. ``--device cpu`` runs the same logic on the CPU (tiny sizes:
@@ -141,6 +142,33 @@ def agreement(net, tiles: np.ndarray, device: str, precision: str) -> dict[str, 
     }
 
 
+def check_overflow_redo(device: str) -> dict[str, bool]:
+    """The pipelined path's fp32 redo of a batch that overflows fp16, on this device (GPU-only code on CUDA).
+
+    A convolution whose logits pass fp16's range (65504) in the second of three batches:
+    every result must be finite, that batch equal to fp32's, the others fp16's own.
+    """
+    import torch
+
+    net = torch.nn.Conv2d(3, 2, 3, padding=1)
+    with torch.no_grad():
+        net.weight.fill_(1000.0)
+        net.weight[1] *= -1
+        net.bias.zero_()
+    net = net.to(device).eval()
+    batches = [np.full((2, 3, 64, 64), v, np.float32) for v in (0.001, 10.0, 0.002)]
+    got = list(iter_probabilities(net, iter(batches), device, "fp16"))
+    fp32 = [forward_probabilities(net, b, device, "fp32") for b in batches]
+    result = {
+        "in_order": len(got) == 3,
+        "all_finite": all(bool(np.isfinite(p).all()) for p in got),
+        "overflowed_batch_is_fp32": bool(np.array_equal(got[1], fp32[1])),
+        "others_close_to_fp32": all(bool(np.abs(got[i] - fp32[i]).max() < 1e-2) for i in (0, 2)),
+    }
+    print(f"fp16 overflow redo on {device}: {'ok' if all(result.values()) else 'FAILED'} {result}", flush=True)
+    return result
+
+
 def measure_model(name: str, args: argparse.Namespace) -> dict:
     import torch
 
@@ -208,7 +236,11 @@ def main() -> None:
         env["gpu"] = torch.cuda.get_device_name(args.device)
         torch.backends.cudnn.benchmark = True  # one tile size: let cuDNN pick its fastest kernels once
     print(json.dumps(env), flush=True)
-    results = {"environment": env, "models": [measure_model(m, args) for m in args.models.split(",")]}
+    results = {
+        "environment": env,
+        "overflow_redo": check_overflow_redo(args.device),
+        "models": [measure_model(m, args) for m in args.models.split(",")],
+    }
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -40,10 +40,10 @@ def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> I
     bf16/fp16 probabilities are not all finite is computed again in fp32.
 
     On the CPU each batch is computed when asked for. On a CUDA device the work is
-    pipelined: batches are copied from pinned host memory on a side stream, and each
-    result is handed back one batch late, so that while the GPU computes batch i the
-    caller blends batch i-1 and this generator reads and stacks batch i+1 and starts its
-    copy. The finiteness check runs on the GPU and travels with the result, so it adds no
+    pipelined: batches are copied from pinned host memory on a side stream and results
+    back on another, and each result is handed back one batch late, so that while the
+    GPU computes batch i the caller blends batch i-1 and this generator reads and stacks
+    batch i+1 and starts its copy. The finiteness check runs on the GPU and travels with the result, so it adds no
     wait (the GPU branch runs only on CUDA: ``benchmarks/gpu.py`` measures it there).
     """
     import torch
@@ -56,22 +56,27 @@ def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> I
         return
     # --- GPU path (benchmarks/gpu.py) -----------------------------------------------------
     dev = torch.device(device)
-    copy_stream = torch.cuda.Stream(dev)
+    copy_in, copy_out = torch.cuda.Stream(dev), torch.cuda.Stream(dev)  # one per direction: two copy engines
     compute = torch.cuda.current_stream(dev)
     pending = None  # (pinned host result, its finiteness, CUDA event, device input) of the previous batch
     for batch in batches:
         host = torch.as_tensor(batch).pin_memory()
-        with torch.cuda.stream(copy_stream):
+        with torch.cuda.stream(copy_in):
             x = host.to(dev, non_blocking=True)
-        compute.wait_stream(copy_stream)  # the forward waits for its own copy only
+        compute.wait_stream(copy_in)  # the forward waits for its own copy only
         x.record_stream(compute)
         probs = _forward_tensor(net, x, device, precision)
+        finite_on_gpu = torch.isfinite(probs).all().reshape(1)
+        copy_out.wait_stream(compute)  # the result goes back while the next batch computes
         out = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-        out.copy_(probs, non_blocking=True)
         finite = torch.empty(1, dtype=torch.bool, pin_memory=True)
-        finite.copy_(torch.isfinite(probs).all().reshape(1), non_blocking=True)
+        with torch.cuda.stream(copy_out):
+            out.copy_(probs, non_blocking=True)
+            finite.copy_(finite_on_gpu, non_blocking=True)
+        probs.record_stream(copy_out)
+        finite_on_gpu.record_stream(copy_out)
         done = torch.cuda.Event()
-        done.record(compute)
+        done.record(copy_out)
         if pending is not None:
             yield _settled(net, pending, device, precision)
         pending = (out, finite, done, x)
