@@ -138,10 +138,13 @@ def default_workers(device: str, backend: str) -> int:
     ONNX Runtime on the CPU: one task per core (at most ``MAX_AUTO_WORKERS``), each
     session with the remaining cores (``threads_per_task``). On 2 cores, 2 tasks x 1
     thread beat 1 task x 2 threads end to end: one task's reading, normalising and
-    blending overlap with the other's model calls (benchmarks/README.md). torch (CPU or
-    GPU): one task; torch's own threads or the GPU use the machine.
+    blending overlap with the other's model calls (benchmarks/README.md). A GPU: as many
+    tasks (threads sharing the model), since the model is nearly free there and one task
+    leaves the CPU stages on one core (on an H200 with 16 cores, one task kept 1.4 cores
+    busy: ``benchmarks/gpu_e2e.py``). torch on the CPU: one task; torch's own threads use
+    the cores.
     """
-    if device == "cpu" and backend == "onnx":
+    if (device == "cpu" and backend == "onnx") or device.startswith("cuda"):
         return min(cpu_cores(), MAX_AUTO_WORKERS)
     return 1
 

@@ -58,7 +58,7 @@ def test_default_workers_and_batch_size_per_backend(monkeypatch):
         monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
         assert hardware.default_workers("cpu", "onnx") == expected
         assert hardware.default_workers("cpu", "torch") == 1
-        assert hardware.default_workers("cuda:0", "torch") == 1
+        assert hardware.default_workers("cuda:0", "torch") == expected  # a GPU: the CPU stages on as many cores
 
         class Worker:  # a Dask worker running ``expected`` task threads
             class state:
