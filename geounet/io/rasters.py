@@ -18,6 +18,7 @@ from rasterio.shutil import copy as gdal_copy
 
 from geounet.io.sparse_cog import write_sparse_cog
 from geounet.models.card import ModelCard
+from geounet.models.hardware import cpu_cores
 
 SCORE_SCALE = 254  # probability 1.0 -> DN 254
 NODATA = 255
@@ -144,7 +145,7 @@ SPARSE_MIN_EMPTY = 0.9  # share of those that hold no data
 
 
 def write_cog(
-    src: str | Path, dst: str | Path, resampling: str, threads: int = 2, blocks: np.ndarray | None = None
+    src: str | Path, dst: str | Path, resampling: str, threads: int | None = None, blocks: np.ndarray | None = None
 ) -> None:
     """Copy a tiled GTiff to a Cloud-Optimized GeoTIFF (deflate, 512 blocks, overviews).
 
@@ -153,7 +154,9 @@ def write_cog(
     0.1-0.2 s faster than letting the COG driver build them in a compressed temporary
     file. GDAL works block by block, so memory does not grow with the raster.
     Deflate level 1 (any GDAL reads it): 0.6 s instead of 1.4 s at the default level 6
-    on a 4096^2 two-band scores raster, for files 7 % larger.
+    on a 4096^2 two-band scores raster, for files 7 % larger. ``threads``: compression
+    threads (default: this process's cores; overviews are built on one): on 2 cores the
+    scores COG of a 4096^2 scene took 0.41-0.45 s with 2 threads, 0.59-0.61 s with 1.
 
     ``blocks``: (rows, columns) bool over ``src``'s ``BLOCK``-pixel blocks, False where a
     block holds no data (``src`` is sparse: never written there, it reads as nodata).
@@ -179,7 +182,7 @@ def write_cog(
         BLOCKSIZE=str(BLOCK),
         OVERVIEW_RESAMPLING=resampling,
         RESAMPLING=resampling,
-        NUM_THREADS=str(threads),
+        NUM_THREADS=str(threads or cpu_cores()),
         BIGTIFF="IF_SAFER",
     )
 
