@@ -70,9 +70,11 @@ def test_demo_scene_outputs_are_cogs_on_the_scene_grid_with_nodata(tiny_model, t
     assert run_json["tiles"]["run"] > 0 and "total_s" in run_json["timings"]
 
 
-def test_workers_1_and_2_give_identical_classes(tiny_model, tmp_path):
-    a = run([DEMO_SCENE], tmp_path / "w1", tiny_model, workers=1, tile_size=96, overlap=32, chunk_pixels=128)
-    b = run([DEMO_SCENE], tmp_path / "w2", tiny_model, workers=2, tile_size=96, overlap=32, chunk_pixels=128)
+@pytest.mark.parametrize("backend", ["onnx", "torch"])  # torch: threads sharing one network, as on a GPU
+def test_workers_1_and_2_give_identical_classes(tiny_model, tmp_path, backend):
+    kw = dict(tile_size=96, overlap=32, chunk_pixels=128, backend=backend, precision="fp32")
+    a = run([DEMO_SCENE], tmp_path / "w1", tiny_model, workers=1, **kw)
+    b = run([DEMO_SCENE], tmp_path / "w2", tiny_model, workers=2, **kw)
     assert a[0].ok and b[0].ok and a[0].tiles["chunks"] > 4
     np.testing.assert_array_equal(
         read(tmp_path / "w1/kampala_demo/classes.tif"), read(tmp_path / "w2/kampala_demo/classes.tif")
