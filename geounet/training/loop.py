@@ -304,9 +304,10 @@ def _train_epoch(
 
     run.net.train()
     losses: list[float] = []
+    mean, std = run.mean.to(run.device), run.std.to(run.device)
     for _ in range(run.cfg.train.steps_per_epoch):
-        x, y = next(batches)
-        x = ((x - run.mean) / run.std).to(run.device, non_blocking=True)
+        x, y = next(batches)  # pinned host memory from loader workers on a GPU: copied while the GPU works
+        x = (x.to(run.device, non_blocking=True) - mean) / std
         y = y.to(run.device, non_blocking=True)
         if run.cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -353,8 +354,8 @@ class ChipBatches(IterableDataset):
     """Endless augmented batches for a DataLoader's workers, each worker with its own random streams.
 
     Worker ``w`` of a run at optimiser step ``step`` draws chips and augmentations from
-    streams seeded by ``(seed, step, w)``: workers never repeat each other's chips, and
-    a run with the same worker count repeats itself.
+    streams seeded by ``(seed, step, w)``: independent streams for each worker, and the
+    same batches again for a run with the same worker count.
     """
 
     def __init__(self, cfg: TrainConfig, scale: float, sampler: ChipSampler, seed: int, step: int) -> None:
@@ -367,9 +368,10 @@ class ChipBatches(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         streams = np.random.SeedSequence([self.seed, self.step, worker])
-        self.sampler.rng = np.random.default_rng(streams.spawn(1)[0])
+        self.sampler.rng = np.random.default_rng(streams.spawn(1)[0])  # the worker's own copy of the sampler
         gen = torch.Generator().manual_seed(int(streams.generate_state(1, np.uint64)[0] >> 1))
-        torch.set_num_threads(1)
+        if info is not None:
+            torch.set_num_threads(1)  # one core per worker process
         while True:
             yield host_batch(self.cfg, self.scale, self.sampler, gen)
 
