@@ -1,4 +1,4 @@
-"""``geounet predict --device cuda --no-vector`` end to end on a GPU machine, against the GPU floor.
+"""``geounet predict --device cuda`` end to end on a GPU machine (``--no-vector``; with ``--vectors`` also with them).
 
 For a short loan of a bare CUDA machine: the GDAL stack travels as wheels (rasterio, pyproj,
 shapely, geopandas, dask, pystac; about 53 MB), but pyogrio (33 MB more) does not fit beside
@@ -10,7 +10,7 @@ process, wall and CPU seconds of its whole tree (``_measure.run_measured_cpu``),
 and CUDA start-up included; a first small run warms the disk cache and cuDNN's choices
 are made again in each process. Floor: ``benchmarks/gpu.py`` on the same machine kind.
 
-    python3 benchmarks/gpu_e2e.py --size 8192 --out $OUT [--batches 4,16] [--workers 1,4]
+    python3 benchmarks/gpu_e2e.py --size 8192 --out $OUT [--batches 4,16] [--workers 1,4] [--vectors]
 
 ``--device cpu --backend torch --tiny-model --workers 1,2`` is the CPU proxy of a GPU host: a
 tiny network (``_measure.tiny_model``) stands for a model that is nearly free, on torch as a
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--workers", default="", help="chunk tasks, comma-separated (default: geounet's default)")
     ap.add_argument("--tiny-model", action="store_true", help="a tiny random network instead of the default model")
+    ap.add_argument("--vectors", action="store_true", help="also with vectors (needs pyogrio installed there)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_e2e"))
     args = ap.parse_args()
     from gpu_train import stand_in_missing
@@ -70,26 +71,28 @@ def main() -> None:
     def predict(path: Path, name: str, *extra: str) -> dict:
         out = args.work / name
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, str(runner), "predict", str(path), "--out", str(out), "--no-vector"]
+        cmd = [sys.executable, str(runner), "predict", str(path), "--out", str(out)]
         cmd += ["--device", args.device, "--backend", args.backend, *model, *extra]
         wall, cpu, rss = run_measured_cpu(cmd)
         record = json.loads(next(out.rglob("run.json")).read_text())
         return {"name": name, "args": list(extra), "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, "run": record}
 
-    predict(small, "warm")
-    for batch in args.batches.split(","):
-        for workers in args.workers.split(",") if args.workers else [""]:
-            extra = ["--batch-size", batch] + (["--workers", workers] if workers else [])
-            r = predict(scene, f"batch{batch}_workers{workers or 'default'}", *extra)
-            r["mp_s"] = mp / r["wall_s"]
-            results["runs"].append(r)
-            print(
-                f"{args.size}^2 --no-vector --device {args.device} {' '.join(extra)}: {r['wall_s']:.1f} s wall, "
-                f"{r['mp_s']:.1f} MP/s ({r['mp_s'] / cores:.2f} per core), CPU {r['cpu_s']:.1f} s, "
-                f"geounet's own {r['run']['timings']['total_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB",
-                flush=True,
-            )
-            (args.out / "gpu_e2e.json").write_text(json.dumps(results, indent=1, default=str))
+    predict(small, "warm", "--no-vector")
+    for vectors in (["--no-vector"], []) if args.vectors else (["--no-vector"],):
+        for batch in args.batches.split(","):
+            for workers in args.workers.split(",") if args.workers else [""]:
+                extra = [*vectors, "--batch-size", batch] + (["--workers", workers] if workers else [])
+                name = f"batch{batch}_workers{workers or 'default'}{'_vectors' if not vectors else ''}"
+                r = predict(scene, name, *extra)
+                r["mp_s"] = mp / r["wall_s"]
+                results["runs"].append(r)
+                print(
+                    f"{args.size}^2 --device {args.device} {' '.join(extra)}: {r['wall_s']:.1f} s wall, "
+                    f"{r['mp_s']:.1f} MP/s ({r['mp_s'] / cores:.2f} per core), CPU {r['cpu_s']:.1f} s, "
+                    f"geounet's own {r['run']['timings']['total_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
+                (args.out / "gpu_e2e.json").write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":
