@@ -78,3 +78,23 @@ def test_pair_forward_is_zero_for_identical_tiles_and_responds_to_change(tiny_mo
     assert out[1, 2, 24:40, 24:40].mean() > 0.05  # changed centre
     assert out[1, 2, 24:40, 24:40].mean() > 5 * out[1, 2, :4, :4].mean() + 1e-6  # far corner changes less
     assert (out >= 0).all() and (out <= 1).all()
+
+
+def test_pair_forward_computes_again_in_fp32_where_fp16_overflows(tiny_model):
+    """fp16 (the GPU default) overflows past 65504: that pass is redone in fp32, never returned as NaN."""
+    import copy
+
+    import torch
+
+    from geounet.models.registry import cached_model
+
+    net = copy.deepcopy(cached_model(tiny_model, "cpu")[0])
+    with torch.no_grad():
+        for p in net.segmentation_head.parameters():
+            p.mul_(1e6)  # logits far beyond fp16's range
+    rng = np.random.default_rng(0)
+    pre = rng.normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    post = pre[:, ::-1].copy()
+    fp32 = pair_forward(net, pre, post, building_class=1, precision="fp32")
+    assert np.isfinite(fp32).all()
+    np.testing.assert_array_equal(pair_forward(net, pre, post, building_class=1, precision="fp16"), fp32)
