@@ -23,7 +23,11 @@ cleaning every block, and the seam merges. Prints megapixels per CPU second for 
 and names the stage that limits it. A tiny real U-Net's forward passes over the same
 tiles are timed too, for scale.
 
-    python benchmarks/throughput.py [--size 4096] [--keep DIR]
+    python benchmarks/throughput.py [--size 4096] [--keep DIR] [--gpu-style 1,2,1,2]
+
+``--gpu-style``: also the torch path as a GPU run takes it (2048 px chunks, 4 tiles per
+call, the trivial model as a torch module), once per chunk-task count given, without and
+with vectors: what more chunk tasks give a GPU host's CPU stages.
 """
 
 from __future__ import annotations
@@ -199,10 +203,75 @@ def stages_alone(scene: Path, model: Path, out: Path, net) -> dict[str, float]:
     return t
 
 
+def trivial_torch_net(threshold: float):
+    """The trivial model as a torch module (logits), for the torch path a GPU run takes.
+
+    The same rule as :func:`trivial_net` (band 1 averaged over 15 px, a logistic step at
+    ``threshold``), as logits whose softmax is that probability; zero padding at tile edges.
+    """
+    import torch
+
+    class Trivial(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pool = torch.nn.functional.avg_pool2d  # separable: 30 operations per pixel, not 225
+            smooth = pool(x[:, :1], (1, 15), stride=1, padding=(0, 7), count_include_pad=False)
+            smooth = pool(smooth, (15, 1), stride=1, padding=(7, 0), count_include_pad=False)
+            building = 4.0 * (smooth - threshold)
+            return torch.cat([torch.zeros_like(building), building], dim=1)
+
+    return Trivial().eval()
+
+
+def gpu_style(scene: Path, model: Path, work: Path, threshold: float, workers: list[int], mp: float) -> None:
+    """The torch path as a GPU run takes it (2048 px chunks, 4 tiles per call) with the trivial model, per task count.
+
+    What a GPU host's CPU stages gain from more chunk tasks when the model is nearly free
+    (``hardware.default_workers``). Wall and CPU seconds of this process, without and with vectors.
+    """
+    import geounet.engine.executors as executors
+    import geounet.engine.tiles as tiles_module
+    from geounet.engine.predict import predict_batch
+    from geounet.engine.settings import PredictSettings
+    from geounet.models.card import read_card
+
+    card = read_card(model)
+    net = trivial_torch_net(threshold)
+    fake = lambda *args, **kwargs: (net, card)  # noqa: E731 - the model replaced, nothing else
+    tiles_module.cached_model = fake  # type: ignore[assignment]
+    executors.cached_model = fake  # type: ignore[assignment]
+    print()
+    print("the torch path as on a GPU (2048 px chunks, 4 tiles per call), trivial model, by chunk tasks:")
+    for vector in (False, True):
+        for n in workers:
+            settings = PredictSettings(
+                quiet=True,
+                device="cpu",
+                backend="torch",
+                precision="fp32",
+                batch_size=4,
+                chunk_pixels=2048,
+                workers=n,
+                vector=vector,
+            )
+            t0, c0 = time.perf_counter(), time.process_time()
+            [report] = predict_batch([scene], work / f"gpu_style_{n}_{vector}", model, settings)
+            wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+            if not report.ok:
+                sys.exit(f"run failed: {report.error}")
+            print(
+                f"   {'with' if vector else 'without'} vectors, {n} task(s): {wall:.2f} s wall, "
+                f"{mp / wall:.2f} MP/s, CPU {cpu_s:.1f} s",
+                flush=True,
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096, help="scene side in pixels")
     ap.add_argument("--keep", type=Path, help="keep the scene and outputs here")
+    ap.add_argument(
+        "--gpu-style", default="", help="also the torch path as on a GPU with these chunk-task counts, e.g. 1,2,1,2"
+    )
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="geounet-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -271,6 +340,11 @@ def main() -> None:
             + ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k.endswith("_s") and v)
             + f"; blocks polygonized while predicting: {record['vector']['blocks_while_predicting']}"
         )
+        if args.gpu_style:
+            threshold = float(red.mean() * gain[0] - offset[0])
+            gpu_style(scene, model, work, threshold, [int(n) for n in args.gpu_style.split(",")], mp)
+            tiles_module.cached_model = fake  # type: ignore[assignment]
+            executors.cached_model = fake  # type: ignore[assignment]
         alone = stages_alone(scene, model, work / "alone", net)
         print(f"\n{'each stage alone':66s} {'CPU s':>7s} {'MP/s/core':>10s}")
         for name, seconds in alone.items():
