@@ -50,16 +50,6 @@ STOOD_IN = (
 )
 
 
-def _settings(pairs: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def pack(config: Path, dest: Path, sets: list[str]) -> None:
     """Read the config's scenes here and write ``{cfg, train, val, scale}`` gzipped."""
     from geounet.training.config import load_config
@@ -141,6 +131,21 @@ def stand_in_missing(force: bool = False) -> list[str]:
     return missing
 
 
+def _train_options(options: Any, sets: list[str]) -> Any:
+    """The packed config's ``train`` options with ``--set train.KEY=VALUE`` applied, checked as a config file's are."""
+    from geounet.schema import apply_setting, check
+    from geounet.training.config import TrainOptions
+
+    if bad := [s for s in sets if not s.startswith("train.")]:
+        raise SystemExit(f"run: only train.* settings can change after packing, got {', '.join(bad)}")
+    raw = {"train": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()}}
+    problems = [p for p in (apply_setting(raw, s) for s in sets) if p]
+    checked, found = check(TrainOptions, raw["train"], "train")
+    if problems or found:
+        raise SystemExit("run: " + "; ".join(problems + found))
+    return checked
+
+
 def run(packed: Path, out: Path, sets: list[str], force_stand_in: bool, seconds: float | None) -> None:
     """Train on the packed scenes with geounet's training loop; the model and its CSV log go to ``out``."""
     missing = stand_in_missing(force_stand_in)
@@ -151,15 +156,7 @@ def run(packed: Path, out: Path, sets: list[str], force_stand_in: bool, seconds:
     with gzip.open(packed, "rb") as f:
         data = pickle.load(f)
     cfg = data["cfg"]
-    overrides = _settings(sets)
-    train_options = dict(overrides)
-    for key in list(train_options):
-        if not key.startswith("train."):
-            raise SystemExit(f"run: only train.* settings can change after packing, got {key}")
-    options = {k.removeprefix("train."): v for k, v in train_options.items()}
-    options |= {k: Path(v) for k, v in options.items() if k in ("checkpoint", "resume", "init_weights") and v}
-    t = dataclasses.replace(cfg.train, **options)
-    cfg = dataclasses.replace(cfg, train=t, output=out)
+    cfg = dataclasses.replace(cfg, train=_train_options(cfg.train, sets), output=out)
     loop._load_scenes = lambda _cfg: (data["train"], data["val"], data["scale"])
     if seconds:
         epochs = _epochs_for(loop, cfg, seconds, Path(tempfile.mkdtemp(prefix="gpu_train_probe_")))

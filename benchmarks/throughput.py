@@ -203,6 +203,16 @@ def stages_alone(scene: Path, model: Path, out: Path, net) -> dict[str, float]:
     return t
 
 
+def replace_model(net, card) -> None:
+    """Make every chunk task of this process use ``net`` (with ``card``) instead of loading the model file."""
+    import geounet.engine.executors as executors
+    import geounet.engine.tiles as tiles_module
+
+    fake = lambda *args, **kwargs: (net, card)  # noqa: E731 - the model replaced, nothing else
+    tiles_module.cached_model = fake  # type: ignore[assignment]
+    executors.cached_model = fake  # type: ignore[assignment]
+
+
 def trivial_torch_net(threshold: float):
     """The trivial model as a torch module (logits), for the torch path a GPU run takes.
 
@@ -228,17 +238,12 @@ def gpu_style(scene: Path, model: Path, work: Path, threshold: float, workers: l
     What a GPU host's CPU stages gain from more chunk tasks when the model is nearly free
     (``hardware.default_workers``). Wall and CPU seconds of this process, without and with vectors.
     """
-    import geounet.engine.executors as executors
-    import geounet.engine.tiles as tiles_module
     from geounet.engine.predict import predict_batch
     from geounet.engine.settings import PredictSettings
     from geounet.models.card import read_card
 
     card = read_card(model)
-    net = trivial_torch_net(threshold)
-    fake = lambda *args, **kwargs: (net, card)  # noqa: E731 - the model replaced, nothing else
-    tiles_module.cached_model = fake  # type: ignore[assignment]
-    executors.cached_model = fake  # type: ignore[assignment]
+    replace_model(trivial_torch_net(threshold), card)
     print()
     print("the torch path as on a GPU (2048 px chunks, 4 tiles per call), trivial model, by chunk tasks:")
     for vector in (False, True):
@@ -282,8 +287,6 @@ def main() -> None:
         model = make_model(work / "tiny.safetensors", scene)
         import rasterio
 
-        import geounet.engine.executors as executors
-        import geounet.engine.tiles as tiles_module
         from geounet.engine.predict import predict_batch
         from geounet.engine.settings import PredictSettings
         from geounet.models.card import normalisation, read_card
@@ -293,9 +296,7 @@ def main() -> None:
             red = src.read(1, out_shape=(512, 512)).astype(np.float32)
         gain, offset = normalisation(card)
         net = trivial_net(float(red.mean() * gain[0] - offset[0]))
-        fake = lambda *args, **kwargs: (net, card)  # noqa: E731 - the model replaced, nothing else
-        tiles_module.cached_model = fake  # type: ignore[assignment]
-        executors.cached_model = fake  # type: ignore[assignment]
+        replace_model(net, card)
         t0, c0 = time.perf_counter(), time.process_time()
         settings = PredictSettings(quiet=True, precision="fp32", backend="onnx", vector=False)
         [report] = predict_batch([scene], work / "novector", model, settings)
@@ -343,8 +344,7 @@ def main() -> None:
         if args.gpu_style:
             threshold = float(red.mean() * gain[0] - offset[0])
             gpu_style(scene, model, work, threshold, [int(n) for n in args.gpu_style.split(",")], mp)
-            tiles_module.cached_model = fake  # type: ignore[assignment]
-            executors.cached_model = fake  # type: ignore[assignment]
+            replace_model(net, card)
         alone = stages_alone(scene, model, work / "alone", net)
         print(f"\n{'each stage alone':66s} {'CPU s':>7s} {'MP/s/core':>10s}")
         for name, seconds in alone.items():

@@ -24,12 +24,13 @@ def _forward_tensor(net, x, device: str, precision: str):
         return torch.softmax(logits.float(), dim=1)
 
 
-def _recomputed_if_not_finite(net, x, probs, device: str, precision: str):
-    """``probs``, or the batch again in fp32 where autocast overflowed (fp16's range ends at 65504)."""
-    import torch
+AUTOCAST = ("bf16", "fp16")
 
-    if precision in ("bf16", "fp16") and not bool(torch.isfinite(probs).all()):
-        return _forward_tensor(net, x, device, "fp32")
+
+def _or_fp32(net, x, probs: np.ndarray, finite: bool, device: str, precision: str) -> np.ndarray:
+    """``probs``, or the batch ``x`` again in fp32 where autocast overflowed (fp16's range ends at 65504)."""
+    if precision in AUTOCAST and not finite:
+        return _forward_tensor(net, x, device, "fp32").cpu().numpy()
     return probs
 
 
@@ -43,22 +44,25 @@ def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> I
     pipelined: batches are copied from pinned host memory on a side stream and results
     back on another, and each result is handed back one batch late, so that while the
     GPU computes batch i the caller blends batch i-1 and this generator reads and stacks
-    batch i+1 and starts its copy. The finiteness check runs on the GPU and travels with the result, so it adds no
-    wait (the GPU branch runs only on CUDA: ``benchmarks/gpu.py`` measures it there).
+    batch i+1 and starts its copy. Under autocast the finiteness check runs on the GPU
+    and travels back with the result, so it adds no wait (``benchmarks/gpu.py`` measures
+    this branch on a GPU).
     """
     import torch
 
+    autocast = precision in AUTOCAST
     if not device.startswith("cuda"):
         for batch in batches:
             x = torch.as_tensor(batch).to(device)
             probs = _forward_tensor(net, x, device, precision)
-            yield _recomputed_if_not_finite(net, x, probs, device, precision).cpu().numpy()
+            finite = not autocast or bool(torch.isfinite(probs).all())
+            yield _or_fp32(net, x, probs.cpu().numpy(), finite, device, precision)
         return
     # --- GPU path (benchmarks/gpu.py) -----------------------------------------------------
     dev = torch.device(device)
     copy_in, copy_out = torch.cuda.Stream(dev), torch.cuda.Stream(dev)  # one per direction: two copy engines
     compute = torch.cuda.current_stream(dev)
-    pending = None  # (pinned host result, its finiteness, CUDA event, device input) of the previous batch
+    pending = None  # (pinned host result, its finiteness or None, CUDA event, device input) of the previous batch
     for batch in batches:
         host = torch.as_tensor(batch).pin_memory()
         with torch.cuda.stream(copy_in):
@@ -66,28 +70,25 @@ def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> I
         compute.wait_stream(copy_in)  # the forward waits for its own copy only
         x.record_stream(compute)
         probs = _forward_tensor(net, x, device, precision)
-        finite_on_gpu = torch.isfinite(probs).all().reshape(1)
         copy_out.wait_stream(compute)  # the result goes back while the next batch computes
         out = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-        finite = torch.empty(1, dtype=torch.bool, pin_memory=True)
+        flag = torch.empty(1, dtype=torch.bool, pin_memory=True) if autocast else None
         with torch.cuda.stream(copy_out):
             out.copy_(probs, non_blocking=True)
-            finite.copy_(finite_on_gpu, non_blocking=True)
+            if flag is not None:
+                flag.copy_(torch.isfinite(probs).all().reshape(1), non_blocking=True)
         probs.record_stream(copy_out)
-        finite_on_gpu.record_stream(copy_out)
         done = torch.cuda.Event()
         done.record(copy_out)
         if pending is not None:
             yield _settled(net, pending, device, precision)
-        pending = (out, finite, done, x)
+        pending = (out, flag, done, x)
     if pending is not None:
         yield _settled(net, pending, device, precision)
 
 
 def _settled(net, pending: tuple, device: str, precision: str) -> np.ndarray:
     """A pipelined batch's probabilities once its event has passed (fp32 again if autocast overflowed)."""
-    out, finite, done, x = pending
+    out, flag, done, x = pending
     done.synchronize()
-    if precision in ("bf16", "fp16") and not bool(finite[0]):
-        return _forward_tensor(net, x, device, "fp32").cpu().numpy()
-    return out.numpy()
+    return _or_fp32(net, x, out.numpy(), flag is None or bool(flag[0]), device, precision)
