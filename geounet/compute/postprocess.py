@@ -71,10 +71,16 @@ def fill_holes(geoms: np.ndarray, max_hole_area: float) -> np.ndarray:
     return out
 
 
-def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, np.ndarray]:
+def clean_geometries(
+    geoms: np.ndarray, rules: ClassRules, collinear_free: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``rules`` to polygons in a metric CRS (metres).
 
     Returns the cleaned geometries and the indexes (into ``geoms``) of those kept.
+    ``collinear_free``: no ring has a vertex on the straight line through its neighbours
+    (outlines traced along pixel edges by GDAL, block seams dissolved: the vector stage's
+    polygons, mapped through any transform that keeps corners corners); the pass that
+    removes such vertices is then skipped, with the same result.
     """
     geoms = np.asarray(geoms, dtype=object)
     keep = np.arange(len(geoms))
@@ -82,7 +88,9 @@ def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, 
         return geoms, keep
     # Canonical rings first (no collinear vertices, fixed start and orientation): simplification
     # then gives the same result however the polygon was assembled (one block or merged pieces).
-    geoms = fill_holes(shapely.normalize(shapely.simplify(geoms, 0.0)), rules.hole_area_m2)
+    if not collinear_free:
+        geoms = shapely.simplify(geoms, 0.0)
+    geoms = fill_holes(shapely.normalize(geoms), rules.hole_area_m2)
     big = shapely.area(geoms) >= max(rules.min_area_m2, 1e-12)
     geoms, keep = geoms[big], keep[big]
     if rules.regularize and len(geoms):

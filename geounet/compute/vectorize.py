@@ -9,7 +9,9 @@ never a global union), so the result is the same as polygonizing the whole raste
 at once: the same components, areas and union geometry.
 Geometries are in whole-raster *pixel* coordinates (x = column, y = row, integers at
 pixel corners), so pieces from neighbouring blocks share edges exactly; ``apply_affine``
-maps them to the raster's CRS once they are merged.
+maps them to the raster's CRS once they are merged. Their rings have no collinear vertex:
+GDAL's polygonizer puts vertices only where an outline turns, and pieces joined across
+seams are dissolved (:func:`dissolve_pieces`), which drops the seam vertices.
 """
 
 from __future__ import annotations

@@ -264,3 +264,46 @@ def test_split_at_contacts_refuses_a_window_that_does_not_cover_the_polygon():
     whole = polygonize_block(classes, (0, 0), [1])
     with pytest.raises(ValueError, match="does not cover"):
         split_at_contacts(whole, [classes], [1], (0.1, 0.1))
+
+
+def test_vector_stage_rings_have_no_collinear_vertex_so_cleaning_may_skip_that_pass():
+    """Polygons traced by GDAL, joined across seams (dissolved) and split at contacts have no vertex on the
+    line through its neighbours, in pixels and once reprojected: ``clean_geometries(..., collinear_free=True)``
+    (the vector stage's call) gives exactly what the full clean-up gives."""
+    from pyproj import Transformer
+
+    from geounet.compute.postprocess import DEFAULT_RULES, clean_geometries
+    from geounet.compute.vectorize import dissolve_pieces, merge_groups, seam_groups, split_at_contacts
+
+    rng = np.random.default_rng(5)
+    field = ndimage.gaussian_filter(rng.random((192, 224)), 3)
+    classes = np.where(field > 0.5, 1, 0).astype(np.uint8)
+    edges = ndimage.morphological_gradient(ndimage.label(field > 0.52)[0], size=3) > 0
+    classes[(classes == 1) & edges & (rng.random(classes.shape) > 0.3)] = 2
+    joined = np.where(classes == 2, 1, classes)
+    whole = polygonize_block(joined, (0, 0), [1])
+    merged = blockwise(joined, 48, [1])  # seams dissolved
+    windows = [classes[y0:y1, x0:x1] for x0, y0, x1, y1 in shapely.bounds(whole.geometry).astype(int)]
+    split = split_at_contacts(whole, windows, [1], (0.3, 0.3), 0.6, [1, 2])
+    cand = Pieces.concat(
+        [
+            polygonize_block(joined[:, c : c + 48], (0, c), [1], None, (False, False, c > 0, c + 48 < 224))
+            for c in (0, 48, 96, 144, 192)
+        ]
+    )
+    cand = cand.take(cand.on_edge)
+    pieces = merge_groups(cand, seam_groups(cand), dissolve=False)
+    kept_whole = dissolve_pieces(pieces.geometry)
+    geoms = np.concatenate([whole.geometry, merged.geometry, split.geometry, kept_whole])
+    assert len(split) > len(whole) and len(kept_whole) > 3  # the splits and seam joins occurred
+    vertices = shapely.get_num_coordinates(geoms)
+    assert (shapely.get_num_coordinates(shapely.simplify(geoms, 0.0)) == vertices).all()
+    # pixel corners -> UTM 36N (0.3 m pixels near Kampala) -> a local equal-area CRS, as pieces_to_layers maps them
+    utm = apply_affine(geoms, Affine(0.3, 0, 452000.0, 0, -0.3, 38000.0))
+    to_m = Transformer.from_crs(32636, "+proj=laea +lat_0=0.34 +lon_0=32.59 +ellps=WGS84 +units=m", always_xy=True)
+    metric = shapely.transform(utm, lambda xy: np.column_stack(to_m.transform(xy[:, 0], xy[:, 1])))
+    rules = DEFAULT_RULES["building"]
+    full, keep_full = clean_geometries(metric, rules)
+    fast, keep_fast = clean_geometries(metric, rules, collinear_free=True)
+    assert list(keep_fast) == list(keep_full) and len(full) > 100
+    assert shapely.equals_exact(fast, full, 0).all()
