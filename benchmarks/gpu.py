@@ -7,8 +7,11 @@ demo crop, mirror-tiled to the tile size at about the model's resolution, normal
 its card), and for each precision and batch size:
 
 * floor: forward passes plus softmax on tiles already on the GPU (the model alone);
-* pipelined: ``geounet.models.torch_backend.iter_probabilities`` from host arrays, as the
-  pipeline calls it (pinned host memory, copies on a side stream, results one batch late);
+* pipelined: ``geounet.models.torch_backend.iter_probabilities`` from host arrays
+  (pinned host memory, copies on a side stream, results one batch late), two ways: tiles
+  normalised to float32 on the host (geounet until 2026-12-04), and raw uint8 DNs with
+  their masks normalised on the GPU (``prepare``: what ``geounet predict`` does since),
+  each with the host CPU seconds it costs and their largest probability difference;
 * synchronous: one batch at a time, copy in, compute, copy back, wait
   (``forward_probabilities``), what the pipelining saves against;
 * agreement of bf16/fp16 with fp32: share of pixels whose class (argmax) is the same, and
@@ -38,9 +41,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from geounet.models.card import normalise  # noqa: E402
+from geounet.models.card import normalisation  # noqa: E402
 from geounet.models.network import fuse_batchnorm, load_model  # noqa: E402
-from geounet.models.torch_backend import forward_probabilities, iter_probabilities  # noqa: E402
+from geounet.models.torch_backend import (  # noqa: E402
+    forward_probabilities,
+    iter_probabilities,
+    normalised_input,
+)
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
 MODELS = REPO / "data" / "models"
@@ -63,7 +70,13 @@ def demo_pixels() -> tuple[np.ndarray, float]:
 
 
 def real_tiles(card, n: int, tile: int) -> np.ndarray:
-    """``n`` normalised tiles (n, bands, tile, tile) float32 of the demo at about the card's resolution.
+    """``n`` normalised tiles (n, bands, tile, tile) float32 of :func:`raw_tiles`, as the host normalises them."""
+    gain, offset = normalisation(card)
+    return raw_tiles(card, n, tile).astype(np.float32) * gain[:, None, None] - offset[:, None, None]
+
+
+def raw_tiles(card, n: int, tile: int) -> np.ndarray:
+    """``n`` tiles (n, bands, tile, tile) uint8 of the demo at about the card's resolution.
 
     Block-averaged by the whole factor nearest the resolution ratio (at least 1), mirror-tiled
     to cover a tile, then shifted by a different offset for each tile so no two are the same.
@@ -77,10 +90,10 @@ def real_tiles(card, n: int, tile: int) -> np.ndarray:
     reps = (1, -(-2 * tile // block.shape[1]), -(-2 * tile // block.shape[2]))
     big = np.tile(block, reps)
     rng = np.random.default_rng(0)
-    out = np.empty((n, b, tile, tile), np.float32)
+    out = np.empty((n, b, tile, tile), np.uint8)
     for i in range(n):
         r, c = rng.integers(0, big.shape[1] - tile), rng.integers(0, big.shape[2] - tile)
-        out[i] = normalise(big[:, r : r + tile, c : c + tile], card)
+        out[i] = np.rint(big[:, r : r + tile, c : c + tile])
     return out
 
 
@@ -109,16 +122,35 @@ def time_floor(net, tiles: np.ndarray, batch: int, device: str, precision: str, 
     return (time.perf_counter() - t0) / repeats
 
 
-def time_pipelined(net, tiles: np.ndarray, batch: int, device: str, precision: str, repeats: int) -> float:
-    """Seconds per pass over ``tiles`` through ``iter_probabilities`` from host arrays (results on the host)."""
-    batches = [tiles[i : i + batch] for i in range(0, len(tiles), batch)]
-    for _ in iter_probabilities(net, iter(batches[:2]), device, precision):
-        pass
-    t0 = time.perf_counter()
+def time_pipelined(
+    net, tiles: np.ndarray, batch: int, device: str, precision: str, repeats: int, card=None
+) -> tuple[float, float, np.ndarray]:
+    """(wall s, host CPU s) per pass over ``tiles`` through ``iter_probabilities``, and the first batch's result.
+
+    ``card`` given: ``tiles`` are raw DNs, sent with all-valid masks and normalised on the
+    device, as ``geounet predict`` sends them; else normalised float32 tiles. The host CPU
+    counts this process's threads (stacking, pinning, copies, waits).
+    """
+    import torch
+
+    prepare = None
+    if card is not None:
+        gain, offset = (torch.from_numpy(a).to(device) for a in normalisation(card))
+
+        def prepare(raw, ok):
+            return normalised_input(raw, ok, gain, offset)
+
+    def batches():
+        for i in range(0, len(tiles), batch):
+            part = tiles[i : i + batch]
+            yield part if card is None else (part, np.ones((len(part), *part.shape[2:]), bool))
+
+    first = next(iter_probabilities(net, batches(), device, precision, prepare))
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):
-        for _ in iter_probabilities(net, iter(batches), device, precision):
+        for _ in iter_probabilities(net, batches(), device, precision, prepare):
             pass
-    return (time.perf_counter() - t0) / repeats
+    return (time.perf_counter() - t0) / repeats, (time.process_time() - c0) / repeats, first
 
 
 def time_synchronous(net, tiles: np.ndarray, batch: int, device: str, precision: str, repeats: int) -> float:
@@ -175,6 +207,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
     net, card = load_model(MODELS / f"{name}.safetensors", args.device)
     fuse_batchnorm(net)
     net = net.to(memory_format=torch.channels_last)
+    raw = raw_tiles(card, args.tiles, args.tile)
     tiles = real_tiles(card, args.tiles, args.tile)
     mp = len(tiles) * args.tile * args.tile / 1e6
     out: dict = {"model": name, "resolution_m": card.resolution_m, "tiles": len(tiles), "megapixels": mp, "runs": []}
@@ -183,16 +216,22 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(args.device)
             floor = time_floor(net, tiles, batch, args.device, precision, args.repeats)
-            piped = time_pipelined(net, tiles, batch, args.device, precision, args.repeats)
+            piped, piped_cpu, piped_first = time_pipelined(net, tiles, batch, args.device, precision, args.repeats)
+            raw_s, raw_cpu, raw_first = time_pipelined(net, raw, batch, args.device, precision, args.repeats, card)
             sync = time_synchronous(net, tiles, batch, args.device, precision, args.repeats)
             run = {
                 "precision": precision,
                 "batch": batch,
                 "floor_mp_s": mp / floor,
                 "pipelined_mp_s": mp / piped,
+                "pipelined_raw_mp_s": mp / raw_s,
                 "synchronous_mp_s": mp / sync,
                 "pipelined_of_floor": floor / piped,
+                "pipelined_raw_of_floor": floor / raw_s,
                 "synchronous_of_floor": floor / sync,
+                "host_cpu_s_per_mp": piped_cpu / mp,
+                "host_cpu_s_per_mp_raw": raw_cpu / mp,
+                "raw_max_probability_difference": float(np.abs(piped_first - raw_first).max()),
             }
             if args.device.startswith("cuda"):
                 run["peak_gpu_mib"] = torch.cuda.max_memory_allocated(args.device) / 2**20
@@ -200,7 +239,10 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
             print(
                 f"{name:20s} {precision:5s} batch {batch:3d}: floor {run['floor_mp_s']:8.1f} MP/s, "
                 f"pipelined {run['pipelined_mp_s']:8.1f} ({run['pipelined_of_floor']:.2f} of the floor), "
-                f"synchronous {run['synchronous_mp_s']:8.1f} ({run['synchronous_of_floor']:.2f})",
+                f"synchronous {run['synchronous_mp_s']:8.1f} ({run['synchronous_of_floor']:.2f}); raw DNs "
+                f"{run['pipelined_raw_mp_s']:8.1f} ({run['pipelined_raw_of_floor']:.2f}); host CPU s/MP "
+                f"{run['host_cpu_s_per_mp']:.4f} float32, {run['host_cpu_s_per_mp_raw']:.4f} raw "
+                f"(max |diff| {run['raw_max_probability_difference']:.1e})",
                 flush=True,
             )
     sample = tiles[: min(8, len(tiles))]

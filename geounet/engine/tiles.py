@@ -21,31 +21,36 @@ from geounet.compute.tta import TTA_SETS, expand, reduce
 from geounet.io.scene import WorkingGrid, open_working, read_box
 from geounet.models.card import ModelCard, normalisation
 from geounet.models.registry import cached_model
-from geounet.models.torch_backend import forward_probabilities, iter_probabilities
+from geounet.models.torch_backend import forward_probabilities, iter_probabilities, normalised_input
 
 log = logging.getLogger("geounet")
 
 
+def raw_tiles(
+    pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Several tiles' raw DNs ``(n, bands, h, w)`` (the scene's dtype) and valid masks ``(n, h, w)`` bool.
+
+    What a GPU receives: a uint8 scene's tiles travel as one byte per band and pixel and are
+    normalised there (:func:`~geounet.models.torch_backend.normalised_input`), instead of four bytes of float32 made on the host.
+    """
+    return np.stack([pixels[:, r, c] for r, c in windows]), np.stack([valid[r, c] for r, c in windows])
+
+
 def input_batch(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard):
-    """Raw DNs of several tiles -> one normalised float32 batch ``(n, bands, h, w)``, channels_last.
+    """Raw DNs of several tiles -> one normalised float32 batch ``(n, bands, h, w)``, channels_last (a CPU tensor).
 
     ``pixels`` (bands, rows, cols) and ``valid`` (rows, cols) cover the chunk; ``windows``
     are the tiles' (rows, cols) slices in it. Same values as ``model.normalise`` (up to
-    float rounding), computed per batch in torch instead of once over the whole chunk:
-    one conversion pass straight into the model's memory format. Invalid pixels become
-    0, the band mean, so nodata does not disturb its neighbours.
+    float rounding): :func:`raw_tiles`, then :func:`~geounet.models.torch_backend.normalised_input` here.
     """
     import torch
 
-    raw = torch.from_numpy(np.stack([pixels[:, r, c] for r, c in windows]))
-    x = torch.empty(raw.shape, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
-    x.copy_(raw)
+    raw, ok = raw_tiles(pixels, valid, windows)
     gain, offset = normalisation(card)
-    x.mul_(torch.from_numpy(gain).view(1, -1, 1, 1)).sub_(torch.from_numpy(offset).view(1, -1, 1, 1))
-    ok = torch.from_numpy(np.stack([valid[r, c] for r, c in windows]))
-    if not bool(ok.all()):
-        x.masked_fill_(~ok[:, None], 0.0)
-    return x
+    return normalised_input(
+        torch.from_numpy(raw), torch.from_numpy(ok), torch.from_numpy(gain), torch.from_numpy(offset)
+    )
 
 
 def input_array(
@@ -118,9 +123,16 @@ def predict_chunk(
             reduce(net(expand(input_array(pixels, valid, [(r, c) for _, r, c in part], card), transforms)), transforms)
             for part in parts
         )
-    else:  # lazily, one batch ahead on GPUs
-        batches = (expand(input_batch(pixels, valid, [(r, c) for _, r, c in part], card), transforms) for part in parts)
-        probabilities = (reduce(p, transforms) for p in iter_probabilities(net, batches, device, precision))
+    else:  # lazily, one batch ahead on GPUs; raw DNs travel, normalised and expanded on the device
+        import torch
+
+        gain, offset = (torch.from_numpy(a).to(device) for a in normalisation(card))
+
+        def prepare(raw, ok):  # device tensors
+            return expand(normalised_input(raw, ok, gain, offset), transforms)
+
+        batches = (raw_tiles(pixels, valid, [(r, c) for _, r, c in part]) for part in parts)
+        probabilities = (reduce(p, transforms) for p in iter_probabilities(net, batches, device, precision, prepare))
     for part, probs in zip(parts, probabilities):
         offsets = [(r.start, c.start) for _, r, c in part]
         weights = [blend_weights(grid.tile_size, grid.overlap, tile.taper) for tile, _, _ in part]

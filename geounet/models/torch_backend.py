@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -10,6 +11,23 @@ import numpy as np
 def forward_probabilities(net, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
     """Normalised input ``(n, bands, h, w)`` float32 -> class probabilities ``(n, classes, h, w)`` float32."""
     return next(iter_probabilities(net, iter([batch]), device, precision))
+
+
+def normalised_input(raw, ok, gain, offset):
+    """Raw DN tensor ``(n, bands, h, w)`` + valid mask ``(n, h, w)`` -> normalised float32 batch, channels_last.
+
+    On the tensors' own device (``gain``, ``offset``: per-band float32 tensors there, from
+    :func:`~geounet.models.card.normalisation`): DN * gain - offset, then 0 (the band mean)
+    where a pixel is invalid, so nodata does not disturb its neighbours.
+    """
+    import torch
+
+    x = torch.empty(raw.shape, dtype=torch.float32, device=raw.device).contiguous(memory_format=torch.channels_last)
+    x.copy_(raw)
+    x.mul_(gain.view(1, -1, 1, 1)).sub_(offset.view(1, -1, 1, 1))
+    if raw.device.type != "cpu" or not bool(ok.all()):  # on a GPU always: asking would wait for it
+        x.masked_fill_(~ok[:, None], 0.0)
+    return x
 
 
 def _forward_tensor(net, x, device: str, precision: str):
@@ -34,11 +52,16 @@ def _or_fp32(net, x, probs: np.ndarray, finite: bool, device: str, precision: st
     return probs
 
 
-def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> Iterator[np.ndarray]:
+def iter_probabilities(
+    net, batches: Iterator, device: str, precision: str, prepare: Callable[..., Any] | None = None
+) -> Iterator[np.ndarray]:
     """Class probabilities for each batch ``(n, bands, h, w)`` of ``batches``, in order.
 
-    A batch is a normalised float32 array or CPU tensor (any memory format). A batch whose
-    bf16/fp16 probabilities are not all finite is computed again in fp32.
+    A batch is a normalised float32 array or CPU tensor (any memory format); or, with
+    ``prepare``, a tuple of host arrays that are copied to the device as they are (raw DNs
+    and masks: a quarter of float32's bytes for uint8 scenes), where ``prepare(*tensors)``
+    makes the network's input. A batch whose bf16/fp16 probabilities are not all finite is
+    computed again in fp32.
 
     On the CPU each batch is computed when asked for. On a CUDA device the work is
     pipelined: batches are copied from pinned host memory on a side stream and results
@@ -53,7 +76,10 @@ def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> I
     autocast = precision in AUTOCAST
     if not device.startswith("cuda"):
         for batch in batches:
-            x = torch.as_tensor(batch).to(device)
+            if prepare is None:
+                x = torch.as_tensor(batch).to(device)
+            else:
+                x = prepare(*(torch.as_tensor(a).to(device) for a in batch))
             probs = _forward_tensor(net, x, device, precision)
             finite = not autocast or bool(torch.isfinite(probs).all())
             yield _or_fp32(net, x, probs.cpu().numpy(), finite, device, precision)
@@ -64,11 +90,13 @@ def iter_probabilities(net, batches: Iterator, device: str, precision: str) -> I
     compute = torch.cuda.current_stream(dev)
     pending = None  # (pinned host result, its finiteness or None, CUDA event, device input) of the previous batch
     for batch in batches:
-        host = torch.as_tensor(batch).pin_memory()
+        hosts = [torch.as_tensor(a).pin_memory() for a in (batch if prepare is not None else (batch,))]
         with torch.cuda.stream(copy_in):
-            x = host.to(dev, non_blocking=True)
+            copied = [h.to(dev, non_blocking=True) for h in hosts]
         compute.wait_stream(copy_in)  # the forward waits for its own copy only
-        x.record_stream(compute)
+        for t in copied:
+            t.record_stream(compute)
+        x = prepare(*copied) if prepare is not None else copied[0]  # queued on the compute stream
         probs = _forward_tensor(net, x, device, precision)
         copy_out.wait_stream(compute)  # the result goes back while the next batch computes
         out = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)

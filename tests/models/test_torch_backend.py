@@ -66,3 +66,37 @@ def test_a_batch_that_overflows_autocast_is_computed_again_in_fp32():
     assert all(np.isfinite(p).all() for p in got)
     np.testing.assert_array_equal(got[1], forward_probabilities(net, batches[1], "cpu", "fp32"))
     np.testing.assert_allclose(got[0], forward_probabilities(net, batches[0], "cpu", "fp32"), atol=1e-2)
+
+
+def test_raw_batches_prepared_on_the_device_give_the_probabilities_of_normalised_ones():
+    """With ``prepare`` a batch travels as host arrays (raw uint8 DNs and a mask, as a GPU receives them) and is
+    normalised and expanded where it is computed: the same probabilities as the host-normalised batch, and an
+    overflow is still computed again in fp32 from the prepared input. (The CUDA branch's copies: benchmarks/gpu.py.)"""
+    from geounet.compute.tta import TTA_SETS, expand, reduce
+    from geounet.engine.tiles import raw_tiles
+    from geounet.models.torch_backend import normalised_input
+
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (3, 40, 48)).astype(np.uint8)
+    valid = np.ones((40, 48), bool)
+    valid[:5, 30:] = False
+    windows = [(slice(0, 32), slice(0, 32)), (slice(8, 40), slice(16, 48))]
+    gain, offset = np.full(3, 1 / 127.5, np.float32), np.ones(3, np.float32)
+    flips = TTA_SETS["flips"]
+
+    def prepare(raw, ok):
+        assert raw.dtype == torch.uint8 and ok.dtype == torch.bool  # the DNs themselves travel
+        return expand(normalised_input(raw, ok, torch.from_numpy(gain), torch.from_numpy(offset)), flips)
+
+    host = (
+        np.stack([pixels[:, r, c] for r, c in windows]).astype(np.float32) * gain[:, None, None] - offset[:, None, None]
+    )
+    host *= np.stack([valid[r, c] for r, c in windows])[:, None]
+    net = Pointwise().eval()
+    want = reduce(forward_probabilities(net, expand(host, flips), "cpu", "fp32"), flips)
+    [got] = list(iter_probabilities(net, iter([raw_tiles(pixels, valid, windows)]), "cpu", "fp32", prepare))
+    np.testing.assert_allclose(reduce(got, flips), want, atol=1e-6)
+    [redone] = list(
+        iter_probabilities(Overflowing().eval(), iter([raw_tiles(pixels, valid, windows)]), "cpu", "fp16", prepare)
+    )
+    assert np.isfinite(redone).all() and redone.shape == (8, 2, 32, 32)
