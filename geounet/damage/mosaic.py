@@ -60,7 +60,7 @@ def mosaic_vrt(tiles: list[str | Path], card: ModelCard, epoch: str, coarsen: fl
     resample = ' resampling="average"' if coarsen > 1 else ""
     lefts, rights, tops, bottoms = [], [], [], []
     for t in infos:
-        (x0, y0), (x1, y1) = t.transform * (0, 0), t.transform * (t.width, t.height)
+        (x0, y0), (x1, y1) = t.transform @ (0, 0), t.transform @ (t.width, t.height)
         lefts.append(min(x0, x1))
         rights.append(max(x0, x1))
         tops.append(max(y0, y1))
@@ -131,8 +131,8 @@ def overlap_box(pre: GeoGrid, post: GeoGrid) -> Box | None:
     a = pre.affine
     pb = rasterio.transform.array_bounds(post.height, post.width, post.affine)
     left, bottom, right, top = transform_bounds(post.crs_wkt, pre.crs_wkt, *pb, densify_pts=21)
-    c0, r0 = ~a * (left, top)
-    c1, r1 = ~a * (right, bottom)
+    c0, r0 = ~a @ (left, top)
+    c1, r1 = ~a @ (right, bottom)
     c0, c1 = sorted((c0, c1))
     r0, r1 = sorted((r0, r1))
     c0, r0 = max(0, math.floor(c0)), max(0, math.floor(r0))

@@ -54,7 +54,7 @@ def read_pair_preview(
 
 def _small_grid(pre: GeoGrid, area: Box, width: int, height: int) -> Affine:
     """The affine of ``area`` of the pre grid resampled to ``width`` x ``height`` pixels."""
-    return rasterio.windows.transform(as_window(area), pre.affine) * Affine.scale(
+    return rasterio.windows.transform(as_window(area), pre.affine) @ Affine.scale(
         area.width / width, area.height / height
     )
 

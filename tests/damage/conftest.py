@@ -70,7 +70,7 @@ class SyntheticPair:
         """The roofs' footprints, 1 px inside each roof, in ``crs`` (default: the pair's)."""
         geoms = []
         for r, c in self.boxes:
-            (x0, y0), (x1, y1) = self.transform * (c + 1, r + 1), self.transform * (c + 23, r + 19)
+            (x0, y0), (x1, y1) = self.transform @ (c + 1, r + 1), self.transform @ (c + 23, r + 19)
             geoms.append(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
         gdf = gpd.GeoDataFrame({"name": [f"b{k}" for k in range(len(self.boxes))]}, geometry=geoms, crs=self.crs)
         return gdf.to_crs(crs or self.crs)

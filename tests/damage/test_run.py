@@ -124,7 +124,7 @@ def test_nodata_outside_overlap_and_invalid_footprints(pair, tmp_path):
     x, y = pair.origin
     far = shapely.box(x - 500, y - 20, x - 480, y)  # west of the scenes
     rb, cb = pair.boxes[1]
-    (x0, y0), (x1, y1) = pair.transform * (cb + 1, rb + 1), pair.transform * (cb + 23, rb + 19)
+    (x0, y0), (x1, y1) = pair.transform @ (cb + 1, rb + 1), pair.transform @ (cb + 23, rb + 19)
     bowtie = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])  # self-intersecting, over building 1
     assert not bowtie.is_valid
     line = shapely.LineString([(x0, y0), (x1, y1)])
