@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import math
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from geounet.errors import ModelError
 from geounet.models.card import ModelCard, read_card
@@ -137,11 +139,17 @@ def release_models() -> int:
 
 def trim_heap() -> None:
     """Hand freed heap pages back to the system: ``malloc_trim(0)`` where the C library is glibc; elsewhere nothing."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None; looked up once (``find_library`` runs ``ldconfig`` in a subprocess)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
     except OSError:
-        return
-    if trim is not None:
-        trim(0)
+        return None
+    return getattr(libc, "malloc_trim", None)
