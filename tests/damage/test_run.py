@@ -324,9 +324,13 @@ def test_cli_reports_every_config_problem_on_one_line(pair, tmp_path):
 def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path, default_model):
     """The default buildings model finds the synthetic roofs in pre; the erased ones come out damaged.
     Detection and the blocks both run as tasks on the executor here."""
+    from geounet.damage.settings import DamageSettings
     from geounet.engine.predict import make_executor
     from geounet.engine.settings import PredictSettings
 
+    # a real model: the product's grading rules (pair.settings' thresholds are for the random-weight tiny model,
+    # whose building probabilities mean nothing)
+    rules = {k: getattr(DamageSettings(), k) for k in ("prob_weight", "feature_low", "feature_high")}
     executor = make_executor(PredictSettings())
     try:
         run = run_damage(
@@ -335,7 +339,7 @@ def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path,
             tmp_path / "out",
             None,
             default_model,
-            pair.settings(block=128),
+            pair.settings(block=128, **rules),
             executor,
         )
     finally:
@@ -344,7 +348,7 @@ def test_without_footprints_buildings_come_from_the_model_on_pre(pair, tmp_path,
     gdf = gpd.read_file(tmp_path / "out" / "damage.gpkg", layer="buildings")
     assert gdf.crs == pair.crs
     t = Affine(pair.res, 0, pair.origin[0], 0, -pair.res, pair.origin[1])
-    roofs = [shapely.box(*(t * (c, r + 20)), *(t * (c + 24, r))) for r, c in pair.boxes]
+    roofs = [shapely.box(*(t @ (c, r + 20)), *(t @ (c + 24, r))) for r, c in pair.boxes]
     # what the model marks on no roof (a 0.15 m model on a 0.6 m synthetic scene: along its edges) is not graded here
     on_roofs = [
         (geom, g) for geom, g in zip(gdf.geometry, gdf["damage"]) if any(geom.intersection(r).area for r in roofs)
