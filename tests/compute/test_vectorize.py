@@ -183,17 +183,23 @@ def test_seeds_counted_over_a_whole_raster_equal_each_polygons_own(seed_m):
     assert list(fast.pixels) == list(plain.pixels) and all(shapely.equals_exact(fast.geometry, plain.geometry, 0))
 
 
+def _touching_roofs(seed: int, shape: tuple[int, int]) -> np.ndarray:
+    """A (rows, cols) uint8 raster of random roofs: 0 background, 1 building, 2 contact where roofs meet."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.random(shape), 3)
+    classes = np.where(field > 0.5, 1, 0).astype(np.uint8)
+    edges = ndimage.morphological_gradient(ndimage.label(field > 0.52)[0], size=3) > 0
+    classes[(classes == 1) & edges & (rng.random(classes.shape) > 0.3)] = 2
+    return classes
+
+
 @pytest.mark.parametrize("seed_m", [0.0, 0.4])
 def test_seam_pieces_split_at_contacts_without_their_union_equal_the_unioned_ones(seed_m):
     """Buildings across block seams are split from their pieces (never unioned): the same parts, and the
     ones kept whole equal the unioned polygons exactly."""
     from geounet.compute.vectorize import dissolve_pieces, merge_groups, seam_groups, split_at_contacts
 
-    rng = np.random.default_rng(11)
-    field = ndimage.gaussian_filter(rng.random((128, 160)), 3)
-    classes = np.where(field > 0.5, 1, 0).astype(np.uint8)
-    edges = ndimage.morphological_gradient(ndimage.label(field > 0.52)[0], size=3) > 0
-    classes[(classes == 1) & edges & (rng.random(classes.shape) > 0.3)] = 2
+    classes = _touching_roofs(11, (128, 160))
     joined = np.where(classes == 2, 1, classes)
     h, w = classes.shape
     parts = [
@@ -275,11 +281,7 @@ def test_vector_stage_rings_have_no_collinear_vertex_so_cleaning_may_skip_that_p
     from geounet.compute.postprocess import DEFAULT_RULES, clean_geometries
     from geounet.compute.vectorize import dissolve_pieces, merge_groups, seam_groups, split_at_contacts
 
-    rng = np.random.default_rng(5)
-    field = ndimage.gaussian_filter(rng.random((192, 224)), 3)
-    classes = np.where(field > 0.5, 1, 0).astype(np.uint8)
-    edges = ndimage.morphological_gradient(ndimage.label(field > 0.52)[0], size=3) > 0
-    classes[(classes == 1) & edges & (rng.random(classes.shape) > 0.3)] = 2
+    classes = _touching_roofs(5, (192, 224))
     joined = np.where(classes == 2, 1, classes)
     whole = polygonize_block(joined, (0, 0), [1])
     merged = blockwise(joined, 48, [1])  # seams dissolved
