@@ -46,7 +46,7 @@ from geounet.models.network import fuse_batchnorm, load_model  # noqa: E402
 from geounet.models.torch_backend import (  # noqa: E402
     forward_probabilities,
     iter_probabilities,
-    normalised_input,
+    normaliser,
 )
 
 DEMO = REPO / "data" / "demo" / "kampala_demo.tif"
@@ -70,12 +70,12 @@ def demo_pixels() -> tuple[np.ndarray, float]:
 
 
 def real_tiles(card, n: int, tile: int) -> np.ndarray:
-    """``n`` normalised tiles (n, bands, tile, tile) float32 of :func:`raw_tiles`, as the host normalises them."""
+    """``n`` normalised tiles (n, bands, tile, tile) float32 of :func:`demo_raw_tiles`, as the host normalises them."""
     gain, offset = normalisation(card)
-    return raw_tiles(card, n, tile).astype(np.float32) * gain[:, None, None] - offset[:, None, None]
+    return demo_raw_tiles(card, n, tile).astype(np.float32) * gain[:, None, None] - offset[:, None, None]
 
 
-def raw_tiles(card, n: int, tile: int) -> np.ndarray:
+def demo_raw_tiles(card, n: int, tile: int) -> np.ndarray:
     """``n`` tiles (n, bands, tile, tile) uint8 of the demo at about the card's resolution.
 
     Block-averaged by the whole factor nearest the resolution ratio (at least 1), mirror-tiled
@@ -131,14 +131,7 @@ def time_pipelined(
     device, as ``geounet predict`` sends them; else normalised float32 tiles. The host CPU
     counts this process's threads (stacking, pinning, copies, waits).
     """
-    import torch
-
-    prepare = None
-    if card is not None:
-        gain, offset = (torch.from_numpy(a).to(device) for a in normalisation(card))
-
-        def prepare(raw, ok):
-            return normalised_input(raw, ok, gain, offset)
+    prepare = normaliser(*normalisation(card), device) if card is not None else None
 
     def batches():
         for i in range(0, len(tiles), batch):
@@ -207,7 +200,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
     net, card = load_model(MODELS / f"{name}.safetensors", args.device)
     fuse_batchnorm(net)
     net = net.to(memory_format=torch.channels_last)
-    raw = raw_tiles(card, args.tiles, args.tile)
+    raw = demo_raw_tiles(card, args.tiles, args.tile)
     tiles = real_tiles(card, args.tiles, args.tile)
     mp = len(tiles) * args.tile * args.tile / 1e6
     out: dict = {"model": name, "resolution_m": card.resolution_m, "tiles": len(tiles), "megapixels": mp, "runs": []}

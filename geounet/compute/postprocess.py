@@ -71,25 +71,20 @@ def fill_holes(geoms: np.ndarray, max_hole_area: float) -> np.ndarray:
     return out
 
 
-def clean_geometries(
-    geoms: np.ndarray, rules: ClassRules, collinear_free: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``rules`` to polygons in a metric CRS (metres).
+def clean_geometries(geoms: np.ndarray, rules: ClassRules) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``rules`` to polygons in a metric CRS (metres) whose rings have no collinear vertex.
 
-    Returns the cleaned geometries and the indexes (into ``geoms``) of those kept.
-    ``collinear_free``: no ring has a vertex on the straight line through its neighbours
-    (outlines traced along pixel edges by GDAL, block seams dissolved: the vector stage's
-    polygons, mapped through any transform that keeps corners corners); the pass that
-    removes such vertices is then skipped, with the same result.
+    Returns the cleaned geometries and the indexes (into ``geoms``) of those kept. The
+    vector stage's polygons have none (traced by GDAL, seams dissolved, then mapped through
+    transforms that keep corners corners: ``compute.vectorize``); other polygons go through
+    :func:`clean_polygons`, which removes them first.
     """
     geoms = np.asarray(geoms, dtype=object)
     keep = np.arange(len(geoms))
     if not len(geoms):
         return geoms, keep
-    # Canonical rings first (no collinear vertices, fixed start and orientation): simplification
-    # then gives the same result however the polygon was assembled (one block or merged pieces).
-    if not collinear_free:
-        geoms = shapely.simplify(geoms, 0.0)
+    # Canonical rings first (fixed start and orientation): simplification then gives the same
+    # result however the polygon was assembled (one block or merged pieces).
     geoms = fill_holes(shapely.normalize(geoms), rules.hole_area_m2)
     big = shapely.area(geoms) >= max(rules.min_area_m2, 1e-12)
     geoms, keep = geoms[big], keep[big]
@@ -107,7 +102,8 @@ def clean_polygons(gdf: gpd.GeoDataFrame, rules: ClassRules) -> gpd.GeoDataFrame
     """Apply ``rules`` to polygons in a metric CRS; adds ``area_m2`` and ``perimeter_m``."""
     import geopandas as gpd
 
-    geoms, keep = clean_geometries(np.asarray(gdf.geometry.values, dtype=object), rules)
+    # any polygons: collinear vertices removed first, as clean_geometries expects
+    geoms, keep = clean_geometries(shapely.simplify(np.asarray(gdf.geometry.values, dtype=object), 0.0), rules)
     gdf = gdf.iloc[keep].set_geometry(gpd.GeoSeries(geoms, index=gdf.index[keep], crs=gdf.crs))
     return gdf.assign(area_m2=shapely.area(geoms), perimeter_m=shapely.length(geoms))
 

@@ -21,7 +21,7 @@ from geounet.compute.tta import TTA_SETS, expand, reduce
 from geounet.io.scene import WorkingGrid, open_working, read_box
 from geounet.models.card import ModelCard, normalisation
 from geounet.models.registry import cached_model
-from geounet.models.torch_backend import forward_probabilities, iter_probabilities, normalised_input
+from geounet.models.torch_backend import forward_probabilities, iter_probabilities, normaliser
 
 log = logging.getLogger("geounet")
 
@@ -32,31 +32,21 @@ def raw_tiles(
     """Several tiles' raw DNs ``(n, bands, h, w)`` (the scene's dtype) and valid masks ``(n, h, w)`` bool.
 
     What a GPU receives: a uint8 scene's tiles travel as one byte per band and pixel and are
-    normalised there (:func:`~geounet.models.torch_backend.normalised_input`), instead of four bytes of float32 made on the host.
+    normalised there (:func:`~geounet.models.torch_backend.normaliser`), instead of four bytes of
+    float32 made on the host.
     """
     return np.stack([pixels[:, r, c] for r, c in windows]), np.stack([valid[r, c] for r, c in windows])
-
-
-def input_batch(pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard):
-    """Raw DNs of several tiles -> one normalised float32 batch ``(n, bands, h, w)``, channels_last (a CPU tensor).
-
-    ``pixels`` (bands, rows, cols) and ``valid`` (rows, cols) cover the chunk; ``windows``
-    are the tiles' (rows, cols) slices in it. Same values as ``model.normalise`` (up to
-    float rounding): :func:`raw_tiles`, then :func:`~geounet.models.torch_backend.normalised_input` here.
-    """
-    import torch
-
-    raw, ok = raw_tiles(pixels, valid, windows)
-    gain, offset = normalisation(card)
-    return normalised_input(
-        torch.from_numpy(raw), torch.from_numpy(ok), torch.from_numpy(gain), torch.from_numpy(offset)
-    )
 
 
 def input_array(
     pixels: np.ndarray, valid: np.ndarray, windows: list[tuple[slice, slice]], card: ModelCard
 ) -> np.ndarray:
-    """As :func:`input_batch`, as a C-ordered numpy array (what ONNX Runtime takes)."""
+    """Raw DNs of several tiles -> one normalised float32 batch ``(n, bands, h, w)``, C-ordered (what ONNX Runtime takes).
+
+    ``pixels`` (bands, rows, cols) and ``valid`` (rows, cols) cover the chunk; ``windows`` are
+    the tiles' (rows, cols) slices in it. Invalid pixels become 0, the band mean. The torch
+    path normalises on its device instead (:func:`raw_tiles`).
+    """
     x = np.stack([pixels[:, r, c] for r, c in windows]).astype(np.float32)
     gain, offset = normalisation(card)
     x *= gain[None, :, None, None]
@@ -124,12 +114,10 @@ def predict_chunk(
             for part in parts
         )
     else:  # lazily, one batch ahead on GPUs; raw DNs travel, normalised and expanded on the device
-        import torch
-
-        gain, offset = (torch.from_numpy(a).to(device) for a in normalisation(card))
+        normalised = normaliser(*normalisation(card), device)
 
         def prepare(raw, ok):  # device tensors
-            return expand(normalised_input(raw, ok, gain, offset), transforms)
+            return expand(normalised(raw, ok), transforms)
 
         batches = (raw_tiles(pixels, valid, [(r, c) for _, r, c in part]) for part in parts)
         probabilities = (reduce(p, transforms) for p in iter_probabilities(net, batches, device, precision, prepare))

@@ -203,7 +203,7 @@ def pieces_to_layers(
         p = split_touching(p, ctx.pixel_size_m, rules.split_m)
         score = np.round(p.score_sum / np.maximum(p.pixels, 1) / 254.0, 4)
         metric_geoms = _reproject(p.geometry, to_metric, Affine(*ctx.transform))
-        geoms_m, keep = clean_geometries(metric_geoms, rules, collinear_free=True)  # vectorize: traced, seams dissolved
+        geoms_m, keep = clean_geometries(metric_geoms, rules)
         class_id, score = p.class_id[keep], score[keep]
         if not len(geoms_m):
             continue

@@ -13,21 +13,27 @@ def forward_probabilities(net, batch: np.ndarray, device: str, precision: str) -
     return next(iter_probabilities(net, iter([batch]), device, precision))
 
 
-def normalised_input(raw, ok, gain, offset):
-    """Raw DN tensor ``(n, bands, h, w)`` + valid mask ``(n, h, w)`` -> normalised float32 batch, channels_last.
+def normaliser(gain: np.ndarray, offset: np.ndarray, device: str) -> Callable[[Any, Any], Any]:
+    """``f(raw, ok)``: raw DN tensor ``(n, bands, h, w)`` + valid mask ``(n, h, w)`` on ``device`` ->
+    normalised float32 batch there, channels_last.
 
-    On the tensors' own device (``gain``, ``offset``: per-band float32 tensors there, from
-    :func:`~geounet.models.card.normalisation`): DN * gain - offset, then 0 (the band mean)
-    where a pixel is invalid, so nodata does not disturb its neighbours.
+    ``gain``, ``offset``: per-band float32 (:func:`~geounet.models.card.normalisation`): DN * gain
+    - offset, then 0 (the band mean) where a pixel is invalid, so nodata does not disturb its
+    neighbours. As ``iter_probabilities``' ``prepare``, the DNs travel and this runs on the device.
     """
     import torch
 
-    x = torch.empty(raw.shape, dtype=torch.float32, device=raw.device).contiguous(memory_format=torch.channels_last)
-    x.copy_(raw)
-    x.mul_(gain.view(1, -1, 1, 1)).sub_(offset.view(1, -1, 1, 1))
-    if raw.device.type != "cpu" or not bool(ok.all()):  # on a GPU always: asking would wait for it
-        x.masked_fill_(~ok[:, None], 0.0)
-    return x
+    g, o = (torch.from_numpy(a).to(device).view(1, -1, 1, 1) for a in (gain, offset))
+
+    def normalised(raw, ok):
+        x = torch.empty(raw.shape, dtype=torch.float32, device=raw.device).contiguous(memory_format=torch.channels_last)
+        x.copy_(raw)
+        x.mul_(g).sub_(o)
+        if raw.device.type != "cpu" or not bool(ok.all()):  # on a GPU always: asking would wait for it
+            x.masked_fill_(~ok[:, None], 0.0)
+        return x
+
+    return normalised
 
 
 def _forward_tensor(net, x, device: str, precision: str):

@@ -41,16 +41,19 @@ def test_invalid_tiles_are_skipped():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_input_batch_equals_normalise_with_nodata_at_the_mean(tiny_model, dtype):
-    from geounet.engine.tiles import input_batch
-    from geounet.models.card import normalise, read_card
+def test_raw_tiles_normalised_on_the_device_equal_normalise_with_nodata_at_the_mean(tiny_model, dtype):
+    from geounet.engine.tiles import raw_tiles
+    from geounet.models.card import normalisation, normalise, read_card
+    from geounet.models.torch_backend import normaliser
 
     card = read_card(tiny_model)
     pixels = (np.random.default_rng(0).random((3, 100, 120)) * 250).astype(dtype)
     valid = np.ones((100, 120), bool)
     valid[:7, 40:] = False
     windows = [(slice(0, 64), slice(0, 64)), (slice(30, 94), slice(50, 114))]
-    batch = input_batch(pixels, valid, windows, card)
+    raw, ok = raw_tiles(pixels, valid, windows)
+    assert raw.dtype == dtype  # the DNs themselves travel
+    batch = normaliser(*normalisation(card), "cpu")(torch.from_numpy(raw), torch.from_numpy(ok))
     assert batch.shape == (2, 3, 64, 64) and batch.is_contiguous(memory_format=torch.channels_last)
     ref = normalise(pixels, card)
     ref[:, ~valid] = 0.0

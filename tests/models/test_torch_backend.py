@@ -74,7 +74,7 @@ def test_raw_batches_prepared_on_the_device_give_the_probabilities_of_normalised
     overflow is still computed again in fp32 from the prepared input. (The CUDA branch's copies: benchmarks/gpu.py.)"""
     from geounet.compute.tta import TTA_SETS, expand, reduce
     from geounet.engine.tiles import raw_tiles
-    from geounet.models.torch_backend import normalised_input
+    from geounet.models.torch_backend import normaliser
 
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (3, 40, 48)).astype(np.uint8)
@@ -83,10 +83,11 @@ def test_raw_batches_prepared_on_the_device_give_the_probabilities_of_normalised
     windows = [(slice(0, 32), slice(0, 32)), (slice(8, 40), slice(16, 48))]
     gain, offset = np.full(3, 1 / 127.5, np.float32), np.ones(3, np.float32)
     flips = TTA_SETS["flips"]
+    normalised = normaliser(gain, offset, "cpu")
 
     def prepare(raw, ok):
         assert raw.dtype == torch.uint8 and ok.dtype == torch.bool  # the DNs themselves travel
-        return expand(normalised_input(raw, ok, torch.from_numpy(gain), torch.from_numpy(offset)), flips)
+        return expand(normalised(raw, ok), flips)
 
     host = (
         np.stack([pixels[:, r, c] for r, c in windows]).astype(np.float32) * gain[:, None, None] - offset[:, None, None]
