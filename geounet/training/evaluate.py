@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import rasterio
+import shapely
 from rasterio.windows import Window
 
 from geounet.compute.metrics import centerline_scores, confusion_matrix, label_shift, object_scores, pixel_scores
@@ -181,11 +182,13 @@ def _score(
     truth, label_gdf = _truth(labels_path, card, opts, pred, fill)
     names = card.class_names
     building_ids = [i for i, c in enumerate(card.classes) if c.kind == "building"]
+    preds = _building_polygons(out) if building_ids else None
     unscored = None
     if stale_area is not None:
         in_area = stale_area.on_grid(pred.crs, pred.transform, pred.shape)
-        unscored = _unlabelled_detections(pred.classes, truth, building_ids, in_area)
-        truth[unscored] = IGNORE_INDEX
+        polygons = preds.geometry if preds is not None else []
+        unscored = _unlabelled_detections(pred, truth, building_ids, in_area, polygons)
+        truth[unscored.pixels] = IGNORE_INDEX
     cm = confusion_matrix(pred.classes, truth, len(names))
     pixel = pixel_scores(cm, names)
     fg = [pixel["classes"][c.name]["iou"] for c in card.classes if c.kind != "background"]
@@ -194,7 +197,7 @@ def _score(
     result: dict = {"pixel": pixel, "confusion_matrix": cm.tolist()}
 
     if building_ids:
-        result["objects"] = _object_result(out, pred, truth, label_gdf, building_ids, iou_threshold, unscored)
+        result["objects"] = _object_result(preds, pred, truth, label_gdf, building_ids, iou_threshold, unscored)
         result["label_offset"] = _label_offset(pred, truth, building_ids)
     road_ids = [i for i, c in enumerate(card.classes) if c.kind == "road"]
     if road_ids:
@@ -206,22 +209,61 @@ def _score(
     return result
 
 
+class _Unscored(NamedTuple):
+    """What ``--unlabelled-ignore-in`` leaves unscored: pixels (rows, cols bool) and building polygons (bool each)."""
+
+    pixels: np.ndarray
+    polygons: np.ndarray
+
+
 def _unlabelled_detections(
-    classes: np.ndarray, truth: np.ndarray, building_ids: list[int], in_area: np.ndarray
-) -> np.ndarray:
-    """(rows, cols) bool: the predicted buildings (8-connected regions) inside ``in_area`` that overlap no true one.
+    pred: _Prediction, truth: np.ndarray, building_ids: list[int], in_area: np.ndarray, polygons: Any
+) -> _Unscored:
+    """The detections inside ``in_area`` that overlap no true building: left unscored, pixels and polygons.
 
     Where labels may miss buildings (footprints newer than the image, say), such a detection
-    may be right or wrong: its pixels and its polygon are left unscored.
+    may be right or wrong. A detection is a polygon of the ``buildings`` layer (``polygons``,
+    the scene's CRS): it is unscored when every pixel it covers (pixel centres on the
+    prediction's grid; a polygon smaller than a pixel: the pixel under its representative
+    point) is in the area and none holds a true building. Its pixels are unscored with it,
+    and so are the predicted building pixels that no polygon covers (specks, outline edges)
+    in 8-connected regions wholly in the area that meet no true building.
     """
+    from rasterio.features import rasterize
     from scipy import ndimage
 
-    predicted = np.isin(classes, building_ids)
+    predicted = np.isin(pred.classes, building_ids)
+    true = np.isin(truth, building_ids)
+    geoms = list(polygons)
+    ids = np.zeros(pred.shape, np.int32)
+    shapes = [(g, i + 1) for i, g in enumerate(geoms) if g is not None and not g.is_empty]
+    if shapes:
+        ids = rasterize(shapes, out_shape=pred.shape, transform=pred.transform, fill=0, dtype="int32")
+    n = len(geoms) + 1
+    covered = np.bincount(ids.ravel(), minlength=n)
+    covered_in_area = np.bincount(ids[in_area], minlength=n)
+    meets_truth = np.bincount(ids[true], minlength=n) > 0
+    unscored = (covered == covered_in_area) & ~meets_truth
+    present = np.array([g is not None and not g.is_empty for g in geoms], bool)
+    tiny = np.flatnonzero((covered[1:] == 0) & present)
+    if len(tiny):  # smaller than a pixel: the pixel under its representative point decides
+        points = shapely.point_on_surface(np.asarray(geoms, dtype=object)[tiny])
+        rows, cols = rasterio.transform.rowcol(pred.transform, shapely.get_x(points), shapely.get_y(points))
+        rows = np.clip(np.asarray(rows), 0, pred.shape[0] - 1)
+        cols = np.clip(np.asarray(cols), 0, pred.shape[1] - 1)
+        unscored[tiny + 1] = in_area[rows, cols] & ~true[rows, cols]
+    unscored[0] = False
+    unscored[1:] &= present
     regions, _ = ndimage.label(predicted, structure=np.ones((3, 3), bool))
-    meets_truth = np.unique(regions[predicted & np.isin(truth, building_ids)])
+    stray = _stray_unscored(regions, predicted, true, in_area) & (ids == 0)
+    return _Unscored(unscored[ids] | stray, unscored[1:])
+
+
+def _stray_unscored(regions: np.ndarray, predicted: np.ndarray, true: np.ndarray, in_area: np.ndarray) -> np.ndarray:
+    """Predicted pixels of the 8-connected ``regions`` that lie wholly in the area and meet no true building."""
+    meets_truth = np.unique(regions[predicted & true])
     outside = np.unique(regions[predicted & ~in_area])
-    keep = np.union1d(meets_truth, outside)
-    return predicted & ~np.isin(regions, keep)
+    return predicted & ~np.isin(regions, np.union1d(meets_truth, outside))
 
 
 def _unlabelled_fill(card: ModelCard, opts: LabelOptions) -> int:
@@ -262,27 +304,33 @@ def _truth(
     return truth, label_gdf
 
 
+def _building_polygons(out: Path) -> gpd.GeoDataFrame | None:
+    """The ``buildings`` layer of ``out/features.gpkg`` (the scene's CRS), or None when there is none."""
+    import geopandas as gpd
+    import pyogrio
+
+    layers = {name for name, _ in pyogrio.list_layers(out / "features.gpkg")}
+    return gpd.read_file(out / "features.gpkg", layer="buildings") if "buildings" in layers else None
+
+
 def _object_result(
-    out: Path,
+    preds: gpd.GeoDataFrame | None,
     pred: _Prediction,
     truth: np.ndarray,
     label_gdf: gpd.GeoDataFrame | None,
     building_ids: list[int],
     iou_threshold: float,
-    unscored_px: np.ndarray | None = None,
+    unscored: _Unscored | None = None,
 ) -> dict:
-    """Object scores of the ``buildings`` layer against the true buildings, matched in a metric CRS.
+    """Object scores of the ``buildings`` layer (``preds``) against the true buildings, matched in a metric CRS.
 
-    ``unscored_px``: predicted building pixels left unscored (:func:`_unlabelled_detections`);
-    a polygon whose representative point is on them is not scored (neither right nor wrong).
+    ``unscored``: what :func:`_unlabelled_detections` leaves out: those polygons are neither
+    right nor wrong, and are left out of the polygon IoU with their pixels.
     """
     import geopandas as gpd
-    import pyogrio
     from shapely.geometry import box
 
     metric = metric_crs(pred.crs, tuple(pred.bounds))
-    layers = {name for name, _ in pyogrio.list_layers(out / "features.gpkg")}
-    preds = gpd.read_file(out / "features.gpkg", layer="buildings") if "buildings" in layers else None
     if label_gdf is not None:
         true = label_gdf[label_gdf.class_value.isin(building_ids)].geometry
     else:  # raster labels: one polygon per connected component of the building classes
@@ -299,23 +347,19 @@ def _object_result(
     true = true[pred.classes[rows, cols] != 255]
     true_m = true.to_crs(metric)
     true_m = true_m[true_m.area >= DEFAULT_RULES["building"].min_area_m2]
-    pred_m = preds.geometry.to_crs(metric) if preds is not None else gpd.GeoSeries([], crs=metric)
-    unscored = 0
-    if unscored_px is not None and preds is not None and len(pred_m):
-        at = preds.geometry.representative_point()
-        p_rows, p_cols = rasterio.transform.rowcol(pred.transform, at.x, at.y)
-        p_rows = np.clip(p_rows, 0, pred.shape[0] - 1)
-        p_cols = np.clip(p_cols, 0, pred.shape[1] - 1)
-        keep = ~unscored_px[p_rows, p_cols]
-        unscored = int((~keep).sum())
-        pred_m = pred_m[keep]
+    scored = preds.geometry if preds is not None else gpd.GeoSeries([], crs=pred.crs)
+    n_unscored = 0
+    if unscored is not None and len(scored):
+        scored = scored[~unscored.polygons]
+        n_unscored = int(unscored.polygons.sum())
+    pred_m = scored.to_crs(metric)
     scores = object_scores(np.asarray(pred_m.values), np.asarray(true_m.values), iou_threshold)
-    polygon_iou = _polygon_iou(preds.geometry if preds is not None else [], truth, pred, building_ids)
+    polygon_iou = _polygon_iou(scored, truth, pred, building_ids)
     return scores.to_dict() | {
         "predicted": len(pred_m),
         "true": len(true_m),
         "polygon_iou": polygon_iou,
-        "unscored_in_area": unscored,
+        "unscored_in_area": n_unscored,
     }
 
 
