@@ -45,6 +45,7 @@ def evaluate(
     precision: str = options.precision(),
     tta: str = options.tta(),
     decision_weight: list[str] | None = options.decision_weight(),
+    rule: list[str] | None = options.rule(),
 ) -> None:
     """Score a model on a labelled scene through the same path as ``geounet predict``."""
     from geounet.engine.settings import CLI_NAMES, PredictSettings
@@ -75,6 +76,7 @@ def evaluate(
             precision=precision,
             tta=tta,
             decision_weights=options.parse_decision_weights(decision_weight),
+            postprocess=options.parse_rules(rule),
             quiet=True,
         )
         unknown = settings.choice_problems(CLI_NAMES) + [

@@ -75,3 +75,62 @@ def parse_decision_weights(items: list[str] | None) -> dict[str, float] | None:
             raise GeounetError(None, f"--decision-weight expects CLASS=FACTOR (a number), got {item!r}")
         weights[name.strip()] = factor
     return weights
+
+
+def rule() -> Any:
+    return typer.Option(
+        None,
+        "--rule",
+        help="KIND.FIELD=VALUE: a post-processing rule of features.gpkg for this run, in metres or square metres, "
+        "e.g. building.simplify_m=0.35, building.seed_m=1.5, building.regularize=false (kinds, fields and "
+        "defaults: docs/architecture.md). Repeatable; the same overrides as a pipeline config's postprocess:, "
+        "recorded in run.json.",
+        show_default=False,
+    )
+
+
+def parse_rules(items: list[str] | None) -> dict[str, dict[str, float | bool]] | None:
+    """``["building.seed_m=1.5", ...]`` -> ``{"building": {"seed_m": 1.5}}`` (PredictSettings.postprocess); None when none.
+
+    Kinds and fields are those of ``compute.postprocess.DEFAULT_RULES``; numbers must be finite and
+    not negative, switches true or false.
+    """
+    if not items:
+        return None
+    from dataclasses import fields
+
+    from geounet.compute.postprocess import DEFAULT_RULES
+
+    rules: dict[str, dict[str, float | bool]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        kind, dot, name = key.strip().partition(".")
+        if not sep or not dot or not text.strip():
+            raise GeounetError(None, f"--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got {item!r}")
+        if kind not in DEFAULT_RULES:
+            raise GeounetError(
+                None, f"--rule {item!r}: unknown class kind {kind!r} (one of {', '.join(DEFAULT_RULES)})"
+            )
+        defaults = DEFAULT_RULES[kind]
+        names = [f.name for f in fields(defaults)]
+        if name not in names:
+            raise GeounetError(None, f"--rule {item!r}: {kind} has no rule {name!r} (one of {', '.join(names)})")
+        rules.setdefault(kind, {})[name] = _rule_value(item, text.strip(), isinstance(getattr(defaults, name), bool))
+    return rules
+
+
+def _rule_value(item: str, text: str, switch: bool) -> float | bool:
+    """A rule's value: true/false for a switch, else a finite number >= 0."""
+    if switch:
+        if text.lower() in ("true", "yes", "1"):
+            return True
+        if text.lower() in ("false", "no", "0"):
+            return False
+        raise GeounetError(None, f"--rule {item!r}: expected true or false")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise GeounetError(None, f"--rule {item!r}: expected a number >= 0")
+    return value

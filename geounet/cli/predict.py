@@ -78,6 +78,7 @@ def predict(
     ),
     tta: str = options.tta(),
     decision_weight: list[str] | None = options.decision_weight(),
+    rule: list[str] | None = options.rule(),
     aoi: Path | None = typer.Option(
         None,
         help="Area of interest: a vector file (any CRS; its polygons unioned). Only the tiles meeting it run; "
@@ -120,6 +121,7 @@ def predict(
     try:
         box = None if bbox is None else parse_bbox(bbox)
         weights = options.parse_decision_weights(decision_weight)
+        rules = options.parse_rules(rule)
         search = stac_search(stac_api, collection, datetime, query, max_items)
         if not scenes and search is None:
             raise GeounetError(None, "no scenes: give scene files or URLs, or a STAC API to search (--stac-api)")
@@ -142,6 +144,7 @@ def predict(
         quiet=quiet,
         tta=tta,
         decision_weights=weights,
+        postprocess=rules,
         aoi=None if aoi is None else str(aoi),
         bbox=box,
         bbox_crs=bbox_crs,

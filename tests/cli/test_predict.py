@@ -272,3 +272,57 @@ def test_a_decision_weight_moves_the_classes_and_polygons_not_the_scores(tiny_mo
     np.testing.assert_array_equal(weighted[clear], (building[clear] > 0.25).astype(np.uint8))
     assert settings["decision_weights"] == {"background": 1.0, "building": 1.0}
     assert weighted_settings["decision_weights"] == {"background": 1.0, "building": 3.0}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("seed_m=1", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'seed_m=1'"),
+        ("building.seed_m=", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'building.seed_m='"),
+        ("roof.seed_m=1", "--rule 'roof.seed_m=1': unknown class kind 'roof' (one of building, road, landcover)"),
+        ("building.seed=1", "--rule 'building.seed=1': building has no rule 'seed' (one of min_area_m2, "),
+        ("building.simplify_m=-1", "--rule 'building.simplify_m=-1': expected a number >= 0"),
+        ("building.simplify_m=inf", "--rule 'building.simplify_m=inf': expected a number >= 0"),
+        ("building.regularize=maybe", "--rule 'building.regularize=maybe': expected true or false"),
+    ],
+)
+def test_a_bad_rule_is_one_line_and_leaves_nothing(value, message, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("predict", DEMO_SCENE, "--out", out, "--model", tiny_model, "--rule", value, "-q")
+    assert result.exit_code == 2
+    [line] = error_lines(result)
+    assert line.startswith(f"error: {message}"), line
+    assert_nothing_left(out)
+
+
+def test_rules_change_the_polygons_of_this_run_and_are_recorded(default_model, tmp_path):
+    """``--rule building.min_area_m2=20 --rule building.regularize=false``: smaller roofs dropped, outlines kept
+    on the pixel edges; run.json records the overrides and the rules used."""
+    import json
+
+    import geopandas as gpd
+    import shapely
+
+    runs = {}
+    rules = ["--rule", "building.min_area_m2=20", "--rule", "building.regularize=false"]
+    for name, extra in (("plain", []), ("ruled", rules)):
+        out = tmp_path / name
+        result = invoke("predict", DEMO_SCENE, "--out", out, "--model", default_model, "-q", *extra)
+        assert result.exit_code == 0, result.output
+        folder = out / DEMO_SCENE.stem
+        runs[name] = (
+            gpd.read_file(folder / "features.gpkg", layer="buildings"),
+            json.loads((folder / "run.json").read_text()),
+        )
+    (plain, plain_run), (ruled, ruled_run) = runs["plain"], runs["ruled"]
+    assert len(ruled) < len(plain) and (ruled.area_m2 >= 20).all() and (plain.area_m2 < 20).any()
+    assert ruled_run["settings"]["postprocess"] == {"building": {"min_area_m2": 20.0, "regularize": False}}
+    assert ruled_run["vector"]["rules"]["building"]["regularize"] is False
+    assert plain_run["vector"]["rules"]["building"]["regularize"] is True
+
+    # unregularised outlines keep the simplified pixel staircase: fewer right-angle rectangles than regularised ones
+    def rectangles(gdf):
+        g = np.asarray(gdf.geometry.values)
+        return int((shapely.area(g) / shapely.area(shapely.oriented_envelope(g)) > 0.999).sum())
+
+    assert rectangles(ruled) < rectangles(plain[plain.area_m2 >= 20])
