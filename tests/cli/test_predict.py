@@ -233,23 +233,6 @@ def test_quiet_run_prints_nothing_in_a_real_process(tmp_path):
     assert done.stderr == "" and done.stdout == ""
 
 
-@pytest.mark.parametrize(
-    "value, message",
-    [
-        ("building", "--decision-weight expects CLASS=FACTOR (a number), got 'building'"),
-        ("building=high", "--decision-weight expects CLASS=FACTOR (a number), got 'building=high'"),
-        ("roof=2", "--decision-weight: unknown class 'roof' (classes: background, building)"),
-        ("building=0", "--decision-weight: the weight of 'building' must be a positive number, got 0.0"),
-    ],
-)
-def test_a_bad_decision_weight_is_one_line_and_leaves_nothing(value, message, tiny_model, tmp_path):
-    out = tmp_path / "out"
-    result = invoke("predict", DEMO_SCENE, "--out", out, "--model", tiny_model, "--decision-weight", value, "-q")
-    assert result.exit_code == 2
-    assert error_lines(result) == [f"error: {message}"]
-    assert_nothing_left(out)
-
-
 def test_a_decision_weight_moves_the_classes_and_polygons_not_the_scores(tiny_model, tmp_path):
     """``--decision-weight building=3``: building where its probability exceeds 0.25; recorded in run.json."""
     import json
@@ -275,20 +258,32 @@ def test_a_decision_weight_moves_the_classes_and_polygons_not_the_scores(tiny_mo
 
 
 @pytest.mark.parametrize(
-    "value, message",
+    "option, value, message",
     [
-        ("seed_m=1", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'seed_m=1'"),
-        ("building.seed_m=", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'building.seed_m='"),
-        ("roof.seed_m=1", "--rule 'roof.seed_m=1': unknown class kind 'roof' (one of building, road, landcover)"),
-        ("building.seed=1", "--rule 'building.seed=1': building has no rule 'seed' (one of min_area_m2, "),
-        ("building.simplify_m=-1", "--rule 'building.simplify_m=-1': expected a number >= 0"),
-        ("building.simplify_m=inf", "--rule 'building.simplify_m=inf': expected a number >= 0"),
-        ("building.regularize=maybe", "--rule 'building.regularize=maybe': expected true or false"),
+        ("--decision-weight", "building", "--decision-weight expects CLASS=FACTOR (a number), got 'building'"),
+        (
+            "--decision-weight",
+            "building=high",
+            "--decision-weight expects CLASS=FACTOR (a number), got 'building=high'",
+        ),
+        ("--decision-weight", "roof=2", "--decision-weight: unknown class 'roof' (classes: background, building)"),
+        ("--decision-weight", "building=0", "--decision-weight: the weight of 'building' must be a positive number"),
+        ("--rule", "seed_m=1", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'seed_m=1'"),
+        ("--rule", "building.seed_m=", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'build"),
+        (
+            "--rule",
+            "roof.seed_m=1",
+            "--rule 'roof.seed_m=1': unknown class kind 'roof' (one of building, road, landcover)",
+        ),
+        ("--rule", "building.seed=1", "--rule 'building.seed=1': building has no rule 'seed' (one of min_area_m2, "),
+        ("--rule", "building.simplify_m=-1", "--rule 'building.simplify_m=-1': expected a number >= 0"),
+        ("--rule", "building.simplify_m=inf", "--rule 'building.simplify_m=inf': expected a number >= 0"),
+        ("--rule", "building.regularize=maybe", "--rule 'building.regularize=maybe': expected true or false"),
     ],
 )
-def test_a_bad_rule_is_one_line_and_leaves_nothing(value, message, tiny_model, tmp_path):
+def test_a_bad_decision_weight_or_rule_is_one_line_and_leaves_nothing(option, value, message, tiny_model, tmp_path):
     out = tmp_path / "out"
-    result = invoke("predict", DEMO_SCENE, "--out", out, "--model", tiny_model, "--rule", value, "-q")
+    result = invoke("predict", DEMO_SCENE, "--out", out, "--model", tiny_model, option, value, "-q")
     assert result.exit_code == 2
     [line] = error_lines(result)
     assert line.startswith(f"error: {message}"), line
