@@ -77,23 +77,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def apply_setting(raw: dict[str, Any], item: str) -> str | None:
-    """Merge one ``dotted.key=VALUE`` (VALUE read as YAML) into ``raw``; returns the problem, if any."""
+def apply_setting(raw: dict[str, Any], item: str, option: str = "--set", example: str = "train.lr=0.001") -> str | None:
+    """Merge one ``dotted.key=VALUE`` (VALUE read as YAML) into ``raw``; returns the problem, if any.
+
+    ``option``, ``example``: the command-line option the setting came from, and a setting it
+    takes, for the messages.
+    """
     import yaml
 
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
-        return f"--set expects KEY=VALUE with a dotted KEY such as train.lr=0.001, got {item!r}"
+        return f"{option} expects KEY=VALUE with a dotted KEY such as {example}, got {item!r}"
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
-        return f"--set {key}: value {text!r} is not valid YAML"
+        return f"{option} {key}: value {text!r} is not valid YAML"
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            return f"--set {key}: {'.'.join(parts[: i + 1])} is not a section"
+            return f"{option} {key}: {'.'.join(parts[: i + 1])} is not a section"
         node = child
     node[parts[-1]] = value
     return None

@@ -14,6 +14,7 @@ working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +94,15 @@ class PostprocessSpec:
     def overrides(self) -> dict[str, dict[str, Any]]:
         """``{kind: {field: value}}`` for the kinds that are given (the form PredictSettings.postprocess takes)."""
         return {f.name: rules.given() for f in dataclasses.fields(self) if (rules := getattr(self, f.name)) is not None}
+
+    def problems(self, where: str = "postprocess") -> list[str]:
+        """One line per length or area that is negative or not finite (the types allow any number)."""
+        return [
+            f"{where}{'.' if where else ''}{kind}.{name}: expected a number >= 0, got {value!r}"
+            for kind, fields in self.overrides().items()
+            for name, value in fields.items()
+            if not isinstance(value, bool) and not 0 <= value < math.inf
+        ]
 
 
 @dataclass
@@ -211,7 +221,7 @@ def load_config(
     model, card = _model(spec, raw, base, problems)
     out_dir = _output_folder(spec, raw, out, cwd, problems)
     settings = predict_settings(spec)
-    problems += _settings_problems(spec, settings, card)
+    problems += _settings_problems(spec, settings, card) + spec.postprocess.problems()
     cfg = PipelineConfig(
         path,
         spec.task,

@@ -92,45 +92,25 @@ def rule() -> Any:
 def parse_rules(items: list[str] | None) -> dict[str, dict[str, float | bool]] | None:
     """``["building.seed_m=1.5", ...]`` -> ``{"building": {"seed_m": 1.5}}`` (PredictSettings.postprocess); None when none.
 
-    Kinds and fields are those of ``compute.postprocess.DEFAULT_RULES``; numbers must be finite and
-    not negative, switches true or false.
+    Read and checked as a pipeline config's ``postprocess:`` section is (values in YAML,
+    :class:`~geounet.batch.config.PostprocessSpec`); every problem in one line.
     """
     if not items:
         return None
-    from dataclasses import fields
+    from geounet.batch.config import PostprocessSpec
+    from geounet.schema import apply_setting, check
 
-    from geounet.compute.postprocess import DEFAULT_RULES
-
-    rules: dict[str, dict[str, float | bool]] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        kind, dot, name = key.strip().partition(".")
-        if not sep or not dot or not text.strip():
-            raise GeounetError(None, f"--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got {item!r}")
-        if kind not in DEFAULT_RULES:
-            raise GeounetError(
-                None, f"--rule {item!r}: unknown class kind {kind!r} (one of {', '.join(DEFAULT_RULES)})"
-            )
-        defaults = DEFAULT_RULES[kind]
-        names = [f.name for f in fields(defaults)]
-        if name not in names:
-            raise GeounetError(None, f"--rule {item!r}: {kind} has no rule {name!r} (one of {', '.join(names)})")
-        rules.setdefault(kind, {})[name] = _rule_value(item, text.strip(), isinstance(getattr(defaults, name), bool))
-    return rules
-
-
-def _rule_value(item: str, text: str, switch: bool) -> float | bool:
-    """A rule's value: true/false for a switch, else a finite number >= 0."""
-    if switch:
-        if text.lower() in ("true", "yes", "1"):
-            return True
-        if text.lower() in ("false", "no", "0"):
-            return False
-        raise GeounetError(None, f"--rule {item!r}: expected true or false")
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0 <= value < float("inf")):
-        raise GeounetError(None, f"--rule {item!r}: expected a number >= 0")
-    return value
+    example = "building.simplify_m=0.35"
+    raw: dict[str, Any] = {}
+    setting_problems: list[str | None] = [
+        f"--rule expects KIND.FIELD=VALUE with a dotted KEY such as {example}, got {item!r}"
+        if not item.partition("=")[2].strip()  # YAML's null (a config's default): no rule at all
+        else apply_setting(raw, item, "--rule", example)
+        for item in items
+    ]
+    problems = [p for p in setting_problems if p]
+    spec, found = check(PostprocessSpec, raw)
+    problems += [f"--rule: {p}" for p in found + (spec.problems("") if spec is not None else [])]
+    if problems or spec is None:
+        raise GeounetError(None, "; ".join(problems))
+    return spec.overrides()

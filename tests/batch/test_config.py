@@ -149,6 +149,22 @@ def test_postprocess_overrides_are_checked_and_reach_the_settings(tmp_path, tiny
     assert problems[2].startswith("postprocess.road.min_length_m: expected a number") and problems[2].endswith("'long'")
 
 
+def test_postprocess_lengths_and_areas_may_not_be_negative(tmp_path, tiny_model, write_config):
+    bad = write_config(
+        tmp_path / "p.yaml",
+        tiny_model,
+        [DEMO_SCENE],
+        tmp_path / "o",
+        postprocess={"building": {"simplify_m": -0.5, "seed_m": 1.5}, "road": {"min_length_m": -3}},
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert info.value.problems == [
+        "postprocess.building.simplify_m: expected a number >= 0, got -0.5",
+        "postprocess.road.min_length_m: expected a number >= 0, got -3.0",
+    ]
+
+
 def test_postprocess_schema_follows_the_class_rules():
     assert [f.name for f in dataclasses.fields(RulesOverride)] == [f.name for f in dataclasses.fields(ClassRules)]
     assert [f.name for f in dataclasses.fields(PostprocessSpec)] == list(DEFAULT_RULES)

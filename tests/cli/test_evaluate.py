@@ -40,7 +40,7 @@ def test_rules_are_checked_first_and_used_for_the_polygons_scored(tiny_model, tm
     result = invoke("evaluate", tiny_model, DEMO_SCENE, labels, "--rule", "building.min_area=5")
     assert result.exit_code == 2
     [line] = error_lines(result)
-    assert line.startswith("error: --rule 'building.min_area=5': building has no rule 'min_area'")
+    assert line == "error: --rule: building: unknown key 'min_area' (did you mean 'min_area_m2'?)"
     out = tmp_path / "scores.json"
     args = ["evaluate", tiny_model, DEMO_SCENE, labels, "--default-class", "building", "--json", out]
     result = invoke(*args, "--rule", "building.min_area_m2=1000000")

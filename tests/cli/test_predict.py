@@ -268,17 +268,21 @@ def test_a_decision_weight_moves_the_classes_and_polygons_not_the_scores(tiny_mo
         ),
         ("--decision-weight", "roof=2", "--decision-weight: unknown class 'roof' (classes: background, building)"),
         ("--decision-weight", "building=0", "--decision-weight: the weight of 'building' must be a positive number"),
-        ("--rule", "seed_m=1", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'seed_m=1'"),
-        ("--rule", "building.seed_m=", "--rule expects KIND.FIELD=VALUE (e.g. building.simplify_m=0.35), got 'build"),
+        ("--rule", "seed_m=1", "--rule: unknown key 'seed_m' (known: building, landcover, road)"),
+        ("--rule", "building.seed_m=", "--rule expects KIND.FIELD=VALUE with a dotted KEY such as building.simplify"),
         (
             "--rule",
             "roof.seed_m=1",
-            "--rule 'roof.seed_m=1': unknown class kind 'roof' (one of building, road, landcover)",
+            "--rule: unknown key 'roof' (known: building, landcover, road)",
         ),
-        ("--rule", "building.seed=1", "--rule 'building.seed=1': building has no rule 'seed' (one of min_area_m2, "),
-        ("--rule", "building.simplify_m=-1", "--rule 'building.simplify_m=-1': expected a number >= 0"),
-        ("--rule", "building.simplify_m=inf", "--rule 'building.simplify_m=inf': expected a number >= 0"),
-        ("--rule", "building.regularize=maybe", "--rule 'building.regularize=maybe': expected true or false"),
+        ("--rule", "building.seed=1", "--rule: building: unknown key 'seed' (did you mean 'seed_m'?)"),
+        ("--rule", "building.simplify_m=-1", "--rule: building.simplify_m: expected a number >= 0, got -1.0"),
+        ("--rule", "building.simplify_m=.inf", "--rule: building.simplify_m: expected a number >= 0, got inf"),
+        (
+            "--rule",
+            "building.regularize=maybe",
+            "--rule: building.regularize: expected true/false or null, got str 'maybe'",
+        ),
     ],
 )
 def test_a_bad_decision_weight_or_rule_is_one_line_and_leaves_nothing(option, value, message, tiny_model, tmp_path):
