@@ -328,8 +328,10 @@ def split_at_contacts(
     not building, each of at least ``seed_m`` x ``seed_m`` square metres; this splits
     roofs that touch with no contact pixel between them, and never joins two components.
     The rest of a component goes to its nearest core, then every contact pixel to the
-    roof nearest to it through the polygon: watersheds of the distance (metres) to the
-    seeds, then to the roofs, so each part is one 4-connected polygon around one seed. A polygon with
+    roof nearest to it through the polygon: floods (:func:`flood_from_seeds`) of the
+    distance (metres) to the seeds, then to the roofs, so each part is one 4-connected
+    polygon around one seed; a pixel equally near two goes to the one whose seed pixels come
+    first in raster order, whatever window holds the polygon. A polygon with
     fewer than two seeds is kept whole, contacts included; one without a building pixel
     (contacts only) is dropped. Parts keep the parent's class and mean score. Pure;
     pixel coordinates in and out. ``member_ids``: the classes the polygons are made of
@@ -341,7 +343,6 @@ def split_at_contacts(
     if not len(pieces):
         return pieces
     from rasterio.features import rasterize
-    from skimage.segmentation import watershed
 
     dx, dy = pixel_size_m
     min_core_px = max(1, int(np.ceil(seed_m * seed_m / (dx * dy))))
@@ -381,7 +382,7 @@ def split_at_contacts(
             basins = roofs.astype(np.int32)  # no contact pixel to hand out
         else:
             dist = distance_m(roofs == 0, (dx, dy), edges=False)
-            basins = watershed(dist, roofs, mask=mask, connectivity=1).astype(np.int32)
+            basins = flood_from_seeds(dist, roofs, mask).astype(np.int32)
             del dist
         del roofs
         kept[i] = False
@@ -466,20 +467,61 @@ def _roofs(
 ) -> np.ndarray:
     """Each building pixel labelled with the nearest seed of its own 4-connected component (``components``).
 
-    A watershed of the distance to the seeds, run only when a component holds two seeds
-    or more; a component with one seed is all that seed's (what the watershed gives it).
+    A component with one seed is all that seed's; the components with two seeds or more are
+    flooded from their seeds by the distance (metres) to the nearest seed pixel
+    (:func:`flood_from_seeds`: each component's result is its own, whatever else the window holds).
     """
-    from skimage.segmentation import watershed
-
     n = int(components.max())
     found = seeds > 0
     component_of = np.zeros(int(seeds.max()) + 1, np.int64)
     component_of[seeds[found]] = components[found]  # a seed lies in one component
-    if np.bincount(component_of[1:], minlength=n + 1).max() > 1:
-        return watershed(distance_m(seeds == 0, pixel_size_m, edges=False), seeds, mask=building)
     seed_of = np.zeros(n + 1, seeds.dtype)
     seed_of[component_of[1:]] = np.arange(1, len(component_of), dtype=seeds.dtype)
-    return seed_of[components]
+    roofs = seed_of[components]
+    several = np.bincount(component_of[1:], minlength=n + 1) > 1
+    several[0] = False
+    if several.any():
+        flooded = several[components]
+        dist = distance_m(~found, pixel_size_m, edges=False)
+        roofs[flooded] = flood_from_seeds(dist, np.where(flooded, seeds, 0), flooded)[flooded]
+    return roofs
+
+
+def flood_from_seeds(distance: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each ``mask`` pixel labelled with the seed whose flood reaches it first (4-connected).
+
+    ``distance``: (rows, cols), > 0 on every mask pixel that is not a seed (e.g. metres to
+    the nearest seed pixel); ``seeds``: labels > 0 on seed pixels (all in ``mask``), 0
+    elsewhere. A watershed (skimage) of ``distance`` from the seeds: pixels are taken in
+    increasing distance, each by the seed of the neighbour that reached it first; seed
+    pixels start in raster order (row, then column), so ties go the same way in any
+    window that holds the mask: the result depends on the mask and seeds alone, not on
+    the order of skimage's heap. Only seed pixels beside an unseeded mask pixel enter the
+    flood (the others could not take a pixel), which leaves the result unchanged.
+    """
+    from skimage.segmentation import watershed
+
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    out = np.zeros(seeds.shape, seeds.dtype)
+    if not len(rows):
+        return out
+    crop = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # the result does not depend on the window
+    distance, seeds, mask = distance[crop], seeds[crop], mask[crop]
+    seeded = seeds > 0
+    unseeded = mask & ~seeded
+    frontier = np.zeros_like(seeded)
+    frontier[1:] |= unseeded[:-1]
+    frontier[:-1] |= unseeded[1:]
+    frontier[:, 1:] |= unseeded[:, :-1]
+    frontier[:, :-1] |= unseeded[:, 1:]
+    frontier &= seeded
+    starts = np.flatnonzero(frontier)
+    values = distance.astype(np.float64)
+    values.ravel()[starts] = np.arange(-len(starts), 0, dtype=np.float64) / (len(starts) + 1)  # < 0, raster order
+    flooded = watershed(values, np.where(frontier, seeds, 0), mask=unseeded | frontier, connectivity=1)
+    flooded[seeded] = seeds[seeded]
+    out[crop] = flooded
+    return out
 
 
 def _seeds(

@@ -309,3 +309,52 @@ def test_vector_stage_rings_have_no_collinear_vertex_so_cleaning_may_skip_that_p
     fast, keep_fast = clean_geometries(metric, rules)
     assert list(keep_fast) == list(keep_full) and len(full) > 100
     assert shapely.equals_exact(fast, full, 0).all()
+
+
+def test_flood_ties_go_to_the_seed_first_in_raster_order_in_any_window():
+    from geounet.compute.vectorize import distance_m, flood_from_seeds
+
+    row = np.array([[1, 0, 0, 0, 2]], np.int32)  # the middle pixel is 2 pixels from both seeds
+    mask = np.ones(row.shape, bool)
+    got = flood_from_seeds(distance_m(row == 0, (1.0, 1.0), edges=False), row, mask)
+    assert got.tolist() == [[1, 1, 1, 2, 2]]
+    swapped = np.where(row > 0, 3 - row, 0)  # the same pixels, the labels exchanged: still the left seed's
+    assert flood_from_seeds(distance_m(swapped == 0, (1.0, 1.0), edges=False), swapped, mask).tolist() == [
+        [2, 2, 2, 1, 1]
+    ]
+
+
+def test_flood_depends_on_the_mask_and_seeds_alone():
+    """The same labels from the whole flood, from its frontier, in a larger window, and per component."""
+    from skimage.segmentation import watershed
+
+    from geounet.compute.vectorize import distance_m, flood_from_seeds
+
+    def whole_flood(dist, seeds, mask):  # every seed pixel queued, ranked in raster order
+        order = np.flatnonzero(seeds > 0)
+        values = dist.astype(np.float64)
+        values.ravel()[order] = np.arange(-len(order), 0) / (len(order) + 1)
+        return watershed(values, seeds, mask=mask, connectivity=1)
+
+    rng = np.random.default_rng(7)
+    four = ndimage.generate_binary_structure(2, 1)
+    cases = 0
+    for _ in range(60):
+        rows, cols = rng.integers(20, 60, 2)
+        mask = ndimage.binary_closing(ndimage.binary_opening(rng.random((rows, cols)) < 0.75))
+        components, n = ndimage.label(mask, four)
+        seeds, _ = ndimage.label(distance_m(mask, (0.5, 0.7)) >= rng.uniform(0.8, 1.6), four)
+        dist = distance_m(seeds == 0, (0.5, 0.7), edges=False)
+        got = flood_from_seeds(dist, seeds, mask)
+        assert np.array_equal(got, whole_flood(dist, seeds, mask))
+        assert np.array_equal(got > 0, mask & np.isin(components, np.unique(components[seeds > 0])))
+        pad = ((3, 5), (7, 2))
+        padded = np.pad(seeds, pad)
+        wider = flood_from_seeds(distance_m(padded == 0, (0.5, 0.7), edges=False), padded, np.pad(mask, pad))
+        assert np.array_equal(wider[3:-5, 7:-2], got)
+        for c in range(1, n + 1):
+            alone = components == c
+            if (seeds[alone] > 0).sum() > 1:
+                cases += 1
+                assert np.array_equal(flood_from_seeds(dist, np.where(alone, seeds, 0), alone)[alone], got[alone])
+    assert cases > 20
