@@ -60,7 +60,7 @@ def main() -> None:
 
     Every output is closed (and renamed into place) before a command returns, so
     nothing is left to finalize; tearing down torch, smp and Dask module by module
-    only costs time (measured 0.9-1.1 s per run, benchmarks/README.md). Logging and
+    only costs time (benchmarks/README.md, "Design measurements"). Logging and
     the standard streams are flushed, and the exit code is the command's.
     """
     # a log file that cannot be written (a full disk) must not print logging's own tracebacks

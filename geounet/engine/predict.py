@@ -610,9 +610,8 @@ def _finalize(
 def _write_cogs(folder: Path, rasters: tuple[tuple[str, str], ...], blocks: np.ndarray | None = None) -> None:
     """``NAME.tiled.tif`` -> ``NAME.tif`` COGs, one thread each (GDAL releases the GIL).
 
-    Building overviews is single-threaded in GDAL, so the rasters run side by side.
-    Measured on a 4096^2 scene's scores and classes (4 runs, same files): 0.58-0.83 s
-    one after the other with the COG driver's own overviews, 0.38-0.61 s like this.
+    Building overviews is single-threaded in GDAL, so the rasters run side by side
+    (faster than one after the other: benchmarks/README.md, "Design measurements").
     ``blocks``: which ``BLOCK``-pixel blocks of the scene grid may hold data, for a sparse
     scene (``write_cog``); None: all.
     """

@@ -87,7 +87,7 @@ def finalize_block(
 
     Classes: the index of the highest probability, the first one on ties (as ``np.argmax``),
     computed by pairwise comparison, which is several times faster than an argmax over
-    the first axis (measured 10x for 2 classes, benchmarks/README.md). ``weights``: one
+    the first axis (benchmarks/README.md). ``weights``: one
     factor per class on its probability for that choice only (the model card's
     ``decision_weights``); the scores stay the probabilities.
     """
@@ -150,13 +150,12 @@ def write_cog(
     """Copy a tiled GTiff to a Cloud-Optimized GeoTIFF (deflate, 512 blocks, overviews).
 
     The overviews are built in ``src`` first (``resampling``: GDAL's name, e.g. AVERAGE
-    or NEAREST; nodata honoured), then copied: measured on the 4096^2 outputs that is
-    0.1-0.2 s faster than letting the COG driver build them in a compressed temporary
-    file. GDAL works block by block, so memory does not grow with the raster.
-    Deflate level 1 (any GDAL reads it): 0.6 s instead of 1.4 s at the default level 6
-    on a 4096^2 two-band scores raster, for files 7 % larger. ``threads``: compression
-    threads (default: this process's cores; overviews are built on one): on 2 cores the
-    scores COG of a 4096^2 scene took 0.41-0.45 s with 2 threads, 0.59-0.61 s with 1.
+    or NEAREST; nodata honoured), then copied, which is faster than letting the COG
+    driver build them in a compressed temporary file. GDAL works block by block, so
+    memory does not grow with the raster. Deflate level 1 (any GDAL reads it): less
+    than half the time of the default level 6 for slightly larger files
+    (benchmarks/README.md, "Design measurements"). ``threads``: compression
+    threads (default: this process's cores; overviews are built on one).
 
     ``blocks``: (rows, columns) bool over ``src``'s ``BLOCK``-pixel blocks, False where a
     block holds no data (``src`` is sparse: never written there, it reads as nodata).

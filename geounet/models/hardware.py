@@ -13,7 +13,7 @@ import os
 def may_have_cuda() -> bool:
     """False when this machine certainly has no CUDA GPU (Linux without NVIDIA or WSL GPU device nodes).
 
-    Lets ``auto`` settle on the CPU without importing torch (1.7 s here), so that a CPU
+    Lets ``auto`` settle on the CPU without importing torch (seconds of start-up), so that a CPU
     run through ONNX Runtime never imports it.
     """
     if not os.path.isdir("/dev"):
@@ -153,8 +153,7 @@ def default_batch_size(device: str, backend: str) -> int:
     """Tiles per model call when ``--batch-size`` is not given.
 
     ONNX Runtime on the CPU: 1. Tiles per second do not depend on the batch there, and
-    one tile per call needs a quarter of the memory of four (peak RSS of a 4096^2 run
-    1.7 -> 0.6 GB with the default model) and ran the chunk phase ~2 % faster
+    one tile per call needs a fraction of the memory of four and was no slower
     (benchmarks/README.md). torch (GPUs, autocast): 4.
     """
     return 1 if device == "cpu" and backend == "onnx" else 4
@@ -165,8 +164,7 @@ def default_chunk_pixels(device: str, backend: str, stride: int) -> int:
 
     ONNX Runtime on the CPU: one tile (``stride`` = tile size - overlap). Calls are one
     tile each there, so larger chunks only make the last tasks of a scene run on fewer
-    cores than there are; measured chunk phase 2048^2: 4.47 -> 3.72 s, 4096^2: 15.1 ->
-    14.3 s against 2048 px chunks (benchmarks/README.md). torch: 2048 px, whole batches.
+    cores than there are (benchmarks/README.md). torch: 2048 px, whole batches.
     """
     return stride if device == "cpu" and backend == "onnx" else 2048
 

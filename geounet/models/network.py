@@ -98,8 +98,8 @@ def fuse_batchnorm(net) -> int:
     The pairs come from the network's traced data flow (``torch.fx``), so only a norm
     applied directly to a convolution's sole output is folded; the module tree keeps
     its shape (``net.encoder`` still works), folded norms become ``Identity``. Outputs
-    change by float rounding only (about 1e-5 on logits); measured 1.1x faster on the
-    CPU. A network fx cannot trace is left as it is.
+    change by float rounding only; faster on the CPU (benchmarks/README.md). A network fx
+    cannot trace is left as it is.
     """
     import torch
     import torch.fx

@@ -1,9 +1,8 @@
 """CPU inference with ONNX Runtime: the model exported once, cached on disk, run without torch.
 
-Why (measured, benchmarks/README.md, 2-core AVX2 CPU, default buildings U-Net, fp32):
-ONNX Runtime runs the network 1.3x faster than torch eager (batch norms folded,
-channels_last), and a process that predicts through it never imports torch,
-torchvision or smp, which is 3-4 s of every command's start-up here.
+Why (measured in benchmarks/README.md): ONNX Runtime runs the network faster than torch
+eager on the CPU (batch norms folded, channels_last), and a process that predicts through
+it never imports torch, torchvision or smp, a large part of every command's start-up.
 
 The ``.safetensors`` file stays the model. Its ONNX form (the same network and
 weights, with the softmax appended, so it returns class probabilities) is derived

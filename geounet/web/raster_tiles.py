@@ -38,7 +38,7 @@ from geounet.web.mercator import (
 
 BLOCK_TILES = 4  # tiles a side read per warp: a 1024 x 1024 px block
 WEBP_QUALITY = 75  # lossy WebP of the imagery (0-100)
-WEBP_METHOD = 2  # WebP's effort, 0-6: 2 encodes a tile twice as fast as the default 4 for 5 % more bytes (measured)
+WEBP_METHOD = 2  # WebP's effort, 0-6: faster than the default 4 for a few % more bytes (benchmarks/README.md)
 STRETCH_SAMPLE = 1024  # px on the long side of the decimated read that a non-uint8 image's stretch comes from
 RGB = tuple[int, int, int]
 
