@@ -58,22 +58,17 @@ def captured_floods(classes_path: Path) -> list[tuple[np.ndarray, np.ndarray, np
 
 
 def main() -> None:
+    from efficiency import add_class_map_arguments, class_map
     from skimage.segmentation import watershed
 
     from geounet.compute.vectorize import flood_from_seeds
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--classes", type=Path, help="a class raster of the default drone model")
+    add_class_map_arguments(ap)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="geounet-contact-flood-") as tmp:
-        classes_path = args.classes
-        if classes_path is None:
-            from efficiency import predicted_classes
-
-            classes_path = predicted_classes(Path(tmp), args.size)
-        floods = captured_floods(classes_path)
+        floods = captured_floods(class_map(args, Path(tmp)))
     pixels = sum(int(mask.sum()) for _, _, mask in floods)
     print(
         f"{len(floods)} floods, {pixels / 1e6:.2f} MP of masks, {sum(m.size for _, _, m in floods) / 1e6:.2f} MP of windows"

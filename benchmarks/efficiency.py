@@ -86,6 +86,17 @@ def make_scene(path: Path, size: int, res: float = 0.15) -> Path:
     return write_repeated(path, block, size, profile)
 
 
+def add_class_map_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--size`` (the efficiency scene's side) and ``--classes`` (a class raster of the default drone model)."""
+    ap.add_argument("--size", type=int, default=4096, help="side of the efficiency scene whose class map is used")
+    ap.add_argument("--classes", type=Path, help="a class raster of the default drone model, instead of predicting one")
+
+
+def class_map(args: argparse.Namespace, folder: Path) -> Path:
+    """``args.classes``, or the default drone model's ``classes.tif`` of the ``args.size`` efficiency scene, in ``folder``."""
+    return args.classes if args.classes is not None else predicted_classes(folder, args.size)
+
+
 def predicted_classes(folder: Path, size: int) -> Path:
     """``classes.tif`` of the default drone model on a size x size efficiency scene written in ``folder``."""
     import subprocess

@@ -92,17 +92,13 @@ def report(name: str, pixels: np.ndarray, result: np.ndarray, cpu: float) -> Non
 
 
 def main() -> None:
+    from efficiency import add_class_map_arguments, class_map
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--classes", type=Path, help="a class raster of the default drone model to take outlines from")
+    add_class_map_arguments(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="geounet-regularize-") as tmp:
-        classes = args.classes
-        if classes is None:
-            from efficiency import predicted_classes
-
-            classes = predicted_classes(Path(tmp), args.size)
-        pixels = outlines(classes)
+        pixels = outlines(class_map(args, Path(tmp)))
     print(f"{len(pixels)} building outlines (pixel staircases, metres), from {args.classes or f'{args.size}^2 scene'}")
     print(
         f"{'regulariser':<22} {'ms/outline':>10} {'IoU mean':>8} {'IoU p5':>8} {'IoU all':>8} {'right ∠':>8} {'vertices':>8}"

@@ -72,19 +72,15 @@ def cut(classes, cand, groups, building, members, pixel, dissolve: bool):
 
 
 def main() -> None:
+    from efficiency import add_class_map_arguments, class_map
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--classes", type=Path, help="a class raster of the default drone model")
+    add_class_map_arguments(ap)
     ap.add_argument("--block", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="geounet-seam-split-") as tmp:
-        classes_path = args.classes
-        if classes_path is None:
-            from efficiency import predicted_classes
-
-            classes_path = predicted_classes(Path(tmp), args.size)
-        data = seam_pieces(classes_path, args.block)
+        data = seam_pieces(class_map(args, Path(tmp)), args.block)
     classes, cand, groups = data[:3]
     print(
         f"{len(cand)} seam pieces in {len(groups)} buildings across {args.block} px blocks,"
