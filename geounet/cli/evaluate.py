@@ -1,8 +1,10 @@
-"""``geounet evaluate MODEL SCENE LABELS``: pixel IoU/F1, object F1 and centre-line scores as JSON."""
+"""``geounet evaluate MODEL SCENE [SCENE ...] LABELS``: pixel IoU/F1, object F1 and centre-line scores, per scene
+and pooled over several."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -15,7 +17,9 @@ UNLABELLED = ("background", "ignore")  # what pixels no label covers count as (t
 
 def evaluate(
     model: Path = typer.Argument(..., help="geounet .safetensors model file."),
-    scene: Path = typer.Argument(..., help="Scene to predict (GeoTIFF, VRT, ...)."),
+    scenes: list[Path] = typer.Argument(
+        ..., help="Scene(s) to predict (GeoTIFF, VRT, ...); with several, each is scored and then all are pooled."
+    ),
     labels: Path = typer.Argument(..., help="Labels: vector file (GeoJSON, GeoPackage) or class raster."),
     window: str | None = typer.Option(
         None,
@@ -47,10 +51,21 @@ def evaluate(
     decision_weight: list[str] | None = options.decision_weight(),
     rule: list[str] | None = options.rule(),
 ) -> None:
-    """Score a model on a labelled scene through the same path as ``geounet predict``."""
+    """Score a model on labelled scenes through the same path as ``geounet predict``.
+
+    Several scenes share the labels and the options; their pixels and objects are also
+    pooled, scored as if they were one scene.
+    """
     from geounet.engine.settings import CLI_NAMES, PredictSettings
     from geounet.schema import choice_problem
-    from geounet.training.evaluate import LabelOptions, evaluate_model, format_report, parse_window, write_json
+    from geounet.training.evaluate import (
+        LabelOptions,
+        evaluate_model,
+        evaluate_scenes,
+        format_report,
+        parse_window,
+        write_json,
+    )
 
     setup_logging(True)
     try:
@@ -84,17 +99,18 @@ def evaluate(
         ]
         if unknown:  # before minutes of prediction, not after
             raise GeounetError(None, "; ".join(unknown))
-        result = evaluate_model(
-            model,
-            scene,
-            labels,
-            label_options=opts,
-            window=parse_window(window),
-            centerlines_path=centerlines,
-            settings=settings,
-            tolerance_m=tolerance_m,
-            iou_threshold=iou_threshold,
-        )
+        scoring: dict[str, Any] = {
+            "label_options": opts,
+            "window": parse_window(window),
+            "centerlines_path": centerlines,
+            "settings": settings,
+            "tolerance_m": tolerance_m,
+            "iou_threshold": iou_threshold,
+        }
+        if len(scenes) == 1:
+            result = evaluate_model(model, scenes[0], labels, **scoring)
+        else:
+            result = evaluate_scenes(model, scenes, labels, **scoring)
     except GeounetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -120,13 +120,21 @@ def object_scores(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.
     """SpaceNet-style object precision, recall and F1 (see :func:`match_polygons`)."""
     pairs = match_polygons(pred, truth, iou_threshold)
     tp = len(pairs)
-    fp, fn = len(pred) - tp, len(truth) - tp
+    mean_iou = float(np.mean([p[2] for p in pairs])) if pairs else None
+    return object_scores_from_counts(tp, len(pred) - tp, len(truth) - tp, iou_threshold, mean_iou)
+
+
+def object_scores_from_counts(
+    tp: int, fp: int, fn: int, iou_threshold: float, mean_matched_iou: float | None
+) -> ObjectScores:
+    """Precision, recall and F1 of matched (``tp``), unmatched predicted (``fp``) and unmatched true (``fn``) objects.
+
+    Counts summed over several scenes give their pooled scores.
+    """
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return ObjectScores(
-        tp, fp, fn, precision, recall, f1, iou_threshold, float(np.mean([p[2] for p in pairs])) if pairs else None
-    )
+    return ObjectScores(tp, fp, fn, precision, recall, f1, iou_threshold, mean_matched_iou)
 
 
 def centerline_scores(
@@ -154,16 +162,29 @@ def centerline_scores(
     near_pred = (
         ndimage.distance_transform_edt(~pred, sampling=sampling) <= tolerance_m if n_pred else np.zeros_like(truth)
     )
-    precision = float((pred & near_truth).sum() / n_pred) if n_pred else 0.0
-    recall = float((truth & near_pred).sum() / n_true) if n_true else 0.0
+    pred_near, true_near = int((pred & near_truth).sum()), int((truth & near_pred).sum())
+    return centerline_scores_from_counts(pred_near, n_pred, true_near, n_true, tolerance_m)
+
+
+def centerline_scores_from_counts(
+    pred_near: int, pred_pixels: int, true_near: int, true_pixels: int, tolerance_m: float
+) -> dict:
+    """Centre-line scores from pixel counts: predicted pixels near a true line (of all predicted), and the reverse.
+
+    Counts summed over several scenes give their pooled scores.
+    """
+    precision = pred_near / pred_pixels if pred_pixels else 0.0
+    recall = true_near / true_pixels if true_pixels else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "tolerance_m": tolerance_m,
-        "pred_pixels": n_pred,
-        "true_pixels": n_true,
+        "pred_pixels": pred_pixels,
+        "true_pixels": true_pixels,
+        "pred_near": pred_near,
+        "true_near": true_near,
     }
 
 

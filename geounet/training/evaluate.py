@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,7 +24,15 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from geounet.compute.metrics import centerline_scores, confusion_matrix, label_shift, object_scores, pixel_scores
+from geounet.compute.metrics import (
+    centerline_scores,
+    centerline_scores_from_counts,
+    confusion_matrix,
+    label_shift,
+    object_scores,
+    object_scores_from_counts,
+    pixel_scores,
+)
 from geounet.compute.postprocess import DEFAULT_RULES, metric_crs
 from geounet.engine.predict import PredictSettings, predict_batch
 from geounet.engine.settings import CLI_NAMES
@@ -129,6 +137,74 @@ def evaluate_model(
     }
 
 
+def evaluate_scenes(
+    model_path: str | Path,
+    scene_paths: Sequence[str | Path],
+    labels_path: str | Path,
+    **options: Any,
+) -> dict:
+    """Each scene scored as :func:`evaluate_model` scores it (``options``: its keywords), then all of them pooled.
+
+    Every scene is opened and checked against the model before any is predicted. The
+    result holds each scene's scores (``scenes``) and the pooled ones (``pooled``:
+    :func:`pool_scores`).
+    """
+    model_path, labels_path = Path(model_path), Path(labels_path)
+    card = read_card(model_path)
+    if not labels_path.exists():
+        raise GeounetError(labels_path, "label file not found")
+    for scene_path in scene_paths:  # a bad last scene fails first, not after the others' minutes of work
+        with open_scene(scene_path) as src:
+            check_scene(src, card)
+    results = [evaluate_model(model_path, scene_path, labels_path, **options) for scene_path in scene_paths]
+    first = results[0]
+    shared = ("model", "labels", "centerlines_file", "window", "label_options", "settings")
+    return {key: first[key] for key in shared} | {"scenes": results, "pooled": pool_scores(results, card)}
+
+
+def pool_scores(results: Sequence[dict], card: ModelCard) -> dict:
+    """Scores of several scenes' results (:func:`evaluate_model`) as if they were one scene.
+
+    Pixels: the confusion matrices summed. Buildings: matched, unmatched predicted and
+    unmatched true polygons summed (each scene's matches are its own), the polygons' pixel
+    overlap and union summed. Centre lines: their near and total pixels summed. The label
+    offset is each scene's own and is not pooled.
+    """
+    cm = np.sum([np.asarray(r["confusion_matrix"], dtype=np.int64) for r in results], axis=0)
+    pooled: dict = {"scenes": len(results), "pixel": _pixel_result(cm, card), "confusion_matrix": cm.tolist()}
+    objects = [r["objects"] for r in results if "objects" in r]
+    if objects:
+        tp = sum(o["true_positives"] for o in objects)
+        matched = sum(o["mean_matched_iou"] * o["true_positives"] for o in objects if o["true_positives"])
+        scores = object_scores_from_counts(
+            tp,
+            sum(o["false_positives"] for o in objects),
+            sum(o["false_negatives"] for o in objects),
+            objects[0]["iou_threshold"],
+            matched / tp if tp else None,
+        )
+        overlap = sum(o["polygon_pixels_overlap"] for o in objects)
+        union = sum(o["polygon_pixels_union"] for o in objects)
+        pooled["objects"] = scores.to_dict() | {
+            "predicted": sum(o["predicted"] for o in objects),
+            "true": sum(o["true"] for o in objects),
+            "polygon_iou": overlap / union if union else None,
+            "polygon_pixels_overlap": overlap,
+            "polygon_pixels_union": union,
+            "unscored_in_area": sum(o["unscored_in_area"] for o in objects),
+        }
+    lines = [r["centerlines"] for r in results if "centerlines" in r]
+    if lines:
+        pooled["centerlines"] = centerline_scores_from_counts(
+            sum(c["pred_near"] for c in lines),
+            sum(c["pred_pixels"] for c in lines),
+            sum(c["true_near"] for c in lines),
+            sum(c["true_pixels"] for c in lines),
+            lines[0]["tolerance_m"],
+        ) | {"scenes": len(lines)}
+    return pooled
+
+
 def _crop(scene: Path, window: tuple[float, float, float, float], dst: Path) -> Path:
     """Copy a window of the scene (fractions) to a GeoTIFF, block by block, keeping its mask."""
     x0, y0, x1, y1 = window
@@ -190,11 +266,7 @@ def _score(
         unscored = _unlabelled_detections(pred, truth, building_ids, in_area, polygons)
         truth[unscored.pixels] = IGNORE_INDEX
     cm = confusion_matrix(pred.classes, truth, len(names))
-    pixel = pixel_scores(cm, names)
-    fg = [pixel["classes"][c.name]["iou"] for c in card.classes if c.kind != "background"]
-    fg = [v for v in fg if v is not None]
-    pixel["mean_iou_foreground"] = float(np.mean(fg)) if fg else None  # as training's validation reports it
-    result: dict = {"pixel": pixel, "confusion_matrix": cm.tolist()}
+    result: dict = {"pixel": _pixel_result(cm, card), "confusion_matrix": cm.tolist()}
 
     if building_ids:
         result["objects"] = _object_result(preds, pred, truth, label_gdf, building_ids, iou_threshold, unscored)
@@ -207,6 +279,16 @@ def _score(
         if lines_src is not None:
             result["centerlines"] = _centerline_result(out, Path(lines_src), pred, tolerance_m)
     return result
+
+
+def _pixel_result(cm: np.ndarray, card: ModelCard) -> dict:
+    """Pixel scores of a confusion matrix, with the mean IoU of the classes that are not background
+    (as training's validation reports it)."""
+    pixel = pixel_scores(cm, card.class_names)
+    fg = [pixel["classes"][c.name]["iou"] for c in card.classes if c.kind != "background"]
+    fg = [v for v in fg if v is not None]
+    pixel["mean_iou_foreground"] = float(np.mean(fg)) if fg else None
+    return pixel
 
 
 class _Unscored(NamedTuple):
@@ -354,11 +436,13 @@ def _object_result(
         n_unscored = int(unscored.polygons.sum())
     pred_m = scored.to_crs(metric)
     scores = object_scores(np.asarray(pred_m.values), np.asarray(true_m.values), iou_threshold)
-    polygon_iou = _polygon_iou(scored, truth, pred, building_ids)
+    overlap, union = _polygon_overlap(scored, truth, pred, building_ids)
     return scores.to_dict() | {
         "predicted": len(pred_m),
         "true": len(true_m),
-        "polygon_iou": polygon_iou,
+        "polygon_iou": overlap / union if union else None,
+        "polygon_pixels_overlap": overlap,
+        "polygon_pixels_union": union,
         "unscored_in_area": n_unscored,
     }
 
@@ -403,12 +487,13 @@ def _densest_square(mask: np.ndarray, size: int) -> tuple[int, int]:
     return where
 
 
-def _polygon_iou(
+def _polygon_overlap(
     polygons: Iterable[BaseGeometry | None], truth: np.ndarray, pred: _Prediction, building_ids: list[int]
-) -> float | None:
-    """IoU of the delivered building polygons, burnt on the prediction's grid (pixel centres), and the true buildings.
+) -> tuple[int, int]:
+    """Pixels of (intersection, union) of the delivered building polygons, burnt on the prediction's grid
+    (pixel centres), and the true buildings: their IoU scores ``features.gpkg``.
 
-    The pixel IoU scores ``classes.tif``; this scores ``features.gpkg``, after cleaning,
+    The pixel IoU scores ``classes.tif``; this scores the polygons after cleaning,
     simplification and regularisation. Pixels without labels or scene data are left out.
     """
     from rasterio.features import rasterize
@@ -419,8 +504,7 @@ def _polygon_iou(
         burnt = rasterize(shapes, out_shape=pred.shape, transform=pred.transform, fill=0, dtype="uint8") > 0
     scored = (truth != IGNORE_INDEX) & (pred.classes != 255)
     true = np.isin(truth, building_ids)
-    union = int(((burnt | true) & scored).sum())
-    return float((burnt & true & scored).sum() / union) if union else None
+    return int((burnt & true & scored).sum()), int(((burnt | true) & scored).sum())
 
 
 def _has_lines(path: Path, layer: str | None) -> bool:
@@ -457,11 +541,20 @@ def _burn(geoms: Iterable[BaseGeometry | None], shape: tuple[int, int], transfor
 
 
 def format_report(result: dict) -> str:
-    """A short plain-text table of the scores."""
-    lines = [
-        f"model {result['model']['name']} on {Path(result['scene']).name}"
-        + (f" window {result['window']}" if result["window"] else "")
-    ]
+    """A short plain-text table of the scores: of one scene, or of each scene and then pooled (:func:`evaluate_scenes`)."""
+    window = f" window {result['window']}" if result["window"] else ""
+    if "pooled" in result:
+        parts = [format_report(r) for r in result["scenes"]]
+        n = len(result["scenes"])
+        header = f"model {result['model']['name']} on {n} scenes, pooled (pixels and objects summed){window}"
+        return "\n\n".join([*parts, "\n".join([header, *_score_lines(result["pooled"])])])
+    header = f"model {result['model']['name']} on {Path(result['scene']).name}{window}"
+    return "\n".join([header, *_score_lines(result)])
+
+
+def _score_lines(result: dict) -> list[str]:
+    """The lines of :func:`format_report` under its header."""
+    lines: list[str] = []
     lines.append(f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}{'pixels':>11}")
     for name, s in result["pixel"]["classes"].items():
         if s["iou"] is None:
@@ -504,7 +597,7 @@ def format_report(result: dict) -> str:
             f"road centre lines within {c['tolerance_m']:g} m: precision {c['precision']:.3f} "
             f"recall {c['recall']:.3f} F1 {c['f1']:.3f}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def write_json(result: dict, path: str | Path) -> None:

@@ -138,6 +138,42 @@ def test_a_window_of_a_jpeg_ycbcr_scene_with_a_mask(scene_and_prediction, tiny_m
     assert result["pixel"]["pixels_scored"] == (160 - 40) * 320  # the window, less the masked columns
 
 
+def test_several_scenes_are_scored_each_and_pooled_as_one(scene_and_prediction, tiny_model, tmp_path):
+    """Scene A's labels are its own polygons (F1 1); scene B, elsewhere, has no building (F1 0): pooled, counts add up."""
+    scene_a, out = scene_and_prediction
+    buildings = gpd.read_file(out / "features.gpkg", layer="buildings")
+    with rasterio.open(scene_a) as src:
+        img = src.read()
+    scene_b = write_scene(tmp_path / "scene_b.tif", img[:, ::-1].copy(), origin=(501000.0, 5800000.0))  # 1 km east
+    labels = tmp_path / "labels.geojson"
+    speck = box(501000.0, 5799999.0, 501001.0, 5800000.0)  # 1 m^2 in B's corner: under the 4 m^2 of a building
+    gpd.GeoDataFrame(geometry=[*buildings.geometry, speck], crs=buildings.crs).to_file(labels)
+    json_out = tmp_path / "scores.json"
+    args = ["evaluate", str(tiny_model), str(scene_a), str(scene_b), str(labels), "--default-class", "building"]
+    res = CliRunner().invoke(app, [*args, "--json", str(json_out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(json_out.read_text())
+    a, b = result["scenes"]
+    assert (a["scene"], b["scene"]) == (str(scene_a), str(scene_b))
+    assert a["objects"]["f1"] == 1.0 and b["objects"]["true"] == 0 and b["objects"]["predicted"] > 0
+    pooled = result["pooled"]
+    cm = np.asarray(a["confusion_matrix"]) + np.asarray(b["confusion_matrix"])
+    assert pooled["confusion_matrix"] == cm.tolist()
+    building = cm[1, 1] / (cm[1, :].sum() + cm[:, 1].sum() - cm[1, 1])  # pixels of both scenes, not a mean of IoUs
+    assert pooled["pixel"]["classes"]["building"]["iou"] == pytest.approx(building)
+    o = pooled["objects"]
+    tp, fp = a["objects"]["true_positives"], b["objects"]["predicted"]
+    assert (o["true_positives"], o["false_positives"], o["false_negatives"]) == (tp, fp, 0)
+    assert o["f1"] == pytest.approx(2 * tp / (2 * tp + fp))  # not (1 + 0) / 2
+    overlap = a["objects"]["polygon_pixels_overlap"] + b["objects"]["polygon_pixels_overlap"]
+    union = a["objects"]["polygon_pixels_union"] + b["objects"]["polygon_pixels_union"]
+    assert o["polygon_iou"] == pytest.approx(overlap / union) and overlap > 0
+    assert res.output.count("model tiny") >= 2 and "on 2 scenes, pooled" in res.output
+    # every scene is checked before any is predicted: a bad second scene is one line, at once
+    res = CliRunner().invoke(app, [*args[:3], str(tmp_path / "none.tif"), str(labels)])
+    assert res.exit_code == 2 and res.output.strip().startswith("error: ") and "none.tif" in res.output
+
+
 def test_bad_window_and_missing_labels_are_one_line_errors(tiny_model, tmp_path):
     with pytest.raises(Exception, match="x0 < x1"):
         parse_window("0.5,0,0.2,1")
@@ -187,6 +223,7 @@ def test_the_satellite_model_scores_what_its_card_says(entry, tmp_path):
     res = CliRunner().invoke(app, [*args, "--json", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
+    result = result.get("pooled", result)  # several scenes: the card's number is the pooled one
     assert result["pixel"]["classes"]["building"]["iou"] == pytest.approx(entry["scores"]["building_iou"], abs=0.003)
     assert result["objects"]["f1"] == pytest.approx(entry["scores"]["object_f1"], abs=0.01)
 
