@@ -37,6 +37,7 @@ TILING_NAMES = {
 }  # in messages
 Task = Literal["segment", "damage"]
 Tta = Literal["none", "flip", "flips", "d4"]  # geounet.compute.tta.TTA_SETS
+Rescale = Literal["auto", "none"]  # geounet.engine.settings.RESCALES
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]  # auto, fp32, bf16, fp16, int8 (a damage task: no int8)
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]  # auto, torch or onnx
 VectorFormat = Literal[VECTOR_FORMATS]  # type: ignore[valid-type]  # gpkg, fgb or parquet
@@ -158,6 +159,7 @@ class PipelineSpec:
     vector: bool | VectorSpec = True
     web: bool = False  # also write web/: a map of each scene that needs no internet (geounet view)
     tta: Tta = "none"  # test-time augmentation: views of each tile averaged
+    rescale: Rescale = "auto"  # auto: scenes that are not 8-bit scaled to 8 bits for 8-bit models; none: refused
     # class name -> factor on its probability before the winning class is picked; None: the model card's
     decision_weights: dict[str, float] | None = None
     aoi: Path | None = None  # area of interest: a vector file (any CRS), its polygons unioned
@@ -276,6 +278,7 @@ def predict_settings(spec: PipelineSpec) -> PredictSettings:
         web=spec.web,
         vector_processes=None,
         tta=spec.tta,
+        rescale=spec.rescale,
         decision_weights=spec.decision_weights,
         postprocess=spec.postprocess.overrides() or None,
         aoi=None if spec.aoi is None else str(spec.aoi),

@@ -48,6 +48,7 @@ def evaluate(
     device: str = options.device(),
     precision: str = options.precision(),
     tta: str = options.tta(),
+    rescale: str = options.rescale(),
     decision_weight: list[str] | None = options.decision_weight(),
     rule: list[str] | None = options.rule(),
 ) -> None:
@@ -90,6 +91,7 @@ def evaluate(
             device=device,
             precision=precision,
             tta=tta,
+            rescale=rescale,
             decision_weights=options.parse_decision_weights(decision_weight),
             postprocess=options.parse_rules(rule),
             quiet=True,

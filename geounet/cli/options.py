@@ -48,6 +48,15 @@ def tta() -> Any:
     )
 
 
+def rescale() -> Any:
+    return typer.Option(
+        "auto",
+        help="auto: a scene that is not 8-bit (11-bit satellite products in uint16, floats), for a model that takes "
+        "uint8, is scaled to 8 bits, each band's 2nd-98th percentile to 0-255 (logged, in run.json); "
+        "none: such a scene is refused.",
+    )
+
+
 def decision_weight() -> Any:
     return typer.Option(
         None,

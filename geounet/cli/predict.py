@@ -77,6 +77,7 @@ def predict(
         help="Also write web/: a map of each scene that needs no internet (see it with geounet view OUT/<scene>).",
     ),
     tta: str = options.tta(),
+    rescale: str = options.rescale(),
     decision_weight: list[str] | None = options.decision_weight(),
     rule: list[str] | None = options.rule(),
     aoi: Path | None = typer.Option(
@@ -143,6 +144,7 @@ def predict(
         web=web,
         quiet=quiet,
         tta=tta,
+        rescale=rescale,
         decision_weights=weights,
         postprocess=rules,
         aoi=None if aoi is None else str(aoi),

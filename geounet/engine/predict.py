@@ -54,6 +54,7 @@ from geounet.io.aoi import area_of_interest, to_pixels
 from geounet.io.coverage import Coverage, aoi_tiles, scene_coverage
 from geounet.io.folders import check_output_root, output_dir_for, recover_interrupted, replace_dir, staged_folder
 from geounet.io.locks import locked_reason, scene_lock
+from geounet.io.radiometry import ByteScale, scene_byte_scale
 from geounet.io.rasters import BLOCK, NODATA, STAGE_SCALE, write_cog
 from geounet.io.remote import as_scene, gdal_path, scene_name
 from geounet.io.run_record import InputRecord, ModelRecord, RunRecord, input_identity
@@ -62,6 +63,7 @@ from geounet.io.scene import (
     WorkingGrid,
     check_scene,
     ground_resolution,
+    needs_byte_scale,
     open_scene,
     scene_ground_size,
     working_grid,
@@ -102,6 +104,7 @@ class ScenePlan:
     working: WorkingGrid  # the grid the model runs on
     tiles: TileGrid
     aoi: Any = None  # the area of interest on the scene's CRS (shapely), None: the whole scene
+    byte_scale: ByteScale | None = None  # the scene's bands scaled to 8 bits on read (settings.rescale); None: as read
 
     @property
     def chunk_tiles(self) -> int:
@@ -123,7 +126,8 @@ def plan_scene(scene: str | Path, model_path: Path, settings: PredictSettings, e
     card = read_card(model_path)
     s = resolve_settings(settings, card, executor, model_path)
     with open_scene(scene) as src:
-        check_scene(src, card)
+        check_scene(src, card, rescale=s.rescale == "auto")
+        byte_scale = scene_byte_scale(src, card.bands) if s.rescale == "auto" and needs_byte_scale(src, card) else None
         working = working_grid(src, card, s.resample_tolerance, s.budget)
         res = ground_resolution(src.crs, src.transform, src.width, src.height)
         if min(working.width, working.height) < MIN_FIELD_OF_VIEW:
@@ -138,6 +142,15 @@ def plan_scene(scene: str | Path, model_path: Path, settings: PredictSettings, e
             )
         grid = GeoGrid(src.crs.to_wkt(), tuple(src.transform)[:6], src.width, src.height)
         crs = src.crs
+        dtypes = sorted({src.dtypes[b - 1] for b in card.bands})
+    if byte_scale is not None:
+        log.info(
+            "%s: %s bands scaled to 8 bits for model %s: each band's 2nd-98th percentile to 0-255 (%s)",
+            scene,
+            "/".join(dtypes),
+            card.name,
+            ", ".join(f"{lo:.4g}-{hi:.4g}" for lo, hi in zip(byte_scale.low, byte_scale.high, strict=True)),
+        )
     if working.resampled:
         log.info(
             "%s: ground resolution %.3g m/px differs from the model's %.3g m/px: resampling to a %dx%d working "
@@ -155,7 +168,7 @@ def plan_scene(scene: str | Path, model_path: Path, settings: PredictSettings, e
     tiles = TileGrid(working.height, working.width, s.tile_size, s.overlap, chunk_tiles)
     area = area_of_interest(s.aoi, s.bbox, s.bbox_crs)
     aoi = None if area is None else area.in_crs(grid.crs_wkt)
-    return ScenePlan(scene, model_path, card, s, grid, crs, res, working, tiles, aoi)
+    return ScenePlan(scene, model_path, card, s, grid, crs, res, working, tiles, aoi, byte_scale)
 
 
 def resolve_model(model: str | Path, scene: str | Path) -> tuple[Path, str | None]:
@@ -435,6 +448,7 @@ def _chunk_args(plan: ScenePlan, executor: Executor, coverage: Coverage, i: int,
         executor.task_threads,
         s.tta,
         None if plan.aoi is None else _chunk_slice(coverage.tiles, grid.chunk_tiles, i, j),
+        plan.byte_scale,
     )
 
 
@@ -548,7 +562,9 @@ def _run_record(
             classes=card.class_names,
             resolution_m=card.resolution_m,
         ),
-        settings=asdict(plan.settings) | {"chunk_tiles": plan.chunk_tiles},
+        settings=asdict(plan.settings)
+        | {"chunk_tiles": plan.chunk_tiles}
+        | ({} if plan.byte_scale is None else {"byte_scale": plan.byte_scale.to_dict()}),
         working_grid={
             "resampled": working.resampled,
             "width": working.width,

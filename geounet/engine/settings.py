@@ -39,6 +39,7 @@ log = logging.getLogger("geounet")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")  # int8: the model's quantized ONNX file (CPU)
 VECTOR_FORMATS = ("gpkg", "fgb", "parquet")  # features.gpkg, or one features.<layer>.<format> per layer
+RESCALES = ("auto", "none")  # auto: a scene that is not 8-bit, for an 8-bit model, scaled to 8 bits (io.radiometry)
 CLI_NAMES = {
     k: "--" + k.replace("_", "-")
     for k in (
@@ -53,6 +54,7 @@ CLI_NAMES = {
         "max_upsample",
         "max_working_pixels",
         "vector_format",
+        "rescale",
     )
 } | {"decision_weights": "--decision-weight"}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -94,6 +96,9 @@ class PredictSettings:
     vector_while_predicting: bool | None = None
     postprocess: dict | None = None  # per kind ('building', ...) overrides of postprocess.DEFAULT_RULES fields
     tta: str = "none"  # test-time augmentation: none, flip, flips or d4 (geounet.compute.tta.TTA_SETS)
+    # auto: a scene whose bands are not uint8 (11-bit satellite products, floats), for a model that takes
+    # uint8, is scaled to 8 bits by each band's 2nd-98th percentiles (geounet.io.radiometry); none: refused
+    rescale: str = "auto"
     # class name -> factor on its probability before the winning class is picked (classes.tif, polygons);
     # None: the model card's decision_weights. Resolved: every class's factor, the card's overridden by these.
     decision_weights: dict[str, float] | None = None
@@ -175,7 +180,7 @@ class PredictSettings:
         return problems
 
     def choice_problems(self, names: dict[str, str] | None = None) -> list[str]:
-        """Device, precision, backend, test-time augmentation and vector format values this geounet does not know."""
+        """Device, precision, backend, test-time augmentation, vector format and rescale values this geounet does not know."""
         name = (names or {}).get
         problems = []
         for key, choices in (
@@ -183,6 +188,7 @@ class PredictSettings:
             ("backend", BACKENDS),
             ("tta", tuple(TTA_SETS)),
             ("vector_format", VECTOR_FORMATS),
+            ("rescale", RESCALES),
             ("stitch_on", ("workers", "client")),
         ):
             if getattr(self, key) not in choices:

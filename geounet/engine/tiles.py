@@ -18,6 +18,7 @@ import numpy as np
 from geounet.compute.blend import blend_tiles, blend_weights
 from geounet.compute.grid import Box, TileGrid
 from geounet.compute.tta import TTA_SETS, expand, reduce
+from geounet.io.radiometry import ByteScale
 from geounet.io.scene import WorkingGrid, open_working, read_box
 from geounet.models.card import ModelCard, normalisation
 from geounet.models.registry import cached_model
@@ -82,6 +83,7 @@ def predict_chunk(
     threads: int | None = None,
     tta: str = "none",
     run_tiles: np.ndarray | None = None,
+    byte_scale: ByteScale | None = None,
 ) -> ChunkResult:
     """Predict every tile of one chunk and blend them into the chunk's buffer (backend: resolved, torch or onnx).
 
@@ -89,12 +91,15 @@ def predict_chunk(
     a set of :data:`~geounet.compute.tta.TTA_SETS`; each tile's probabilities are then the
     mean over its flips and turns, before blending. ``run_tiles``: (rows, columns) bool over
     the chunk's tiles, False for a tile not to run (outside an area of interest); None: all.
+    ``byte_scale``: the scene's digital numbers scaled to 8 bits as read (the plan's, one for the whole scene).
     """
     transforms = TTA_SETS[tta]
     net, card = cached_model(model_path, device, backend, threads, precision)
     chunk = grid.chunk(*chunk_index)
     with open_working(scene_path, working) as ds:
         pixels, valid = read_box(ds, card.bands, chunk.box, (working.height, working.width))
+    if byte_scale is not None:
+        pixels = byte_scale.apply(pixels)
     todo = []
     first = chunk.tiles[0].index
     for tile in chunk.tiles:

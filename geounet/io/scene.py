@@ -178,8 +178,19 @@ def _remote_problem(message: str) -> str:
     return f"cannot open ({message})"
 
 
-def check_scene(src: rasterio.io.DatasetReader, card: ModelCard) -> None:
-    """Raise InputError if the model cannot use this scene (CRS, transform, bands, dtype, bytes)."""
+def needs_byte_scale(src: rasterio.io.DatasetReaderBase, card: ModelCard) -> bool:
+    """Whether the model takes uint8 and some of its bands in this scene are of another integer or float type."""
+    dtypes = {np.dtype(src.dtypes[b - 1]) for b in card.bands if b <= src.count}
+    numeric = all(d.kind in "uif" for d in dtypes)
+    return card.input_dtypes == ["uint8"] and numeric and dtypes != {np.dtype("uint8")}
+
+
+def check_scene(src: rasterio.io.DatasetReader, card: ModelCard, rescale: bool = False) -> None:
+    """Raise InputError if the model cannot use this scene (CRS, transform, bands, dtype, bytes).
+
+    ``rescale``: bands of another numeric type are accepted for a model that takes uint8
+    (:func:`needs_byte_scale`: they are scaled to 8 bits on read).
+    """
     path = src.name
     problem = georeferencing_problem(src)
     if problem is not None:
@@ -190,12 +201,13 @@ def check_scene(src: rasterio.io.DatasetReader, card: ModelCard) -> None:
             path,
             f"has {src.count} band(s) but model {card.name!r} needs bands {card.bands} ({', '.join(card.band_names)})",
         )
-    for b in card.bands:
-        dtype = src.dtypes[b - 1]
-        if dtype not in card.input_dtypes:
-            raise InputError(
-                path, f"band {b} is {dtype} but model {card.name!r} expects {' or '.join(card.input_dtypes)} input"
-            )
+    if not (rescale and needs_byte_scale(src, card)):
+        for b in card.bands:
+            dtype = src.dtypes[b - 1]
+            if dtype not in card.input_dtypes:
+                raise InputError(
+                    path, f"band {b} is {dtype} but model {card.name!r} expects {' or '.join(card.input_dtypes)} input"
+                )
     missing = vrt_missing_source(src)
     if missing is not None:
         raise InputError(path, _vrt_source_problem(missing))

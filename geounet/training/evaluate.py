@@ -107,9 +107,9 @@ def evaluate_model(
         raise GeounetError(centerlines_path, "centre-line file not found")
     # read before the prediction: a bad area file fails first, not after minutes of work
     stale_area = None if opts.unlabelled_ignore_in is None else read_area(opts.unlabelled_ignore_in)
-    with open_scene(scene_path) as src:
-        check_scene(src, card)
     settings = replace(settings or PredictSettings(quiet=True), vector=True)
+    with open_scene(scene_path) as src:
+        check_scene(src, card, rescale=settings.rescale == "auto")
     problems = settings.tiling_problems(card, CLI_NAMES)
     if problems:  # before minutes of prediction, not after
         raise GeounetError(None, "; ".join(problems))
@@ -153,9 +153,10 @@ def evaluate_scenes(
     card = read_card(model_path)
     if not labels_path.exists():
         raise GeounetError(labels_path, "label file not found")
+    rescale = (options.get("settings") or PredictSettings()).rescale == "auto"
     for scene_path in scene_paths:  # a bad last scene fails first, not after the others' minutes of work
         with open_scene(scene_path) as src:
-            check_scene(src, card)
+            check_scene(src, card, rescale=rescale)
     results = [evaluate_model(model_path, scene_path, labels_path, **options) for scene_path in scene_paths]
     first = results[0]
     shared = ("model", "labels", "centerlines_file", "window", "label_options", "settings")

@@ -25,6 +25,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from geounet.io.radiometry import scene_byte_scale
 from geounet.web.mercator import (
     HALF_WORLD,
     MERCATOR,
@@ -39,7 +40,6 @@ from geounet.web.mercator import (
 BLOCK_TILES = 4  # tiles a side read per warp: a 1024 x 1024 px block
 WEBP_QUALITY = 75  # lossy WebP of the imagery (0-100)
 WEBP_METHOD = 2  # WebP's effort, 0-6: faster than the default 4 for a few % more bytes (benchmarks/README.md)
-STRETCH_SAMPLE = 1024  # px on the long side of the decimated read that a non-uint8 image's stretch comes from
 RGB = tuple[int, int, int]
 
 
@@ -239,18 +239,10 @@ def _nodata(src: rasterio.io.DatasetReader) -> float:
 
 
 def _stretch(src: rasterio.io.DatasetReader, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per band (2nd, 98th) percentiles of the valid pixels of a decimated read: the image's display range."""
-    f = max(1.0, max(src.width, src.height) / STRETCH_SAMPLE)
-    shape = (max(1, round(src.height / f)), max(1, round(src.width / f)))
-    pixels = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest).astype(np.float64)
-    valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
-    lo = np.zeros(len(bands))
-    hi = np.ones(len(bands))
-    for k in range(len(bands)):
-        values = pixels[k][valid] if valid.any() else pixels[k].ravel()
-        if values.size:
-            lo[k], hi[k] = np.percentile(values, [2.0, 98.0])
-    return lo, np.maximum(hi, lo + 1e-12)
+    """Per band (2nd, 98th) percentiles of the valid pixels of a decimated read: the image's display range
+    (the same 8-bit scale ``geounet predict`` gives such a scene for an 8-bit model)."""
+    scale = scene_byte_scale(src, bands)
+    return np.asarray(scale.low), np.asarray(scale.high)
 
 
 def _image_block(

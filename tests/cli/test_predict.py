@@ -76,9 +76,9 @@ BAD_SCENES = {
         lambda tmp: write_scene(tmp / "pan.tif", np.zeros((1, 20, 20), np.uint8)),
         r"has 1 band(s) but model",
     ),
-    "dtype": (
-        lambda tmp: write_scene(tmp / "f32.tif", np.zeros((3, 20, 20), np.float32)),
-        "band 1 is float32 but model",
+    "dtype": (  # complex values have no 8-bit scale (integers and floats are scaled: test_rescale...)
+        lambda tmp: write_scene(tmp / "c64.tif", np.zeros((3, 20, 20), np.complex64)),
+        "band 1 is complex64 but model",
     ),
 }
 
@@ -93,6 +93,36 @@ def test_bad_scene_gives_one_line_error_and_leaves_nothing(case, tiny_model, tmp
     [line] = error_lines(result)
     assert str(scene) in line and message in line, line
     assert_nothing_left(out)
+
+
+def test_rescale_scales_an_11_bit_scene_to_8_bits_for_an_8_bit_model(tiny_model, tmp_path):
+    """The same classes as the scene scaled to 8 bits beforehand; said in the log and run.json; --rescale none refuses."""
+    import json
+
+    from geounet.io.radiometry import scene_byte_scale
+
+    rng = np.random.default_rng(5)
+    dn = (rng.random((3, 200, 200)) * 1800 + 120).astype(np.uint16)  # 11-bit values, a 0.15 m scene
+    dn[:, :20, :20] = 0  # nodata
+    scene = write_scene(tmp_path / "eleven_bit.tif", dn, nodata=0)
+    with rasterio.open(scene) as src:
+        scale = scene_byte_scale(src, [1, 2, 3])
+        eight = np.where(dn > 0, scale.apply(src.read()), 0).astype(np.uint8)
+    assert 100 < scale.low[0] < scale.high[0] < 1920
+    scaled_first = write_scene(tmp_path / "eight_bit.tif", eight, nodata=0)
+    out = tmp_path / "out"
+    result = invoke("predict", scene, scaled_first, "--out", out, "--model", tiny_model, "--no-vector")
+    assert result.exit_code == 0, result.output
+    assert "uint16 bands scaled to 8 bits" in result.stderr
+    with rasterio.open(out / "eleven_bit" / "classes.tif") as a, rasterio.open(out / "eight_bit" / "classes.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+    recorded = json.loads((out / "eleven_bit" / "run.json").read_text())["settings"]
+    assert recorded["rescale"] == "auto" and recorded["byte_scale"]["low"] == list(scale.low)
+    assert "byte_scale" not in json.loads((out / "eight_bit" / "run.json").read_text())["settings"]
+    refused = invoke("predict", scene, "--out", tmp_path / "none", "--model", tiny_model, "--rescale", "none")
+    assert refused.exit_code == 1
+    [line] = error_lines(refused)
+    assert line == f"error: {scene}: band 1 is uint16 but model 'tiny-test' expects uint8 input"
 
 
 def test_one_bad_scene_does_not_sink_the_batch(tiny_model, tmp_path):
