@@ -52,7 +52,8 @@ def rescale() -> Any:
     return typer.Option(
         "auto",
         help="auto: a scene that is not 8-bit (11-bit satellite products in uint16, floats), for a model that takes "
-        "uint8, is scaled to 8 bits, each band's 2nd-98th percentile to 0-255 (logged, in run.json); "
+        "uint8, is scaled to 8 bits: each band's 2nd and 98th percentiles to 50 and 200, where 8-bit imagery has them "
+        "(logged, in run.json); "
         "none: such a scene is refused.",
     )
 

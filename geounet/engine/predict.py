@@ -145,11 +145,12 @@ def plan_scene(scene: str | Path, model_path: Path, settings: PredictSettings, e
         dtypes = sorted({src.dtypes[b - 1] for b in card.bands})
     if byte_scale is not None:
         log.info(
-            "%s: %s bands scaled to 8 bits for model %s: each band's 2nd-98th percentile to 0-255 (%s)",
+            "%s: %s bands scaled to 8 bits for model %s: each band's 2nd and 98th percentiles (%s) to %g and %g",
             scene,
             "/".join(dtypes),
             card.name,
             ", ".join(f"{lo:.4g}-{hi:.4g}" for lo, hi in zip(byte_scale.low, byte_scale.high, strict=True)),
+            *byte_scale.target,
         )
     if working.resampled:
         log.info(

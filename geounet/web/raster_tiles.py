@@ -239,9 +239,8 @@ def _nodata(src: rasterio.io.DatasetReader) -> float:
 
 
 def _stretch(src: rasterio.io.DatasetReader, bands: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per band (2nd, 98th) percentiles of the valid pixels of a decimated read: the image's display range
-    (the same 8-bit scale ``geounet predict`` gives such a scene for an 8-bit model)."""
-    scale = scene_byte_scale(src, bands)
+    """Per band (2nd, 98th) percentiles of the valid pixels of a decimated read: the image's display range."""
+    scale = scene_byte_scale(src, bands, target=(0.0, 255.0))
     return np.asarray(scale.low), np.asarray(scale.high)
 
 

@@ -3,12 +3,12 @@
 import numpy as np
 import rasterio
 
-from geounet.io.radiometry import ByteScale, scene_byte_scale
+from geounet.io.radiometry import TARGET, ByteScale, scene_byte_scale
 from geounet.io.scene import needs_byte_scale
 from tests.helpers import make_tiny_model, write_scene
 
 
-def test_percentiles_come_from_the_valid_pixels_and_map_to_0_and_255(tmp_path):
+def test_percentiles_come_from_the_valid_pixels_and_go_where_8_bit_imagery_has_them(tmp_path):
     band = np.arange(100 * 100, dtype=np.uint16).reshape(100, 100)  # 0 .. 9999, each value once
     data = np.stack([band, band // 2 + 1000])
     data[:, :10, :] = 65535  # nodata: a tenth of the rows
@@ -18,9 +18,11 @@ def test_percentiles_come_from_the_valid_pixels_and_map_to_0_and_255(tmp_path):
     valid = band[10:]
     assert np.allclose(scale.low[0], np.percentile(valid, 2)) and np.allclose(scale.high[0], np.percentile(valid, 98))
     assert np.allclose(scale.low[1], np.percentile(valid // 2 + 1000, 2))
-    out = scale.apply(np.array([[[scale.low[0] - 50, scale.low[0], scale.high[0], 60000]], [[0, 0, 0, 0]]]))
-    assert out.dtype == np.uint8 and out[0].tolist() == [[0, 0, 255, 255]]
-    middle = ByteScale((100.0,), (300.0,)).apply(np.array([[[150, 200, 201]]], np.uint16))
+    lo, hi = scale.low[0], scale.high[0]
+    out = scale.apply(np.array([[[lo - 50, lo, hi, 60000, -1e9]], [[0, 0, 0, 0, 0]]]))
+    assert scale.target == TARGET == (50.0, 200.0)
+    assert out.dtype == np.uint8 and out[0].tolist() == [[round(50 - 50 * 150 / (hi - lo)), 50, 200, 255, 0]]
+    middle = ByteScale((100.0,), (300.0,), (0.0, 255.0)).apply(np.array([[[150, 200, 201]]], np.uint16))
     assert middle.tolist() == [[[64, 128, 129]]]  # (x - 100) / 200 * 255, rounded (127.5 to even)
 
 
