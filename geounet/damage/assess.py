@@ -27,6 +27,7 @@ from geounet.damage.mosaic import as_window, post_on_pre
 from geounet.damage.settings import DamageSettings
 from geounet.engine.executors import Executor
 from geounet.engine.tiles import predict_array
+from geounet.io.radiometry import ByteScale
 from geounet.models.card import normalise
 from geounet.models.registry import cached_model
 
@@ -84,10 +85,12 @@ def assess_block(
     device: str,
     precision: str,
     radiometry: tuple[np.ndarray, np.ndarray] | None = None,
+    byte_scales: tuple[ByteScale | None, ByteScale | None] = (None, None),
 ) -> BlockMeasures:
     """Read a block (plus halo) of both epochs on the pre grid, score change, sum per building.
 
     ``radiometry``: per-band (gain, offset) that bring post to pre's radiometry, or None.
+    ``byte_scales``: pre's and post's scale to 8 bits (after ``radiometry``), or None each.
     """
     t = {k: 0.0 for k in BLOCK_TIMINGS}
     net, card = cached_model(model_path, device)
@@ -104,6 +107,10 @@ def assess_block(
         return BlockMeasures(box, None, job.ids, np.zeros((len(CHANGE_BANDS), n)), np.zeros(n, np.int64), 0, t)
     if radiometry is not None:  # post -> pre's radiometry (gain, offset per band)
         post_px = post_px.astype(np.float32) * radiometry[0][:, None, None] + radiometry[1][:, None, None]
+    if byte_scales[0] is not None:
+        pre_px = byte_scales[0].apply(pre_px)
+    if byte_scales[1] is not None:
+        post_px = byte_scales[1].apply(post_px)
     x_pre, x_post = normalise(pre_px, card), normalise(post_px, card)
     x_pre[:, ~pre_ok] = 0.0  # nodata -> band mean
     x_post[:, ~post_ok] = 0.0

@@ -112,6 +112,7 @@ def detect_footprints(
         vector=True,
         quiet=True,
         decision_weights=s.detect_decision_weights,
+        rescale=s.rescale,
     )
     own = executor is None
     runner = make_executor(ps, model_path) if executor is None else executor

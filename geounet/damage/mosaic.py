@@ -44,7 +44,9 @@ class _Tile:
     dtypes: tuple[str, ...]
 
 
-def mosaic_vrt(tiles: list[str | Path], card: ModelCard, epoch: str, coarsen: float = 1.0) -> tuple[str, GeoGrid]:
+def mosaic_vrt(
+    tiles: list[str | Path], card: ModelCard, epoch: str, coarsen: float = 1.0, rescale: bool = False
+) -> tuple[str, GeoGrid]:
     """VRT XML mosaicking ``tiles`` (same CRS, bands and dtype; north-up), and its grid.
 
     The VRT takes the first tile's pixel size (times ``coarsen`` >= 1: pixels averaged down,
@@ -53,7 +55,7 @@ def mosaic_vrt(tiles: list[str | Path], card: ModelCard, epoch: str, coarsen: fl
     mask), so gaps between tiles and nodata inside them read as invalid. ``epoch``
     ("pre" or "post") names the tiles in errors.
     """
-    infos = _read_tiles(tiles, card, epoch)
+    infos = _read_tiles(tiles, card, epoch, rescale)
     first = infos[0]
     xres, yres = abs(first.transform.a) * coarsen, abs(first.transform.e) * coarsen
     kind = "ComplexSource" if coarsen > 1 else "SimpleSource"
@@ -95,14 +97,14 @@ def mosaic_vrt(tiles: list[str | Path], card: ModelCard, epoch: str, coarsen: fl
     return "\n".join(parts), GeoGrid(first.crs.to_wkt(), tuple(transform)[:6], width, height)
 
 
-def _read_tiles(tiles: list[str | Path], card: ModelCard, epoch: str) -> list[_Tile]:
+def _read_tiles(tiles: list[str | Path], card: ModelCard, epoch: str, rescale: bool = False) -> list[_Tile]:
     """Each tile checked against the model card; all of one epoch must share CRS, bands and data type."""
     if not tiles:
         raise GeounetError(None, f"no {epoch} scene given")
     infos = []
     for path in tiles:
         with open_scene(path) as src:
-            check_scene(src, card)
+            check_scene(src, card, rescale)
             infos.append(
                 _Tile(_absolute(path), src.crs, src.transform, src.width, src.height, src.count, tuple(src.dtypes))
             )

@@ -52,15 +52,17 @@ from geounet.damage.settings import DamageSettings
 from geounet.engine.executors import Executor
 from geounet.errors import GeounetError, InputError
 from geounet.io.folders import check_output_root, publish_files, staged_folder
+from geounet.io.radiometry import ByteScale, scene_byte_scale
 from geounet.io.remote import as_scene, scene_name
 from geounet.io.run_record import RUN_JSON, DamageRecord, fingerprint
-from geounet.io.scene import MIN_FIELD_OF_VIEW, open_scene, scene_ground_size
+from geounet.io.scene import MIN_FIELD_OF_VIEW, needs_byte_scale, open_scene, scene_ground_size
 from geounet.models.card import ModelCard, decision_weights_problem, file_sha256, read_card
 from geounet.models.hardware import resolve_device, resolve_precision
 from geounet.schema import ConfigError
 from geounet.web.folder import WEB, write_damage_web
 
 log = logging.getLogger("geounet")
+ByteScales = tuple[ByteScale | None, ByteScale | None]  # pre's and post's scale to 8 bits (io.radiometry), or None
 
 OUTPUTS = ("damage.gpkg", "change.tif", "quicklook.png")
 RADIOMETRY_SAMPLE = 1024  # px a side of the decimated overlap read that post's radiometry is matched on
@@ -113,10 +115,10 @@ def run_damage(
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     with _output_folder(out_dir) as tmp:
-        buildings, facts, radiometry = _stage(inputs, s, tmp, executor)
+        buildings, facts, radiometry, scales = _stage(inputs, s, tmp, executor)
         timings["prepare_s"] = time.perf_counter() - t_start
         with _timed(timings, "blocks_s"):
-            sums = _measure(inputs, s, buildings, tmp, executor, radiometry)
+            sums = _measure(inputs, s, buildings, tmp, executor, radiometry, scales)
         timings |= {f"blocks_{k}": round(v, 3) for k, v in sums.timings.items()}
         with _timed(timings, "buildings_s"):
             table = grade_buildings(buildings, sums, inputs.pre_grid, s, inputs.head)
@@ -134,7 +136,7 @@ def run_damage(
                 s.quicklook_width,
             )
         timings["total_s"] = time.perf_counter() - t_start
-        record = _record(inputs, s, table, facts, sums.valid_pixels, radiometry, timings)
+        record = _record(inputs, s, table, facts, sums.valid_pixels, radiometry, timings, scales)
         if s.web:
             _write_web(tmp, out_dir.name, record)
         record.write(tmp)
@@ -170,8 +172,9 @@ def _check_inputs(
     device = resolve_device(s.device)
     precision = resolve_precision(device, s.precision)
     coarsen = _coarser_post(pre[0], post[0])
-    pre_xml, pre_grid = mosaic_vrt(pre, card, "pre", coarsen)
-    post_xml, post_grid = mosaic_vrt(post, card, "post")
+    rescale = s.rescale == "auto"
+    pre_xml, pre_grid = mosaic_vrt(pre, card, "pre", coarsen, rescale)
+    post_xml, post_grid = mosaic_vrt(post, card, "post", rescale=rescale)
     overlap = overlap_box(pre_grid, post_grid)
     if overlap is None:
         raise InputError(
@@ -300,9 +303,10 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 def _stage(
     inputs: _Inputs, s: DamageSettings, tmp: Path, executor: Executor | None
-) -> tuple[gpd.GeoDataFrame, dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+) -> tuple[gpd.GeoDataFrame, dict[str, Any], tuple[np.ndarray, np.ndarray] | None, ByteScales]:
     """Write the VRT mosaics into ``tmp``; the buildings (detected now if no file was given), their facts,
-    and post's radiometry gain and offset when ``match_radiometry`` asks for them."""
+    post's radiometry gain and offset when ``match_radiometry`` asks for them, and each epoch's 8-bit scale
+    (``rescale``: epochs that are not 8-bit, for an 8-bit model; post takes pre's once in pre's units)."""
     (tmp / "pre.vrt").write_text(inputs.pre_xml)
     (tmp / "post.vrt").write_text(inputs.post_xml)
     buildings, facts = inputs.buildings, dict(inputs.footprint_facts)
@@ -317,7 +321,19 @@ def _stage(
             tmp / "pre.vrt", tmp / "post.vrt", inputs.pre_grid, inputs.overlap, RADIOMETRY_SAMPLE, inputs.card.bands
         )
         radiometry = match_moments(pre_px, post_px, ok[0] & ok[1])
-    return buildings, facts, radiometry
+    scales: list[ByteScale | None] = [None, None]
+    if s.rescale == "auto":
+        for k, vrt in enumerate((tmp / "pre.vrt", tmp / "post.vrt")):
+            with rasterio.open(vrt) as src:
+                scales[k] = scene_byte_scale(src, inputs.card.bands) if needs_byte_scale(src, inputs.card) else None
+        if radiometry is not None:
+            scales[1] = scales[0]  # post is brought into pre's units first
+        if scales[0] is not None or scales[1] is not None:
+            log.info(
+                "damage: pre and post scaled to 8 bits for model %s (each band's 2nd and 98th percentiles)",
+                inputs.card.name,
+            )
+    return buildings, facts, radiometry, (scales[0], scales[1])
 
 
 def _measure(
@@ -327,6 +343,7 @@ def _measure(
     tmp: Path,
     executor: Executor | None,
     radiometry: tuple[np.ndarray, np.ndarray] | None,
+    scales: ByteScales = (None, None),
 ) -> BuildingSums:
     """Assess every block of the overlap: the change raster into ``tmp``, the sums per building returned."""
     jobs = plan_blocks(inputs.overlap, s.block, np.asarray(buildings.geometry.values, dtype=object), inputs.pre_grid)
@@ -340,6 +357,7 @@ def _measure(
         inputs.device,
         inputs.precision,
         radiometry,
+        scales,
     )
     with (
         tqdm(total=len(jobs), unit="block", desc="damage", disable=True if s.quiet else None, leave=False) as bar,
@@ -363,6 +381,7 @@ def _record(
     valid_pixels: int,
     radiometry: tuple[np.ndarray, np.ndarray] | None,
     timings: dict[str, float],
+    scales: ByteScales = (None, None),
 ) -> DamageRecord:
     """The run.json record of a finished run."""
     return DamageRecord(
@@ -380,7 +399,8 @@ def _record(
             "resolution_m": inputs.card.resolution_m,
         },
         settings=asdict(s) | {"device": inputs.device, "precision": inputs.precision},
-        method=_method(inputs, s, valid_pixels, radiometry),
+        method=_method(inputs, s, valid_pixels, radiometry)
+        | {"byte_scale": {epoch: None if b is None else b.to_dict() for epoch, b in zip(("pre", "post"), scales)}},
         footprints=facts,
         buildings=grade_counts(table, inputs.overlap, inputs.pre_grid),
         timings={k: round(v, 3) for k, v in timings.items()},

@@ -40,6 +40,9 @@ class DamageSettings:
     prob_weight: float = 1.0  # weight of the building-presence evidence c D (0: the image change alone)
     prob_ref: float = 0.3  # pre building probability that gives the drop full weight
     match_radiometry: bool = False  # first give post the per-band mean and std of pre over the overlap
+    # auto: epochs that are not 8-bit, for an 8-bit model, scaled to 8 bits (each epoch by its own percentiles, or
+    # by pre's when match_radiometry has put post in pre's units; geounet.io.radiometry); none: refused
+    rescale: Literal["auto", "none"] = "auto"
     min_valid_fraction: float = 0.5  # share of a footprint that needs pre and post data to be assessed
     block: int = 1024  # block side per task
     halo: int = 64  # context read around each block

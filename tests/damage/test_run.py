@@ -438,3 +438,27 @@ def test_detection_takes_its_decision_weights_and_checks_them_first(pair, tmp_pa
     )
     assert seen == [{"building": 3.0}]  # refused before any prediction
     assert not (tmp_path / "out").exists() or not any(p for p in (tmp_path / "out").iterdir())
+
+
+def test_11_bit_epochs_are_scaled_to_8_bits_each_like_8_bit_copies(pair, tmp_path):
+    """pre and post as 11-bit values of two acquisitions: graded as the same epochs scaled to 8 bits beforehand."""
+    from geounet.io.radiometry import scene_byte_scale
+
+    _, pre, post = pair.arrays()
+    eleven = {"pre": pre.astype(np.uint16) * 7 + 150, "post": post.astype(np.uint16) * 5 + 300}
+    files, eight = {}, {}
+    for epoch, dn in eleven.items():
+        files[epoch] = pair.write(tmp_path / f"{epoch}_11bit.tif", dn)
+        with rasterio.open(files[epoch]) as src:
+            scale = scene_byte_scale(src, [1, 2, 3])
+        eight[epoch] = pair.write(tmp_path / f"{epoch}_8bit.tif", scale.apply(dn))
+    run = pair.run(tmp_path / "eleven", pre=[files["pre"]], post=[files["post"]], web=False)
+    pair.run(tmp_path / "eight", pre=[eight["pre"]], post=[eight["post"]], web=False)
+    assert pair.grades(tmp_path / "eleven") == pair.grades(tmp_path / "eight")
+    assert pair.grades(tmp_path / "eleven") == [pair.expected(k) for k in range(len(pair.boxes))]
+    with rasterio.open(tmp_path / "eleven" / "change.tif") as a, rasterio.open(tmp_path / "eight" / "change.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+    scales = run["method"]["byte_scale"]
+    assert scales["pre"]["low"][0] > 150 and scales["post"]["low"][0] > 300  # each epoch its own
+    with pytest.raises(InputError, match="band 1 is uint16 but model"):
+        pair.run(tmp_path / "refused", pre=[files["pre"]], post=[files["post"]], rescale="none")
