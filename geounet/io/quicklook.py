@@ -54,8 +54,11 @@ def stretch(
         for part in [slice(i, i + 1) for i in range(len(pixels))] if per_band else [slice(None)]:
             group = pixels[part]
             values = group[:, valid] if valid.any() else group.reshape(len(group), -1)
+            values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
             lo, hi = np.percentile(values, [low, high]) if values.size else (0.0, 1.0)
-            scaled = (group.astype(np.float64) - lo) / max(hi - lo, 1e-12)
+            scaled = np.nan_to_num(
+                (group.astype(np.float64) - lo) / max(hi - lo, 1e-12), nan=0.0, posinf=1.0, neginf=0.0
+            )
             out[part] = np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
     if fill is not None:
         out[:, ~valid] = fill

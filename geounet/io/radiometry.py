@@ -41,6 +41,7 @@ class ByteScale:
         span = np.maximum(np.asarray(self.high, np.float64) - np.asarray(self.low, np.float64), 1e-12)[:, None, None]
         t0, t1 = self.target
         scaled = t0 + (pixels.astype(np.float64) - low) / span * (t1 - t0)
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)  # a float scene's NaN (nodata) -> 0
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,3 +36,17 @@ def test_which_scenes_need_scaling(tmp_path):
         scene = write_scene(tmp_path / f"{np.dtype(dtype).name}.tif", np.zeros((3, 8, 8), dtype))
         with rasterio.open(scene) as src:
             assert needs_byte_scale(src, card) is expected, dtype
+
+
+def test_a_float_scenes_nan_becomes_0_without_a_warning():
+    import warnings
+
+    from geounet.io.quicklook import stretch
+
+    pixels = np.array([[[0.1, np.nan, 0.3, np.inf]]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" would fail here
+        scaled = ByteScale((0.1,), (0.3,)).apply(pixels)
+        shown = stretch(pixels, np.ones((1, 4), bool))  # NaN among the valid pixels (no nodata declared)
+    assert scaled.tolist() == [[[50, 0, 200, 255]]]
+    assert shown[0, 0, 0] == 0 and shown[0, 0, 2] == 255 and shown[0, 0, 1] == 0
