@@ -52,10 +52,10 @@ from geounet.damage.settings import DamageSettings
 from geounet.engine.executors import Executor
 from geounet.errors import GeounetError, InputError
 from geounet.io.folders import check_output_root, publish_files, staged_folder
-from geounet.io.radiometry import ByteScale, scene_byte_scale
+from geounet.io.radiometry import ByteScale, model_byte_scale
 from geounet.io.remote import as_scene, scene_name
 from geounet.io.run_record import RUN_JSON, DamageRecord, fingerprint
-from geounet.io.scene import MIN_FIELD_OF_VIEW, needs_byte_scale, open_scene, scene_ground_size
+from geounet.io.scene import MIN_FIELD_OF_VIEW, open_scene, scene_ground_size
 from geounet.models.card import ModelCard, decision_weights_problem, file_sha256, read_card
 from geounet.models.hardware import resolve_device, resolve_precision
 from geounet.schema import ConfigError
@@ -323,11 +323,13 @@ def _stage(
         radiometry = match_moments(pre_px, post_px, ok[0] & ok[1])
     scales: list[ByteScale | None] = [None, None]
     if s.rescale == "auto":
-        for k, vrt in enumerate((tmp / "pre.vrt", tmp / "post.vrt")):
-            with rasterio.open(vrt) as src:
-                scales[k] = scene_byte_scale(src, inputs.card.bands) if needs_byte_scale(src, inputs.card) else None
+        with rasterio.open(tmp / "pre.vrt") as src:
+            scales[0] = model_byte_scale(src, inputs.card)
         if radiometry is not None:
             scales[1] = scales[0]  # post is brought into pre's units first
+        else:
+            with rasterio.open(tmp / "post.vrt") as src:
+                scales[1] = model_byte_scale(src, inputs.card)
         if scales[0] is not None or scales[1] is not None:
             log.info(
                 "damage: pre and post scaled to 8 bits for model %s (each band's 2nd and 98th percentiles)",
@@ -399,8 +401,7 @@ def _record(
             "resolution_m": inputs.card.resolution_m,
         },
         settings=asdict(s) | {"device": inputs.device, "precision": inputs.precision},
-        method=_method(inputs, s, valid_pixels, radiometry)
-        | {"byte_scale": {epoch: None if b is None else b.to_dict() for epoch, b in zip(("pre", "post"), scales)}},
+        method=_method(inputs, s, valid_pixels, radiometry, scales),
         footprints=facts,
         buildings=grade_counts(table, inputs.overlap, inputs.pre_grid),
         timings={k: round(v, 3) for k, v in timings.items()},
@@ -413,7 +414,11 @@ def _record(
 
 
 def _method(
-    inputs: _Inputs, s: DamageSettings, valid_pixels: int, radiometry: tuple[np.ndarray, np.ndarray] | None
+    inputs: _Inputs,
+    s: DamageSettings,
+    valid_pixels: int,
+    radiometry: tuple[np.ndarray, np.ndarray] | None,
+    scales: ByteScales = (None, None),
 ) -> dict[str, Any]:
     """run.json's ``method``: the grid, the overlap, and how measures, scores and grades are made."""
     grid, overlap, head = inputs.pre_grid, inputs.overlap, inputs.head
@@ -435,6 +440,7 @@ def _method(
         "post_radiometry": None
         if radiometry is None
         else {"gain": radiometry[0].round(4).tolist(), "offset": radiometry[1].round(3).tolist()},
+        "byte_scale": {epoch: None if b is None else b.to_dict() for epoch, b in zip(("pre", "post"), scales)},
         "feature_distance": f"1 - cosine similarity of the U-Net encoder features of pre and post, "
         f"encoder stage(s) {s.feature_stages}, upsampled bilinearly to pixels",
         "change_score": "(F + w c D) / (1 + w c); F = clip((feature_distance - feature_low) / "

@@ -54,7 +54,7 @@ from geounet.io.aoi import area_of_interest, to_pixels
 from geounet.io.coverage import Coverage, aoi_tiles, scene_coverage
 from geounet.io.folders import check_output_root, output_dir_for, recover_interrupted, replace_dir, staged_folder
 from geounet.io.locks import locked_reason, scene_lock
-from geounet.io.radiometry import ByteScale, scene_byte_scale
+from geounet.io.radiometry import ByteScale, model_byte_scale
 from geounet.io.rasters import BLOCK, NODATA, STAGE_SCALE, write_cog
 from geounet.io.remote import as_scene, gdal_path, scene_name
 from geounet.io.run_record import InputRecord, ModelRecord, RunRecord, input_identity
@@ -63,7 +63,6 @@ from geounet.io.scene import (
     WorkingGrid,
     check_scene,
     ground_resolution,
-    needs_byte_scale,
     open_scene,
     scene_ground_size,
     working_grid,
@@ -127,7 +126,7 @@ def plan_scene(scene: str | Path, model_path: Path, settings: PredictSettings, e
     s = resolve_settings(settings, card, executor, model_path)
     with open_scene(scene) as src:
         check_scene(src, card, rescale=s.rescale == "auto")
-        byte_scale = scene_byte_scale(src, card.bands) if s.rescale == "auto" and needs_byte_scale(src, card) else None
+        byte_scale = model_byte_scale(src, card) if s.rescale == "auto" else None
         working = working_grid(src, card, s.resample_tolerance, s.budget)
         res = ground_resolution(src.crs, src.transform, src.width, src.height)
         if min(working.width, working.height) < MIN_FIELD_OF_VIEW:

@@ -18,6 +18,8 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
+from geounet.models.card import ModelCard
+
 SAMPLE_SIDE = 1024  # pixels on the long side of the decimated read the percentiles come from
 PERCENTILES = (2.0, 98.0)
 # Where the PERCENTILES of 8-bit imagery lie: the median over the bands of the bundled building
@@ -51,6 +53,18 @@ class ByteScale:
             "percentiles": list(PERCENTILES),
             "to": list(self.target),
         }
+
+
+def needs_byte_scale(src: rasterio.io.DatasetReaderBase, card: ModelCard) -> bool:
+    """Whether the model takes uint8 and some of its bands in this scene are of another integer or float type."""
+    dtypes = {np.dtype(src.dtypes[b - 1]) for b in card.bands if b <= src.count}
+    numeric = all(d.kind in "uif" for d in dtypes)
+    return card.input_dtypes == ["uint8"] and numeric and dtypes != {np.dtype("uint8")}
+
+
+def model_byte_scale(src: rasterio.io.DatasetReaderBase, card: ModelCard) -> ByteScale | None:
+    """The scene's scale to 8 bits for this model (:func:`scene_byte_scale` of its bands), or None where it needs none."""
+    return scene_byte_scale(src, card.bands) if needs_byte_scale(src, card) else None
 
 
 def scene_byte_scale(

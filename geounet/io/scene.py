@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from geounet.compute.grid import Box, GeoGrid
 from geounet.errors import InputError
+from geounet.io.radiometry import needs_byte_scale
 from geounet.io.remote import cloud_defaults, gdal_path, is_remote
 from geounet.models.card import ModelCard
 
@@ -176,13 +177,6 @@ def _remote_problem(message: str) -> str:
     if "could not resolve" in low:
         return "cannot connect (unknown host)"
     return f"cannot open ({message})"
-
-
-def needs_byte_scale(src: rasterio.io.DatasetReaderBase, card: ModelCard) -> bool:
-    """Whether the model takes uint8 and some of its bands in this scene are of another integer or float type."""
-    dtypes = {np.dtype(src.dtypes[b - 1]) for b in card.bands if b <= src.count}
-    numeric = all(d.kind in "uif" for d in dtypes)
-    return card.input_dtypes == ["uint8"] and numeric and dtypes != {np.dtype("uint8")}
 
 
 def check_scene(src: rasterio.io.DatasetReader, card: ModelCard, rescale: bool = False) -> None:

@@ -3,8 +3,7 @@
 import numpy as np
 import rasterio
 
-from geounet.io.radiometry import TARGET, ByteScale, scene_byte_scale
-from geounet.io.scene import needs_byte_scale
+from geounet.io.radiometry import TARGET, ByteScale, needs_byte_scale, scene_byte_scale
 from tests.helpers import make_tiny_model, write_scene
 
 
