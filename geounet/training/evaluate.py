@@ -98,7 +98,39 @@ def evaluate_model(
     iou_threshold: float = 0.5,
 ) -> dict:
     """Predict ``scene_path`` (or its ``window``) with the model and score it against the labels."""
-    model_path, scene_path, labels_path = Path(model_path), Path(scene_path), Path(labels_path)
+    scored = evaluate_scenes(
+        model_path,
+        [scene_path],
+        labels_path,
+        label_options=label_options,
+        window=window,
+        centerlines_path=centerlines_path,
+        settings=settings,
+        tolerance_m=tolerance_m,
+        iou_threshold=iou_threshold,
+    )
+    return scored["scenes"][0]
+
+
+def evaluate_scenes(
+    model_path: str | Path,
+    scene_paths: Sequence[str | Path],
+    labels_path: str | Path,
+    *,
+    label_options: LabelOptions | None = None,
+    window: tuple[float, float, float, float] | None = None,
+    centerlines_path: str | Path | None = None,
+    settings: PredictSettings | None = None,
+    tolerance_m: float = 3.0,
+    iou_threshold: float = 0.5,
+) -> dict:
+    """Each scene (or its ``window``) predicted and scored against the labels, then all of them pooled.
+
+    Every input (model, labels, area, each scene, tiling) is checked before any scene is
+    predicted. The result holds each scene's scores (``scenes``, :func:`evaluate_model`'s
+    result) and the pooled ones (``pooled``: :func:`pool_scores`).
+    """
+    model_path, labels_path = Path(model_path), Path(labels_path)
     opts = label_options or LabelOptions()
     card = read_card(model_path)
     if not labels_path.exists():
@@ -108,59 +140,41 @@ def evaluate_model(
     # read before the prediction: a bad area file fails first, not after minutes of work
     stale_area = None if opts.unlabelled_ignore_in is None else read_area(opts.unlabelled_ignore_in)
     settings = replace(settings or PredictSettings(quiet=True), vector=True)
-    with open_scene(scene_path) as src:
-        check_scene(src, card, rescale=settings.rescale == "auto")
+    for scene_path in scene_paths:  # a bad last scene fails first, not after the others' minutes of work
+        with open_scene(scene_path) as src:
+            check_scene(src, card, rescale=settings.rescale == "auto")
     problems = settings.tiling_problems(card, CLI_NAMES)
     if problems:  # before minutes of prediction, not after
         raise GeounetError(None, "; ".join(problems))
-    work = Path(tempfile.mkdtemp(prefix="geounet-eval-"))
-    try:
-        scene = _crop(scene_path, window, work / f"{scene_path.stem}.tif") if window else scene_path
-        [report] = predict_batch([scene], work / "out", model_path, settings)
-        if not report.ok:
-            raise GeounetError(scene_path, f"prediction failed: {report.error}")
-        assert report.out_dir is not None  # an ok report names its folder
-        out = Path(report.out_dir)
-        result = _score(out, card, labels_path, opts, centerlines_path, tolerance_m, iou_threshold, stale_area)
-        record = RunRecord.read(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return {
+    shared = {
         "model": {"path": str(model_path), "name": card.name, "sha256": file_sha256(model_path)},
-        "scene": str(scene_path),
         "labels": str(labels_path),
         "centerlines_file": str(centerlines_path) if centerlines_path else None,
         "window": list(window) if window else None,
         "label_options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
-        "settings": record.settings,
-        **result,
     }
-
-
-def evaluate_scenes(
-    model_path: str | Path,
-    scene_paths: Sequence[str | Path],
-    labels_path: str | Path,
-    **options: Any,
-) -> dict:
-    """Each scene scored as :func:`evaluate_model` scores it (``options``: its keywords), then all of them pooled.
-
-    Every scene is opened and checked against the model before any is predicted. The
-    result holds each scene's scores (``scenes``) and the pooled ones (``pooled``:
-    :func:`pool_scores`).
-    """
-    model_path, labels_path = Path(model_path), Path(labels_path)
-    card = read_card(model_path)
-    if not labels_path.exists():
-        raise GeounetError(labels_path, "label file not found")
-    rescale = (options.get("settings") or PredictSettings()).rescale == "auto"
-    for scene_path in scene_paths:  # a bad last scene fails first, not after the others' minutes of work
-        with open_scene(scene_path) as src:
-            check_scene(src, card, rescale=rescale)
-    results = [evaluate_model(model_path, scene_path, labels_path, **options) for scene_path in scene_paths]
-    first = results[0]
-    shared = ("model", "labels", "centerlines_file", "window", "label_options", "settings")
-    return {key: first[key] for key in shared} | {"scenes": results, "pooled": pool_scores(results, card)}
+    results = []
+    for scene_path in map(Path, scene_paths):
+        work = Path(tempfile.mkdtemp(prefix="geounet-eval-"))
+        try:
+            scene = _crop(scene_path, window, work / f"{scene_path.stem}.tif") if window else scene_path
+            [report] = predict_batch([scene], work / "out", model_path, settings)
+            if not report.ok:
+                raise GeounetError(scene_path, f"prediction failed: {report.error}")
+            assert report.out_dir is not None  # an ok report names its folder
+            out = Path(report.out_dir)
+            scores = _score(out, card, labels_path, opts, centerlines_path, tolerance_m, iou_threshold, stale_area)
+            record = RunRecord.read(out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        results.append(
+            {"model": shared["model"], "scene": str(scene_path)} | shared | {"settings": record.settings, **scores}
+        )
+    return shared | {
+        "settings": results[0]["settings"],
+        "scenes": results,
+        "pooled": pool_scores(results, card),
+    }
 
 
 def pool_scores(results: Sequence[dict], card: ModelCard) -> dict:
